@@ -1,0 +1,1 @@
+"""The search CLI (search/run.py), building the Tuner, reports and exports."""

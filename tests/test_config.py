@@ -1,0 +1,60 @@
+import pytest
+
+from trainable.config import ConfigError, DataConfig, FeatureConfig, from_dict, to_dict
+
+
+def test_defaults_are_the_seed_recipe():
+    features, data = FeatureConfig(), DataConfig()
+    assert features.frames_per_second == 62.5
+    assert 1 + 60 * features.sample_rate // features.hop_length == 3751  # frames in 60 s
+    assert features.n_mels == 128
+    assert data.crop_frames == 512 and data.crop_offsets == (32, 64, 128, 256)
+    assert data.fp_per_epoch == 30 and data.n_folds == 5
+
+
+def test_round_trip_through_plain_dict():
+    data = DataConfig(crop_offsets=(16, 48), crop_frames=384)
+    assert to_dict(data)["crop_offsets"] == [16, 48]
+    assert from_dict(DataConfig, to_dict(data)) == data
+
+
+def test_lossless_conversions_are_accepted():
+    assert from_dict(FeatureConfig, {"fmin": 20}).fmin == 20.0  # int for a float
+    assert from_dict(DataConfig, {"crop_offsets": [8, 16]}).crop_offsets == (8, 16)  # list for a tuple
+
+
+@pytest.mark.parametrize("values, named", [
+    ({"n_mel": 64}, "n_mel"),  # typo: never a silent default
+    ({"n_mels": "128"}, "n_mels"),  # string for an int
+    ({"n_mels": 12.5}, "n_mels"),  # float for an int
+    ({"n_mels": True}, "n_mels"),  # bool is not an int here
+])
+def test_bad_keys_and_types_fail_naming_the_key(values, named):
+    with pytest.raises(ConfigError, match=named):
+        from_dict(FeatureConfig, values)
+
+
+def test_bad_tuple_item_is_named():
+    with pytest.raises(ConfigError, match=r"crop_offsets\[1\]"):
+        from_dict(DataConfig, {"crop_offsets": [32, "64"]})
+
+
+@pytest.mark.parametrize("values", [
+    {"fmax": 20000.0},  # above Nyquist at 32 kHz
+    {"fmin": 500.0, "fmax": 400.0},
+    {"hop_length": 0},
+])
+def test_invalid_feature_values_are_refused(values):
+    with pytest.raises(ConfigError):
+        from_dict(FeatureConfig, values)
+
+
+@pytest.mark.parametrize("values", [
+    {"crop_offsets": [600]},  # offset past the crop
+    {"crop_offsets": []},
+    {"valid_overlap": 512},
+    {"n_folds": 1},
+])
+def test_invalid_data_values_are_refused(values):
+    with pytest.raises(ConfigError):
+        from_dict(DataConfig, values)

@@ -1,0 +1,136 @@
+"""The log-mel cache: one float16 .npy per recording and a manifest of the feature parameters.
+
+Layout:
+
+    CACHE/manifest.json        {"format": 1, "features": {...FeatureConfig...}}
+    CACHE/train/<id>.npy       (n_mels, frames) float16
+    CACHE/test/<id>.npy
+
+Each array is written to a temporary file and renamed into place, so a run killed
+half-way never leaves a half-written array. Trials open the cache in O(1) (the
+manifest only) and memory-map each array when they read it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from trainable.config import ConfigError, FeatureConfig, from_dict, to_dict
+
+MANIFEST = "manifest.json"
+CACHE_FORMAT = 1  # bump when the layout changes
+SPLITS = ("train", "test")
+TEMP_SUFFIX = ".partial"
+
+
+class CacheError(ValueError):
+    """A cache that cannot be used as asked (missing, other feature parameters, ...)."""
+
+
+def atomic_write_bytes(path: Path, write) -> None:
+    """Write a file through `write(file_object)` so that readers see all of it or none.
+
+    The data goes to a temporary file in the same directory (same filesystem), is
+    flushed to disk, then renamed over `path`, which POSIX makes atomic.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+class LogMelCache:
+    """A log-mel cache directory built with one set of feature parameters."""
+
+    def __init__(self, root: Path, features: FeatureConfig):
+        self.root = Path(root)
+        self.features = features
+
+    @classmethod
+    def open(cls, root: Path, features: FeatureConfig | None = None) -> LogMelCache:
+        """Open an existing cache; with `features`, refuse one built with other parameters.
+
+        Raises:
+            CacheError: no cache at `root`, an unreadable manifest, or other parameters.
+        """
+        root = Path(root)
+        manifest = root / MANIFEST
+        if not manifest.is_file():
+            raise CacheError(f"no log-mel cache at {root} (build it: python -m trainable.prepare --data-dir DATA)")
+        try:
+            saved = json.loads(manifest.read_text())
+            if saved.get("format") != CACHE_FORMAT:
+                raise CacheError(f"cache {root} has format {saved.get('format')}, this version reads {CACHE_FORMAT}")
+            cached = from_dict(FeatureConfig, saved["features"])
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ConfigError) as error:
+            raise CacheError(f"cache manifest {manifest} is unreadable ({error})") from None
+        if features is not None and cached != features:
+            raise CacheError(f"cache {root} was built with other feature parameters"
+                             f" ({_differences(cached, features)}); use another cache directory"
+                             f" or delete this one to rebuild it")
+        return cls(root, cached)
+
+    @classmethod
+    def create(cls, root: Path, features: FeatureConfig) -> LogMelCache:
+        """Open the cache at `root` for `features`, creating it (manifest first) if new.
+
+        The manifest is written before any array, so even a cache killed after its first
+        array records the parameters it was built with.
+
+        Raises:
+            CacheError: `root` holds a cache built with other feature parameters.
+        """
+        root = Path(root)
+        if (root / MANIFEST).exists():
+            return cls.open(root, features)
+        manifest = json.dumps({"format": CACHE_FORMAT, "features": to_dict(features)}, indent=2)
+        atomic_write_bytes(root / MANIFEST, lambda f: f.write(manifest.encode()))
+        return cls(root, features)
+
+    def path(self, split: str, recording_id: str) -> Path:
+        """Where the array of one recording lives."""
+        return self.root / split / f"{recording_id}.npy"
+
+    def has(self, split: str, recording_id: str) -> bool:
+        return self.path(split, recording_id).is_file()
+
+    def load(self, split: str, recording_id: str) -> np.ndarray:
+        """Memory-map one recording's log-mel: (n_mels, frames) float16, read-only.
+
+        Raises:
+            CacheError: the recording is not in the cache.
+        """
+        path = self.path(split, recording_id)
+        try:
+            return np.load(path, mmap_mode="r")
+        except FileNotFoundError:
+            raise CacheError(f"recording {split}/{recording_id} is not in the cache {self.root}"
+                             f" (run python -m trainable.prepare again)") from None
+
+    def save(self, split: str, recording_id: str, array: np.ndarray) -> None:
+        """Write one recording's array atomically."""
+        atomic_write_bytes(self.path(split, recording_id), lambda f: np.save(f, array, allow_pickle=False))
+
+    def remove_partial_files(self) -> int:
+        """Delete temporary files left by a killed run; returns how many."""
+        partial = [p for split in SPLITS for p in (self.root / split).glob(f".*{TEMP_SUFFIX}")]
+        for path in partial:
+            path.unlink(missing_ok=True)
+        return len(partial)
+
+
+def _differences(cached: FeatureConfig, wanted: FeatureConfig) -> str:
+    old, new = to_dict(cached), to_dict(wanted)
+    return ", ".join(f"{key} {old[key]} here, {new[key]} asked" for key in old if old[key] != new[key])

@@ -1,0 +1,71 @@
+"""Leak-free, multilabel-stratified folds over the train_tp recordings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+from trainable.annotations import Annotations
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One cross-validation split.
+
+    Attributes:
+        index: fold number in [0, n_folds).
+        train_ids: train_tp recordings to train on.
+        valid_ids: train_tp recordings to validate on (out-of-fold).
+        negative_ids: train_fp recordings that may be drawn as negatives; never a
+            validation recording, although 363 real recordings are in both files.
+    """
+
+    index: int
+    train_ids: tuple[str, ...]
+    valid_ids: tuple[str, ...]
+    negative_ids: tuple[str, ...]
+
+
+def species_matrix(tp: pd.DataFrame, recording_ids: list[str] | tuple[str, ...], n_species: int) -> np.ndarray:
+    """Multi-hot species labels of recordings, from their tp rows.
+
+    Returns:
+        (N, n_species) uint8; row i is 1 for every species annotated in recording_ids[i].
+    """
+    row_of = {rid: i for i, rid in enumerate(recording_ids)}
+    labels = np.zeros((len(recording_ids), n_species), dtype=np.uint8)
+    known = tp[tp.recording_id.isin(row_of)]
+    labels[known.recording_id.map(row_of).to_numpy(), known.species_id.to_numpy()] = 1
+    return labels
+
+
+def make_folds(annotations: Annotations, n_folds: int = 5, seed: int = 42) -> list[Fold]:
+    """Split the train_tp recordings with iterstrat's MultilabelStratifiedKFold.
+
+    A recording's label is the set of its species, so every species with at least
+    `n_folds` recordings appears in every validation fold. The split depends only on
+    the annotations and `seed`.
+
+    Raises:
+        ValueError: fewer tp recordings than folds.
+    """
+    tp_ids = sorted(set(annotations.tp.recording_id))  # sorted: independent of CSV row order
+    if len(tp_ids) < n_folds:
+        raise ValueError(f"{n_folds} folds need at least {n_folds} train_tp recordings, found {len(tp_ids)}")
+    labels = species_matrix(annotations.tp, tp_ids, annotations.n_species)
+    splitter = MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    fp_ids = sorted(set(annotations.fp.recording_id))
+    folds = []
+    for index, (train_rows, valid_rows) in enumerate(splitter.split(np.zeros(len(tp_ids)), labels)):
+        valid_ids = tuple(tp_ids[i] for i in sorted(valid_rows))
+        held_out = set(valid_ids)
+        folds.append(Fold(
+            index=index,
+            train_ids=tuple(tp_ids[i] for i in sorted(train_rows)),
+            valid_ids=valid_ids,
+            negative_ids=tuple(rid for rid in fp_ids if rid not in held_out),
+        ))
+    return folds
