@@ -62,7 +62,8 @@ class DataConfig:
                  f"every crop offset must be in [0, crop_frames={self.crop_frames})")
         _require(self.fp_per_epoch >= 0, "fp_per_epoch must be >= 0")
         for name in ("valid_overlap", "test_overlap"):
-            _require(0 <= getattr(self, name) < self.crop_frames, f"{name} must be in [0, crop_frames)")
+            _require(0 <= getattr(self, name) < self.crop_frames,
+                     f"{name} ({getattr(self, name)}) must be in [0, crop_frames={self.crop_frames})")
         _require(self.n_folds >= 2, "n_folds must be >= 2")
 
 

@@ -1,0 +1,36 @@
+# The two quick-start commands of the README, and the steps they are made of.
+#   make run    set up .venv, then the main job on the built-in synthetic data
+#   make test   set up .venv, then the test suite (what CI runs)
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA ?= data/synthetic
+WORKERS ?= 2
+
+.PHONY: setup run synth prepare test clean
+
+setup: $(VENV)/.installed
+
+# Reinstall only when the dependencies change.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+run: setup synth prepare
+
+# The synthetic dataset in the RFCx layout, generated once.
+synth: $(DATA)/train_tp.csv
+$(DATA)/train_tp.csv: | setup
+	$(PY) -m trainable.synth $(DATA) --recordings 120 --test-recordings 30
+
+prepare: setup synth
+	$(PY) -m trainable.prepare --data-dir $(DATA) --workers $(WORKERS)
+
+test: setup
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(DATA) .pytest_cache
