@@ -14,41 +14,20 @@ manifest only) and memory-map each array when they read it.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from trainable.atomic import atomic_write, atomic_write_text, remove_partial_files
 from trainable.config import ConfigError, FeatureConfig, from_dict, to_dict
 
 MANIFEST = "manifest.json"
 CACHE_FORMAT = 1  # bump when the layout changes
 SPLITS = ("train", "test")
-TEMP_SUFFIX = ".partial"
 
 
 class CacheError(ValueError):
     """A cache that cannot be used as asked (missing, other feature parameters, ...)."""
-
-
-def atomic_write_bytes(path: Path, write) -> None:
-    """Write a file through `write(file_object)` so that readers see all of it or none.
-
-    The data goes to a temporary file in the same directory (same filesystem), is
-    flushed to disk, then renamed over `path`, which POSIX makes atomic.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 class LogMelCache:
@@ -95,8 +74,8 @@ class LogMelCache:
         root = Path(root)
         if (root / MANIFEST).exists():
             return cls.open(root, features)
-        manifest = json.dumps({"format": CACHE_FORMAT, "features": to_dict(features)}, indent=2)
-        atomic_write_bytes(root / MANIFEST, lambda f: f.write(manifest.encode()))
+        manifest = {"format": CACHE_FORMAT, "features": to_dict(features)}
+        atomic_write_text(root / MANIFEST, json.dumps(manifest, indent=2))
         return cls(root, features)
 
     def path(self, split: str, recording_id: str) -> Path:
@@ -121,14 +100,11 @@ class LogMelCache:
 
     def save(self, split: str, recording_id: str, array: np.ndarray) -> None:
         """Write one recording's array atomically."""
-        atomic_write_bytes(self.path(split, recording_id), lambda f: np.save(f, array, allow_pickle=False))
+        atomic_write(self.path(split, recording_id), lambda f: np.save(f, array, allow_pickle=False))
 
     def remove_partial_files(self) -> int:
         """Delete temporary files left by a killed run; returns how many."""
-        partial = [p for split in SPLITS for p in (self.root / split).glob(f".*{TEMP_SUFFIX}")]
-        for path in partial:
-            path.unlink(missing_ok=True)
-        return len(partial)
+        return sum(remove_partial_files(self.root / split) for split in SPLITS)
 
 
 def _differences(cached: FeatureConfig, wanted: FeatureConfig) -> str:
