@@ -47,11 +47,13 @@ class LogMelCache:
         root = Path(root)
         manifest = root / MANIFEST
         if not manifest.is_file():
-            raise CacheError(f"no log-mel cache at {root} (build it: python -m trainable.prepare --data-dir DATA)")
+            raise CacheError(f"no log-mel cache at {root}"
+                             f" (build it: python -m trainable.prepare --data-dir DATA)")
         try:
             saved = json.loads(manifest.read_text())
             if saved.get("format") != CACHE_FORMAT:
-                raise CacheError(f"cache {root} has format {saved.get('format')}, this version reads {CACHE_FORMAT}")
+                raise CacheError(f"cache {root} has format {saved.get('format')},"
+                                 f" this version reads {CACHE_FORMAT}")
             cached = from_dict(FeatureConfig, saved["features"])
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ConfigError) as error:
             raise CacheError(f"cache manifest {manifest} is unreadable ({error})") from None

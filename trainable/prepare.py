@@ -26,6 +26,14 @@ from trainable.config import ConfigError, FeatureConfig
 from trainable.features import file_log_mel
 
 DEFAULT_CACHE_NAME = "logmel"  # DATA/logmel unless --cache-dir says otherwise
+FEATURE_FLAGS = {  # FeatureConfig field -> --help text of its flag
+    "sample_rate": "Hz; audio is resampled to it",
+    "n_fft": "STFT window, samples",
+    "hop_length": "samples between frames (512 at 32 kHz = 62.5 frames/s)",
+    "n_mels": "mel bands",
+    "fmin": "lowest mel frequency, Hz",
+    "fmax": "highest mel frequency, Hz",
+}
 
 
 @dataclass(frozen=True)
@@ -92,20 +100,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="parallel worker processes (default: all %(default)s cores)")
     features = parser.add_argument_group("feature parameters (a cache holds one set)")
-    features.add_argument("--sample-rate", type=int, default=defaults.sample_rate,
-                          help="Hz; audio is resampled to it (default %(default)s)")
-    features.add_argument("--n-fft", type=int, default=defaults.n_fft, help="STFT window, samples (default %(default)s)")
-    features.add_argument("--hop-length", type=int, default=defaults.hop_length,
-                          help="samples between frames (default %(default)s: 62.5 frames/s at 32 kHz)")
-    features.add_argument("--n-mels", type=int, default=defaults.n_mels, help="mel bands (default %(default)s)")
-    features.add_argument("--fmin", type=float, default=defaults.fmin, help="lowest mel frequency, Hz (default %(default)s)")
-    features.add_argument("--fmax", type=float, default=defaults.fmax, help="highest mel frequency, Hz (default %(default)s)")
+    for name, text in FEATURE_FLAGS.items():
+        default = getattr(defaults, name)
+        features.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default,
+                              help=f"{text} (default %(default)s)")
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error("--workers must be >= 1")
     try:
-        args.features = FeatureConfig(sample_rate=args.sample_rate, n_fft=args.n_fft, hop_length=args.hop_length,
-                                      n_mels=args.n_mels, fmin=args.fmin, fmax=args.fmax)
+        args.features = FeatureConfig(**{name: getattr(args, name) for name in FEATURE_FLAGS})
     except ConfigError as error:
         parser.error(f"feature parameters: {error}")
     return args
