@@ -25,7 +25,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from trainable.annotations import ANNOTATION_COLUMNS, FP_FILE, SUBMISSION_FILE, TP_FILE
-from trainable.atomic import TEMP_SUFFIX, atomic_write, atomic_write_text
+from trainable.atomic import atomic_write, atomic_write_text, remove_partial_files
 from trainable.synth_audio import DECOYS, CallSpec, Rng, background, make_species, synth_call
 
 Jobs = list[list[tuple[int, str]]]  # per recording: (species, role) of each of its events
@@ -246,7 +246,9 @@ def _claim(out_dir: Path, params: dict) -> None:
     atomic_write_text(out_dir / MARKER, json.dumps({**params, "complete": False}))
     for name in CSV_NAMES:  # first, so no CSV ever lists a missing flac
         (out_dir / name).unlink(missing_ok=True)
-    for pattern in ("train/*.flac", "test/*.flac", f"*/.*{TEMP_SUFFIX}", f".*{TEMP_SUFFIX}"):  # a crashed run's
+    for folder in (out_dir, out_dir / "train", out_dir / "test"):
+        remove_partial_files(folder)  # what a crashed run left half-written
+    for pattern in ("train/*.flac", "test/*.flac"):
         for old in out_dir.glob(pattern):
             old.unlink()
 
