@@ -20,6 +20,11 @@ class ConfigError(ValueError):
     """A config dict that does not match its dataclass (unknown key, wrong type, bad value)."""
 
 
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
 @dataclass(frozen=True)
 class FeatureConfig:
     """Log-mel feature parameters; they identify a cache (see trainable.prepare)."""
@@ -67,9 +72,138 @@ class DataConfig:
         _require(self.n_folds >= 2, "n_folds must be >= 2")
 
 
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
+MIXUP_TARGETS = ("features", "input")  # where mixup applies: backbone feature map or model input
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The SED model: a timm backbone with the SED head."""
+
+    backbone: str = "resnet18"  # any timm model; tested: resnet18, densenet121, efficientnet_b0,
+    #                             resnest50d, mobilenetv2_100
+    pretrained: bool = False  # ImageNet weights, as the seed used; off by default since no model
+    #                           hub may be reachable (our machines reach none)
+    pretrained_file: str = ""  # local weights file for `pretrained` on machines without a hub
+
+    def __post_init__(self) -> None:
+        _require(bool(self.backbone), "backbone must not be empty")
+        _require(not self.pretrained_file or self.pretrained, "pretrained_file needs pretrained: true")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """The four-term SED loss (seed recipe, stage 1)."""
+
+    w_att: float = 1.0  # clip BCE of the attention-pooled logit
+    w_max: float = 0.5  # clip BCE of the max-over-time logit
+    w_pseudo: float = 1.0  # attention BCE against the model's own segment pseudo-labels
+    w_frame: float = 0.5  # frame BCE on the annotated frames, positive frames only
+    pseudo_threshold: float = 0.7  # segment probability that becomes a pseudo-positive
+    class_balanced: bool = True  # clip BCE pos_weight = max class count / class count
+
+    def __post_init__(self) -> None:
+        weights = (self.w_att, self.w_max, self.w_pseudo, self.w_frame)
+        _require(all(w >= 0 for w in weights), "loss weights must be >= 0")
+        _require(any(w > 0 for w in weights), "at least one loss weight must be > 0")
+        _require(0 < self.pseudo_threshold < 1, "pseudo_threshold must be in (0, 1)")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training augmentation; the seed's mask sizes and jitter ranges are not published, ours
+    are the usual SpecAugment scale for 8 s crops."""
+
+    mixup_alpha: float = 0.1  # Beta(alpha, alpha) mixing weight; 0 turns mixup off (seed)
+    mixup_on: str = "features"  # "features" (manifold mixup on the backbone map, seed) or "input"
+    time_masks: int = 2  # SpecAugment time masks per crop
+    time_mask_frames: int = 32  # widest time mask, frames (0.5 s)
+    freq_masks: int = 2  # SpecAugment frequency masks per crop
+    freq_mask_bins: int = 12  # widest frequency mask, mel bins
+    gamma: float = 0.2  # x ** g with log(g) uniform in [-gamma, gamma] (x scaled to [0, 1])
+    brightness: float = 0.1  # x + b with b uniform in [-brightness, brightness]
+
+    def __post_init__(self) -> None:
+        _require(self.mixup_alpha >= 0, "mixup_alpha must be >= 0")
+        _require(self.mixup_on in MIXUP_TARGETS,
+                 f"mixup_on must be one of {', '.join(MIXUP_TARGETS)}, got {self.mixup_on!r}")
+        sizes = (self.time_masks, self.time_mask_frames, self.freq_masks, self.freq_mask_bins)
+        _require(all(n >= 0 for n in sizes), "mask counts and sizes must be >= 0")
+        _require(self.gamma >= 0 and self.brightness >= 0, "gamma and brightness must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and the trial's schedule (seed recipe, stage 1)."""
+
+    epochs: int = 50  # epochs on every fold; one Ray Tune training_iteration each
+    batch_size: int = 64  # crops per step
+    lr: float = 1e-3  # Adam learning rate
+    t_max: int = 10  # CosineAnnealingLR period, epochs; clamped: lr stays at min_lr after it
+    min_lr: float = 1e-5  # floor of the cosine; the seed's unclamped schedule restarted instead
+    folds: tuple[int, ...] = ()  # folds to train; () = all n_folds
+    seed: int = 0  # model init, crops, augmentation; the same seed repeats a trial on CPU
+    eval_recordings: int = 8  # recordings per evaluation forward (all their windows at once)
+    loader_workers: int = 0  # DataLoader worker processes for training crops (0: main thread)
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1")
+        _require(self.lr > 0 and 0 <= self.min_lr <= self.lr, "need lr > 0 and 0 <= min_lr <= lr")
+        _require(self.t_max >= 1, "t_max must be >= 1")
+        _require(len(set(self.folds)) == len(self.folds) and all(f >= 0 for f in self.folds),
+                 "folds must be distinct fold numbers >= 0")
+        _require(self.eval_recordings >= 1 and self.loader_workers >= 0,
+                 "need eval_recordings >= 1 and loader_workers >= 0")
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything one trial needs: where the data is and every recipe parameter.
+
+    Keys may also be given as dotted paths ("loss.w_max": 0.3), the names search spaces use.
+    """
+
+    data_dir: str = ""  # the RFCx layout (train_tp.csv, train/, ...); required
+    cache_dir: str = ""  # the log-mel cache; "" = DATA_DIR/logmel
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    augment: AugmentConfig = AugmentConfig()
+    train: TrainConfig = TrainConfig()
+
+    def __post_init__(self) -> None:
+        _require(bool(self.data_dir), "data_dir is required")
+        _require(all(f < self.data.n_folds for f in self.train.folds),
+                 f"train.folds {list(self.train.folds)} must be < data.n_folds ({self.data.n_folds})")
+
+    @property
+    def fold_indices(self) -> tuple[int, ...]:
+        """The folds this trial trains, in order."""
+        return self.train.folds or tuple(range(self.data.n_folds))
+
+
+def nest_dotted(values: dict[str, Any]) -> dict[str, Any]:
+    """{"loss.w_max": 0.3, "train": {"lr": 1e-3}} -> {"loss": {"w_max": 0.3}, "train": {"lr": 1e-3}}.
+
+    Raises:
+        ConfigError: a key given both as a value and as a section ("loss": 1, "loss.w_max": 2).
+    """
+    nested: dict[str, Any] = {}
+    for key, value in values.items():
+        *sections, leaf = key.split(".")
+        node = nested
+        for depth, section in enumerate(sections):
+            child = node.setdefault(section, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"config key {'.'.join(sections[:depth + 1])} is both a value and a section")
+            node = child
+        if isinstance(value, dict):
+            value = nest_dotted(value)
+            if isinstance(node.get(leaf), dict):
+                value = {**node[leaf], **value}
+        elif leaf in node:
+            raise ConfigError(f"config key {key} is given twice")
+        node[leaf] = value
+    return nested
 
 
 def from_dict(cls: type[T], values: dict[str, Any], path: str = "") -> T:
@@ -95,7 +229,7 @@ def from_dict(cls: type[T], values: dict[str, Any], path: str = "") -> T:
     try:
         return cls(**kwargs)
     except ConfigError as error:
-        raise ConfigError(f"{path or cls.__name__}: {error}") from None
+        raise ConfigError(f"{path.rstrip('.') or cls.__name__}: {error}") from None
 
 
 def _convert(hint: Any, value: Any, key: str) -> Any:
