@@ -24,6 +24,7 @@ from trainable.config import ConfigError, FeatureConfig, from_dict, to_dict
 MANIFEST = "manifest.json"
 CACHE_FORMAT = 1  # bump when the layout changes
 SPLITS = ("train", "test")
+DEFAULT_CACHE_NAME = "logmel"  # DATA/logmel unless a cache directory is given
 
 
 class CacheError(ValueError):

@@ -187,3 +187,15 @@ class ClipWindows(Dataset):
         starts = window_starts(spectrogram.shape[1], self.crop_frames, self.overlap)
         windows = np.stack([crop(spectrogram, s, self.crop_frames) for s in starts])[:, None]  # (W, 1, M, C)
         return torch.from_numpy(windows), torch.from_numpy(self.truth[i].astype(np.float32))
+
+
+def collate_windows(items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, list[int], torch.Tensor]:
+    """Batch several recordings' windows into one forward pass.
+
+    Clips may differ in length, so windows are concatenated rather than stacked.
+
+    Returns:
+        windows (sum W_i, 1, M, crop), the window count of each recording, truth (B, C).
+    """
+    windows, truth = zip(*items)
+    return torch.cat(windows), [len(w) for w in windows], torch.stack(truth)

@@ -21,11 +21,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from trainable.annotations import AUDIO_SUFFIX, AnnotationError, check_audio, load_annotations
-from trainable.cache import SPLITS, CacheError, LogMelCache
+from trainable.cache import DEFAULT_CACHE_NAME, SPLITS, CacheError, LogMelCache
 from trainable.config import ConfigError, FeatureConfig
 from trainable.features import file_log_mel
 
-DEFAULT_CACHE_NAME = "logmel"  # DATA/logmel unless --cache-dir says otherwise
 FEATURE_FLAGS = {  # FeatureConfig field -> --help text of its flag
     "sample_rate": "Hz; audio is resampled to it",
     "n_fft": "STFT window, samples",

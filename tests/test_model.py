@@ -1,0 +1,77 @@
+"""SEDModel over every tested backbone: shapes, finiteness, pooling, mixup, weights files."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+from trainable.config import ConfigError, ModelConfig
+from trainable.model import ATTENTION, BACKBONES, CLIP_ATT, CLIP_MAX, FRAME, OUTPUTS, SEGMENT, SEDModel
+
+N_SPECIES = 24
+
+
+@pytest.fixture(scope="module")
+def batch() -> torch.Tensor:
+    return torch.rand(2, 1, 128, 512, generator=torch.Generator().manual_seed(0))  # (B, 1, M, T)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_every_backbone_gives_every_output_with_its_shape(backbone, batch):
+    torch.manual_seed(0)
+    model = SEDModel(ModelConfig(backbone=backbone), N_SPECIES).eval()
+    with torch.no_grad():
+        out = model(batch)
+    assert set(out) == set(OUTPUTS)
+    segments = out[SEGMENT].shape[-1]
+    assert segments >= 1
+    assert out[CLIP_ATT].shape == out[CLIP_MAX].shape == (2, N_SPECIES)
+    assert out[SEGMENT].shape == out[ATTENTION].shape == (2, N_SPECIES, segments)
+    assert out[FRAME].shape == (2, N_SPECIES, 512)
+    assert all(torch.isfinite(value).all() for value in out.values())
+
+
+def test_clip_logits_pool_the_segment_logits(batch):
+    torch.manual_seed(0)
+    out = SEDModel(ModelConfig(), N_SPECIES).eval()(batch)
+    segment, attention = out[SEGMENT], out[ATTENTION]
+    torch.testing.assert_close(out[CLIP_MAX], segment.amax(dim=-1))
+    torch.testing.assert_close(out[CLIP_ATT], (segment * attention.softmax(dim=-1)).sum(dim=-1))
+    # An attention average lies between the smallest and the largest segment logit.
+    assert (out[CLIP_ATT] <= out[CLIP_MAX] + 1e-6).all()
+    assert (out[CLIP_ATT] >= segment.amin(dim=-1) - 1e-6).all()
+
+
+def test_feature_mixup_mixes_the_backbone_map_not_the_input(batch):
+    torch.manual_seed(0)
+    model = SEDModel(ModelConfig(), N_SPECIES).eval()
+    swap = torch.tensor([1, 0])
+    with torch.no_grad():
+        plain = model(batch)
+        swapped = model(batch, mix=lambda features: features[swap])  # lam = 0: all the partner
+        halves = model(batch, mix=lambda features: 0.5 * features + 0.5 * features[swap])
+    torch.testing.assert_close(swapped[CLIP_ATT], plain[CLIP_ATT][swap])
+    # Mixing after the backbone gives both samples the same map, hence the same logits.
+    torch.testing.assert_close(halves[CLIP_ATT][0], halves[CLIP_ATT][1])
+    assert not torch.allclose(halves[CLIP_ATT][0], plain[CLIP_ATT][0])
+
+
+def test_unknown_backbone_is_a_config_error():
+    with pytest.raises(ConfigError, match="unknown backbone 'resnet1800'"):
+        SEDModel(ModelConfig(backbone="resnet1800"), N_SPECIES)
+
+
+def test_pretrained_weights_load_from_a_local_file(tmp_path):
+    """Machines without a model hub give timm an ImageNet-style file (RGB stem, classifier)."""
+    reference = timm.create_model("resnet18", pretrained=False)
+    torch.save(reference.state_dict(), tmp_path / "resnet18.pth")
+    model = SEDModel(ModelConfig(pretrained=True, pretrained_file=str(tmp_path / "resnet18.pth")), N_SPECIES)
+    torch.testing.assert_close(model.backbone.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
+    # timm folds the three RGB filters of the stem into the one log-mel channel.
+    torch.testing.assert_close(model.backbone.conv1.weight, reference.conv1.weight.sum(dim=1, keepdim=True))
+
+
+def test_missing_weights_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        SEDModel(ModelConfig(pretrained=True, pretrained_file=str(tmp_path / "nope.pth")), N_SPECIES)

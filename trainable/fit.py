@@ -1,0 +1,123 @@
+"""Train one epoch of one fold; predict whole clips for evaluation.
+
+The hot path keeps to batched tensor work on the device: the losses of every step are
+summed on the device and read back once per epoch, so a GPU never waits for the host.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from trainable.augment import augment_batch, draw_mixup, unit_scale
+from trainable.config import AugmentConfig
+from trainable.losses import TERMS, SEDLoss
+from trainable.model import SEGMENT
+
+LOSS_KEYS = ("total", *TERMS)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; training cannot go on from these weights."""
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where a trial computes, and the CUDA-only speed-ups that go with it."""
+
+    torch: torch.device
+
+    @property
+    def cuda(self) -> bool:
+        return self.torch.type == "cuda"
+
+    def autocast(self) -> torch.autocast:
+        """Mixed precision on CUDA (float16 with a GradScaler); full float32 on CPU."""
+        return torch.autocast(self.torch.type, dtype=torch.float16, enabled=self.cuda)
+
+    def input(self, x: torch.Tensor) -> torch.Tensor:
+        """Move a (B, 1, M, T) log-mel batch to the device, scaled to [0, 1] per sample."""
+        x = unit_scale(x.to(self.torch, non_blocking=True).float())
+        # channels_last lets cuDNN pick its faster NHWC convolution kernels under autocast.
+        return x.contiguous(memory_format=torch.channels_last) if self.cuda else x
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    """What one fold's training epoch did."""
+
+    losses: dict[str, float]  # mean per sample, keys LOSS_KEYS
+    samples: int
+    seconds: float
+
+
+def train_epoch(model: nn.Module, loader: DataLoader, loss_fn: SEDLoss, optimizer: torch.optim.Optimizer,
+                scaler: torch.amp.GradScaler, augment: AugmentConfig, rng: np.random.Generator,
+                device: Device) -> EpochStats:
+    """One pass over `loader` (items: x (B, 1, M, T), clip (B, C), frame (B, C, T)).
+
+    Augmentation and mixup draw from `rng`, the fold's generator, so a resumed fold
+    repeats exactly what an uninterrupted one would do.
+
+    Raises:
+        NonFiniteLossError: the mean loss of the epoch is NaN or infinite.
+    """
+    model.train()
+    started = time.perf_counter()
+    sums = torch.zeros(len(LOSS_KEYS), device=device.torch)  # (K,) summed over samples
+    samples = 0
+    for x, clip_target, frame_target in loader:
+        x = augment_batch(device.input(x), augment, rng)  # (B, 1, M, T)
+        clip_target = clip_target.to(device.torch, non_blocking=True)  # (B, C)
+        frame_target = frame_target.to(device.torch, non_blocking=True)  # (B, C, T)
+        mix = draw_mixup(len(x), augment.mixup_alpha, rng, device.torch)
+        if mix is not None:
+            if augment.mixup_on == "input":
+                x = mix(x)
+            clip_target, frame_target = mix(clip_target), mix(frame_target)
+        feature_mix = mix if augment.mixup_on == "features" else None
+        with device.autocast():
+            logits = model(x, mix=feature_mix)
+        terms = loss_fn(logits, clip_target, frame_target)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(terms["total"]).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        sums += torch.stack([terms[key].detach() for key in LOSS_KEYS]) * len(x)
+        samples += len(x)
+    means = (sums / max(samples, 1)).tolist()  # the epoch's one host sync
+    losses = dict(zip(LOSS_KEYS, means))
+    if not all(math.isfinite(value) for value in means):
+        raise NonFiniteLossError("the loss is not finite (" + ", ".join(
+            f"{key} {value:.4g}" for key, value in losses.items()) + "); lower train.lr or check the data")
+    return EpochStats(losses, samples, time.perf_counter() - started)
+
+
+@torch.no_grad()
+def predict_clips(model: nn.Module, loader: DataLoader, device: Device) -> np.ndarray:
+    """Clip probabilities of whole recordings cut into windows.
+
+    Per window: max over time of the segment probability; per recording: max over its
+    windows (the seed's evaluation).
+
+    Args:
+        loader: batches from `data.collate_windows`: windows (sum W, 1, M, T), window
+            counts per recording, truth (unused here).
+
+    Returns:
+        (N, C) float32 probabilities in the loader's recording order.
+    """
+    model.eval()
+    clips = []
+    for windows, counts, _ in loader:
+        with device.autocast():
+            segment = model(device.input(windows))[SEGMENT]  # (sum W, C, T')
+        per_window = torch.sigmoid(segment.float()).amax(dim=-1)  # (sum W, C)
+        clips.extend(part.amax(dim=0) for part in per_window.split(counts))  # (C,) each
+    return torch.stack(clips).cpu().numpy() if clips else np.zeros((0, 0), np.float32)

@@ -1,0 +1,216 @@
+"""The k-fold training of one configuration, one epoch on every fold at a time.
+
+This is a trial without Ray: `trainable.tune` reports its metrics and stores its
+checkpoints. Each fold has its own model, optimiser, scheduler and random generator, and
+a checkpoint holds all of them, so a resumed trial goes on exactly where it stopped.
+
+Checkpoint layout:
+
+    trial.json       format, epoch, best score, the resolved config
+    fold_<k>.pt      model, optimiser, scheduler, grad scaler, generator state of fold k
+    best_oof.npz     recording_ids, fold, scores (N, C): the best epoch's out-of-fold predictions
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from trainable.annotations import Annotations, load_annotations
+from trainable.cache import DEFAULT_CACHE_NAME, LogMelCache
+from trainable.config import ConfigError, TrialConfig, to_dict
+from trainable.data import ClipWindows, TrainCrops, collate_windows, epoch_crops, index_events
+from trainable.fit import LOSS_KEYS, Device, EpochStats, NonFiniteLossError, predict_clips, train_epoch
+from trainable.folds import Fold, make_folds, species_matrix
+from trainable.losses import SEDLoss, balanced_pos_weight
+from trainable.metrics import lwlrap
+from trainable.model import SEDModel
+
+CHECKPOINT_FORMAT = 1
+TRIAL_FILE = "trial.json"
+BEST_OOF_FILE = "best_oof.npz"
+
+
+def fold_file(index: int) -> str:
+    return f"fold_{index}.pt"
+
+
+@dataclass
+class FoldRun:
+    """Everything that trains one fold and changes from epoch to epoch."""
+
+    fold: Fold
+    model: SEDModel
+    optimizer: torch.optim.Adam
+    scheduler: torch.optim.lr_scheduler.CosineAnnealingLR
+    scaler: torch.amp.GradScaler
+    loss_fn: SEDLoss
+    rng: np.random.Generator  # crops, fp draws, augmentation, mixup, shuffling
+    truth: np.ndarray  # (V, C) clip labels of the validation recordings
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "rng": json.dumps(self.rng.bit_generator.state)}  # JSON: its ints exceed 64 bits
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.rng.bit_generator.state = json.loads(state["rng"])
+
+
+class KFoldTraining:
+    """All selected folds of one trial.
+
+    Args:
+        config: the trial's config.
+        device: where to compute.
+        annotations, cache: the data; opened from the config when not given.
+    """
+
+    def __init__(self, config: TrialConfig, device: Device, annotations: Annotations | None = None,
+                 cache: LogMelCache | None = None):
+        self.config, self.device = config, device
+        self.annotations = annotations or load_annotations(Path(config.data_dir))
+        # Opened once per trial: the manifest only; arrays are memory-mapped when read.
+        self.cache = cache or LogMelCache.open(Path(config.cache_dir or Path(config.data_dir) / DEFAULT_CACHE_NAME))
+        self.frames_per_second = self.cache.features.frames_per_second
+        self.positives = index_events(self.annotations.tp, self.frames_per_second)
+        folds = make_folds(self.annotations, config.data.n_folds, config.data.fold_seed)
+        self.runs = [self._fold_run(folds[index]) for index in config.fold_indices]
+        self.epoch = 0  # epochs done on every fold
+        self.best_cv_lwlrap = float("-inf")
+        self.best_oof = np.zeros((0, self.annotations.n_species), np.float32)
+
+    def _fold_run(self, fold: Fold) -> FoldRun:
+        n_species, train = self.annotations.n_species, self.config.train
+        torch.manual_seed(self.config.train.seed * 1000 + fold.index)  # model init
+        model = SEDModel(self.config.model, n_species).to(self.device.torch)
+        if self.device.cuda:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = torch.optim.Adam(model.parameters(), lr=train.lr)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=train.t_max, eta_min=train.min_lr)
+        tp = self.annotations.tp
+        counts = np.bincount(tp[tp.recording_id.isin(set(fold.train_ids))].species_id, minlength=n_species)
+        loss_fn = SEDLoss(self.config.loss, balanced_pos_weight(counts)).to(self.device.torch)
+        truth = species_matrix(tp, fold.valid_ids, n_species).astype(np.float32)
+        return FoldRun(fold, model, optimizer, scheduler, torch.amp.GradScaler(self.device.torch.type,
+                       enabled=self.device.cuda), loss_fn, np.random.default_rng([train.seed, fold.index]), truth)
+
+    @property
+    def oof_ids(self) -> list[str]:
+        return [rid for run in self.runs for rid in run.fold.valid_ids]
+
+    def run_epoch(self) -> dict[str, float]:
+        """Train one epoch on every fold, evaluate each, and return the epoch's metrics.
+
+        Raises:
+            NonFiniteLossError: naming the fold and the epoch.
+        """
+        lr = self.runs[0].optimizer.param_groups[0]["lr"]
+        fold_scores, oof, losses, samples, seconds = {}, [], [], 0, 0.0
+        for run in self.runs:
+            try:
+                stats = self._train_fold(run)
+            except NonFiniteLossError as error:
+                raise NonFiniteLossError(f"fold {run.fold.index}, epoch {self.epoch + 1}: {error}") from None
+            scores = self._predict_fold(run)
+            fold_scores[run.fold.index] = lwlrap(run.truth, scores)
+            oof.append(scores)
+            losses.append(stats)
+            samples, seconds = samples + stats.samples, seconds + stats.seconds
+        self.epoch += 1
+        oof = np.concatenate(oof)
+        cv = lwlrap(np.concatenate([run.truth for run in self.runs]), oof)
+        if cv > self.best_cv_lwlrap:
+            self.best_cv_lwlrap, self.best_oof = cv, oof
+        metrics = {"epoch": self.epoch, "cv_lwlrap": cv, "best_cv_lwlrap": self.best_cv_lwlrap,
+                   "fold_lwlrap_std": float(np.std(list(fold_scores.values()))), "lr": lr,
+                   "samples_per_s": samples / max(seconds, 1e-9)}
+        metrics.update({f"fold/{index}/lwlrap": score for index, score in fold_scores.items()})
+        # Weighted by samples per fold: the mean per training sample of the epoch.
+        weights = [stats.samples for stats in losses]
+        metrics.update({f"loss/{key}": float(np.average([stats.losses[key] for stats in losses], weights=weights))
+                        for key in LOSS_KEYS})
+        return metrics
+
+    def _train_fold(self, run: FoldRun) -> EpochStats:
+        crops = epoch_crops(run.fold, self.annotations.tp, self.annotations.fp, self.config.data,
+                            self.frames_per_second, run.rng)
+        dataset = TrainCrops(self.cache, crops, self.positives, self.annotations.n_species,
+                             self.config.data.crop_frames)
+        shuffle = torch.Generator().manual_seed(int(run.rng.integers(2**62)))
+        torch.manual_seed(int(run.rng.integers(2**62)))  # layers that draw from torch's RNG (dropout)
+        loader = DataLoader(dataset, batch_size=self.config.train.batch_size, shuffle=True, generator=shuffle,
+                            num_workers=self.config.train.loader_workers, pin_memory=self.device.cuda)
+        stats = train_epoch(run.model, loader, run.loss_fn, run.optimizer, run.scaler, self.config.augment,
+                            run.rng, self.device)
+        # Clamped cosine: the reference stepped past T_max and the lr climbed back up.
+        if run.scheduler.last_epoch < self.config.train.t_max:
+            run.scheduler.step()
+        return stats
+
+    def _predict_fold(self, run: FoldRun) -> np.ndarray:
+        windows = ClipWindows.validation(self.cache, run.fold, self.annotations.tp,
+                                         self.annotations.n_species, self.config.data)
+        loader = DataLoader(windows, batch_size=self.config.train.eval_recordings, collate_fn=collate_windows,
+                            num_workers=self.config.train.loader_workers, pin_memory=self.device.cuda)
+        return predict_clips(run.model, loader, self.device)
+
+    def save(self, directory: Path) -> None:
+        """Write a checkpoint of the current state into `directory` (created if needed)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        for run in self.runs:
+            torch.save(run.state_dict(), directory / fold_file(run.fold.index))
+        np.savez(directory / BEST_OOF_FILE, recording_ids=np.asarray(self.oof_ids),
+                 fold=np.concatenate([[run.fold.index] * len(run.fold.valid_ids) for run in self.runs]),
+                 scores=self.best_oof)
+        trial = {"format": CHECKPOINT_FORMAT, "epoch": self.epoch, "best_cv_lwlrap": self.best_cv_lwlrap,
+                 "config": to_dict(self.config)}
+        (directory / TRIAL_FILE).write_text(json.dumps(trial, indent=2))
+
+    def load(self, directory: Path) -> None:
+        """Restore the state saved by `save`.
+
+        Raises:
+            ConfigError: the checkpoint was made with another recipe or other folds.
+        """
+        directory = Path(directory)
+        trial = json.loads((directory / TRIAL_FILE).read_text())
+        if trial.get("format") != CHECKPOINT_FORMAT:
+            raise ConfigError(f"checkpoint {directory} has format {trial.get('format')}, expected {CHECKPOINT_FORMAT}")
+        _check_same_recipe(trial["config"], to_dict(self.config), directory)
+        for run in self.runs:
+            run.load_state_dict(torch.load(directory / fold_file(run.fold.index), map_location=self.device.torch,
+                                           weights_only=True))
+        self.epoch, self.best_cv_lwlrap = trial["epoch"], trial["best_cv_lwlrap"]
+        self.best_oof = np.load(directory / BEST_OOF_FILE)["scores"]
+
+
+def _check_same_recipe(saved: dict, current: dict, directory: Path) -> None:
+    """Refuse to resume with another recipe. Data paths may differ (another machine), and
+    a longer epoch budget may go on from a shorter one."""
+    free = {"data_dir", "cache_dir", "train.epochs"}
+    saved, current = _flat(saved), _flat(current)
+    for key in sorted(set(saved) | set(current) - free):
+        if key not in free and saved.get(key) != current.get(key):
+            raise ConfigError(f"checkpoint {directory} was made with {key} = {saved.get(key)!r},"
+                              f" this trial has {current.get(key)!r}")
+
+
+def _flat(config: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

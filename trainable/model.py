@@ -1,0 +1,94 @@
+"""SEDModel: a timm backbone with the sound-event-detection head of the seed recipe.
+
+The backbone turns a log-mel image (B, 1, mels, frames) into a feature map (B, F, M', T').
+The head averages over frequency, then two 1x1 convolutions give per-segment class logits
+(`cla`) and attention logits (`att`). Clip logits pool `cla` over time two ways: weighted by
+the attention softmax, and by max. Backbones are a constructor argument, not new classes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainable.config import ConfigError, ModelConfig
+
+# The fixed keys of the logits dict; losses and evaluation read by key.
+CLIP_ATT = "clip_att"  # (B, C) clip logit: sum over time of cla * softmax(att)
+CLIP_MAX = "clip_max"  # (B, C) clip logit: max over time of cla
+SEGMENT = "segment"  # (B, C, T') per-segment class logits (cla)
+FRAME = "frame"  # (B, C, frames) segment logits upsampled to the input frames
+ATTENTION = "attention"  # (B, C, T') attention logits (before the softmax over time)
+OUTPUTS = (CLIP_ATT, CLIP_MAX, SEGMENT, FRAME, ATTENTION)
+
+BACKBONES = ("resnet18", "densenet121", "efficientnet_b0", "resnest50d", "mobilenetv2_100")  # tested
+
+
+def create_backbone(config: ModelConfig) -> nn.Module:
+    """The timm backbone without classifier or pooling: (B, 1, M, T) -> (B, F, M', T').
+
+    A local weights file goes through timm's own loader (`pretrained_cfg_overlay`), which
+    also folds the RGB stem into one input channel and drops the classifier.
+
+    Raises:
+        ConfigError: timm does not know the backbone, or the weights file is missing.
+    """
+    if not timm.is_model(config.backbone):
+        raise ConfigError(f"unknown backbone {config.backbone!r} (timm has no such model;"
+                          f" tested: {', '.join(BACKBONES)})")
+    overlay = {}
+    if config.pretrained_file:
+        if not Path(config.pretrained_file).is_file():
+            raise ConfigError(f"pretrained_file {config.pretrained_file} does not exist")
+        overlay = {"pretrained_cfg_overlay": {"file": config.pretrained_file}}
+    return timm.create_model(config.backbone, pretrained=config.pretrained, in_chans=1,
+                             num_classes=0, global_pool="", **overlay)
+
+
+class SEDModel(nn.Module):
+    """Backbone + SED head.
+
+    Args:
+        config: backbone name and pretrained weights.
+        n_species: number of classes C.
+    """
+
+    def __init__(self, config: ModelConfig, n_species: int):
+        super().__init__()
+        self.backbone = create_backbone(config)
+        width = self.backbone.num_features
+        self.cla = nn.Conv1d(width, n_species, kernel_size=1)
+        self.att = nn.Conv1d(width, n_species, kernel_size=1)
+
+    def forward(self, x: torch.Tensor,
+                mix: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Logits of a batch of log-mel crops.
+
+        Args:
+            x: (B, 1, M, T) input, scaled to [0, 1].
+            mix: optional manifold mixup applied to the backbone feature map (the same draw
+                must then mix the targets).
+
+        Returns:
+            A dict with the keys of OUTPUTS (shapes beside their definitions above).
+        """
+        features = self.backbone(x)  # (B, F, M', T')
+        if mix is not None:
+            features = mix(features)
+        features = F.relu(features).mean(dim=2)  # (B, F, T'): mean over frequency
+        segment = self.cla(features)  # (B, C, T')
+        attention = self.att(features)  # (B, C, T')
+        weights = torch.softmax(attention, dim=-1)  # (B, C, T'), sums to 1 over time
+        frame = F.interpolate(segment, size=x.shape[-1], mode="linear", align_corners=False)  # (B, C, T)
+        return {
+            CLIP_ATT: (segment * weights).sum(dim=-1),  # (B, C)
+            CLIP_MAX: segment.amax(dim=-1),  # (B, C)
+            SEGMENT: segment,
+            FRAME: frame,
+            ATTENTION: attention,
+        }

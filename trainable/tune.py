@@ -1,0 +1,57 @@
+"""The Ray Tune trainable: the full k-fold training of one configuration as one trial.
+
+The only module of `trainable` that imports Ray. Everything else a trial does lives in
+Ray-free modules (kfold, fit, ...), so it can be tested, benchmarked and exported without a
+cluster. One `training_iteration` = one epoch on every fold; every iteration reports the
+metrics and a checkpoint, so ASHA can stop the trial at any epoch and Ray can resume it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Any
+
+import ray
+import torch
+from ray import tune
+
+from trainable.config import TrialConfig, from_dict, nest_dotted
+from trainable.fit import Device
+from trainable.kfold import KFoldTraining
+
+METRIC, MODE = "cv_lwlrap", "max"  # what schedulers and searchers optimise
+
+
+def train_sed(config: dict[str, Any]) -> None:
+    """Ray Tune function trainable.
+
+    Args:
+        config: a TrialConfig as a (nested or dotted-key) dict. An unknown key or a wrong
+            type fails the trial with a ConfigError that names the key.
+
+    Raises:
+        ConfigError: a bad config, or a checkpoint made with another recipe.
+        NonFiniteLossError: the loss became NaN or infinite (the trial ends; others go on).
+    """
+    trial = from_dict(TrialConfig, nest_dotted(config))
+    training = KFoldTraining(trial, assigned_device())
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            training.load(directory)
+    while training.epoch < trial.train.epochs:
+        metrics = training.run_epoch()
+        with tempfile.TemporaryDirectory(prefix="rfcx-checkpoint-") as directory:
+            training.save(directory)
+            # Ray copies the directory to the experiment's storage before report returns.
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+
+
+def assigned_device() -> Device:
+    """The GPU when Ray assigned this trial one (a fraction counts), else the CPU; torch
+    gets one thread per assigned CPU, so packed trials do not oversubscribe the cores."""
+    resources = ray.get_runtime_context().get_assigned_resources()
+    torch.set_num_threads(max(1, int(resources.get("CPU", 1))))
+    if resources.get("GPU", 0) > 0 and torch.cuda.is_available():
+        return Device(torch.device("cuda"))  # Ray's CUDA_VISIBLE_DEVICES maps it to cuda:0
+    return Device(torch.device("cpu"))
