@@ -38,3 +38,27 @@ def data_copy(tmp_path, synth_dir) -> Path:
     out = tmp_path / "data"
     shutil.copytree(synth_dir, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_trial(cached_dir) -> dict:
+    """A trial config (as Ray Tune passes it) over the cached dataset: 2 folds, 2 epochs,
+    128-frame crops and a small backbone, about a second per fold-epoch on one core."""
+    return {
+        "data_dir": str(cached_dir),
+        "data": {"n_folds": 2, "crop_frames": 128, "crop_offsets": [16, 32, 64], "fp_per_epoch": 4,
+                 "valid_overlap": 32, "test_overlap": 64},
+        "model": {"backbone": "mobilenetv2_100"},
+        "augment": {"time_mask_frames": 8, "freq_mask_bins": 8},
+        "train": {"epochs": 2, "batch_size": 16},
+    }
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """A real local Ray with 2 CPUs (the CI machine's), started once for the session."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    yield ray
+    ray.shutdown()

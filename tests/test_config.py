@@ -1,6 +1,7 @@
 import pytest
 
-from trainable.config import ConfigError, DataConfig, FeatureConfig, from_dict, to_dict
+from trainable.config import (ConfigError, DataConfig, FeatureConfig, TrialConfig, from_dict, merge, nest_dotted,
+                              to_dict)
 
 
 def test_defaults_are_the_seed_recipe():
@@ -58,3 +59,30 @@ def test_invalid_feature_values_are_refused(values):
 def test_invalid_data_values_are_refused(values):
     with pytest.raises(ConfigError):
         from_dict(DataConfig, values)
+
+
+def test_dotted_keys_nest_and_overrides_merge_section_by_section():
+    assert nest_dotted({"loss.w_max": 0.3, "train": {"lr": 0.1}}) == {"loss": {"w_max": 0.3}, "train": {"lr": 0.1}}
+    with pytest.raises(ConfigError, match="train.lr is given twice"):
+        nest_dotted({"train": {"lr": 0.1}, "train.lr": 0.2})
+    with pytest.raises(ConfigError, match="loss is both a value and a section"):
+        nest_dotted({"loss": 1, "loss.w_max": 0.3})
+    base = {"data_dir": "d", "train": {"lr": 1e-3, "epochs": 50}}
+    assert merge(base, {"train.epochs": 2}) == {"data_dir": "d", "train": {"lr": 1e-3, "epochs": 2}}
+    assert base["train"]["epochs"] == 50  # the base is left as it was
+
+
+def test_trial_config_from_a_tune_dict_names_the_bad_key():
+    trial = from_dict(TrialConfig, nest_dotted({"data_dir": "d", "loss.w_max": 0.3, "train.folds": [1, 3]}))
+    assert trial.loss.w_max == 0.3 and trial.fold_indices == (1, 3)
+    assert from_dict(TrialConfig, {"data_dir": "d"}).fold_indices == (0, 1, 2, 3, 4)
+    for bad, message in [({"loss.w_maxx": 1.0}, "unknown config key loss.w_maxx"),
+                         ({"train.epochs": "3"}, "config key train.epochs: expected int"),
+                         ({"augment.mixup_on": "both"}, "augment: mixup_on must be one of features, input"),
+                         ({"train.folds": [5]}, r"train.folds \[5\] must be < data.n_folds \(5\)"),
+                         ({"loss.w_att": 0.0, "loss.w_max": 0.0, "loss.w_pseudo": 0.0, "loss.w_frame": 0.0},
+                          "at least one loss weight")]:
+        with pytest.raises(ConfigError, match=message):
+            from_dict(TrialConfig, nest_dotted({"data_dir": "d", **bad}))
+    with pytest.raises(ConfigError, match="data_dir is required"):
+        from_dict(TrialConfig, {})

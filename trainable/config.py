@@ -261,3 +261,17 @@ def to_dict(config: Any) -> dict[str, Any]:
             return {k: plain(v) for k, v in value.items()}
         return [plain(v) for v in value] if isinstance(value, (tuple, list)) else value
     return plain(dataclasses.asdict(config))
+
+
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `overrides` laid over it, section by section (either may use dotted keys).
+
+    merge({"train": {"lr": 1e-3, "epochs": 50}}, {"train.epochs": 2})
+        == {"train": {"lr": 1e-3, "epochs": 2}}
+    """
+    merged = nest_dotted(base)
+    for key, value in nest_dotted(overrides).items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            value = merge(merged[key], value)
+        merged[key] = value
+    return merged

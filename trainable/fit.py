@@ -23,8 +23,8 @@ from trainable.model import SEGMENT
 LOSS_KEYS = ("total", *TERMS)
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; training cannot go on from these weights."""
+class DivergedError(RuntimeError):
+    """The loss or the predictions became NaN or infinite; training cannot go on from these weights."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ def train_epoch(model: nn.Module, loader: DataLoader, loss_fn: SEDLoss, optimize
     repeats exactly what an uninterrupted one would do.
 
     Raises:
-        NonFiniteLossError: the mean loss of the epoch is NaN or infinite.
+        DivergedError: the mean loss of the epoch is NaN or infinite.
     """
     model.train()
     started = time.perf_counter()
@@ -94,7 +94,7 @@ def train_epoch(model: nn.Module, loader: DataLoader, loss_fn: SEDLoss, optimize
     means = (sums / max(samples, 1)).tolist()  # the epoch's one host sync
     losses = dict(zip(LOSS_KEYS, means))
     if not all(math.isfinite(value) for value in means):
-        raise NonFiniteLossError("the loss is not finite (" + ", ".join(
+        raise DivergedError("the loss is not finite (" + ", ".join(
             f"{key} {value:.4g}" for key, value in losses.items()) + "); lower train.lr or check the data")
     return EpochStats(losses, samples, time.perf_counter() - started)
 
@@ -112,6 +112,9 @@ def predict_clips(model: nn.Module, loader: DataLoader, device: Device) -> np.nd
 
     Returns:
         (N, C) float32 probabilities in the loader's recording order.
+
+    Raises:
+        DivergedError: a probability is NaN.
     """
     model.eval()
     clips = []
@@ -120,4 +123,9 @@ def predict_clips(model: nn.Module, loader: DataLoader, device: Device) -> np.nd
             segment = model(device.input(windows))[SEGMENT]  # (sum W, C, T')
         per_window = torch.sigmoid(segment.float()).amax(dim=-1)  # (sum W, C)
         clips.extend(part.amax(dim=0) for part in per_window.split(counts))  # (C,) each
-    return torch.stack(clips).cpu().numpy() if clips else np.zeros((0, 0), np.float32)
+    if not clips:
+        return np.zeros((0, 0), np.float32)
+    probabilities = torch.stack(clips).cpu().numpy()  # (N, C)
+    if not np.isfinite(probabilities).all():
+        raise DivergedError("the predictions are not finite (the weights diverged); lower train.lr")
+    return probabilities

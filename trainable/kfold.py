@@ -25,7 +25,7 @@ from trainable.annotations import Annotations, load_annotations
 from trainable.cache import DEFAULT_CACHE_NAME, LogMelCache
 from trainable.config import ConfigError, TrialConfig, to_dict
 from trainable.data import ClipWindows, TrainCrops, collate_windows, epoch_crops, index_events
-from trainable.fit import LOSS_KEYS, Device, EpochStats, NonFiniteLossError, predict_clips, train_epoch
+from trainable.fit import LOSS_KEYS, Device, EpochStats, DivergedError, predict_clips, train_epoch
 from trainable.folds import Fold, make_folds, species_matrix
 from trainable.losses import SEDLoss, balanced_pos_weight
 from trainable.metrics import lwlrap
@@ -64,6 +64,16 @@ class FoldRun:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.rng.bit_generator.state = json.loads(state["rng"])
+
+
+def step_clamped(scheduler: torch.optim.lr_scheduler.CosineAnnealingLR, t_max: int) -> None:
+    """End an epoch of a cosine schedule that stays at its floor after t_max epochs.
+
+    The reference stepped CosineAnnealingLR past T_max, so its lr climbed back up and
+    oscillated for the rest of the 50 epochs.
+    """
+    if scheduler.last_epoch < t_max:
+        scheduler.step()
 
 
 class KFoldTraining:
@@ -112,16 +122,16 @@ class KFoldTraining:
         """Train one epoch on every fold, evaluate each, and return the epoch's metrics.
 
         Raises:
-            NonFiniteLossError: naming the fold and the epoch.
+            DivergedError: naming the fold and the epoch.
         """
         lr = self.runs[0].optimizer.param_groups[0]["lr"]
         fold_scores, oof, losses, samples, seconds = {}, [], [], 0, 0.0
         for run in self.runs:
             try:
                 stats = self._train_fold(run)
-            except NonFiniteLossError as error:
-                raise NonFiniteLossError(f"fold {run.fold.index}, epoch {self.epoch + 1}: {error}") from None
-            scores = self._predict_fold(run)
+                scores = self._predict_fold(run)
+            except DivergedError as error:
+                raise DivergedError(f"fold {run.fold.index}, epoch {self.epoch + 1}: {error}") from None
             fold_scores[run.fold.index] = lwlrap(run.truth, scores)
             oof.append(scores)
             losses.append(stats)
@@ -152,9 +162,7 @@ class KFoldTraining:
                             num_workers=self.config.train.loader_workers, pin_memory=self.device.cuda)
         stats = train_epoch(run.model, loader, run.loss_fn, run.optimizer, run.scaler, self.config.augment,
                             run.rng, self.device)
-        # Clamped cosine: the reference stepped past T_max and the lr climbed back up.
-        if run.scheduler.last_epoch < self.config.train.t_max:
-            run.scheduler.step()
+        step_clamped(run.scheduler, self.config.train.t_max)
         return stats
 
     def _predict_fold(self, run: FoldRun) -> np.ndarray:

@@ -31,7 +31,8 @@ def train_sed(config: dict[str, Any]) -> None:
 
     Raises:
         ConfigError: a bad config, or a checkpoint made with another recipe.
-        NonFiniteLossError: the loss became NaN or infinite (the trial ends; others go on).
+        DivergedError: the loss or the predictions became NaN or infinite (the trial
+            ends; the others go on).
     """
     trial = from_dict(TrialConfig, nest_dotted(config))
     training = KFoldTraining(trial, assigned_device())

@@ -1,0 +1,106 @@
+"""The k-fold training without Ray: determinism, exact resume, checkpoints, divergence, schedule."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from trainable.annotations import load_annotations
+from trainable.config import ConfigError, TrialConfig, from_dict, merge
+from trainable.fit import Device, DivergedError
+from trainable.kfold import BEST_OOF_FILE, TRIAL_FILE, KFoldTraining, fold_file, step_clamped
+
+CPU = Device(torch.device("cpu"))
+TIMING = "samples_per_s"  # the one metric that may differ between identical runs
+
+
+def training(tiny_trial: dict, **overrides) -> KFoldTraining:
+    torch.set_num_threads(1)
+    return KFoldTraining(from_dict(TrialConfig, merge(tiny_trial, overrides)), CPU)
+
+
+def same_numbers(a: dict, b: dict) -> bool:
+    return {k: v for k, v in a.items() if k != TIMING} == {k: v for k, v in b.items() if k != TIMING}
+
+
+def test_resumed_training_repeats_an_uninterrupted_one_exactly(tiny_trial, tmp_path):
+    straight = training(tiny_trial)
+    epochs = [straight.run_epoch(), straight.run_epoch()]
+
+    first = training(tiny_trial)
+    assert same_numbers(first.run_epoch(), epochs[0])  # deterministic for a seed
+    first.save(tmp_path)
+    resumed = training(tiny_trial)
+    resumed.load(tmp_path)
+    assert resumed.epoch == 1
+    second = resumed.run_epoch()
+    assert second["epoch"] == 2
+    assert same_numbers(second, epochs[1])
+    for a, b in zip(straight.runs, resumed.runs):
+        assert all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()))
+
+
+def test_epoch_metrics_describe_every_fold(tiny_trial):
+    metrics = training(tiny_trial, **{"train.folds": [1], "data.n_folds": 3}).run_epoch()
+    assert metrics["epoch"] == 1 and metrics["lr"] == pytest.approx(1e-3)
+    assert 0 < metrics["cv_lwlrap"] <= 1 and metrics["best_cv_lwlrap"] == metrics["cv_lwlrap"]
+    assert [k for k in metrics if k.startswith("fold/")] == ["fold/1/lwlrap"]  # only the chosen fold
+    assert metrics["fold/1/lwlrap"] == metrics["cv_lwlrap"] and metrics["fold_lwlrap_std"] == 0.0
+    assert metrics["samples_per_s"] > 0
+    for term in ("total", "att", "max", "pseudo", "frame"):
+        assert math.isfinite(metrics[f"loss/{term}"]) and metrics[f"loss/{term}"] > 0
+
+
+def test_another_seed_gives_other_numbers(tiny_trial):
+    one = training(tiny_trial, **{"train.folds": [0]}).run_epoch()
+    other = training(tiny_trial, **{"train.folds": [0], "train.seed": 1}).run_epoch()
+    assert one["loss/total"] != other["loss/total"]
+
+
+def test_checkpoint_holds_every_fold_and_the_best_out_of_fold_predictions(tiny_trial, tmp_path):
+    trial = training(tiny_trial)
+    metrics = trial.run_epoch()
+    trial.save(tmp_path)
+    saved = json.loads((tmp_path / TRIAL_FILE).read_text())
+    assert saved["epoch"] == 1 and saved["best_cv_lwlrap"] == metrics["best_cv_lwlrap"]
+    assert saved["config"]["model"]["backbone"] == "mobilenetv2_100"
+    for index in (0, 1):
+        state = torch.load(tmp_path / fold_file(index), weights_only=True)  # safe to load
+        assert set(state) == {"model", "optimizer", "scheduler", "scaler", "rng"}
+    oof = np.load(tmp_path / BEST_OOF_FILE)
+    tp_ids = set(load_annotations(tiny_trial['data_dir']).tp.recording_id)
+    assert sorted(oof["recording_ids"]) == sorted(tp_ids)  # every tp recording exactly once
+    assert oof["scores"].shape == (len(tp_ids), trial.annotations.n_species)
+    assert set(oof["fold"]) == {0, 1}
+
+
+def test_resuming_with_another_recipe_is_refused(tiny_trial, tmp_path):
+    trial = training(tiny_trial, **{"train.folds": [0]})
+    trial.save(tmp_path)
+    with pytest.raises(ConfigError, match="loss.w_max = 0.5, this trial has 0.3"):
+        training(tiny_trial, **{"train.folds": [0], "loss.w_max": 0.3}).load(tmp_path)
+    longer = training(tiny_trial, **{"train.folds": [0], "train.epochs": 5})
+    longer.load(tmp_path)  # a longer budget may go on
+    assert longer.epoch == 0
+
+
+def test_a_diverging_trial_stops_with_a_clear_error(tiny_trial):
+    with pytest.raises(DivergedError, match=r"fold 0, epoch 1: the (loss|predictions) (is|are) not finite"):
+        training(tiny_trial, **{"train.folds": [0], "train.lr": 1e30, "train.min_lr": 0.0}).run_epoch()
+
+
+def test_cosine_schedule_stays_at_its_floor_after_t_max():
+    optimizer = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=4, eta_min=1e-5)
+    lrs = []
+    for _ in range(10):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        step_clamped(scheduler, t_max=4)
+    assert lrs[0] == 1e-3
+    assert all(a > b for a, b in zip(lrs[:5], lrs[1:5]))  # decreasing for T_max epochs
+    assert lrs[4:] == pytest.approx([1e-5] * 6)  # then flat, never climbing back

@@ -1,0 +1,103 @@
+"""The trainable under a real `tune.Tuner` on local Ray: metrics, failures, checkpoint and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+from ray import tune
+
+from trainable.kfold import TRIAL_FILE, fold_file
+from trainable.tune import METRIC, MODE, train_sed
+
+LOSS_TERMS = ("total", "att", "max", "pseudo", "frame")
+
+
+def fit(param_space: dict, storage, name: str, num_samples: int = 1, max_failures: int = 0,
+        callbacks: tuple = ()) -> tune.ResultGrid:
+    tuner = tune.Tuner(
+        tune.with_resources(train_sed, {"cpu": 1}),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, num_samples=num_samples),
+        run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0, callbacks=list(callbacks),
+                                  failure_config=tune.FailureConfig(max_failures=max_failures)),
+    )
+    return tuner.fit()
+
+
+def by_train_config(results: tune.ResultGrid) -> dict[str, tune.Result]:
+    return {json.dumps(result.config["train"], sort_keys=True): result for result in results}
+
+
+def test_trials_report_every_metric_and_bad_trials_fail_alone(local_ray, tiny_trial, tmp_path):
+    good = tiny_trial["train"]
+    diverging = {**good, "lr": 1e30, "min_lr": 0.0}
+    misspelt = {**good, "lrr": 0.1}
+    space = {**tiny_trial, "train": tune.grid_search([good, diverging, misspelt])}
+    results = by_train_config(fit(space, tmp_path, "report"))
+
+    result = results[json.dumps(good, sort_keys=True)]
+    assert result.error is None
+    rows = result.metrics_dataframe
+    assert list(rows.training_iteration) == [1, 2] and list(rows.epoch) == [1, 2]
+    assert rows.cv_lwlrap.between(0, 1).all() and (rows.cv_lwlrap > 0).all()
+    assert list(rows.best_cv_lwlrap) == list(rows.cv_lwlrap.cummax())
+    folds = rows[["fold/0/lwlrap", "fold/1/lwlrap"]].to_numpy()
+    np.testing.assert_allclose(rows.fold_lwlrap_std, folds.std(axis=1))
+    for term in LOSS_TERMS:
+        assert (rows[f"loss/{term}"] > 0).all() and np.isfinite(rows[f"loss/{term}"]).all()
+    assert rows.lr.iloc[0] == pytest.approx(1e-3) and rows.lr.iloc[1] < rows.lr.iloc[0]
+    assert (rows.samples_per_s > 0).all()
+    with result.checkpoint.as_directory() as directory:
+        saved = json.loads(open(os.path.join(directory, TRIAL_FILE)).read())
+        assert saved["epoch"] == 2 and saved["best_cv_lwlrap"] == rows.best_cv_lwlrap.iloc[-1]
+        assert all(os.path.isfile(os.path.join(directory, fold_file(k))) for k in (0, 1))
+
+    assert "fold 0, epoch 1" in str(results[json.dumps(diverging, sort_keys=True)].error)
+    assert "not finite" in str(results[json.dumps(diverging, sort_keys=True)].error)
+    assert "unknown config key train.lrr" in str(results[json.dumps(misspelt, sort_keys=True)].error)
+
+
+class KillAfterFirstCheckpoint(tune.Callback):
+    """Kills one trial's worker process (as a lost node would) once its epoch-1 checkpoint is
+    saved, and records every result the driver receives: (trial id, epoch, process id)."""
+
+    def __init__(self):
+        self.killed: str | None = None
+        self.reports: list[tuple[str, int, int]] = []
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.reports.append((trial.trial_id, result["epoch"], result["pid"]))
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        if self.killed is None and trial.last_result.get("training_iteration") == 1:
+            self.killed = trial.trial_id
+            os.kill(trial.last_result["pid"], signal.SIGKILL)
+
+
+def test_a_killed_trial_resumes_from_its_checkpoint_and_ends_like_an_uninterrupted_one(
+        local_ray, tiny_trial, tmp_path):
+    """Two identical trials; one is killed after epoch 1 and retried by Ray from its checkpoint."""
+    killer = KillAfterFirstCheckpoint()
+    results = fit(tiny_trial, tmp_path, "resume", num_samples=2, max_failures=1, callbacks=(killer,))
+    assert killer.killed is not None
+    interrupted = next(r for r in results if r.metrics["trial_id"] == killer.killed)
+    straight = next(r for r in results if r.metrics["trial_id"] != killer.killed)
+    assert interrupted.error is None and straight.error is None
+
+    reports = [(epoch, pid) for trial_id, epoch, pid in killer.reports if trial_id == killer.killed]
+    # Epoch 2 ran in a new process, which went on from the checkpoint instead of from zero.
+    assert [epoch for epoch, _ in reports] == [1, 2]
+    assert reports[0][1] != reports[1][1]
+    assert {"cv_lwlrap", "loss/total", "fold/0/lwlrap", "fold/1/lwlrap"} <= set(ours(straight.metrics))
+    assert ours(interrupted.metrics) == ours(straight.metrics)
+    assert interrupted.metrics["training_iteration"] == 2
+
+
+def ours(metrics: dict) -> dict:
+    """The trainable's own numbers, without timings and Ray's bookkeeping."""
+    return {k: v for k, v in metrics.items()
+            if k in ("epoch", "cv_lwlrap", "best_cv_lwlrap", "fold_lwlrap_std", "lr") or k.startswith(("fold/", "loss/"))}
