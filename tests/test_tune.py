@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from ray import tune
 
+from trainable.config import ConfigError
 from trainable.kfold import TRIAL_FILE, fold_file
 from trainable.tune import METRIC, MODE, train_sed
 
@@ -101,3 +102,12 @@ def ours(metrics: dict) -> dict:
     """The trainable's own numbers, without timings and Ray's bookkeeping."""
     return {k: v for k, v in metrics.items()
             if k in ("epoch", "cv_lwlrap", "best_cv_lwlrap", "fold_lwlrap_std", "lr") or k.startswith(("fold/", "loss/"))}
+
+
+def test_relative_data_paths_are_refused_before_any_work():
+    """Trials run in their own working directory (maybe on another node): a relative path
+    would point nowhere, so it fails at once with the reason."""
+    with pytest.raises(ConfigError, match="data_dir must be an absolute path, got 'data/synthetic'"):
+        train_sed({"data_dir": "data/synthetic"})
+    with pytest.raises(ConfigError, match="cache_dir must be an absolute path"):
+        train_sed({"data_dir": "/data", "cache_dir": "logmel"})

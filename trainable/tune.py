@@ -8,6 +8,7 @@ metrics and a checkpoint, so ASHA can stop the trial at any epoch and Ray can re
 
 from __future__ import annotations
 
+import os
 import tempfile
 from typing import Any
 
@@ -15,7 +16,7 @@ import ray
 import torch
 from ray import tune
 
-from trainable.config import TrialConfig, from_dict, nest_dotted
+from trainable.config import ConfigError, TrialConfig, from_dict, nest_dotted
 from trainable.fit import Device
 from trainable.kfold import KFoldTraining
 
@@ -26,8 +27,8 @@ def train_sed(config: dict[str, Any]) -> None:
     """Ray Tune function trainable.
 
     Args:
-        config: a TrialConfig as a (nested or dotted-key) dict. An unknown key or a wrong
-            type fails the trial with a ConfigError that names the key.
+        config: a TrialConfig as a (nested or dotted-key) dict, with absolute data paths. An
+            unknown key or a wrong type fails the trial with a ConfigError that names the key.
 
     Raises:
         ConfigError: a bad config, or a checkpoint made with another recipe.
@@ -35,6 +36,11 @@ def train_sed(config: dict[str, Any]) -> None:
             ends; the others go on).
     """
     trial = from_dict(TrialConfig, nest_dotted(config))
+    for key in ("data_dir", "cache_dir"):
+        path = getattr(trial, key)
+        if path and not os.path.isabs(path):
+            raise ConfigError(f"{key} must be an absolute path, got {path!r}: a trial runs in its own"
+                              f" working directory, maybe on another node")
     training = KFoldTraining(trial, assigned_device())
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
