@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from trainable.augment import draw_mixup, unit_scale
 from trainable.config import AugmentConfig, LossConfig, ModelConfig
 from trainable.data import collate_windows
 from trainable.fit import LOSS_KEYS, Device, predict_clips, train_epoch
@@ -55,3 +56,46 @@ def test_train_epoch_steps_the_model_and_reports_every_loss_term(mixup_on):
     assert stats.samples == 10 and stats.seconds > 0
     assert set(stats.losses) == set(LOSS_KEYS) and all(np.isfinite(v) and v > 0 for v in stats.losses.values())
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+class Recorder(nn.Module):
+    """A model and a loss that keep what they were given, to check how mixup is routed."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(()))
+        self.seen: dict[str, torch.Tensor] = {}
+
+    def forward(self, x, mix=None):
+        self.seen.update(x=x, features=mix(x) if mix is not None else x)
+        return {"x": x * self.weight}
+
+    def loss(self, logits, clip_target, frame_target):
+        self.seen.update(clip=clip_target, frame=frame_target)
+        total = logits["x"].sum()
+        return {key: total for key in LOSS_KEYS}
+
+
+@pytest.mark.parametrize("mixup_on", ["features", "input"])
+def test_one_mixup_draw_mixes_the_chosen_place_and_both_targets(mixup_on):
+    g = torch.Generator().manual_seed(0)
+    frame = (torch.rand(4, 3, 16, generator=g) > 0.5).float()
+    x = torch.rand(4, 1, 8, 16, generator=g)
+    data = TensorDataset(x, frame.amax(-1), frame)
+    recorder = Recorder()
+    config = AugmentConfig(mixup_alpha=1.0, mixup_on=mixup_on, time_masks=0, freq_masks=0, gamma=0, brightness=0)
+    train_epoch(recorder, DataLoader(data, batch_size=4), recorder.loss, torch.optim.SGD(recorder.parameters(), lr=0.1),
+                torch.amp.GradScaler("cpu", enabled=False), config, np.random.default_rng(5), CPU)
+    # Replay the draws: train_epoch's augmentation draws nothing when jitter and masks are off.
+    replay = np.random.default_rng(5)
+    replay.uniform(size=4), replay.uniform(size=4)  # jitter always draws gamma and brightness
+    mix = draw_mixup(4, 1.0, replay)
+    scaled = unit_scale(x)
+    torch.testing.assert_close(recorder.seen["clip"], mix(frame.amax(-1)))
+    torch.testing.assert_close(recorder.seen["frame"], mix(frame))
+    if mixup_on == "input":
+        torch.testing.assert_close(recorder.seen["x"], mix(scaled))
+        torch.testing.assert_close(recorder.seen["features"], recorder.seen["x"])  # not twice
+    else:
+        torch.testing.assert_close(recorder.seen["x"], scaled)
+        torch.testing.assert_close(recorder.seen["features"], mix(scaled))

@@ -8,11 +8,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
 from trainable.annotations import load_annotations
 from trainable.config import ConfigError, TrialConfig, from_dict, merge
 from trainable.fit import Device, DivergedError
-from trainable.kfold import BEST_OOF_FILE, TRIAL_FILE, KFoldTraining, fold_file, step_clamped
+from trainable.kfold import BEST_OOF_FILE, TRIAL_FILE, KFoldTraining, fold_file, step_clamped, training_loader
+from trainable.metrics import lwlrap
 
 CPU = Device(torch.device("cpu"))
 TIMING = "samples_per_s"  # the one metric that may differ between identical runs
@@ -30,6 +32,11 @@ def same_numbers(a: dict, b: dict) -> bool:
 def test_resumed_training_repeats_an_uninterrupted_one_exactly(tiny_trial, tmp_path):
     straight = training(tiny_trial)
     epochs = [straight.run_epoch(), straight.run_epoch()]
+    # cv_lwlrap scores the pooled out-of-fold predictions, not the mean of the fold scores,
+    # and the checkpointed predictions are those of the best epoch.
+    pooled_truth = np.concatenate([run.truth for run in straight.runs])
+    assert lwlrap(pooled_truth, straight.best_oof) == max(e["cv_lwlrap"] for e in epochs)
+    assert straight.best_cv_lwlrap == max(e["cv_lwlrap"] for e in epochs)
 
     first = training(tiny_trial)
     assert same_numbers(first.run_epoch(), epochs[0])  # deterministic for a seed
@@ -104,3 +111,9 @@ def test_cosine_schedule_stays_at_its_floor_after_t_max():
     assert lrs[0] == 1e-3
     assert all(a > b for a, b in zip(lrs[:5], lrs[1:5]))  # decreasing for T_max epochs
     assert lrs[4:] == pytest.approx([1e-5] * 6)  # then flat, never climbing back
+
+
+@pytest.mark.parametrize("size, batch, expected", [(21, 20, [20]), (5, 20, [5]), (41, 20, [20, 20]), (40, 20, [20, 20])])
+def test_training_batches_never_end_with_a_lone_sample(size, batch, expected):
+    loader = training_loader(TensorDataset(torch.arange(size)), batch, torch.Generator().manual_seed(0), 0, False)
+    assert [len(x) for (x,) in loader] == expected

@@ -127,3 +127,27 @@ def test_mixed_clip_targets_give_the_mixture_of_the_clip_losses():
     ones_side = loss._clip(logits[CLIP_ATT], clip)
     other_side = loss._clip(logits[CLIP_ATT], clip[[2, 0, 3, 1]])
     torch.testing.assert_close(clip_loss(mixed_clip), 0.3 * ones_side + 0.7 * other_side)
+
+
+def test_pseudo_labels_threshold_the_segment_probability_not_the_logit():
+    threshold = 0.7  # logit(0.7) = 0.847
+    segment = torch.tensor([0.80, 0.86, -2.0, 5.0]).repeat(B, C, 1)  # sigmoid: 0.690, 0.703, 0.12, 0.99
+    attention = torch.randn(B, C, 4, generator=torch.Generator().manual_seed(3))
+    logits = {key: value.detach() for key, value in make_logits().items()}
+    logits[SEGMENT], logits[ATTENTION] = segment, attention
+    pseudo = SEDLoss(LossConfig(pseudo_threshold=threshold))(logits, *make_targets())["pseudo"]
+    labels = torch.tensor([0.0, 1.0, 0.0, 1.0]).repeat(B, C, 1)
+    torch.testing.assert_close(pseudo, torch.nn.functional.binary_cross_entropy_with_logits(attention, labels))
+
+
+def test_mixed_frame_targets_give_the_mixture_of_the_frame_losses():
+    """A frame positive only in the mixup partner keeps the partner's share of the loss and
+    is never pushed towards negative."""
+    logits = make_logits()
+    clip, frame = make_targets()
+    perm = torch.tensor([2, 0, 3, 1])
+    mix = Mixup(lam=0.8, perm=perm)
+    loss = SEDLoss(LossConfig())
+    mixed = loss(logits, mix(clip), mix(frame))["frame"]
+    own, partner = loss(logits, clip, frame)["frame"], loss(logits, clip[perm], frame[perm])["frame"]
+    torch.testing.assert_close(mixed, 0.8 * own + 0.2 * partner)

@@ -75,3 +75,22 @@ def test_pretrained_weights_load_from_a_local_file(tmp_path):
 def test_missing_weights_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         SEDModel(ModelConfig(pretrained=True, pretrained_file=str(tmp_path / "nope.pth")), N_SPECIES)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_every_backbone_trains_on_the_smallest_batch(backbone):
+    """Training mode with two samples (the smallest batch training makes): BatchNorm works
+    and every output sends a finite gradient back to the backbone's stem."""
+    torch.manual_seed(0)
+    model = SEDModel(ModelConfig(backbone=backbone), N_SPECIES).train()
+    out = model(torch.rand(2, 1, 64, 128))
+    sum(value.sum() for value in out.values()).backward()
+    stem = next(model.backbone.parameters())
+    assert stem.grad is not None and torch.isfinite(stem.grad).all() and stem.grad.abs().sum() > 0
+
+
+def test_a_backbone_without_a_feature_map_is_named_as_the_problem():
+    model = SEDModel(ModelConfig(), N_SPECIES)
+    model.backbone = torch.nn.Flatten(2)  # (B, F, tokens), like a transformer's output
+    with pytest.raises(ConfigError, match="needs a convolutional backbone"):
+        model(torch.rand(2, 1, 32, 64))

@@ -22,9 +22,21 @@ def _work_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.promote_types(x.dtype, torch.float32)
 
 
+def to_device(values: np.ndarray, device: torch.device | str, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A small numpy array on `device`, without making the host wait for the GPU.
+
+    A copy from pageable memory synchronises the CUDA stream first; from pinned memory it
+    is queued like a kernel.
+    """
+    tensor = torch.as_tensor(values, dtype=dtype)
+    if torch.device(device).type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def _per_sample(values: np.ndarray, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(B,) numpy values as a tensor that broadcasts over the sample dims of x: (B, 1, ..., 1)."""
-    return torch.as_tensor(values, dtype=dtype, device=x.device).view(-1, *([1] * (x.ndim - 1)))
+    return to_device(values, x.device, dtype).view(-1, *([1] * (x.ndim - 1)))
 
 
 def unit_scale(x: torch.Tensor) -> torch.Tensor:
@@ -86,8 +98,8 @@ def _band_masks(count: int, widest: int, size: int, batch: int, rng: np.random.G
     """
     widths = np.minimum(rng.integers(0, widest + 1, size=(batch, count)), size)  # (B, K)
     starts = rng.integers(0, size - widths + 1)  # (B, K); band fits inside [0, size)
-    widths_t = torch.as_tensor(widths, device=device).unsqueeze(-1)  # (B, K, 1)
-    starts_t = torch.as_tensor(starts, device=device).unsqueeze(-1)  # (B, K, 1)
+    widths_t = to_device(widths, device).unsqueeze(-1)  # (B, K, 1)
+    starts_t = to_device(starts, device).unsqueeze(-1)  # (B, K, 1)
     pos = torch.arange(size, device=device)  # (size,)
     inside = (pos >= starts_t) & (pos < starts_t + widths_t)  # (B, K, size)
     return inside.any(dim=1)  # (B, size)
@@ -154,5 +166,5 @@ def draw_mixup(batch_size: int, alpha: float, rng: np.random.Generator,
     if alpha <= 0 or batch_size < 2:
         return None
     lam = float(rng.beta(alpha, alpha))
-    perm = torch.as_tensor(rng.permutation(batch_size), dtype=torch.long, device=device)  # (B,)
+    perm = to_device(rng.permutation(batch_size), device, torch.long)  # (B,)
     return Mixup(lam=lam, perm=perm)

@@ -1,7 +1,9 @@
 """Train one epoch of one fold; predict whole clips for evaluation.
 
 The hot path keeps to batched tensor work on the device: the losses of every step are
-summed on the device and read back once per epoch, so a GPU never waits for the host.
+summed on the device and read back once per epoch, and the per-step random draws travel
+from pinned memory, so the host does not wait for the GPU within an epoch (with bfloat16;
+float16's GradScaler reads its scale back once per step).
 """
 
 from __future__ import annotations
@@ -37,9 +39,18 @@ class Device:
     def cuda(self) -> bool:
         return self.torch.type == "cuda"
 
+    @property
+    def amp_dtype(self) -> torch.dtype:
+        """bfloat16 where the GPU has it (no loss scaling needed), else float16."""
+        return torch.bfloat16 if self.cuda and torch.cuda.is_bf16_supported() else torch.float16
+
     def autocast(self) -> torch.autocast:
-        """Mixed precision on CUDA (float16 with a GradScaler); full float32 on CPU."""
-        return torch.autocast(self.torch.type, dtype=torch.float16, enabled=self.cuda)
+        """Mixed precision on CUDA; full float32 on CPU."""
+        return torch.autocast(self.torch.type, dtype=self.amp_dtype, enabled=self.cuda)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """Loss scaling for float16 only: its step reads the scale back on the host."""
+        return torch.amp.GradScaler(self.torch.type, enabled=self.cuda and self.amp_dtype == torch.float16)
 
     def input(self, x: torch.Tensor) -> torch.Tensor:
         """Move a (B, 1, M, T) log-mel batch to the device, scaled to [0, 1] per sample."""
@@ -104,14 +115,15 @@ def predict_clips(model: nn.Module, loader: DataLoader, device: Device) -> np.nd
     """Clip probabilities of whole recordings cut into windows.
 
     Per window: max over time of the segment probability; per recording: max over its
-    windows (the seed's evaluation).
+    windows (the seed's evaluation). The max is taken on logits (sigmoid is monotone) and
+    the sigmoid in float64, so confident classes do not all round to a tied 1.0.
 
     Args:
         loader: batches from `data.collate_windows`: windows (sum W, 1, M, T), window
             counts per recording, truth (unused here).
 
     Returns:
-        (N, C) float32 probabilities in the loader's recording order.
+        (N, C) float64 probabilities in the loader's recording order.
 
     Raises:
         DivergedError: a probability is NaN.
@@ -121,11 +133,11 @@ def predict_clips(model: nn.Module, loader: DataLoader, device: Device) -> np.nd
     for windows, counts, _ in loader:
         with device.autocast():
             segment = model(device.input(windows))[SEGMENT]  # (sum W, C, T')
-        per_window = torch.sigmoid(segment.float()).amax(dim=-1)  # (sum W, C)
+        per_window = segment.float().amax(dim=-1)  # (sum W, C) logits
         clips.extend(part.amax(dim=0) for part in per_window.split(counts))  # (C,) each
     if not clips:
         return np.zeros((0, 0), np.float32)
-    probabilities = torch.stack(clips).cpu().numpy()  # (N, C)
+    probabilities = torch.sigmoid(torch.stack(clips).double()).cpu().numpy()  # (N, C)
     if not np.isfinite(probabilities).all():
         raise DivergedError("the predictions are not finite (the weights diverged); lower train.lr")
     return probabilities

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from trainable.annotations import Annotations, load_annotations
 from trainable.cache import DEFAULT_CACHE_NAME, LogMelCache
@@ -62,8 +62,20 @@ class FoldRun:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"]:  # empty when saved without loss scaling (CPU, bfloat16)
+            self.scaler.load_state_dict(state["scaler"])
         self.rng.bit_generator.state = json.loads(state["rng"])
+
+
+def training_loader(dataset: Dataset, batch_size: int, generator: torch.Generator, workers: int,
+                    pin_memory: bool) -> DataLoader:
+    """Shuffled batches of `dataset`, never a last batch of one sample.
+
+    A batch of one breaks BatchNorm in training mode (resnest's split attention pools to
+    1x1), so only such a lone sample is dropped; a dataset smaller than a batch still trains.
+    """
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator,
+                      drop_last=len(dataset) % batch_size == 1, num_workers=workers, pin_memory=pin_memory)
 
 
 def step_clamped(scheduler: torch.optim.lr_scheduler.CosineAnnealingLR, t_max: int) -> None:
@@ -111,8 +123,8 @@ class KFoldTraining:
         counts = np.bincount(tp[tp.recording_id.isin(set(fold.train_ids))].species_id, minlength=n_species)
         loss_fn = SEDLoss(self.config.loss, balanced_pos_weight(counts)).to(self.device.torch)
         truth = species_matrix(tp, fold.valid_ids, n_species).astype(np.float32)
-        return FoldRun(fold, model, optimizer, scheduler, torch.amp.GradScaler(self.device.torch.type,
-                       enabled=self.device.cuda), loss_fn, np.random.default_rng([train.seed, fold.index]), truth)
+        return FoldRun(fold, model, optimizer, scheduler, self.device.grad_scaler(), loss_fn,
+                       np.random.default_rng([train.seed, fold.index]), truth)
 
     @property
     def oof_ids(self) -> list[str]:
@@ -158,8 +170,8 @@ class KFoldTraining:
                              self.config.data.crop_frames)
         shuffle = torch.Generator().manual_seed(int(run.rng.integers(2**62)))
         torch.manual_seed(int(run.rng.integers(2**62)))  # layers that draw from torch's RNG (dropout)
-        loader = DataLoader(dataset, batch_size=self.config.train.batch_size, shuffle=True, generator=shuffle,
-                            num_workers=self.config.train.loader_workers, pin_memory=self.device.cuda)
+        loader = training_loader(dataset, self.config.train.batch_size, shuffle,
+                                 self.config.train.loader_workers, self.device.cuda)
         stats = train_epoch(run.model, loader, run.loss_fn, run.optimizer, run.scaler, self.config.augment,
                             run.rng, self.device)
         step_clamped(run.scheduler, self.config.train.t_max)
@@ -182,7 +194,7 @@ class KFoldTraining:
                  fold=np.concatenate([[run.fold.index] * len(run.fold.valid_ids) for run in self.runs]),
                  scores=self.best_oof)
         trial = {"format": CHECKPOINT_FORMAT, "epoch": self.epoch, "best_cv_lwlrap": self.best_cv_lwlrap,
-                 "config": to_dict(self.config)}
+                 "folds": list(self.config.fold_indices), "config": to_dict(self.config)}
         (directory / TRIAL_FILE).write_text(json.dumps(trial, indent=2))
 
     def load(self, directory: Path) -> None:
@@ -196,6 +208,9 @@ class KFoldTraining:
         if trial.get("format") != CHECKPOINT_FORMAT:
             raise ConfigError(f"checkpoint {directory} has format {trial.get('format')}, expected {CHECKPOINT_FORMAT}")
         _check_same_recipe(trial["config"], to_dict(self.config), directory)
+        if trial["folds"] != list(self.config.fold_indices):
+            raise ConfigError(f"checkpoint {directory} holds folds {trial['folds']},"
+                              f" this trial trains {list(self.config.fold_indices)}")
         for run in self.runs:
             run.load_state_dict(torch.load(directory / fold_file(run.fold.index), map_location=self.device.torch,
                                            weights_only=True))
@@ -204,9 +219,11 @@ class KFoldTraining:
 
 
 def _check_same_recipe(saved: dict, current: dict, directory: Path) -> None:
-    """Refuse to resume with another recipe. Data paths may differ (another machine), and
-    a longer epoch budget may go on from a shorter one."""
-    free = {"data_dir", "cache_dir", "train.epochs"}
+    """Refuse to resume with another recipe. Free to differ: what does not change the numbers
+    or belongs to the machine (paths, workers, evaluation batching), and the epoch budget (a
+    longer one goes on from a shorter one). The folds are compared as fold numbers."""
+    free = {"data_dir", "cache_dir", "model.pretrained_file", "train.epochs", "train.folds",
+            "train.loader_workers", "train.eval_recordings"}
     saved, current = _flat(saved), _flat(current)
     for key in sorted(set(saved) | set(current) - free):
         if key not in free and saved.get(key) != current.get(key):

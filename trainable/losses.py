@@ -88,8 +88,11 @@ class SEDLoss(nn.Module):
 
     @staticmethod
     def _frame(frame: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        positive = (target > 0).float()  # (B, C, T)
-        loss = F.binary_cross_entropy_with_logits(frame.float(), target, reduction="none")
-        # Divide by the positive count without a host sync; a batch without any positive
-        # frame (all-fp crops) gives 0.
-        return (loss * positive).sum() / positive.sum().clamp(min=1.0)
+        # BCE on positive frames is -log sigmoid(z) = softplus(-z) there. Weighting each frame
+        # by its label instead of masking on label > 0 makes a mixed batch's loss exactly the
+        # mixture of its two halves' losses: a frame positive only in the mixup partner is
+        # not pushed towards negative (it may hold an unlabelled call).
+        positive_loss = F.softplus(-frame.float())  # (B, C, T)
+        # Dividing by the label mass needs no host sync; a batch without any positive frame
+        # (all-fp crops) gives 0.
+        return (target * positive_loss).sum() / target.sum().clamp(min=1.0)

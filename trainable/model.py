@@ -78,6 +78,9 @@ class SEDModel(nn.Module):
             A dict with the keys of OUTPUTS (shapes beside their definitions above).
         """
         features = self.backbone(x)  # (B, F, M', T')
+        if features.ndim != 4:
+            raise ConfigError(f"backbone gives {features.ndim}-D features, not a (B, F, freq, time) map:"
+                              f" the SED head needs a convolutional backbone (e.g. {', '.join(BACKBONES)})")
         if mix is not None:
             features = mix(features)
         features = F.relu(features).mean(dim=2)  # (B, F, T'): mean over frequency

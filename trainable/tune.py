@@ -17,10 +17,11 @@ import torch
 from ray import tune
 
 from trainable.config import ConfigError, TrialConfig, from_dict, nest_dotted
-from trainable.fit import Device
+from trainable.fit import Device, DivergedError
 from trainable.kfold import KFoldTraining
 
 METRIC, MODE = "cv_lwlrap", "max"  # what schedulers and searchers optimise
+DIVERGED_FILE = "diverged.txt"  # in the trial directory: why the trial diverged
 
 
 def train_sed(config: dict[str, Any]) -> None:
@@ -41,13 +42,23 @@ def train_sed(config: dict[str, Any]) -> None:
         if path and not os.path.isabs(path):
             raise ConfigError(f"{key} must be an absolute path, got {path!r}: a trial runs in its own"
                               f" working directory, maybe on another node")
+    diverged = os.path.join(tune.get_context().get_trial_dir(), DIVERGED_FILE)
+    if os.path.exists(diverged):
+        # Ray retries failed trials (FailureConfig); a divergence would only repeat itself.
+        with open(diverged) as marker:
+            raise DivergedError(f"{marker.read()} (an earlier attempt diverged; not retried)")
     training = KFoldTraining(trial, assigned_device())
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             training.load(directory)
     while training.epoch < trial.train.epochs:
-        metrics = training.run_epoch()
+        try:
+            metrics = training.run_epoch()
+        except DivergedError as error:
+            with open(diverged, "w") as marker:
+                marker.write(str(error))
+            raise
         with tempfile.TemporaryDirectory(prefix="rfcx-checkpoint-") as directory:
             training.save(directory)
             # Ray copies the directory to the experiment's storage before report returns.
@@ -59,6 +70,11 @@ def assigned_device() -> Device:
     gets one thread per assigned CPU, so packed trials do not oversubscribe the cores."""
     resources = ray.get_runtime_context().get_assigned_resources()
     torch.set_num_threads(max(1, int(resources.get("CPU", 1))))
-    if resources.get("GPU", 0) > 0 and torch.cuda.is_available():
-        return Device(torch.device("cuda"))  # Ray's CUDA_VISIBLE_DEVICES maps it to cuda:0
-    return Device(torch.device("cpu"))
+    if resources.get("GPU", 0) == 0:
+        return Device(torch.device("cpu"))
+    if not torch.cuda.is_available():
+        # Training on the CPU of a GPU node would be ~100x slower without a word.
+        raise RuntimeError("Ray assigned this trial a GPU but CUDA is not available here"
+                           " (driver or CUDA build of torch missing on this node)")
+    torch.backends.cudnn.benchmark = True  # crops and windows have fixed shapes
+    return Device(torch.device("cuda"))  # Ray's CUDA_VISIBLE_DEVICES maps it to cuda:0
