@@ -1,0 +1,162 @@
+"""Building (or restoring) the Ray Tune experiment of a search.
+
+One trial = `trainable.tune.train_sed` with the fixed config of the search and the
+parameters that Optuna suggests from the chosen spaces. OptunaSearch (seeded, the recipe
+first) proposes, ASHA stops weak trials on `training_iteration`, and every trial keeps its
+checkpoints so a killed driver or node loses nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+
+from search.optuna_search import TruthfulOptunaSearch
+from search.report import STUDY_DB
+from spaces import combine, recipe_point
+from trainable.config import ConfigError, TrialConfig, from_dict, merge
+from trainable.tune import METRIC, MODE, train_sed
+
+CHECKPOINTS_KEPT = 2  # per trial: the latest and the one before, in case a write was cut
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """Everything that defines a search, resolved from the command line."""
+
+    spaces: tuple[str, ...]
+    fixed: dict[str, Any]  # dotted config keys the search does not touch
+    num_samples: int
+    max_concurrent: int | None
+    grace_period: int
+    reduction_factor: int
+    cpus_per_trial: float
+    gpus_per_trial: float
+    storage: str  # absolute path or URI (s3://...)
+    name: str
+    seed: int
+    max_failures: int
+    callbacks: tuple = field(default=())
+
+    @property
+    def epochs(self) -> int:
+        return self.trial_config({}).train.epochs
+
+    def trial_config(self, suggested: dict[str, Any]) -> TrialConfig:
+        """The config a trial with these suggested parameters runs.
+
+        Raises:
+            ConfigError: the combination is invalid (message names the key).
+        """
+        return from_dict(TrialConfig, merge(self.fixed, suggested))
+
+
+def searched_keys(spaces: tuple[str, ...], epochs: int) -> set[str]:
+    """Config keys the spaces set (suggested or derived), found by running them once."""
+    return set(combine(list(spaces))(_fixed_trial(recipe_point(list(spaces), epochs), epochs)))
+
+
+def param_names(spaces: tuple[str, ...], epochs: int) -> list[str]:
+    """The Optuna parameter names of the spaces (config paths), in suggestion order."""
+    return list(recipe_point(list(spaces), epochs))
+
+
+def check_plan(plan: SearchPlan) -> None:
+    """Fail before Ray starts: a bad fixed value, or a fixed value that a space searches.
+
+    Raises:
+        ConfigError: one line naming the problem.
+    """
+    epochs = plan.epochs
+    clash = sorted(searched_keys(plan.spaces, epochs) & set(plan.fixed))
+    if clash:
+        raise ConfigError(f"{clash[0]} is searched by --space {' '.join(plan.spaces)};"
+                          f" drop it from --set/--config or choose other spaces")
+    if not 1 <= plan.grace_period <= epochs:
+        raise ConfigError(f"--grace-period must be in [1, epochs={epochs}], got {plan.grace_period}")
+    if plan.reduction_factor < 2:
+        raise ConfigError(f"--reduction-factor must be >= 2, got {plan.reduction_factor}")
+    point = recipe_point(list(plan.spaces), epochs)
+    plan.trial_config(DefineByRun(plan.spaces, epochs)(_fixed_trial(point, epochs)))
+
+
+def _fixed_trial(point: dict[str, Any], epochs: int) -> optuna.trial.FixedTrial:
+    trial = optuna.trial.FixedTrial(point)
+    trial.set_user_attr("epochs", epochs)
+    return trial
+
+
+@dataclass(frozen=True)
+class DefineByRun:
+    """The chosen spaces as one define-by-run function (a class: Ray pickles the searcher
+    with the experiment state, and a closure cannot be pickled). Spaces read the epoch
+    budget from the trial's user attributes."""
+
+    spaces: tuple[str, ...]
+    epochs: int
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
+        trial.set_user_attr("epochs", self.epochs)
+        return combine(list(self.spaces))(trial)
+
+
+def build_tuner(plan: SearchPlan) -> tune.Tuner:
+    """A new experiment."""
+    epochs = plan.epochs
+    searcher = TruthfulOptunaSearch(
+        space=DefineByRun(plan.spaces, epochs),
+        metric=METRIC, mode=MODE,  # a define-by-run searcher does not take them from TuneConfig
+        sampler=optuna.samplers.TPESampler(seed=plan.seed),
+        points_to_evaluate=[recipe_point(list(plan.spaces), epochs)],  # the recipe runs first
+        max_iterations=epochs,
+        export_path=None if local_experiment_dir(plan) is None else local_experiment_dir(plan) / STUDY_DB,
+    )
+    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=plan.grace_period,
+                              reduction_factor=plan.reduction_factor)
+    return tune.Tuner(
+        trainable(plan),
+        param_space=dict(plan.fixed),
+        tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=searcher, scheduler=scheduler,
+                                    num_samples=plan.num_samples,
+                                    max_concurrent_trials=plan.max_concurrent),
+        run_config=run_config(plan),
+    )
+
+
+def restore_tuner(plan: SearchPlan) -> tune.Tuner:
+    """The interrupted experiment `plan.name`: finished trials stay, unfinished ones resume
+    from their last checkpoints, and the searcher goes on with its study."""
+    return tune.Tuner.restore(experiment_path(plan), trainable(plan), resume_unfinished=True,
+                              resume_errored=False, restart_errored=False)
+
+
+def trainable(plan: SearchPlan):
+    return tune.with_resources(train_sed, {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial})
+
+
+def run_config(plan: SearchPlan) -> tune.RunConfig:
+    return tune.RunConfig(
+        name=plan.name,
+        storage_path=plan.storage,
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
+        failure_config=tune.FailureConfig(max_failures=plan.max_failures),
+        callbacks=list(plan.callbacks),
+    )
+
+
+def experiment_path(plan: SearchPlan) -> str:
+    return f"{plan.storage.rstrip('/')}/{plan.name}"
+
+
+def can_resume(plan: SearchPlan) -> bool:
+    return tune.Tuner.can_restore(experiment_path(plan))
+
+
+def local_experiment_dir(plan: SearchPlan) -> Path | None:
+    """The experiment directory when it is on this machine's file system."""
+    return None if "://" in plan.storage else Path(experiment_path(plan))

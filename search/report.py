@@ -1,0 +1,158 @@
+"""What a finished (or interrupted) search leaves for review.
+
+In the experiment directory:
+    leaderboard.md / .csv   one row per trial, ranked by best cv_lwlrap (the `exp | CV | LB |
+                            memo` table users keep by hand, filled in)
+    best_config.yaml        the best trial's full resolved config, reusable with --config
+    study.db                the Optuna study in sqlite, for Optuna's own tools
+Every file is written atomically: a report cut short never replaces a good one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+import yaml
+from ray import tune
+
+from trainable.atomic import TEMP_SUFFIX, atomic_write_text
+from trainable.config import TrialConfig, from_dict, nest_dotted, to_dict
+
+LEADERBOARD_MD, LEADERBOARD_CSV = "leaderboard.md", "leaderboard.csv"
+BEST_CONFIG, STUDY_DB = "best_config.yaml", "study.db"
+MIN_COMPLETED_FOR_IMPORTANCE = 4  # fANOVA on fewer finished trials is noise
+
+
+@dataclass(frozen=True)
+class Row:
+    """One trial on the leaderboard."""
+
+    trial: str
+    status: str  # completed / stopped by ASHA at epoch n / errored: ...
+    best_cv_lwlrap: float
+    fold_std: float  # std of the fold scores at the best epoch
+    epochs: int
+    params: dict[str, Any]
+    wall_s: float
+
+
+def leaderboard(results: tune.ResultGrid, epochs: int, param_names: list[str]) -> list[Row]:
+    """Rows of every trial, best first (trials without a score last)."""
+    rows = [_row(result, epochs, param_names) for result in results]
+    return sorted(rows, key=lambda row: -row.best_cv_lwlrap if math.isfinite(row.best_cv_lwlrap) else math.inf)
+
+
+def _row(result: tune.Result, epochs: int, param_names: list[str]) -> Row:
+    metrics = result.metrics or {}
+    done = int(metrics.get("epoch", 0))
+    if result.error is not None:
+        status = f"errored: {_last_line(result.error)}"
+    elif done >= epochs:
+        status = "completed"
+    else:
+        status = f"stopped by ASHA at epoch {done}"
+    config = nest_dotted(result.config or {})
+    params = {name: _display(_lookup(config, name)) for name in param_names}
+    history = result.metrics_dataframe
+    fold_std = math.nan
+    if history is not None and "cv_lwlrap" in history:
+        fold_std = float(history.loc[history.cv_lwlrap.idxmax(), "fold_lwlrap_std"])
+    trial = metrics.get("trial_id") or Path(result.path).name
+    return Row(trial, status, float(metrics.get("best_cv_lwlrap", math.nan)), fold_std, done, params,
+               float(metrics.get("time_total_s", 0.0)))
+
+
+def _last_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+def _lookup(config: dict, dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _display(value: Any) -> Any:
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+
+
+def frame(rows: list[Row]) -> pd.DataFrame:
+    records = [{"rank": i + 1, "trial": row.trial, "status": row.status, "best_cv_lwlrap": row.best_cv_lwlrap,
+                "fold_std": row.fold_std, "epochs": row.epochs, **row.params, "wall_s": round(row.wall_s, 1)}
+               for i, row in enumerate(rows)]
+    return pd.DataFrame.from_records(records)
+
+
+def markdown(rows: list[Row], title: str, importances: dict[str, float] | None) -> str:
+    """The leaderboard as the markdown table users keep, with LB and memo left to fill."""
+    table = frame(rows)
+    table["LB"], table["memo"] = "", ""
+    table["best_cv_lwlrap"] = table["best_cv_lwlrap"].map(lambda v: f"{v:.4f}" if math.isfinite(v) else "-")
+    table["fold_std"] = table["fold_std"].map(lambda v: f"{v:.4f}" if math.isfinite(v) else "-")
+    lines = [f"# {title}", "", _markdown_table(table)]
+    if importances:
+        lines += ["", "Parameter importance (Optuna, completed trials):", "",
+                  _markdown_table(pd.DataFrame({"parameter": list(importances),
+                                                "importance": [f"{v:.3f}" for v in importances.values()]}))]
+    return "\n".join(lines) + "\n"
+
+
+def _markdown_table(table: pd.DataFrame) -> str:
+    # Written by hand: pandas' to_markdown needs the tabulate package for one table.
+    cells = [[str(c) for c in table.columns]] + [["" if v is None else str(v) for v in row]
+                                                 for row in table.itertuples(index=False)]
+    return "\n".join(["| " + " | ".join(cells[0]) + " |", "|" + "---|" * len(cells[0])]
+                     + ["| " + " | ".join(row) + " |" for row in cells[1:]])
+
+
+def importances(study: optuna.Study) -> dict[str, float] | None:
+    """Optuna's parameter importances, once enough trials completed to mean something."""
+    completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if len(completed) < MIN_COMPLETED_FOR_IMPORTANCE:
+        return None
+    try:
+        return optuna.importance.get_param_importances(study)
+    except (RuntimeError, ValueError):  # e.g. every completed trial had the same values
+        return None
+
+
+def write_reports(directory: Path, results: tune.ResultGrid, study: optuna.Study | None, epochs: int,
+                  param_names: list[str], title: str) -> list[Row]:
+    """Write the leaderboard and the best config into `directory`; return the rows.
+
+    The study itself is exported by the searcher after every trial (search.optuna_search).
+    """
+    rows = leaderboard(results, epochs, param_names)
+    found = importances(study) if study is not None else None
+    atomic_write_text(directory / LEADERBOARD_MD, markdown(rows, title, found))
+    atomic_write_text(directory / LEADERBOARD_CSV, frame(rows).to_csv(index=False))
+    best = _best_result(results)
+    if best is not None:
+        config = to_dict(from_dict(TrialConfig, nest_dotted(best.config)))
+        atomic_write_text(directory / BEST_CONFIG, yaml.safe_dump(config, sort_keys=False))
+    return rows
+
+
+def _best_result(results: tune.ResultGrid) -> tune.Result | None:
+    scored = [r for r in results if r.metrics and math.isfinite(r.metrics.get("best_cv_lwlrap", math.nan))]
+    return max(scored, key=lambda r: r.metrics["best_cv_lwlrap"], default=None)
+
+
+def export_study(study: optuna.Study, path: Path) -> None:
+    """Copy the study into a sqlite file, replacing the old one only when complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + TEMP_SUFFIX)
+    partial.unlink(missing_ok=True)
+    copy = optuna.create_study(storage=f"sqlite:///{partial}", study_name=study.study_name or "search",
+                               directions=study.directions)
+    copy.add_trials(study.get_trials(deepcopy=False))
+    del copy  # release the sqlite engine before the rename
+    os.replace(partial, path)

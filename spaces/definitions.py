@@ -1,0 +1,86 @@
+"""The search spaces themselves: one pure function of an `optuna.Trial` per space.
+
+Each function suggests its parameters and returns a flat dict keyed by TrialConfig dotted
+paths ("loss.w_max"), ready for `trainable.config.merge` and `from_dict`. Optuna parameter
+names are the same config paths, so the sampler's history reads like the config.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Any
+
+import optuna
+
+from trainable.config import MIXUP_TARGETS
+
+DEFAULT_EPOCHS = 50  # the recipe's epoch budget, used when the search did not say its own
+
+CROP_WIDTHS = (256, 384, 512, 768)  # frames (4.1, 6.1, 8.2, 12.3 s); 512 is the recipe's
+# Offsets as fractions of the crop width: the recipe's {32, 64, 128, 256} of 512 is the first.
+# Strings, because an Optuna categorical needs one fixed set of choices for every trial, while
+# frame offsets would depend on the width sampled in the same trial; fractions keep the choice
+# meaningful across widths (and every one of them gives whole frames for every width above).
+CROP_OFFSET_SETS = ("1/16,1/8,1/4,1/2", "1/8,1/4,1/2", "1/4,1/2", "1/16,1/8")
+
+
+def mixup(trial: optuna.Trial) -> dict[str, Any]:
+    """Mixup strength (log scale: its effect is multiplicative near 0) and where it applies."""
+    return {
+        "augment.mixup_alpha": trial.suggest_float("augment.mixup_alpha", 0.01, 2.0, log=True),
+        "augment.mixup_on": trial.suggest_categorical("augment.mixup_on", list(MIXUP_TARGETS)),
+    }
+
+
+def loss_weights(trial: optuna.Trial) -> dict[str, Any]:
+    """Weights of the max, pseudo-label and frame terms relative to the attention term."""
+    # loss.w_att stays at 1: scaling all four weights together only rescales the total loss,
+    # which the learning rate already does (and Adam is nearly invariant to it), so fixing one
+    # weight removes a degree of freedom that would only add noise to the search.
+    return {
+        "loss.w_att": 1.0,
+        "loss.w_max": trial.suggest_float("loss.w_max", 0.0, 2.0),
+        "loss.w_pseudo": trial.suggest_float("loss.w_pseudo", 0.0, 2.0),
+        "loss.w_frame": trial.suggest_float("loss.w_frame", 0.0, 2.0),
+    }
+
+
+def offsets_in_frames(fractions: str, crop_frames: int) -> list[int]:
+    """An offset set string in whole frames: "1/16,1/8" at 512 frames -> [32, 64]."""
+    return [round(Fraction(part) * crop_frames) for part in fractions.split(",")]
+
+
+def crop(trial: optuna.Trial) -> dict[str, Any]:
+    """Training crop width and where the event centre lands in it.
+
+    The evaluation window overlaps are derived, not searched: DataConfig needs both below the
+    crop width, and keeping the recipe's ratios (49 and 256 of 512) keeps the evaluation
+    comparable across widths instead of adding two parameters unrelated to training.
+    """
+    crop_frames = trial.suggest_categorical("data.crop_frames", list(CROP_WIDTHS))
+    fractions = trial.suggest_categorical("data.crop_offsets", list(CROP_OFFSET_SETS))
+    return {
+        "data.crop_frames": crop_frames,
+        "data.crop_offsets": offsets_in_frames(fractions, crop_frames),
+        "data.valid_overlap": round(crop_frames * 49 / 512),
+        "data.test_overlap": crop_frames // 2,
+    }
+
+
+def pseudo(trial: optuna.Trial) -> dict[str, Any]:
+    """Segment probability above which the model's own prediction becomes a pseudo-positive."""
+    # Teacher pseudo-labelling (the recipe's stage 3) adds its parameters here in a later issue.
+    return {"loss.pseudo_threshold": trial.suggest_float("loss.pseudo_threshold", 0.3, 0.95)}
+
+
+def scheduler(trial: optuna.Trial) -> dict[str, Any]:
+    """Cosine period T_max, in epochs, up to the search's epoch budget.
+
+    The budget is read from `trial.user_attrs["epochs"]`, which the search sets before it
+    calls the space (a period past the last epoch would never finish its cosine); when it is
+    absent the recipe's 50 epochs apply.
+    """
+    epochs = int(trial.user_attrs.get("epochs", DEFAULT_EPOCHS))
+    if epochs < 1:
+        raise ValueError(f"the trial's 'epochs' user attr must be >= 1, got {epochs}")
+    return {"train.t_max": trial.suggest_int("train.t_max", 1, epochs)}

@@ -1,0 +1,168 @@
+"""Search spaces: every registered space gives valid configs, and the recipe point gives the recipe."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Any
+
+import optuna
+import pytest
+
+from spaces import RECIPE_POINT, SPACES, combine, recipe_point
+from spaces.definitions import CROP_OFFSET_SETS, CROP_WIDTHS, offsets_in_frames
+from trainable.config import TrialConfig, from_dict, merge
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+BASE = {"data_dir": "/d"}
+ALL_NAMES = set(RECIPE_POINT)  # every Optuna parameter of every space
+
+
+def build(space_dict: dict[str, Any]) -> TrialConfig:
+    return from_dict(TrialConfig, merge(BASE, space_dict))
+
+
+def suggested(names: list[str], epochs: int = 50) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(parameters asked, config returned) of combine(names) at the recipe point."""
+    trial = optuna.trial.FixedTrial(RECIPE_POINT)
+    trial.set_user_attr("epochs", epochs)
+    config = combine(names)(trial)
+    return dict(trial.params), config
+
+
+@pytest.mark.parametrize("name", list(SPACES))
+def test_recipe_point_reproduces_the_default_config(name):
+    values = SPACES[name](optuna.trial.FixedTrial(RECIPE_POINT))
+    assert values, "a space must set something"
+    assert build(values) == from_dict(TrialConfig, BASE)
+
+
+@pytest.mark.parametrize("name", list(SPACES))
+def test_parameter_names_are_config_paths(name):
+    trial = optuna.trial.FixedTrial(RECIPE_POINT)
+    values = SPACES[name](trial)
+    assert set(trial.params) <= set(values)  # crop_offsets: its string becomes frames
+    assert set(trial.params) <= ALL_NAMES
+
+
+def check_ranges(config: TrialConfig, params: dict[str, Any], epochs: int) -> None:
+    data, loss, aug = config.data, config.loss, config.augment
+    assert data.crop_frames in (256, 384, 512, 768)
+    assert all(0 < o < data.crop_frames for o in data.crop_offsets)
+    assert data.valid_overlap < data.crop_frames and data.test_overlap < data.crop_frames
+    assert 0.01 <= aug.mixup_alpha <= 2.0 and aug.mixup_on in ("features", "input")
+    assert loss.w_att == 1.0
+    assert all(0 <= w <= 2 for w in (loss.w_max, loss.w_pseudo, loss.w_frame))
+    assert 0.3 <= loss.pseudo_threshold <= 0.95
+    assert 1 <= config.train.t_max <= epochs
+    for name, value in params.items():  # what Optuna recorded is what the config holds
+        if name != "data.crop_offsets":
+            section, field = name.split(".")
+            assert getattr(getattr(config, section), field) == value
+
+
+@pytest.mark.parametrize("name", list(SPACES))
+def test_short_study_samples_valid_configs(name):
+    epochs = 12
+    configs: list[TrialConfig] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr("epochs", epochs)
+        config = build(SPACES[name](trial))
+        check_ranges(config, trial.params, epochs)
+        configs.append(config)
+        return config.loss.w_max + config.augment.mixup_alpha + config.train.t_max / epochs
+
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+    study.optimize(objective, n_trials=20)
+    assert len(configs) == 20
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    # The space really varies what it suggests.
+    assert len({tuple(sorted(t.params.items())) for t in study.trials}) > 1
+
+
+def test_crop_offsets_in_frames_follow_the_width():
+    trial = optuna.trial.FixedTrial({"data.crop_frames": 768, "data.crop_offsets": "1/8,1/4,1/2"})
+    values = SPACES["crop"](trial)
+    assert values == {"data.crop_frames": 768, "data.crop_offsets": [96, 192, 384],
+                      "data.valid_overlap": round(768 * 49 / 512), "data.test_overlap": 384}
+    assert build(values).data.crop_offsets == (96, 192, 384)
+
+
+@pytest.mark.parametrize("width", CROP_WIDTHS)
+@pytest.mark.parametrize("fractions", CROP_OFFSET_SETS)
+def test_every_offset_set_is_whole_frames_at_every_width(width, fractions):
+    exact = [Fraction(part) * width for part in fractions.split(",")]
+    assert all(f.denominator == 1 for f in exact)
+    assert offsets_in_frames(fractions, width) == [int(f) for f in exact]
+
+
+def test_scheduler_defaults_to_the_recipe_budget():
+    trial = optuna.trial.FixedTrial({"train.t_max": 50})
+    assert SPACES["scheduler"](trial) == {"train.t_max": 50}
+
+
+def test_combine_suggests_the_union():
+    params, _ = suggested(["loss_weights", "mixup"])
+    assert set(params) == {"loss.w_max", "loss.w_pseudo", "loss.w_frame",
+                           "augment.mixup_alpha", "augment.mixup_on"}
+    assert set(suggested(["all"])[0]) == ALL_NAMES
+
+
+def test_combine_asks_each_parameter_once():
+    asked: list[str] = []
+
+    class Recording(optuna.trial.FixedTrial):
+        def suggest_float(self, name, *args, **kwargs):
+            asked.append(name)
+            return super().suggest_float(name, *args, **kwargs)
+
+        def suggest_int(self, name, *args, **kwargs):
+            asked.append(name)
+            return super().suggest_int(name, *args, **kwargs)
+
+        def suggest_categorical(self, name, *args, **kwargs):
+            asked.append(name)
+            return super().suggest_categorical(name, *args, **kwargs)
+
+    config = combine(["all", "crop", "mixup", "all"])(Recording(RECIPE_POINT))
+    assert sorted(asked) == sorted(ALL_NAMES)
+    assert build(config) == from_dict(TrialConfig, BASE)
+
+
+def test_combine_rejects_unknown_names():
+    with pytest.raises(ValueError) as error:
+        combine(["mixup", "lr"])
+    message = str(error.value)
+    assert "'lr'" in message
+    assert all(name in message for name in SPACES)
+    with pytest.raises(ValueError):
+        combine([])
+
+
+def test_loss_weights_never_suggests_w_att():
+    params, config = suggested(["loss_weights"])
+    assert "loss.w_att" not in params
+    assert config["loss.w_att"] == 1.0
+
+
+def test_recipe_point_is_what_the_spaces_ask():
+    assert recipe_point(["scheduler"], epochs=6) == {"train.t_max": 6}
+    assert recipe_point(["loss_weights"], 50) == {"loss.w_max": 0.5, "loss.w_pseudo": 1.0, "loss.w_frame": 0.5}
+    assert recipe_point(["all"], 50) == RECIPE_POINT
+
+
+def test_recipe_point_is_a_valid_first_trial():
+    """As OptunaSearch's points_to_evaluate: enqueued, it reruns the recipe (t_max clipped)."""
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+    study.enqueue_trial(recipe_point(["all"], epochs=6))
+    space = combine(["all"])
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr("epochs", 6)
+        config = build(space(trial))
+        assert config == from_dict(TrialConfig, merge(BASE, {"train.t_max": 6}))
+        return 0.0
+
+    study.optimize(objective, n_trials=1)
+    assert study.trials[0].state == optuna.trial.TrialState.COMPLETE
