@@ -114,6 +114,7 @@ def build_tuner(plan: SearchPlan) -> tune.Tuner:
         sampler=optuna.samplers.TPESampler(seed=plan.seed),
         points_to_evaluate=[recipe_point(list(plan.spaces), epochs)],  # the recipe runs first
         max_iterations=epochs,
+        study_name=plan.name,
         export_path=None if local_experiment_dir(plan) is None else local_experiment_dir(plan) / STUDY_DB,
     )
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=plan.grace_period,
@@ -122,10 +123,15 @@ def build_tuner(plan: SearchPlan) -> tune.Tuner:
         trainable(plan),
         param_space=dict(plan.fixed),
         tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=searcher, scheduler=scheduler,
-                                    num_samples=plan.num_samples,
-                                    max_concurrent_trials=plan.max_concurrent),
+                                    num_samples=plan.num_samples, max_concurrent_trials=plan.max_concurrent,
+                                    trial_dirname_creator=trial_dirname),
         run_config=run_config(plan),
     )
+
+
+def trial_dirname(trial) -> str:
+    """Short trial directories (Ray's default spells out every config value)."""
+    return f"trial_{trial.trial_id}"
 
 
 def restore_tuner(plan: SearchPlan) -> tune.Tuner:

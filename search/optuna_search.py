@@ -60,6 +60,6 @@ class TruthfulOptunaSearch(OptunaSearch):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 ot_trial.report(result[self.metric], result[TRAINING_ITERATION])
-        # PRUNED keeps the intermediate values and carries no final value.
+        # PRUNED keeps the intermediate values (Optuna takes the last as its value).
         self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
         self._completed_trials.add(trial_id)

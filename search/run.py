@@ -63,12 +63,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def list_spaces() -> str:
-    from search.experiment import searched_keys
     lines = []
     for name, space in SPACES.items():
         doc = (space.__doc__ or "").strip().splitlines()[0] if space.__doc__ else ""
-        keys = ", ".join(param_names((name,), 50)) or ", ".join(sorted(searched_keys((name,), 50)))
-        lines.append(f"{name:14s} {doc}\n{'':14s} parameters: {keys}")
+        lines.append(f"{name:14s} {doc}\n{'':14s} parameters: {', '.join(param_names((name,), 50))}")
     return "\n".join(lines)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import optuna
@@ -17,6 +18,10 @@ TOP_ROWS = 5  # leaderboard rows printed at the end
 
 def run_search(plan: SearchPlan, address: str | None) -> int:
     """Run (or resume) the search; exit code 0 when at least one trial scored, else 1."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # Ray's progress table says it all
+    # Save the experiment state after every controller step instead of every >= 10 s, so a
+    # killed driver loses no registered checkpoint (the state is small: trials and study).
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     ray.init(address=address or "local", configure_logging=False)
     resuming = can_resume(plan)
     print(f"[rfcx-tune] {'resuming' if resuming else 'starting'} experiment {experiment_path(plan)}:"
@@ -25,15 +30,15 @@ def run_search(plan: SearchPlan, address: str | None) -> int:
     tuner = restore_tuner(plan) if resuming else build_tuner(plan)
     results = tuner.fit()
     directory = local_experiment_dir(plan) or Path("experiments") / plan.name
-    study = _load_study(directory / STUDY_DB)
+    study = _load_study(directory / STUDY_DB, plan.name)
     rows = write_reports(directory, results, study, plan.epochs, param_names(plan.spaces, plan.epochs),
                          title=f"{plan.name}: {', '.join(plan.spaces)}")
     print(summary(rows, directory, experiment_path(plan)))
     return 0 if any(math.isfinite(row.best_cv_lwlrap) for row in rows) else 1
 
 
-def _load_study(path: Path) -> optuna.Study | None:
-    return optuna.load_study(study_name=None, storage=f"sqlite:///{path}") if path.exists() else None
+def _load_study(path: Path, name: str) -> optuna.Study | None:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{path}") if path.exists() else None
 
 
 def summary(rows: list[Row], directory: Path, experiment: str) -> str:

@@ -1,0 +1,70 @@
+"""search/run.py before Ray starts: help, spaces, and one-line errors on bad input."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from search import run
+from spaces import SPACES
+
+FLAGS = ("--space", "--data-dir", "--num-samples", "--max-concurrent", "--epochs", "--grace-period",
+         "--reduction-factor", "--folds", "--backbone", "--cpus-per-trial", "--gpus-per-trial", "--address",
+         "--storage", "--name", "--resume", "--seed", "--set", "--config", "--list-spaces")
+
+
+def test_help_explains_every_flag(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run.main(["--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert all(flag in text for flag in FLAGS)
+
+
+def test_list_spaces_names_every_space_and_its_parameters(capsys):
+    assert run.main(["--list-spaces"]) == 0
+    text = capsys.readouterr().out
+    assert all(name in text for name in SPACES)
+    assert "loss.w_max" in text and "train.t_max" in text
+
+
+def error_of(capsys, argv: list[str]) -> str:
+    assert run.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ")  # one line, no traceback
+    return err
+
+
+def test_bad_input_is_one_line_and_exit_code_2(capsys, cached_dir, tmp_path):
+    data = ["--data-dir", str(cached_dir), "--storage", str(tmp_path)]
+    assert "unknown space 'loss'" in error_of(capsys, ["--space", "loss", *data])
+    assert "choose at least one --space" in error_of(capsys, data)
+    assert "config key train.epochs: expected int" in error_of(capsys, ["--space", "mixup", "--set", "train.epochs=abc", *data])
+    assert "unknown config key train.lrr" in error_of(capsys, ["--space", "mixup", "--set", "train.lrr=0.1", *data])
+    assert "expected KEY=VALUE" in error_of(capsys, ["--space", "mixup", "--set", "train.lr", *data])
+    assert "loss.w_max is searched by --space loss_weights" in error_of(
+        capsys, ["--space", "loss_weights", "--set", "loss.w_max=0.3", *data])
+    assert "--grace-period must be in [1, epochs=3]" in error_of(
+        capsys, ["--space", "mixup", "--epochs", "3", "--grace-period", "5", *data])
+    assert "does not exist" in error_of(capsys, ["--space", "mixup", "--data-dir", str(tmp_path / "nope")])
+    assert "no experiment to resume" in error_of(capsys, ["--space", "mixup", "--resume", "--name", "x", *data])
+
+
+def test_data_without_its_cache_is_refused_with_the_command_that_builds_it(capsys, data_copy, tmp_path):
+    shutil.rmtree(data_copy / "logmel", ignore_errors=True)
+    err = error_of(capsys, ["--space", "mixup", "--data-dir", str(data_copy), "--storage", str(tmp_path)])
+    assert "no log-mel cache" in err and "python -m trainable.prepare" in err
+
+
+def test_fixed_values_layer_preset_config_set_and_flags(cached_dir, tmp_path):
+    config = tmp_path / "best.yaml"
+    config.write_text("train:\n  lr: 0.002\n  epochs: 9\nloss:\n  w_max: 0.25\n")
+    args = run.parse_args(["--space", "mixup", "--config", str(config), "--set", "train.epochs=7",
+                           "--epochs", "5", "--set", "data.fp_per_epoch=3"])
+    fixed = run.fixed_config(args, cached_dir, synthetic=True)
+    assert fixed["train.lr"] == 0.002 and fixed["loss.w_max"] == 0.25  # from --config
+    assert fixed["data.fp_per_epoch"] == 3  # --set
+    assert fixed["train.epochs"] == 5  # the flag wins over --set and --config
+    assert fixed["model.backbone"] == "mobilenetv2_100"  # the synthetic preset, not overridden
+    assert fixed["data_dir"] == str(cached_dir.resolve())

@@ -1,0 +1,137 @@
+"""search/run.py end to end on local Ray: the real CLI in a subprocess, its reports, the
+Optuna study's truth about stopped trials, TensorBoard files, and resuming a killed driver."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from search.optuna_search import TruthfulOptunaSearch
+from spaces import recipe_point
+from trainable.config import TrialConfig, from_dict
+
+REPO = Path(__file__).resolve().parents[1]
+SEARCHED = ["loss.w_max", "loss.w_pseudo", "loss.w_frame"]
+
+
+def tiny_search(data_dir: Path, storage: Path, name: str) -> list[str]:
+    return [sys.executable, str(REPO / "search/run.py"), "--space", "loss_weights", "--data-dir", str(data_dir),
+            "--storage", str(storage), "--name", name, "--num-samples", "4", "--epochs", "3", "--folds", "2",
+            "--backbone", "mobilenetv2_100", "--set", "data.crop_frames=128", "--set", "data.crop_offsets=[16,32,64]",
+            "--set", "data.fp_per_epoch=4", "--set", "data.valid_overlap=32", "--set", "data.test_overlap=64",
+            "--set", "train.batch_size=16"]
+
+
+ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def test_a_stopped_trial_is_pruned_in_optuna_with_its_intermediate_values():
+    searcher = TruthfulOptunaSearch(space=lambda trial: {"x": trial.suggest_float("x", 0, 1)}, metric="score",
+                                    mode="max", max_iterations=5)
+    searcher.suggest("stopped"), searcher.suggest("finished")
+    for step in (1, 2):
+        searcher.on_trial_result("stopped", {"score": 0.1 * step, "training_iteration": step})
+    searcher.on_trial_complete("stopped", {"score": 0.3, "training_iteration": 3})  # ASHA stopped it at 3
+    searcher.on_trial_complete("finished", {"score": 0.9, "training_iteration": 5})
+    stopped, finished = searcher.study.trials
+    assert stopped.state == optuna.trial.TrialState.PRUNED
+    assert stopped.intermediate_values == pytest.approx({1: 0.1, 2: 0.2, 3: 0.3})
+    assert finished.state == optuna.trial.TrialState.COMPLETE and finished.value == 0.9
+
+
+def test_a_search_leaves_a_leaderboard_a_study_a_config_and_tensorboard_files(cached_dir, tmp_path):
+    done = subprocess.run(tiny_search(cached_dir, tmp_path, "e2e"), capture_output=True, text=True, env=ENV,
+                          cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    experiment = tmp_path / "e2e"
+    assert f"tensorboard --logdir {experiment}" in done.stdout
+
+    board = pd.read_csv(experiment / "leaderboard.csv")
+    assert len(board) == 4 and list(board["rank"]) == [1, 2, 3, 4]
+    assert list(board.best_cv_lwlrap) == sorted(board.best_cv_lwlrap, reverse=True)
+    assert set(SEARCHED) <= set(board.columns)
+    assert (experiment / "leaderboard.md").read_text().count("\n| ") >= 5
+
+    # Optuna is told the truth: a trial ASHA stopped is PRUNED with one value per epoch it ran.
+    study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{experiment / 'study.db'}")
+    assert study.trials[0].params == recipe_point(["loss_weights"], 3)  # the recipe runs first
+    by_params = {tuple(round(t.params[k], 6) for k in SEARCHED): t for t in study.trials}
+    for row in board.itertuples():
+        trial = by_params[tuple(round(board.loc[row.Index, k], 6) for k in SEARCHED)]
+        if row.status == "completed":
+            assert trial.state == optuna.trial.TrialState.COMPLETE and row.epochs == 3
+        else:
+            assert row.status == f"stopped by ASHA at epoch {row.epochs}" and row.epochs < 3
+            assert trial.state == optuna.trial.TrialState.PRUNED
+            assert sorted(trial.intermediate_values) == list(range(1, row.epochs + 1))
+
+    best = from_dict(TrialConfig, yaml.safe_load((experiment / "best_config.yaml").read_text()))
+    assert best.loss.w_max == pytest.approx(board.loc[0, "loss.w_max"])
+
+    trial_dirs = sorted(experiment.glob("trial_*"))
+    assert len(trial_dirs) == 4
+    events = EventAccumulator(str(trial_dirs[0]), size_guidance={"scalars": 0})
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"ray/tune/cv_lwlrap", "ray/tune/best_cv_lwlrap", "ray/tune/fold/0/lwlrap", "ray/tune/loss/att",
+            "ray/tune/loss/frame", "ray/tune/lr"} <= scalars
+    hparams = {}
+    for raw in events.PluginTagToContent("hparams").values():
+        data = plugin_data_pb2.HParamsPluginData.FromString(raw)
+        if data.HasField("session_start_info"):
+            hparams = dict(data.session_start_info.hparams)
+    assert set(SEARCHED) <= set(hparams)
+
+
+def epochs_reported(experiment: Path) -> int:
+    """The most epochs any trial has reported so far."""
+    counts = [len(path.read_text().splitlines()) for path in experiment.glob("trial_*/result.json")]
+    return max(counts, default=0)
+
+
+def checkpoints(experiment: Path) -> dict[str, int]:
+    """Trial directory -> its newest checkpoint number."""
+    found: dict[str, int] = {}
+    for path in experiment.glob("trial_*/checkpoint_*"):
+        found[path.parent.name] = max(found.get(path.parent.name, -1), int(path.name.split("_")[-1]))
+    return found
+
+
+def test_a_killed_driver_resumes_without_losing_trials_or_checkpoints(cached_dir, tmp_path):
+    experiment = tmp_path / "killed"
+    driver = subprocess.Popen(tiny_search(cached_dir, tmp_path, "killed"), env=ENV, cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    # Kill once a trial reported epoch 2: its epoch-1 checkpoint is registered by then.
+    while epochs_reported(experiment) < 2 and time.time() < deadline and driver.poll() is None:
+        time.sleep(0.2)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started, as a lost terminal
+    driver.wait()
+    before = checkpoints(experiment)
+    assert before, "no checkpoint appeared before the kill"
+
+    done = subprocess.run([*tiny_search(cached_dir, tmp_path, "killed"), "--resume"], capture_output=True,
+                          text=True, env=ENV, cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resuming experiment" in done.stdout
+    board = pd.read_csv(experiment / "leaderboard.csv")
+    assert len(board) == 4 and not board.status.str.startswith("errored").any()
+    after = checkpoints(experiment)
+    for trial, newest in before.items():
+        assert after[trial] >= newest  # nothing checkpointed before the kill was lost
+        last = json.loads((experiment / trial / "result.json").read_text().strip().splitlines()[-1])
+        if last["training_iteration"] > newest + 1:  # it trained after the kill...
+            # ...from its checkpoint (checkpoint_k = epoch k + 1), not from zero
+            assert last["iterations_since_restore"] <= last["training_iteration"] - (newest + 1)
