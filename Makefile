@@ -1,5 +1,5 @@
 # The two quick-start commands of the README, and the steps they are made of.
-#   make run    set up .venv, then the main job on the built-in synthetic data
+#   make run    set up .venv, then the main job: a real search on the built-in synthetic data
 #   make test   set up .venv, then the test suite (what CI runs)
 
 PYTHON ?= python3
@@ -8,7 +8,9 @@ PY := $(VENV)/bin/python
 DATA ?= data/synthetic
 WORKERS ?= 2
 
-.PHONY: setup run synth prepare test clean
+SPACE ?= loss_weights
+
+.PHONY: setup run data synth prepare test clean
 
 setup: $(VENV)/.installed
 
@@ -19,7 +21,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-run: setup synth prepare
+# search/run.py generates its synthetic dataset on first use (in ~/.cache/rfcx-tune).
+run: setup
+	$(PY) search/run.py --space $(SPACE)
+
+# A larger synthetic dataset in data/synthetic with its cache, for trying the tools by hand.
+data: setup synth prepare
 
 # The synthetic dataset in the RFCx layout, generated once.
 synth: $(DATA)/train_tp.csv

@@ -8,7 +8,7 @@ checkpoints so a killed driver or node loses nothing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from search.optuna_search import TruthfulOptunaSearch
 from search.report import STUDY_DB
+from search.tensorboard import HParamsLogger
 from spaces import combine, recipe_point
 from trainable.config import ConfigError, TrialConfig, from_dict, merge
 from trainable.tune import METRIC, MODE, train_sed
@@ -41,7 +42,6 @@ class SearchPlan:
     name: str
     seed: int
     max_failures: int
-    callbacks: tuple = field(default=())
 
     @property
     def epochs(self) -> int:
@@ -151,7 +151,7 @@ def run_config(plan: SearchPlan) -> tune.RunConfig:
         storage_path=plan.storage,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
         failure_config=tune.FailureConfig(max_failures=plan.max_failures),
-        callbacks=list(plan.callbacks),
+        callbacks=[HParamsLogger()],
     )
 
 

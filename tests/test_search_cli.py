@@ -68,3 +68,11 @@ def test_fixed_values_layer_preset_config_set_and_flags(cached_dir, tmp_path):
     assert fixed["train.epochs"] == 5  # the flag wins over --set and --config
     assert fixed["model.backbone"] == "mobilenetv2_100"  # the synthetic preset, not overridden
     assert fixed["data_dir"] == str(cached_dir.resolve())
+
+
+def test_hparams_show_list_parameters_as_text_and_keep_numbers():
+    from search.tensorboard import _hparam
+
+    assert _hparam([32, 64, 128]) == "32,64,128"  # the crop offsets, instead of an empty cell
+    assert _hparam(512) == 512 and isinstance(_hparam(512), int)
+    assert _hparam(0.5) == 0.5 and _hparam("features") == "features" and _hparam(True) is True

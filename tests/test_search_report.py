@@ -1,0 +1,43 @@
+"""Leaderboard markdown, parameter importances and the sqlite study export."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+
+from search.report import Row, export_study, importances, markdown
+
+
+def study_with(trials: int) -> optuna.Study:
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda t: t.suggest_float("loss.w_max", 0, 2) - 0.1 * t.suggest_float("loss.w_frame", 0, 2),
+                   n_trials=trials)
+    return study
+
+
+def test_importances_wait_for_enough_completed_trials():
+    assert importances(study_with(3)) is None
+    found = importances(study_with(12))
+    assert set(found) == {"loss.w_max", "loss.w_frame"}
+    assert found["loss.w_max"] > found["loss.w_frame"]  # the objective depends on it 20x more
+
+
+def test_markdown_is_the_users_table_with_lb_and_memo_to_fill():
+    rows = [Row("a1", "completed", 0.61, 0.02, 4, {"loss.w_max": 0.5}, 12.0),
+            Row("b2", "errored: DivergedError: fold 0, epoch 1: ...", math.nan, math.nan, 0, {"loss.w_max": 1.9}, 1.0)]
+    text = markdown(rows, "demo", {"loss.w_max": 1.0})
+    header = next(line for line in text.splitlines() if line.startswith("| rank"))
+    assert header.split(" | ")[-2:] == ["LB", "memo |"]
+    assert "| 1 | a1 | completed | 0.6100 | 0.0200 | 4 | 0.5 |" in text
+    assert "| 2 | b2 | errored: DivergedError" in text and "| - | - |" in text
+    assert "Parameter importance" in text
+
+
+def test_study_export_is_a_sqlite_study_optuna_can_load(tmp_path):
+    study = study_with(5)
+    export_study(study, tmp_path / "study.db")
+    export_study(study, tmp_path / "study.db")  # replacing an older export works
+    loaded = optuna.load_study(study_name=study.study_name, storage=f"sqlite:///{tmp_path / 'study.db'}")
+    assert [t.params for t in loaded.trials] == [t.params for t in study.trials]
+    assert not list(tmp_path.glob("*.partial"))
