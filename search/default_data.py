@@ -15,11 +15,14 @@ from trainable.synth import generate
 
 # 80 train recordings of 20 s over 12 species: big enough for 3 stratified folds.
 SYNTHETIC = dict(recordings=80, test_recordings=20, species=12, duration=20.0, seed=0)
-QUICK_PRESET = {  # trial settings for the synthetic data; the recipe's 50 epochs x 5 folds take hours on a CPU
-    "train.epochs": 4,
-    "data.n_folds": 3,
-    "model.backbone": "mobilenetv2_100",
-    "train.batch_size": 32,
+# Trial settings for the synthetic data: the recipe's 50 epochs x 5 folds take hours on a
+# CPU. A from-scratch resnet18 needs ~100 optimiser steps before its ranking beats chance on
+# this data, hence small batches; by epoch 8 the recipe reaches a cv_lwlrap of about 0.5.
+QUICK_PRESET = {
+    "train.epochs": 8,
+    "train.t_max": 8,
+    "train.batch_size": 8,
+    "data.n_folds": 2,
 }
 READY = ".rfcx_tune_ready"  # written last: the dataset and its cache are complete
 

@@ -21,8 +21,11 @@ from search.experiment import SearchPlan, can_resume, check_plan, param_names
 from spaces import SPACES
 from trainable.annotations import AnnotationError, load_annotations
 from trainable.cache import DEFAULT_CACHE_NAME, CacheError, LogMelCache
-from trainable.config import ConfigError, merge
+from trainable.config import ConfigError, TrialConfig, from_dict, merge
 
+
+
+DEFAULT_GRACE = 4  # epochs before ASHA may stop a trial
 
 
 class UsageError(Exception):
@@ -44,10 +47,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--max-concurrent", type=int, help="trials at once (default: as many as the resources allow)")
     add("--epochs", type=int, help="epochs per trial = ASHA's max_t (default: the recipe's 50;"
                                    f" {QUICK_PRESET['train.epochs']} on the synthetic data)")
-    add("--grace-period", type=int, default=1, help="epochs every trial runs before ASHA may stop it")
+    add("--grace-period", type=int, help=f"epochs every trial runs before ASHA may stop it; early epochs say"
+                                         f" little (default: {DEFAULT_GRACE}, at most --epochs)")
     add("--reduction-factor", type=int, default=2, help="ASHA keeps 1/factor of the trials at each rung")
-    add("--folds", type=int, help="number of CV folds (default: the recipe's 5; 3 on the synthetic data)")
-    add("--backbone", help="timm backbone (default: resnet18; mobilenetv2_100 on the synthetic data)")
+    add("--folds", type=int, help="number of CV folds (default: the recipe's 5;"
+                                  f" {QUICK_PRESET['data.n_folds']} on the synthetic data)")
+    add("--backbone", help="timm backbone (default: the recipe's resnet18)")
     add("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (torch threads)")
     add("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial; a fraction packs trials on a GPU")
     add("--address", help="join a running Ray cluster (e.g. auto); default: start a local Ray")
@@ -148,8 +153,10 @@ def make_plan(args: argparse.Namespace) -> SearchPlan:
     fixed = fixed_config(args, data_dir, synthetic)
     check_data(fixed)
     storage = args.storage if "://" in args.storage else str(Path(args.storage).resolve())
+    epochs = from_dict(TrialConfig, merge({}, fixed)).train.epochs  # a bad fixed value fails here
+    grace = args.grace_period if args.grace_period is not None else min(DEFAULT_GRACE, epochs)
     plan = SearchPlan(spaces=tuple(dict.fromkeys(args.space)), fixed=fixed, num_samples=args.num_samples,
-                      max_concurrent=args.max_concurrent, grace_period=args.grace_period,
+                      max_concurrent=args.max_concurrent, grace_period=grace,
                       reduction_factor=args.reduction_factor, cpus_per_trial=args.cpus_per_trial,
                       gpus_per_trial=args.gpus_per_trial, storage=storage, name=experiment_name(args, storage),
                       seed=args.seed, max_failures=args.max_failures)

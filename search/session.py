@@ -34,6 +34,7 @@ def run_search(plan: SearchPlan, address: str | None) -> int:
     rows = write_reports(directory, results, study, plan.epochs, param_names(plan.spaces, plan.epochs),
                          title=f"{plan.name}: {', '.join(plan.spaces)}")
     print(summary(rows, directory, experiment_path(plan)))
+    print(f"resume:      the same command with --name {plan.name} (finished trials are kept)")
     return 0 if any(math.isfinite(row.best_cv_lwlrap) for row in rows) else 1
 
 

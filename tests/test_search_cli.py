@@ -66,7 +66,7 @@ def test_fixed_values_layer_preset_config_set_and_flags(cached_dir, tmp_path):
     assert fixed["train.lr"] == 0.002 and fixed["loss.w_max"] == 0.25  # from --config
     assert fixed["data.fp_per_epoch"] == 3  # --set
     assert fixed["train.epochs"] == 5  # the flag wins over --set and --config
-    assert fixed["model.backbone"] == "mobilenetv2_100"  # the synthetic preset, not overridden
+    assert fixed["train.batch_size"] == 8  # the synthetic preset, not overridden
     assert fixed["data_dir"] == str(cached_dir.resolve())
 
 

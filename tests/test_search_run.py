@@ -28,7 +28,7 @@ SEARCHED = ["loss.w_max", "loss.w_pseudo", "loss.w_frame"]
 
 def tiny_search(data_dir: Path, storage: Path, name: str) -> list[str]:
     return [sys.executable, str(REPO / "search/run.py"), "--space", "loss_weights", "--data-dir", str(data_dir),
-            "--storage", str(storage), "--name", name, "--num-samples", "4", "--epochs", "3", "--folds", "2",
+            "--storage", str(storage), "--name", name, "--num-samples", "4", "--epochs", "3", "--grace-period", "1", "--folds", "2",
             "--backbone", "mobilenetv2_100", "--set", "data.crop_frames=128", "--set", "data.crop_offsets=[16,32,64]",
             "--set", "data.fp_per_epoch=4", "--set", "data.valid_overlap=32", "--set", "data.test_overlap=64",
             "--set", "train.batch_size=16"]
