@@ -17,11 +17,11 @@ from typing import Any
 import yaml
 
 from search.default_data import QUICK_PRESET, default_data_dir, ensure_synthetic
-from search.experiment import SearchPlan, can_resume, check_plan, param_names
+from search.experiment import SearchPlan, can_resume, check_plan, param_names, searched_keys
 from spaces import SPACES
 from trainable.annotations import AnnotationError, load_annotations
 from trainable.cache import DEFAULT_CACHE_NAME, CacheError, LogMelCache
-from trainable.config import ConfigError, TrialConfig, from_dict, merge
+from trainable.config import ConfigError, TrainConfig, TrialConfig, flatten_dotted, from_dict, merge
 
 
 
@@ -88,19 +88,10 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     return values
 
 
-def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def fixed_config(args: argparse.Namespace, data_dir: Path, synthetic: bool) -> dict[str, Any]:
     """Dotted config keys, lowest priority first: preset, --config, --set, flags."""
-    fixed: dict[str, Any] = dict(QUICK_PRESET) if synthetic else {}
+    searched = searched_keys(tuple(args.space), TrainConfig.epochs)
+    fixed: dict[str, Any] = {k: v for k, v in QUICK_PRESET.items() if k not in searched} if synthetic else {}
     if args.config is not None:
         try:
             loaded = yaml.safe_load(args.config.read_text())
@@ -108,7 +99,7 @@ def fixed_config(args: argparse.Namespace, data_dir: Path, synthetic: bool) -> d
             raise UsageError(f"--config {args.config}: {error}") from None
         if not isinstance(loaded, dict):
             raise UsageError(f"--config {args.config}: expected a mapping of config keys")
-        fixed.update(flatten(loaded))
+        fixed.update(flatten_dotted(loaded))
     fixed.update(parse_set(args.set))
     flags = {"train.epochs": args.epochs, "data.n_folds": args.folds, "model.backbone": args.backbone}
     fixed.update({key: value for key, value in flags.items() if value is not None})

@@ -1,6 +1,6 @@
 import pytest
 
-from trainable.config import (ConfigError, DataConfig, FeatureConfig, TrialConfig, from_dict, merge, nest_dotted,
+from trainable.config import (ConfigError, DataConfig, FeatureConfig, TrialConfig, flatten_dotted, from_dict, merge, nest_dotted,
                               to_dict)
 
 
@@ -70,6 +70,7 @@ def test_dotted_keys_nest_and_overrides_merge_section_by_section():
     base = {"data_dir": "d", "train": {"lr": 1e-3, "epochs": 50}}
     assert merge(base, {"train.epochs": 2}) == {"data_dir": "d", "train": {"lr": 1e-3, "epochs": 2}}
     assert base["train"]["epochs"] == 50  # the base is left as it was
+    assert flatten_dotted({"data_dir": "d", "train": {"lr": 0.1, "folds": [1]}}) == {"data_dir": "d", "train.lr": 0.1, "train.folds": [1]}
 
 
 def test_trial_config_from_a_tune_dict_names_the_bad_key():

@@ -76,3 +76,8 @@ def test_hparams_show_list_parameters_as_text_and_keep_numbers():
     assert _hparam([32, 64, 128]) == "32,64,128"  # the crop offsets, instead of an empty cell
     assert _hparam(512) == 512 and isinstance(_hparam(512), int)
     assert _hparam(0.5) == 0.5 and _hparam("features") == "features" and _hparam(True) is True
+
+
+def test_the_synthetic_preset_leaves_searched_parameters_to_the_search(cached_dir):
+    fixed = run.fixed_config(run.parse_args(["--space", "scheduler"]), cached_dir, synthetic=True)
+    assert "train.t_max" not in fixed and fixed["train.epochs"] == 8

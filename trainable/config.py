@@ -275,3 +275,14 @@ def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
             value = merge(merged[key], value)
         merged[key] = value
     return merged
+
+
+def flatten_dotted(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The inverse of `nest_dotted`: {"loss": {"w_max": 0.3}} -> {"loss.w_max": 0.3}."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(flatten_dotted(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

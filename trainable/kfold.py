@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from trainable.annotations import Annotations, load_annotations
 from trainable.cache import DEFAULT_CACHE_NAME, LogMelCache
-from trainable.config import ConfigError, TrialConfig, to_dict
+from trainable.config import ConfigError, TrialConfig, flatten_dotted, to_dict
 from trainable.data import ClipWindows, TrainCrops, collate_windows, epoch_crops, index_events
 from trainable.fit import LOSS_KEYS, Device, EpochStats, DivergedError, predict_clips, train_epoch
 from trainable.folds import Fold, make_folds, species_matrix
@@ -224,18 +224,9 @@ def _check_same_recipe(saved: dict, current: dict, directory: Path) -> None:
     longer one goes on from a shorter one). The folds are compared as fold numbers."""
     free = {"data_dir", "cache_dir", "model.pretrained_file", "train.epochs", "train.folds",
             "train.loader_workers", "train.eval_recordings"}
-    saved, current = _flat(saved), _flat(current)
+    saved, current = flatten_dotted(saved), flatten_dotted(current)
     for key in sorted(set(saved) | set(current) - free):
         if key not in free and saved.get(key) != current.get(key):
             raise ConfigError(f"checkpoint {directory} was made with {key} = {saved.get(key)!r},"
                               f" this trial has {current.get(key)!r}")
 
-
-def _flat(config: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
