@@ -97,6 +97,8 @@ def markdown(rows: list[Row], title: str, importances: dict[str, float] | None) 
     table["LB"], table["memo"] = "", ""
     table["best_cv_lwlrap"] = table["best_cv_lwlrap"].map(lambda v: f"{v:.4f}" if math.isfinite(v) else "-")
     table["fold_std"] = table["fold_std"].map(lambda v: f"{v:.4f}" if math.isfinite(v) else "-")
+    for name in (rows[0].params if rows else {}):  # searched values, short enough to read
+        table[name] = table[name].map(lambda v: f"{v:.4g}" if isinstance(v, float) else v)
     lines = [f"# {title}", "", _markdown_table(table)]
     if importances:
         lines += ["", "Parameter importance (Optuna, completed trials):", "",
