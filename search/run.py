@@ -89,9 +89,14 @@ def parse_set(items: list[str]) -> dict[str, Any]:
 
 
 def fixed_config(args: argparse.Namespace, data_dir: Path, synthetic: bool) -> dict[str, Any]:
-    """Dotted config keys, lowest priority first: preset, --config, --set, flags."""
+    """Dotted config keys, lowest priority first: preset, --config, --set, flags.
+
+    The preset and --config are bases: keys the chosen spaces search are dropped from them, so
+    a best_config.yaml fixes everything else of a new search. A --set on a searched key is a
+    contradiction, refused by `check_plan`.
+    """
     searched = searched_keys(tuple(args.space), TrainConfig.epochs)
-    fixed: dict[str, Any] = {k: v for k, v in QUICK_PRESET.items() if k not in searched} if synthetic else {}
+    base: dict[str, Any] = dict(QUICK_PRESET) if synthetic else {}
     if args.config is not None:
         try:
             loaded = yaml.safe_load(args.config.read_text())
@@ -99,7 +104,8 @@ def fixed_config(args: argparse.Namespace, data_dir: Path, synthetic: bool) -> d
             raise UsageError(f"--config {args.config}: {error}") from None
         if not isinstance(loaded, dict):
             raise UsageError(f"--config {args.config}: expected a mapping of config keys")
-        fixed.update(flatten_dotted(loaded))
+        base.update(flatten_dotted(loaded))
+    fixed = {key: value for key, value in base.items() if key not in searched}
     fixed.update(parse_set(args.set))
     flags = {"train.epochs": args.epochs, "data.n_folds": args.folds, "model.backbone": args.backbone}
     fixed.update({key: value for key, value in flags.items() if value is not None})

@@ -81,3 +81,14 @@ def test_hparams_show_list_parameters_as_text_and_keep_numbers():
 def test_the_synthetic_preset_leaves_searched_parameters_to_the_search(cached_dir):
     fixed = run.fixed_config(run.parse_args(["--space", "scheduler"]), cached_dir, synthetic=True)
     assert "train.t_max" not in fixed and fixed["train.epochs"] == 8
+
+
+def test_a_best_config_fixes_everything_but_what_the_new_search_searches(cached_dir, tmp_path):
+    config = tmp_path / "best_config.yaml"
+    config.write_text("data_dir: /elsewhere\ntrain:\n  lr: 0.002\nloss:\n  w_att: 1.0\n  w_max: 0.25\n"
+                      "  pseudo_threshold: 0.6\n")
+    fixed = run.fixed_config(run.parse_args(["--space", "loss_weights", "--config", str(config)]), cached_dir,
+                             synthetic=False)
+    assert "loss.w_max" not in fixed and "loss.w_att" not in fixed  # searched (w_att set by the space)
+    assert fixed["loss.pseudo_threshold"] == 0.6 and fixed["train.lr"] == 0.002
+    assert fixed["data_dir"] == str(cached_dir.resolve())  # --data-dir, not the file's
