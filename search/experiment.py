@@ -8,6 +8,8 @@ checkpoints so a killed driver or node loses nothing.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,10 +22,12 @@ from search.optuna_search import TruthfulOptunaSearch
 from search.report import STUDY_DB
 from search.tensorboard import HParamsLogger
 from spaces import combine, recipe_point
+from trainable.atomic import atomic_write_text
 from trainable.config import ConfigError, TrialConfig, from_dict, merge
 from trainable.tune import METRIC, MODE, train_sed
 
 CHECKPOINTS_KEPT = 2  # per trial: the latest and the one before, in case a write was cut
+PLAN_FILE = "search_plan.json"  # in the experiment directory: the settings it was started with
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,34 @@ class SearchPlan:
             ConfigError: the combination is invalid (message names the key).
         """
         return from_dict(TrialConfig, merge(self.fixed, suggested))
+
+
+def save_plan(plan: SearchPlan) -> None:
+    """Record the plan in the experiment directory (when local), for resuming with it."""
+    directory = local_experiment_dir(plan)
+    if directory is not None:
+        atomic_write_text(directory / PLAN_FILE, json.dumps(dataclasses.asdict(plan), indent=2))
+
+
+def load_plan(storage: str, name: str) -> SearchPlan | None:
+    """The plan an existing local experiment was started with, or None."""
+    path = Path(storage) / name / PLAN_FILE
+    if "://" in storage or not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    return SearchPlan(**{**saved, "spaces": tuple(saved["spaces"]), "storage": storage, "name": name})
+
+
+def plan_difference(stored: SearchPlan, plan: SearchPlan) -> str | None:
+    """The first setting in which two plans differ (paths and name aside), as text."""
+    old, new = (json.loads(json.dumps(dataclasses.asdict(p))) for p in (stored, plan))
+    for key in old:
+        if key not in ("storage", "name") and old[key] != new[key]:
+            if isinstance(old[key], dict):
+                changed = sorted(k for k in set(old[key]) | set(new[key]) if old[key].get(k) != new[key].get(k))
+                return f"{changed[0]}: {old[key].get(changed[0])!r} there, {new[key].get(changed[0])!r} here"
+            return f"{key}: {old[key]!r} there, {new[key]!r} here"
+    return None
 
 
 def searched_keys(spaces: tuple[str, ...], epochs: int) -> set[str]:

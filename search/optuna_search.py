@@ -8,6 +8,7 @@ intermediate values it reported each epoch, which is what Optuna's samplers expe
 
 from __future__ import annotations
 
+import logging
 import warnings
 from typing import Any
 
@@ -19,6 +20,7 @@ from ray.tune.search.optuna import OptunaSearch
 from search.report import export_study
 
 TRAINING_ITERATION = "training_iteration"
+logger = logging.getLogger(__name__)
 
 
 class TruthfulOptunaSearch(OptunaSearch):
@@ -45,21 +47,26 @@ class TruthfulOptunaSearch(OptunaSearch):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         self._record(trial_id, result, error)
         if self.export_path is not None:
-            export_study(self._ot_study, self.export_path)
+            try:
+                export_study(self._ot_study, self.export_path)
+            except Exception as failure:  # runs in Tune's controller: a full disk must not end the search
+                logger.warning("could not export the study to %s: %s", self.export_path, failure)
 
     def _record(self, trial_id: str, result: dict | None, error: bool) -> None:
+        if trial_id in self._completed_trials:
+            return
+        if not error and result and self.metric in result and TRAINING_ITERATION in result:
+            # Ray does not pass a trial's last result on to on_trial_result; report it here
+            # (Optuna ignores a step it already has).
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self._ot_trials[trial_id].report(result[self.metric], result[TRAINING_ITERATION])
         stopped_early = (not error and result is not None
                          and result.get(TRAINING_ITERATION, self.max_iterations) < self.max_iterations)
-        if not stopped_early or trial_id in self._completed_trials:
+        if not stopped_early:
             super().on_trial_complete(trial_id, result, error)
             return
         ot_trial = self._ot_trials[trial_id]
-        if self.metric in result:
-            # Ray does not pass the result that made the scheduler stop the trial on to
-            # on_trial_result; report it here (Optuna ignores a step it already has).
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ot_trial.report(result[self.metric], result[TRAINING_ITERATION])
         # PRUNED keeps the intermediate values (Optuna takes the last as its value).
         self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
         self._completed_trials.add(trial_id)

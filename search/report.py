@@ -51,13 +51,18 @@ def leaderboard(results: tune.ResultGrid, epochs: int, param_names: list[str]) -
 def _row(result: tune.Result, epochs: int, param_names: list[str]) -> Row:
     metrics = result.metrics or {}
     done = int(metrics.get("epoch", 0))
+    config = nest_dotted(result.config or {})
+    budget = config.get("train", {}).get("epochs", epochs)  # the trial's own budget
     if result.error is not None:
         status = f"errored: {_last_line(result.error)}"
-    elif done >= epochs:
+    elif not metrics:
+        status = "not started"
+    elif not metrics.get("done", False):  # Ray marks a finished or scheduler-stopped trial done
+        status = f"interrupted at epoch {done}"
+    elif done >= budget:
         status = "completed"
     else:
         status = f"stopped by ASHA at epoch {done}"
-    config = nest_dotted(result.config or {})
     params = {name: _display(_lookup(config, name)) for name in param_names}
     history = result.metrics_dataframe
     fold_std = math.nan
@@ -88,23 +93,32 @@ def frame(rows: list[Row]) -> pd.DataFrame:
     records = [{"rank": i + 1, "trial": row.trial, "status": row.status, "best_cv_lwlrap": row.best_cv_lwlrap,
                 "fold_std": row.fold_std, "epochs": row.epochs, **row.params, "wall_s": round(row.wall_s, 1)}
                for i, row in enumerate(rows)]
-    return pd.DataFrame.from_records(records)
+    columns = ["rank", "trial", "status", "best_cv_lwlrap", "fold_std", "epochs", "wall_s"]
+    return pd.DataFrame.from_records(records) if records else pd.DataFrame(columns=columns)
 
 
 def markdown(rows: list[Row], title: str, importances: dict[str, float] | None) -> str:
     """The leaderboard as the markdown table users keep, with LB and memo left to fill."""
+    if not rows:
+        return f"# {title}\n\nNo trial has run yet.\n"
     table = frame(rows)
     table["LB"], table["memo"] = "", ""
     table["best_cv_lwlrap"] = table["best_cv_lwlrap"].map(lambda v: f"{v:.4f}" if math.isfinite(v) else "-")
     table["fold_std"] = table["fold_std"].map(lambda v: f"{v:.4f}" if math.isfinite(v) else "-")
     for name in (rows[0].params if rows else {}):  # searched values, short enough to read
-        table[name] = table[name].map(lambda v: f"{v:.4g}" if isinstance(v, float) else v)
+        table[name] = table[name].map(_short)
     lines = [f"# {title}", "", _markdown_table(table)]
     if importances:
         lines += ["", "Parameter importance (Optuna, completed trials):", "",
                   _markdown_table(pd.DataFrame({"parameter": list(importances),
                                                 "importance": [f"{v:.3f}" for v in importances.values()]}))]
     return "\n".join(lines) + "\n"
+
+
+def _short(value: Any) -> Any:
+    if isinstance(value, float):
+        return f"{value:.4g}" if math.isfinite(value) else "-"
+    return "-" if value is None else value
 
 
 def _markdown_table(table: pd.DataFrame) -> str:
@@ -122,7 +136,7 @@ def importances(study: optuna.Study) -> dict[str, float] | None:
         return None
     try:
         return optuna.importance.get_param_importances(study)
-    except (RuntimeError, ValueError):  # e.g. every completed trial had the same values
+    except Exception:  # e.g. every completed trial had the same values; never lose the report over it
         return None
 
 
@@ -133,13 +147,12 @@ def write_reports(directory: Path, results: tune.ResultGrid, study: optuna.Study
     The study itself is exported by the searcher after every trial (search.optuna_search).
     """
     rows = leaderboard(results, epochs, param_names)
-    found = importances(study) if study is not None else None
-    atomic_write_text(directory / LEADERBOARD_MD, markdown(rows, title, found))
     atomic_write_text(directory / LEADERBOARD_CSV, frame(rows).to_csv(index=False))
     best = _best_result(results)
     if best is not None:
         config = to_dict(from_dict(TrialConfig, nest_dotted(best.config)))
         atomic_write_text(directory / BEST_CONFIG, yaml.safe_dump(config, sort_keys=False))
+    atomic_write_text(directory / LEADERBOARD_MD, markdown(rows, title, importances(study) if study else None))
     return rows
 
 

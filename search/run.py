@@ -14,10 +14,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import timm
 import yaml
 
 from search.default_data import QUICK_PRESET, default_data_dir, ensure_synthetic
-from search.experiment import SearchPlan, can_resume, check_plan, param_names, searched_keys
+from search.experiment import (PLAN_FILE, SearchPlan, can_resume, check_plan, load_plan, param_names,
+                               plan_difference, searched_keys)
 from spaces import SPACES
 from trainable.annotations import AnnotationError, load_annotations
 from trainable.cache import DEFAULT_CACHE_NAME, CacheError, LogMelCache
@@ -26,6 +28,12 @@ from trainable.config import ConfigError, TrainConfig, TrialConfig, flatten_dott
 
 
 DEFAULT_GRACE = 4  # epochs before ASHA may stop a trial
+DEFAULTS = {"num_samples": 8, "reduction_factor": 2, "cpus_per_trial": 1.0, "gpus_per_trial": 0.0, "seed": 0,
+            "max_failures": 2}
+# Flags that define a search; resuming takes them from the experiment itself.
+SEARCH_FLAGS = ("space", "data_dir", "cache_dir", "num_samples", "max_concurrent", "epochs", "grace_period",
+                "reduction_factor", "folds", "backbone", "cpus_per_trial", "gpus_per_trial", "seed", "set",
+                "config", "max_failures")
 
 
 class UsageError(Exception):
@@ -35,7 +43,7 @@ class UsageError(Exception):
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="search/run.py", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    )
     add = parser.add_argument
     add("--space", action="append", default=[], metavar="NAME",
         help=f"search space, repeatable ({', '.join(SPACES)}); other parameters keep the recipe's values")
@@ -43,27 +51,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--data-dir", type=Path, help="RFCx data with its log-mel cache (default: the built-in synthetic"
                                       f" dataset in {default_data_dir()}, generated on first use)")
     add("--cache-dir", type=Path, help=f"log-mel cache (default: DATA_DIR/{DEFAULT_CACHE_NAME})")
-    add("--num-samples", type=int, default=8, help="trials to run")
+    add("--num-samples", type=int, help=f"trials to run (default: {DEFAULTS['num_samples']})")
     add("--max-concurrent", type=int, help="trials at once (default: as many as the resources allow)")
     add("--epochs", type=int, help="epochs per trial = ASHA's max_t (default: the recipe's 50;"
                                    f" {QUICK_PRESET['train.epochs']} on the synthetic data)")
     add("--grace-period", type=int, help=f"epochs every trial runs before ASHA may stop it; early epochs say"
                                          f" little (default: {DEFAULT_GRACE}, at most --epochs)")
-    add("--reduction-factor", type=int, default=2, help="ASHA keeps 1/factor of the trials at each rung")
+    add("--reduction-factor", type=int,
+        help=f"ASHA keeps 1/factor of the trials at each rung (default: {DEFAULTS['reduction_factor']})")
     add("--folds", type=int, help="number of CV folds (default: the recipe's 5;"
                                   f" {QUICK_PRESET['data.n_folds']} on the synthetic data)")
     add("--backbone", help="timm backbone (default: the recipe's resnet18)")
-    add("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (torch threads)")
-    add("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial; a fraction packs trials on a GPU")
+    add("--cpus-per-trial", type=float,
+        help=f"CPUs per trial = its torch threads (default: {DEFAULTS['cpus_per_trial']:g})")
+    add("--gpus-per-trial", type=float, help="GPUs per trial; a fraction (0.25, 0.5) packs trials on one GPU"
+                                             f" (default: {DEFAULTS['gpus_per_trial']:g})")
     add("--address", help="join a running Ray cluster (e.g. auto); default: start a local Ray")
-    add("--storage", default="experiments", help="where experiments go: a path or s3://bucket/prefix")
+    add("--storage", default="experiments", help="where experiments go: a path or s3://bucket/prefix"
+                                                 " (default: experiments)")
     add("--name", help="experiment name (default: SPACES-DATE-TIME); an existing one is resumed")
     add("--resume", action="store_true", help="continue the experiment --name (default: the newest)")
-    add("--seed", type=int, default=0, help="Optuna sampler seed")
+    add("--seed", type=int, help=f"Optuna sampler seed (default: {DEFAULTS['seed']})")
     add("--set", action="append", default=[], metavar="KEY=VALUE",
         help="fix any config value, e.g. --set loss.pseudo_threshold=0.6 --set train.lr=5e-4")
-    add("--config", type=Path, help="YAML config with fixed values (e.g. a best_config.yaml)")
-    add("--max-failures", type=int, default=2, help="retries of a failed trial from its last checkpoint")
+    add("--config", type=Path, help="YAML config with fixed values, e.g. a best_config.yaml (its data paths"
+                                    " are ignored: use --data-dir)")
+    add("--max-failures", type=int, help="retries of a failed trial from its last checkpoint"
+                                         f" (default: {DEFAULTS['max_failures']})")
     return parser.parse_args(argv)
 
 
@@ -104,7 +118,9 @@ def fixed_config(args: argparse.Namespace, data_dir: Path, synthetic: bool) -> d
             raise UsageError(f"--config {args.config}: {error}") from None
         if not isinstance(loaded, dict):
             raise UsageError(f"--config {args.config}: expected a mapping of config keys")
-        base.update(flatten_dotted(loaded))
+        # The data come from --data-dir / --cache-dir (or the synthetic default), never from a
+        # config written on another machine or for other data.
+        base.update({k: v for k, v in flatten_dotted(loaded).items() if k not in ("data_dir", "cache_dir")})
     fixed = {key: value for key, value in base.items() if key not in searched}
     fixed.update(parse_set(args.set))
     flags = {"train.epochs": args.epochs, "data.n_folds": args.folds, "model.backbone": args.backbone}
@@ -129,37 +145,84 @@ def check_data(fixed: dict[str, Any]) -> None:
 
 def experiment_name(args: argparse.Namespace, storage: str) -> str:
     if args.name:
+        if Path(args.name).name != args.name or args.name in (".", ".."):
+            raise UsageError(f"--name {args.name!r}: a plain name, without '/'")
         return args.name
     if args.resume:
         local = Path(storage)
-        if "://" in storage or not local.is_dir() or not any(local.iterdir()):
+        found = [p for p in local.iterdir() if (p / PLAN_FILE).is_file()] if local.is_dir() else []
+        if "://" in storage or not found:
             raise UsageError(f"--resume: no experiment in {storage}; give --name")
-        return max(local.iterdir(), key=lambda p: p.stat().st_mtime).name
+        return max(found, key=lambda p: p.stat().st_mtime).name
     return f"{'+'.join(args.space)}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def make_plan(args: argparse.Namespace) -> SearchPlan:
-    """Resolve and check everything before Ray starts."""
-    unknown = [name for name in args.space if name not in SPACES]
+def check_resources(args: argparse.Namespace) -> None:
+    for flag in ("num_samples", "max_concurrent", "reduction_factor"):
+        value = getattr(args, flag)
+        if value is not None and value < (2 if flag == "reduction_factor" else 1):
+            raise UsageError(f"--{flag.replace('_', '-')} must be >= {2 if flag == 'reduction_factor' else 1},"
+                             f" got {value}")
+    cpus, gpus = _value(args, "cpus_per_trial"), _value(args, "gpus_per_trial")
+    if cpus < 0 or gpus < 0 or cpus + gpus <= 0:
+        raise UsageError(f"a trial needs CPUs or GPUs: got --cpus-per-trial {cpus:g} --gpus-per-trial {gpus:g}")
+    if gpus > 1 and not float(gpus).is_integer():
+        raise UsageError(f"--gpus-per-trial {gpus:g}: a fraction of one GPU, or whole GPUs")
+
+
+def _value(args: argparse.Namespace, flag: str) -> Any:
+    value = getattr(args, flag)
+    return DEFAULTS[flag] if value is None else value
+
+
+def new_plan(args: argparse.Namespace, storage: str, name: str) -> SearchPlan:
+    """The plan of a search from the command line, checked."""
+    unknown = [space for space in args.space if space not in SPACES]
     if unknown:
         raise UsageError(f"unknown space {unknown[0]!r} (known: {', '.join(SPACES)}; see --list-spaces)")
     if not args.space:
         raise UsageError(f"choose at least one --space ({', '.join(SPACES)})")
+    check_resources(args)
     synthetic = args.data_dir is None
     data_dir = ensure_synthetic(default_data_dir(), workers=os.cpu_count() or 1) if synthetic else args.data_dir
     fixed = fixed_config(args, data_dir, synthetic)
     check_data(fixed)
-    storage = args.storage if "://" in args.storage else str(Path(args.storage).resolve())
-    epochs = from_dict(TrialConfig, merge({}, fixed)).train.epochs  # a bad fixed value fails here
-    grace = args.grace_period if args.grace_period is not None else min(DEFAULT_GRACE, epochs)
-    plan = SearchPlan(spaces=tuple(dict.fromkeys(args.space)), fixed=fixed, num_samples=args.num_samples,
+    trial = from_dict(TrialConfig, merge({}, fixed))  # a bad fixed value fails here, with its key
+    if not timm.is_model(trial.model.backbone):
+        raise UsageError(f"unknown backbone {trial.model.backbone!r} (timm has no such model)")
+    grace = args.grace_period if args.grace_period is not None else min(DEFAULT_GRACE, trial.train.epochs)
+    plan = SearchPlan(spaces=tuple(dict.fromkeys(args.space)), fixed=fixed, num_samples=_value(args, "num_samples"),
                       max_concurrent=args.max_concurrent, grace_period=grace,
-                      reduction_factor=args.reduction_factor, cpus_per_trial=args.cpus_per_trial,
-                      gpus_per_trial=args.gpus_per_trial, storage=storage, name=experiment_name(args, storage),
-                      seed=args.seed, max_failures=args.max_failures)
-    if args.resume and not can_resume(plan):
-        raise UsageError(f"--resume: no experiment to resume at {plan.storage}/{plan.name}")
+                      reduction_factor=_value(args, "reduction_factor"),
+                      cpus_per_trial=_value(args, "cpus_per_trial"), gpus_per_trial=_value(args, "gpus_per_trial"),
+                      storage=storage, name=name, seed=_value(args, "seed"), max_failures=_value(args, "max_failures"))
     check_plan(plan)
+    return plan
+
+
+def make_plan(args: argparse.Namespace) -> SearchPlan:
+    """Resolve and check everything before Ray starts. An existing experiment is resumed
+    with its own settings: `--resume` takes them as they are, and repeating the command that
+    started it is fine, but other settings under its name are refused (they would be ignored)."""
+    storage = args.storage if "://" in args.storage else str(Path(args.storage).resolve())
+    name = experiment_name(args, storage)
+    stored = load_plan(storage, name)
+    if args.resume:
+        given = [flag for flag in SEARCH_FLAGS if getattr(args, flag) not in (None, [])]
+        if stored is not None and given:
+            raise UsageError(f"--resume continues {name} with its own settings; drop"
+                             f" --{given[0].replace('_', '-')} (see {storage}/{name}/{PLAN_FILE})")
+        if stored is not None:
+            return stored
+        if not given:
+            raise UsageError(f"--resume: no experiment to resume at {storage}/{name}")
+    plan = new_plan(args, storage, name)
+    if args.resume and not can_resume(plan):
+        raise UsageError(f"--resume: no experiment to resume at {storage}/{name}")
+    difference = plan_difference(stored, plan) if stored is not None else None
+    if difference:
+        raise UsageError(f"experiment {name} exists with other settings ({difference}); continue it with"
+                         f" --resume --name {name}, or choose another --name")
     return plan
 
 
@@ -170,10 +233,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         plan = make_plan(args)
-    except (UsageError, ConfigError) as error:
+    except (UsageError, ConfigError, AnnotationError, CacheError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    from search.session import run_search  # imports Ray: only once the input is known to be good
+    from search.session import run_search  # starts Ray: only once the input is known to be good
     return run_search(plan, address=args.address)
 
 

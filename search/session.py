@@ -4,38 +4,66 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from pathlib import Path
 
 import optuna
 import ray
 
 from search.experiment import (SearchPlan, build_tuner, can_resume, experiment_path, local_experiment_dir,
-                               param_names, restore_tuner)
+                               param_names, restore_tuner, save_plan)
 from search.report import BEST_CONFIG, LEADERBOARD_MD, STUDY_DB, Row, frame, write_reports
 
 TOP_ROWS = 5  # leaderboard rows printed at the end
 
 
 def run_search(plan: SearchPlan, address: str | None) -> int:
-    """Run (or resume) the search; exit code 0 when at least one trial scored, else 1."""
+    """Run (or resume) the search.
+
+    Returns:
+        0 when at least one trial scored, 1 when none did, 130 when interrupted (Ctrl-C).
+    """
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # Ray's progress table says it all
-    # Save the experiment state after every controller step instead of every >= 10 s, so a
-    # killed driver loses no registered checkpoint (the state is small: trials and study).
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
-    ray.init(address=address or "local", configure_logging=False)
+    if local_experiment_dir(plan) is not None:
+        # Save the experiment state after every controller step instead of every >= 10 s, so
+        # a killed driver loses no registered checkpoint (the state is small and local).
+        os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    try:
+        ray.init(address=address or "local", configure_logging=False)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        print(f"error: cannot start or join Ray at {address or 'local'}: {error}", file=sys.stderr)
+        return 2
+    missing = _missing_resources(plan)
+    if missing:
+        print(f"error: {missing}", file=sys.stderr)
+        return 2
     resuming = can_resume(plan)
     print(f"[rfcx-tune] {'resuming' if resuming else 'starting'} experiment {experiment_path(plan)}:"
           f" spaces {', '.join(plan.spaces)}; {plan.num_samples} trials of {plan.epochs} epochs;"
           f" ASHA grace {plan.grace_period}, reduction {plan.reduction_factor}", flush=True)
+    if not resuming:
+        save_plan(plan)
     tuner = restore_tuner(plan) if resuming else build_tuner(plan)
     results = tuner.fit()
-    directory = local_experiment_dir(plan) or Path("experiments") / plan.name
+    directory = local_experiment_dir(plan) or Path("experiments").resolve() / plan.name
     study = _load_study(directory / STUDY_DB, plan.name)
     rows = write_reports(directory, results, study, plan.epochs, param_names(plan.spaces, plan.epochs),
                          title=f"{plan.name}: {', '.join(plan.spaces)}")
     print(summary(rows, directory, experiment_path(plan)))
-    print(f"resume:      the same command with --name {plan.name} (finished trials are kept)")
+    if any(row.status.startswith(("interrupted", "not started")) for row in rows):
+        print(f"interrupted: continue with python search/run.py --resume --name {plan.name}")
+        return 130
     return 0 if any(math.isfinite(row.best_cv_lwlrap) for row in rows) else 1
+
+
+def _missing_resources(plan: SearchPlan) -> str | None:
+    """Why no trial could ever start on this cluster (Ray would wait for ever), or None."""
+    available = ray.cluster_resources()
+    for resource, wanted in (("CPU", plan.cpus_per_trial), ("GPU", plan.gpus_per_trial)):
+        if wanted > available.get(resource, 0):
+            return (f"a trial asks for {wanted:g} {resource} but this Ray cluster has"
+                    f" {available.get(resource, 0):g}; lower --{resource.lower()}s-per-trial")
+    return None
 
 
 def _load_study(path: Path, name: str) -> optuna.Study | None:
@@ -44,6 +72,8 @@ def _load_study(path: Path, name: str) -> optuna.Study | None:
 
 def summary(rows: list[Row], directory: Path, experiment: str) -> str:
     top = frame(rows).head(TOP_ROWS).to_string(index=False)
-    return (f"\n{top}\n\nleaderboard: {directory / LEADERBOARD_MD}\n"
-            f"best config: {directory / BEST_CONFIG} (reuse: --config {directory / BEST_CONFIG})\n"
-            f"review:      tensorboard --logdir {experiment}\n")
+    best = directory / BEST_CONFIG
+    reuse = f"best config: {best} (reuse: --config {best})\n" if best.exists() else ""
+    return (f"\n{top}\n\nleaderboard: {directory / LEADERBOARD_MD}\n{reuse}"
+            f"review:      tensorboard --logdir {experiment}\n"
+            f"resume:      the same command again (finished trials are kept)\n")

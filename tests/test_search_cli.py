@@ -92,3 +92,31 @@ def test_a_best_config_fixes_everything_but_what_the_new_search_searches(cached_
     assert "loss.w_max" not in fixed and "loss.w_att" not in fixed  # searched (w_att set by the space)
     assert fixed["loss.pseudo_threshold"] == 0.6 and fixed["train.lr"] == 0.002
     assert fixed["data_dir"] == str(cached_dir.resolve())  # --data-dir, not the file's
+
+
+def test_impossible_resources_and_names_are_refused_before_ray(capsys, cached_dir, tmp_path):
+    data = ["--space", "mixup", "--data-dir", str(cached_dir), "--storage", str(tmp_path)]
+    assert "--num-samples must be >= 1" in error_of(capsys, [*data, "--num-samples", "0"])
+    assert "--reduction-factor must be >= 2" in error_of(capsys, [*data, "--reduction-factor", "1"])
+    assert "a trial needs CPUs or GPUs" in error_of(capsys, [*data, "--cpus-per-trial", "0"])
+    assert "a fraction of one GPU, or whole GPUs" in error_of(capsys, [*data, "--gpus-per-trial", "1.5"])
+    assert "unknown backbone 'nope'" in error_of(capsys, [*data, "--backbone", "nope"])
+    assert "a plain name" in error_of(capsys, [*data, "--name", "../x"])
+
+
+def test_an_existing_experiment_resumes_only_with_its_own_settings(capsys, cached_dir, tmp_path):
+    from search.experiment import PLAN_FILE, save_plan
+
+    command = ["--space", "loss_weights", "--data-dir", str(cached_dir), "--storage", str(tmp_path),
+               "--name", "exp", "--epochs", "3"]
+    plan = run.make_plan(run.parse_args(command))
+    (tmp_path / "exp").mkdir()
+    save_plan(plan)
+    assert (tmp_path / "exp" / PLAN_FILE).is_file()
+    assert run.make_plan(run.parse_args(command)) == plan  # the same command again continues it
+    assert run.make_plan(run.parse_args(["--resume", "--name", "exp", "--storage", str(tmp_path)])) == plan
+    assert run.make_plan(run.parse_args(["--resume", "--storage", str(tmp_path)])) == plan  # the newest
+    assert "drop --epochs" in error_of(capsys, ["--resume", "--name", "exp", "--storage", str(tmp_path),
+                                                "--epochs", "2"])
+    err = error_of(capsys, [*command[:-1], "2"])
+    assert "exists with other settings (train.epochs: 3 there, 2 here)" in err and "--resume --name exp" in err

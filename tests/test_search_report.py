@@ -41,3 +41,10 @@ def test_study_export_is_a_sqlite_study_optuna_can_load(tmp_path):
     loaded = optuna.load_study(study_name=study.study_name, storage=f"sqlite:///{tmp_path / 'study.db'}")
     assert [t.params for t in loaded.trials] == [t.params for t in study.trials]
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_an_empty_search_still_gets_a_leaderboard():
+    from search.report import frame
+
+    assert "No trial has run yet" in markdown([], "empty", None)
+    assert "best_cv_lwlrap" in frame([]).columns

@@ -122,12 +122,15 @@ def test_a_killed_driver_resumes_without_losing_trials_or_checkpoints(cached_dir
     before = checkpoints(experiment)
     assert before, "no checkpoint appeared before the kill"
 
-    done = subprocess.run([*tiny_search(cached_dir, tmp_path, "killed"), "--resume"], capture_output=True,
+    done = subprocess.run(tiny_search(cached_dir, tmp_path, "killed"), capture_output=True,  # the same command
                           text=True, env=ENV, cwd=tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resuming experiment" in done.stdout
     board = pd.read_csv(experiment / "leaderboard.csv")
-    assert len(board) == 4 and not board.status.str.startswith("errored").any()
+    assert len(board) == 4 and board.status.str.match(r"completed|stopped by ASHA at epoch \d").all()
+    study = optuna.load_study(study_name="killed", storage=f"sqlite:///{experiment / 'study.db'}")
+    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    assert len(study.trials) == 4 and all(trial.state in finished for trial in study.trials)
     after = checkpoints(experiment)
     for trial, newest in before.items():
         assert after[trial] >= newest  # nothing checkpointed before the kill was lost
