@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from trainable import prepare
-from trainable.synth import generate
 
 # 80 train recordings of 20 s over 12 species: big enough for 3 stratified folds.
 SYNTHETIC = dict(recordings=80, test_recordings=20, species=12, duration=20.0, seed=0)
@@ -40,6 +38,9 @@ def ensure_synthetic(directory: Path, workers: int) -> Path:
     """
     if (directory / READY).exists():
         return directory
+    from trainable import prepare  # audio libraries: imported only when there is work to do
+    from trainable.synth import generate
+
     print(f"[rfcx-tune] no --data-dir: generating the built-in synthetic dataset in {directory}"
           f" (once; {SYNTHETIC['recordings']} recordings of {SYNTHETIC['duration']:.0f} s)", flush=True)
     if not (directory / "train_tp.csv").exists():

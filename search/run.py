@@ -14,16 +14,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-import timm
 import yaml
 
+# Light imports only: --help and argument errors must answer at once. Ray, torch and timm are
+# imported by the functions that need them (search.experiment, search.session).
 from search.default_data import QUICK_PRESET, default_data_dir, ensure_synthetic
-from search.experiment import (PLAN_FILE, SearchPlan, can_resume, check_plan, load_plan, param_names,
-                               plan_difference, searched_keys)
+from search.plan import (PLAN_FILE, SearchPlan, check_plan, load_plan, param_names, plan_difference,
+                         searched_keys)
 from spaces import SPACES
-from trainable.annotations import AnnotationError, load_annotations
-from trainable.cache import DEFAULT_CACHE_NAME, CacheError, LogMelCache
+from trainable.cache import DEFAULT_CACHE_NAME
 from trainable.config import ConfigError, TrainConfig, TrialConfig, flatten_dotted, from_dict, merge
+
 
 
 
@@ -111,6 +112,8 @@ def fixed_config(args: argparse.Namespace, data_dir: Path, synthetic: bool) -> d
     """
     searched = searched_keys(tuple(args.space), TrainConfig.epochs)
     base: dict[str, Any] = dict(QUICK_PRESET) if synthetic else {}
+    if synthetic and args.epochs is not None:
+        base["train.t_max"] = args.epochs  # the preset's cosine spans the whole budget
     if args.config is not None:
         try:
             loaded = yaml.safe_load(args.config.read_text())
@@ -122,7 +125,11 @@ def fixed_config(args: argparse.Namespace, data_dir: Path, synthetic: bool) -> d
         # config written on another machine or for other data.
         base.update({k: v for k, v in flatten_dotted(loaded).items() if k not in ("data_dir", "cache_dir")})
     fixed = {key: value for key, value in base.items() if key not in searched}
-    fixed.update(parse_set(args.set))
+    overrides = parse_set(args.set)
+    for key in ("data_dir", "cache_dir"):
+        if key in overrides:
+            raise UsageError(f"--set {key}=...: use --{key.replace('_', '-')}")
+    fixed.update(overrides)
     flags = {"train.epochs": args.epochs, "data.n_folds": args.folds, "model.backbone": args.backbone}
     fixed.update({key: value for key, value in flags.items() if value is not None})
     fixed["data_dir"] = str(data_dir.resolve())
@@ -133,6 +140,9 @@ def fixed_config(args: argparse.Namespace, data_dir: Path, synthetic: bool) -> d
 
 
 def check_data(fixed: dict[str, Any]) -> None:
+    from trainable.annotations import AnnotationError, load_annotations
+    from trainable.cache import CacheError, LogMelCache
+
     data_dir = Path(fixed["data_dir"])
     if not data_dir.is_dir():
         raise UsageError(f"--data-dir {data_dir} does not exist")
@@ -188,6 +198,8 @@ def new_plan(args: argparse.Namespace, storage: str, name: str) -> SearchPlan:
     fixed = fixed_config(args, data_dir, synthetic)
     check_data(fixed)
     trial = from_dict(TrialConfig, merge({}, fixed))  # a bad fixed value fails here, with its key
+    import timm
+
     if not timm.is_model(trial.model.backbone):
         raise UsageError(f"unknown backbone {trial.model.backbone!r} (timm has no such model)")
     grace = args.grace_period if args.grace_period is not None else min(DEFAULT_GRACE, trial.train.epochs)
@@ -217,6 +229,8 @@ def make_plan(args: argparse.Namespace) -> SearchPlan:
         if not given:
             raise UsageError(f"--resume: no experiment to resume at {storage}/{name}")
     plan = new_plan(args, storage, name)
+    from search.experiment import can_resume  # Ray
+
     if args.resume and not can_resume(plan):
         raise UsageError(f"--resume: no experiment to resume at {storage}/{name}")
     difference = plan_difference(stored, plan) if stored is not None else None
@@ -233,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         plan = make_plan(args)
-    except (UsageError, ConfigError, AnnotationError, CacheError) as error:
+    except (UsageError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     from search.session import run_search  # starts Ray: only once the input is known to be good

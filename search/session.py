@@ -10,8 +10,8 @@ from pathlib import Path
 import optuna
 import ray
 
-from search.experiment import (SearchPlan, build_tuner, can_resume, experiment_path, local_experiment_dir,
-                               param_names, restore_tuner, save_plan)
+from search.experiment import build_tuner, can_resume, restore_tuner
+from search.plan import SearchPlan, experiment_path, local_experiment_dir, param_names, save_plan
 from search.report import BEST_CONFIG, LEADERBOARD_MD, STUDY_DB, Row, frame, write_reports
 
 TOP_ROWS = 5  # leaderboard rows printed at the end

@@ -105,7 +105,7 @@ def test_impossible_resources_and_names_are_refused_before_ray(capsys, cached_di
 
 
 def test_an_existing_experiment_resumes_only_with_its_own_settings(capsys, cached_dir, tmp_path):
-    from search.experiment import PLAN_FILE, save_plan
+    from search.plan import PLAN_FILE, save_plan
 
     command = ["--space", "loss_weights", "--data-dir", str(cached_dir), "--storage", str(tmp_path),
                "--name", "exp", "--epochs", "3"]
@@ -120,3 +120,10 @@ def test_an_existing_experiment_resumes_only_with_its_own_settings(capsys, cache
                                                 "--epochs", "2"])
     err = error_of(capsys, [*command[:-1], "2"])
     assert "exists with other settings (train.epochs: 3 there, 2 here)" in err and "--resume --name exp" in err
+
+
+def test_the_presets_cosine_follows_a_new_epoch_budget_and_data_paths_have_their_flags(capsys, cached_dir):
+    fixed = run.fixed_config(run.parse_args(["--space", "mixup", "--epochs", "20"]), cached_dir, synthetic=True)
+    assert fixed["train.epochs"] == 20 and fixed["train.t_max"] == 20
+    assert "use --data-dir" in error_of(capsys, ["--space", "mixup", "--data-dir", str(cached_dir),
+                                                 "--set", "data_dir=/x"])

@@ -1,0 +1,137 @@
+"""What defines a search, without Ray: the plan, its checks, and its record on disk.
+
+`search/run.py` builds a SearchPlan from the command line and checks it before anything
+heavy starts; `search.experiment` turns it into a Ray Tune experiment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from spaces import combine, recipe_point
+from trainable.atomic import atomic_write_text
+from trainable.config import ConfigError, TrialConfig, from_dict, merge
+
+PLAN_FILE = "search_plan.json"  # in the experiment directory: the settings it was started with
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """Everything that defines a search, resolved from the command line."""
+
+    spaces: tuple[str, ...]
+    fixed: dict[str, Any]  # dotted config keys the search does not touch
+    num_samples: int
+    max_concurrent: int | None
+    grace_period: int
+    reduction_factor: int
+    cpus_per_trial: float
+    gpus_per_trial: float
+    storage: str  # absolute path or URI (s3://...)
+    name: str
+    seed: int
+    max_failures: int
+
+    @property
+    def epochs(self) -> int:
+        return self.trial_config({}).train.epochs
+
+    def trial_config(self, suggested: dict[str, Any]) -> TrialConfig:
+        """The config a trial with these suggested parameters runs.
+
+        Raises:
+            ConfigError: the combination is invalid (message names the key).
+        """
+        return from_dict(TrialConfig, merge(self.fixed, suggested))
+
+
+def save_plan(plan: SearchPlan) -> None:
+    """Record the plan in the experiment directory (when local), for resuming with it."""
+    directory = local_experiment_dir(plan)
+    if directory is not None:
+        atomic_write_text(directory / PLAN_FILE, json.dumps(dataclasses.asdict(plan), indent=2))
+
+
+def load_plan(storage: str, name: str) -> SearchPlan | None:
+    """The plan an existing local experiment was started with, or None."""
+    path = Path(storage) / name / PLAN_FILE
+    if "://" in storage or not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    return SearchPlan(**{**saved, "spaces": tuple(saved["spaces"]), "storage": storage, "name": name})
+
+
+def plan_difference(stored: SearchPlan, plan: SearchPlan) -> str | None:
+    """The first setting in which two plans differ (paths and name aside), as text."""
+    old, new = (json.loads(json.dumps(dataclasses.asdict(p))) for p in (stored, plan))
+    for key in old:
+        if key not in ("storage", "name") and old[key] != new[key]:
+            if isinstance(old[key], dict):
+                changed = sorted(k for k in set(old[key]) | set(new[key]) if old[key].get(k) != new[key].get(k))
+                return f"{changed[0]}: {old[key].get(changed[0])!r} there, {new[key].get(changed[0])!r} here"
+            return f"{key}: {old[key]!r} there, {new[key]!r} here"
+    return None
+
+
+def searched_keys(spaces: tuple[str, ...], epochs: int) -> set[str]:
+    """Config keys the spaces set (suggested or derived), found by running them once."""
+    return set(combine(list(spaces))(_fixed_trial(recipe_point(list(spaces), epochs), epochs)))
+
+
+def param_names(spaces: tuple[str, ...], epochs: int) -> list[str]:
+    """The Optuna parameter names of the spaces (config paths), in suggestion order."""
+    return list(recipe_point(list(spaces), epochs))
+
+
+def check_plan(plan: SearchPlan) -> None:
+    """Fail before Ray starts: a bad fixed value, or a fixed value that a space searches.
+
+    Raises:
+        ConfigError: one line naming the problem.
+    """
+    epochs = plan.epochs
+    clash = sorted(searched_keys(plan.spaces, epochs) & set(plan.fixed))
+    if clash:
+        raise ConfigError(f"{clash[0]} is searched by --space {' '.join(plan.spaces)};"
+                          f" drop it from --set/--config or choose other spaces")
+    if not 1 <= plan.grace_period <= epochs:
+        raise ConfigError(f"--grace-period must be in [1, epochs={epochs}], got {plan.grace_period}")
+    if plan.reduction_factor < 2:
+        raise ConfigError(f"--reduction-factor must be >= 2, got {plan.reduction_factor}")
+    point = recipe_point(list(plan.spaces), epochs)
+    plan.trial_config(DefineByRun(plan.spaces, epochs)(_fixed_trial(point, epochs)))
+
+
+def _fixed_trial(point: dict[str, Any], epochs: int) -> optuna.trial.FixedTrial:
+    trial = optuna.trial.FixedTrial(point)
+    trial.set_user_attr("epochs", epochs)
+    return trial
+
+
+@dataclass(frozen=True)
+class DefineByRun:
+    """The chosen spaces as one define-by-run function (a class: Ray pickles the searcher
+    with the experiment state, and a closure cannot be pickled). Spaces read the epoch
+    budget from the trial's user attributes."""
+
+    spaces: tuple[str, ...]
+    epochs: int
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
+        trial.set_user_attr("epochs", self.epochs)
+        return combine(list(self.spaces))(trial)
+
+
+def experiment_path(plan: SearchPlan) -> str:
+    return f"{plan.storage.rstrip('/')}/{plan.name}"
+
+
+def local_experiment_dir(plan: SearchPlan) -> Path | None:
+    """The experiment directory when it is on this machine's file system."""
+    return None if "://" in plan.storage else Path(experiment_path(plan))
