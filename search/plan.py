@@ -96,16 +96,14 @@ def check_plan(plan: SearchPlan) -> None:
         ConfigError: one line naming the problem.
     """
     epochs = plan.epochs
-    clash = sorted(searched_keys(plan.spaces, epochs) & set(plan.fixed))
+    recipe = DefineByRun(plan.spaces, epochs)(_fixed_trial(recipe_point(list(plan.spaces), epochs), epochs))
+    clash = sorted(set(recipe) & set(plan.fixed))  # keys the spaces set, suggested or derived
     if clash:
         raise ConfigError(f"{clash[0]} is searched by --space {' '.join(plan.spaces)};"
                           f" drop it from --set/--config or choose other spaces")
     if not 1 <= plan.grace_period <= epochs:
         raise ConfigError(f"--grace-period must be in [1, epochs={epochs}], got {plan.grace_period}")
-    if plan.reduction_factor < 2:
-        raise ConfigError(f"--reduction-factor must be >= 2, got {plan.reduction_factor}")
-    point = recipe_point(list(plan.spaces), epochs)
-    plan.trial_config(DefineByRun(plan.spaces, epochs)(_fixed_trial(point, epochs)))
+    plan.trial_config(recipe)
 
 
 def _fixed_trial(point: dict[str, Any], epochs: int) -> optuna.trial.FixedTrial:

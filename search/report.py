@@ -22,7 +22,7 @@ import yaml
 from ray import tune
 
 from trainable.atomic import TEMP_SUFFIX, atomic_write_text
-from trainable.config import TrialConfig, from_dict, nest_dotted, to_dict
+from trainable.config import TrialConfig, flatten_dotted, from_dict, nest_dotted, to_dict
 
 LEADERBOARD_MD, LEADERBOARD_CSV = "leaderboard.md", "leaderboard.csv"
 BEST_CONFIG, STUDY_DB = "best_config.yaml", "study.db"
@@ -63,7 +63,8 @@ def _row(result: tune.Result, epochs: int, param_names: list[str]) -> Row:
         status = "completed"
     else:
         status = f"stopped by ASHA at epoch {done}"
-    params = {name: _display(_lookup(config, name)) for name in param_names}
+    flat = flatten_dotted(config)
+    params = {name: _display(flat.get(name)) for name in param_names}
     history = result.metrics_dataframe
     fold_std = math.nan
     if history is not None and "cv_lwlrap" in history:
@@ -76,13 +77,6 @@ def _row(result: tune.Result, epochs: int, param_names: list[str]) -> Row:
 def _last_line(error: BaseException) -> str:
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     return lines[-1] if lines else type(error).__name__
-
-
-def _lookup(config: dict, dotted: str) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
 
 
 def _display(value: Any) -> Any:

@@ -168,11 +168,10 @@ def experiment_name(args: argparse.Namespace, storage: str) -> str:
 
 
 def check_resources(args: argparse.Namespace) -> None:
-    for flag in ("num_samples", "max_concurrent", "reduction_factor"):
+    for flag, minimum in (("num_samples", 1), ("max_concurrent", 1), ("reduction_factor", 2)):
         value = getattr(args, flag)
-        if value is not None and value < (2 if flag == "reduction_factor" else 1):
-            raise UsageError(f"--{flag.replace('_', '-')} must be >= {2 if flag == 'reduction_factor' else 1},"
-                             f" got {value}")
+        if value is not None and value < minimum:
+            raise UsageError(f"--{flag.replace('_', '-')} must be >= {minimum}, got {value}")
     cpus, gpus = _value(args, "cpus_per_trial"), _value(args, "gpus_per_trial")
     if cpus < 0 or gpus < 0 or cpus + gpus <= 0:
         raise UsageError(f"a trial needs CPUs or GPUs: got --cpus-per-trial {cpus:g} --gpus-per-trial {gpus:g}")
