@@ -13,7 +13,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
 from search.optuna_search import TruthfulOptunaSearch
-from search.plan import DefineByRun, SearchPlan, experiment_path, local_experiment_dir
+from search.plan import DefineByRun, SearchPlan, experiment_path, report_dir
 from search.report import STUDY_DB
 from search.tensorboard import HParamsLogger
 from spaces import recipe_point
@@ -32,7 +32,7 @@ def build_tuner(plan: SearchPlan) -> tune.Tuner:
         points_to_evaluate=[recipe_point(list(plan.spaces), epochs)],  # the recipe runs first
         max_iterations=epochs,
         study_name=plan.name,
-        export_path=None if local_experiment_dir(plan) is None else local_experiment_dir(plan) / STUDY_DB,
+        export_path=report_dir(plan) / STUDY_DB,
     )
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=plan.grace_period,
                               reduction_factor=plan.reduction_factor)
@@ -59,7 +59,12 @@ def restore_tuner(plan: SearchPlan) -> tune.Tuner:
 
 
 def trainable(plan: SearchPlan):
-    return tune.with_resources(train_sed, {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial})
+    return tune.with_resources(train_sed, trial_resources(plan))
+
+
+def trial_resources(plan: SearchPlan) -> dict[str, float]:
+    """What one trial asks Ray for; a GPU fraction packs 1/fraction trials on each GPU."""
+    return {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial}
 
 
 def run_config(plan: SearchPlan) -> tune.RunConfig:

@@ -14,6 +14,7 @@ from typing import Any
 
 import optuna
 
+from search.storage import is_remote, local_path, read_text, upload
 from spaces import combine, recipe_point
 from trainable.atomic import atomic_write_text
 from trainable.config import ConfigError, TrialConfig, from_dict, merge
@@ -52,18 +53,22 @@ class SearchPlan:
 
 
 def save_plan(plan: SearchPlan) -> None:
-    """Record the plan in the experiment directory (when local), for resuming with it."""
-    directory = local_experiment_dir(plan)
-    if directory is not None:
-        atomic_write_text(directory / PLAN_FILE, json.dumps(dataclasses.asdict(plan), indent=2))
+    """Record the plan in the experiment directory, for resuming with it."""
+    atomic_write_text(report_dir(plan) / PLAN_FILE, json.dumps(dataclasses.asdict(plan), indent=2))
+    if is_remote(plan.storage):
+        upload(report_dir(plan), experiment_path(plan))
 
 
 def load_plan(storage: str, name: str) -> SearchPlan | None:
-    """The plan an existing local experiment was started with, or None."""
-    path = Path(storage) / name / PLAN_FILE
-    if "://" in storage or not path.is_file():
+    """The plan an existing experiment was started with, or None."""
+    local = local_path(storage)
+    if local is None:
+        text = read_text(f"{storage.rstrip('/')}/{name}/{PLAN_FILE}")
+    else:
+        text = (local / name / PLAN_FILE).read_text() if (local / name / PLAN_FILE).is_file() else None
+    if text is None:
         return None
-    saved = json.loads(path.read_text())
+    saved = json.loads(text)
     return SearchPlan(**{**saved, "spaces": tuple(saved["spaces"]), "storage": storage, "name": name})
 
 
@@ -132,4 +137,12 @@ def experiment_path(plan: SearchPlan) -> str:
 
 def local_experiment_dir(plan: SearchPlan) -> Path | None:
     """The experiment directory when it is on this machine's file system."""
-    return None if "://" in plan.storage else Path(experiment_path(plan))
+    local = local_path(plan.storage)
+    return None if local is None else local / plan.name
+
+
+def report_dir(plan: SearchPlan) -> Path:
+    """Where the reports (leaderboard, best config, study.db, plan) are written: the
+    experiment directory, or for an object store a local copy (./experiments/NAME) that is
+    uploaded to it."""
+    return local_experiment_dir(plan) or Path("experiments").resolve() / plan.name

@@ -21,12 +21,10 @@ import yaml
 from search.default_data import QUICK_PRESET, default_data_dir, ensure_synthetic
 from search.plan import (PLAN_FILE, SearchPlan, check_plan, load_plan, param_names, plan_difference,
                          searched_keys)
+from search.storage import local_path
 from spaces import SPACES
 from trainable.cache import DEFAULT_CACHE_NAME
 from trainable.config import ConfigError, TrainConfig, TrialConfig, flatten_dotted, from_dict, merge
-
-
-
 
 DEFAULT_GRACE = 4  # epochs before ASHA may stop a trial
 DEFAULTS = {"num_samples": 8, "reduction_factor": 2, "cpus_per_trial": 1.0, "gpus_per_trial": 0.0, "seed": 0,
@@ -159,9 +157,9 @@ def experiment_name(args: argparse.Namespace, storage: str) -> str:
             raise UsageError(f"--name {args.name!r}: a plain name, without '/'")
         return args.name
     if args.resume:
-        local = Path(storage)
-        found = [p for p in local.iterdir() if (p / PLAN_FILE).is_file()] if local.is_dir() else []
-        if "://" in storage or not found:
+        local = local_path(storage)
+        found = [p for p in local.iterdir() if (p / PLAN_FILE).is_file()] if local and local.is_dir() else []
+        if not found:
             raise UsageError(f"--resume: no experiment in {storage}; give --name")
         return max(found, key=lambda p: p.stat().st_mtime).name
     return f"{'+'.join(args.space)}-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -11,8 +11,9 @@ import optuna
 import ray
 
 from search.experiment import build_tuner, can_resume, restore_tuner
-from search.plan import SearchPlan, experiment_path, local_experiment_dir, param_names, save_plan
+from search.plan import SearchPlan, experiment_path, local_experiment_dir, param_names, report_dir, save_plan
 from search.report import BEST_CONFIG, LEADERBOARD_MD, STUDY_DB, Row, frame, write_reports
+from search.storage import autoscaler_can_add_nodes, is_remote, shared_storage_problem, upload
 
 TOP_ROWS = 5  # leaderboard rows printed at the end
 
@@ -33,9 +34,11 @@ def run_search(plan: SearchPlan, address: str | None) -> int:
     except (ConnectionError, RuntimeError, ValueError) as error:
         print(f"error: cannot start or join Ray at {address or 'local'}: {error}", file=sys.stderr)
         return 2
-    missing = _missing_resources(plan)
-    if missing:
-        print(f"error: {missing}", file=sys.stderr)
+    problem = _missing_resources(plan) or shared_storage_problem(
+        plan.storage, nodes=sum(node["Alive"] for node in ray.nodes()),
+        can_add_nodes=address is not None and autoscaler_can_add_nodes())
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     resuming = can_resume(plan)
     print(f"[rfcx-tune] {'resuming' if resuming else 'starting'} experiment {experiment_path(plan)}:"
@@ -45,10 +48,15 @@ def run_search(plan: SearchPlan, address: str | None) -> int:
         save_plan(plan)
     tuner = restore_tuner(plan) if resuming else build_tuner(plan)
     results = tuner.fit()
-    directory = local_experiment_dir(plan) or Path("experiments").resolve() / plan.name
+    directory = report_dir(plan)
     study = _load_study(directory / STUDY_DB, plan.name)
     rows = write_reports(directory, results, study, plan.epochs, param_names(plan.spaces, plan.epochs),
                          title=f"{plan.name}: {', '.join(plan.spaces)}")
+    if is_remote(plan.storage):
+        try:
+            upload(directory, experiment_path(plan))
+        except OSError as error:  # the local copy stays; the trials' results are already there
+            print(f"warning: could not copy the reports to {experiment_path(plan)}: {error}", file=sys.stderr)
     print(summary(rows, directory, experiment_path(plan)))
     if any(row.status.startswith(("interrupted", "not started")) for row in rows):
         print(f"interrupted: continue with python search/run.py --resume --name {plan.name}")

@@ -54,9 +54,10 @@ def tiny_trial(cached_dir) -> dict:
     }
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def local_ray():
-    """A real local Ray with 2 CPUs (the CI machine's), started once for the session."""
+    """A real local Ray with 2 CPUs (the CI machine's), started once per test module (the
+    multi-node tests connect this process to clusters of their own)."""
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)

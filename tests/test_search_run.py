@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,21 +19,12 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from search.optuna_search import TruthfulOptunaSearch
 from spaces import recipe_point
+from tests.helpers import ENV, tiny_search
 from trainable.config import TrialConfig, from_dict
 
-REPO = Path(__file__).resolve().parents[1]
 SEARCHED = ["loss.w_max", "loss.w_pseudo", "loss.w_frame"]
 
 
-def tiny_search(data_dir: Path, storage: Path, name: str) -> list[str]:
-    return [sys.executable, str(REPO / "search/run.py"), "--space", "loss_weights", "--data-dir", str(data_dir),
-            "--storage", str(storage), "--name", name, "--num-samples", "4", "--epochs", "3", "--grace-period", "1", "--folds", "2",
-            "--backbone", "mobilenetv2_100", "--set", "data.crop_frames=128", "--set", "data.crop_offsets=[16,32,64]",
-            "--set", "data.fp_per_epoch=4", "--set", "data.valid_overlap=32", "--set", "data.test_overlap=64",
-            "--set", "train.batch_size=16"]
-
-
-ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 def test_a_stopped_trial_is_pruned_in_optuna_with_its_intermediate_values():

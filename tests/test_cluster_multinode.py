@@ -1,0 +1,162 @@
+"""Searches on a real two-node Ray cluster on 127.0.0.1 (`ray.cluster_utils.Cluster`): the
+shared-storage check, trials packed on (declared, fake) GPUs of both nodes, and a worker
+node that dies mid-search."""
+
+from __future__ import annotations
+
+import json
+import sys
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import ray
+from ray import tune
+from ray.cluster_utils import Cluster
+
+from search.experiment import trial_resources
+from search.run import make_plan, parse_args
+from tests.helpers import ENV, tiny_search
+
+FEW_SECONDS = 120  # for anything that should take seconds, on a loaded 2-core machine
+
+
+@pytest.fixture
+def start_cluster():
+    """Start a cluster of nodes with the given resources (the first is the head)."""
+    clusters = []
+
+    def start(*nodes: dict) -> tuple[Cluster, list]:
+        cluster = Cluster(initialize_head=True, head_node_args={**nodes[0], "include_dashboard": False})
+        workers = [cluster.add_node(**node) for node in nodes[1:]]
+        cluster.wait_for_nodes()
+        clusters.append(cluster)
+        return cluster, workers
+
+    yield start
+    if ray.is_initialized():
+        ray.shutdown()
+    for cluster in clusters:
+        cluster.shutdown()
+
+
+def test_a_head_local_storage_is_refused_on_a_multi_node_cluster(start_cluster, cached_dir, tmp_path):
+    cluster, _ = start_cluster({"num_cpus": 1}, {"num_cpus": 1})
+    storage = tmp_path / "experiments"
+    done = subprocess.run(tiny_search(cached_dir, storage, "local") + ["--address", cluster.address],
+                          capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=FEW_SECONDS)
+    assert done.returncode == 2, done.stderr[-3000:]
+    error = done.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"error: --storage {storage} is on this node's own disk")
+    assert "2 nodes" in error and "s3://" in error
+    assert not storage.exists()  # refused before anything was written or trained
+
+
+@ray.remote(num_cpus=0)
+class Barrier:
+    """Trials wait here until `parties` of them run at the same time."""
+
+    def __init__(self, parties: int):
+        self.parties, self.arrived = parties, 0
+
+    def arrive(self) -> None:
+        self.arrived += 1
+
+    def complete(self) -> bool:
+        return self.arrived >= self.parties
+
+
+def where_am_i(config: dict) -> None:
+    """A trial that reports where Ray placed it and what it was given, once `capacity`
+    trials run at the same time (which they can only if Ray packs them as asked)."""
+    context = ray.get_runtime_context()
+    barrier = ray.get_actor(config["barrier"])
+    ray.get(barrier.arrive.remote())
+    deadline = time.time() + FEW_SECONDS
+    while not ray.get(barrier.complete.remote()) and time.time() < deadline:
+        time.sleep(0.2)
+    tune.report({"node": context.get_node_id(), "gpu_ids": ",".join(context.get_accelerator_ids()["GPU"]),
+                 "gpu_share": context.get_assigned_resources().get("GPU", 0.0),
+                 "packed": ray.get(barrier.complete.remote())})
+
+
+@pytest.mark.parametrize("share", [0.25, 0.5])
+def test_fractional_gpus_pack_trials_on_every_gpu_of_both_nodes(start_cluster, cached_dir, tmp_path, share):
+    per_gpu = round(1 / share)
+    capacity = 2 * per_gpu  # two nodes with one GPU each
+    cluster, _ = start_cluster(*[{"num_cpus": per_gpu, "num_gpus": 1}] * 2)
+    plan = make_plan(parse_args(["--space", "loss_weights", "--data-dir", str(cached_dir), "--storage",
+                                 str(tmp_path), "--name", "packed", "--gpus-per-trial", str(share),
+                                 "--cpus-per-trial", "1", "--num-samples", str(capacity)]))
+    ray.init(address=cluster.address, configure_logging=False)
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import tests/
+    barrier = Barrier.options(name=f"barrier-{share}").remote(capacity)
+    tuner = tune.Tuner(tune.with_resources(where_am_i, trial_resources(plan)),
+                       param_space={"barrier": f"barrier-{share}"},
+                       tune_config=tune.TuneConfig(num_samples=plan.num_samples),
+                       run_config=tune.RunConfig(storage_path=str(tmp_path), name="packed"))
+    results = [result.metrics for result in tuner.fit()]
+    ray.kill(barrier)
+
+    assert len(results) == capacity and all(result["packed"] for result in results)
+    assert all(result["gpu_share"] == share for result in results)
+    placed = pd.DataFrame(results).groupby(["node", "gpu_ids"]).size()
+    assert len(placed) == 2 and placed.index.get_level_values("node").nunique() == 2  # one GPU per node
+    assert list(placed) == [per_gpu, per_gpu]  # 1/share trials on each GPU at once
+
+
+def checkpoints(experiment: Path) -> dict[str, int]:
+    """Trial directory -> its newest checkpoint number."""
+    found: dict[str, int] = {}
+    for path in experiment.glob("trial_*/checkpoint_*"):
+        found[path.parent.name] = max(found.get(path.parent.name, -1), int(path.name.split("_")[-1]))
+    return found
+
+
+def test_a_search_survives_the_death_of_a_worker_node(start_cluster, cached_dir, tmp_path):
+    """Two trials, one per node; the worker node dies once both have a checkpoint."""
+    epochs = 4
+    cluster, (worker,) = start_cluster({"num_cpus": 1}, {"num_cpus": 1})
+    storage, experiment = f"file://{tmp_path}/shared", tmp_path / "shared" / "spot"
+    command = tiny_search(cached_dir, storage, "spot") + [
+        "--address", cluster.address, "--num-samples", "2", "--epochs", str(epochs),
+        "--grace-period", str(epochs)]  # ASHA stops no one: every trial must finish
+    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                              cwd=tmp_path)
+    before: dict[str, int] = {}
+
+    def kill_the_worker_once_both_trials_checkpointed():
+        deadline = time.time() + 4 * FEW_SECONDS
+        while len(checkpoints(experiment)) < 2 and time.time() < deadline and driver.poll() is None:
+            time.sleep(0.2)
+        before.update(checkpoints(experiment))
+        cluster.remove_node(worker, allow_graceful=False)  # as a reclaimed spot instance
+
+    killer = threading.Thread(target=kill_the_worker_once_both_trials_checkpointed)
+    killer.start()
+    stdout, stderr = driver.communicate(timeout=8 * FEW_SECONDS)
+    killer.join()
+    assert driver.returncode == 0, stderr[-3000:]
+    assert len(before) == 2, f"the trials did not both checkpoint before the kill: {before}"
+
+    board = pd.read_csv(experiment / "leaderboard.csv")
+    assert list(board.status) == ["completed"] * 2 and list(board.epochs) == [epochs] * 2
+    study = optuna.load_study(study_name="spot", storage=f"sqlite:///{experiment / 'study.db'}")
+    assert [trial.state for trial in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert all(sorted(trial.intermediate_values) == list(range(1, epochs + 1)) for trial in study.trials)
+
+    restored = 0
+    for trial, newest in before.items():
+        results = [json.loads(line) for line in (experiment / trial / "result.json").read_text().splitlines()]
+        last = results[-1]
+        assert last["epoch"] == last["training_iteration"] == epochs
+        if last["iterations_since_restore"] < epochs:  # the trial of the dead node, retried by Ray...
+            restored += 1
+            # ...from its newest checkpoint (checkpoint_k = epoch k + 1): at most the epoch it
+            # was training when the node died is trained again
+            assert last["iterations_since_restore"] <= epochs - (newest + 1)
+    assert restored == 1
