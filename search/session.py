@@ -13,7 +13,8 @@ import ray
 from search.experiment import build_tuner, can_resume, restore_tuner
 from search.plan import SearchPlan, experiment_path, local_experiment_dir, param_names, report_dir, save_plan
 from search.report import BEST_CONFIG, LEADERBOARD_MD, STUDY_DB, Row, frame, write_reports
-from search.storage import autoscaler_can_add_nodes, is_remote, shared_storage_problem, upload
+from search.cluster import autoscaler_node_types, unfit_request
+from search.storage import is_remote, shared_storage_problem, upload
 
 TOP_ROWS = 5  # leaderboard rows printed at the end
 
@@ -34,9 +35,10 @@ def run_search(plan: SearchPlan, address: str | None) -> int:
     except (ConnectionError, RuntimeError, ValueError) as error:
         print(f"error: cannot start or join Ray at {address or 'local'}: {error}", file=sys.stderr)
         return 2
-    problem = _missing_resources(plan) or shared_storage_problem(
-        plan.storage, nodes=sum(node["Alive"] for node in ray.nodes()),
-        can_add_nodes=address is not None and autoscaler_can_add_nodes())
+    alive = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+    coming = autoscaler_node_types() if address is not None else []  # only a joined cluster has one
+    problem = (unfit_request({"CPU": plan.cpus_per_trial, "GPU": plan.gpus_per_trial}, alive + coming)
+               or shared_storage_problem(plan.storage, nodes=len(alive), can_add_nodes=bool(coming)))
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
@@ -62,16 +64,6 @@ def run_search(plan: SearchPlan, address: str | None) -> int:
         print(f"interrupted: continue with python search/run.py --resume --name {plan.name}")
         return 130
     return 0 if any(math.isfinite(row.best_cv_lwlrap) for row in rows) else 1
-
-
-def _missing_resources(plan: SearchPlan) -> str | None:
-    """Why no trial could ever start on this cluster (Ray would wait for ever), or None."""
-    available = ray.cluster_resources()
-    for resource, wanted in (("CPU", plan.cpus_per_trial), ("GPU", plan.gpus_per_trial)):
-        if wanted > available.get(resource, 0):
-            return (f"a trial asks for {wanted:g} {resource} but this Ray cluster has"
-                    f" {available.get(resource, 0):g}; lower --{resource.lower()}s-per-trial")
-    return None
 
 
 def _load_study(path: Path, name: str) -> optuna.Study | None:

@@ -13,8 +13,6 @@ from pathlib import Path
 # File systems that other machines mount too (fuse covers s3fs, gcsfuse, sshfs, ...).
 NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "lustre", "ceph", "glusterfs", "gpfs", "beegfs",
                        "fuse")
-# `ray up` leaves the cluster's autoscaling config here on the head node.
-AUTOSCALING_CONFIG = Path("~/ray_bootstrap_config.yaml").expanduser()
 
 
 def is_remote(storage: str) -> bool:
@@ -50,18 +48,6 @@ def filesystem_type(path: Path) -> str:
 
 def is_network_filesystem(fstype: str) -> bool:
     return fstype.split(".")[0] in NETWORK_FILESYSTEMS
-
-
-def autoscaler_can_add_nodes(config: Path = AUTOSCALING_CONFIG) -> bool:
-    """True on the head of a `ray up` cluster whose config allows worker nodes, which the
-    autoscaler starts later (a search starts with the head alone)."""
-    import yaml
-
-    try:
-        loaded = yaml.safe_load(config.read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return False
-    return int(loaded.get("max_workers", 0) or 0) > 0
 
 
 def shared_storage_problem(storage: str, nodes: int, can_add_nodes: bool) -> str | None:

@@ -1,0 +1,341 @@
+"""cluster.yaml: valid for Ray's own cluster launcher, checked offline, and true to the project.
+
+Ray's validator is `prepare_config` (merge with the AWS defaults, node-type min/max workers)
+then `validate_config` (ray-schema.json, no unknown keys, head type among the node types). For
+AWS neither calls EC2: node resources are only looked up by `ray up` itself, and the file
+declares them anyway. A guard makes any network use fail the test.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import shlex
+import socket
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import jsonschema
+import pytest
+import ray
+import yaml
+from ray.autoscaler._private.util import prepare_config, validate_config
+
+from search.run import parse_args
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER_YAML = ROOT / "cluster.yaml"
+README = ROOT / "README.md"
+
+PROJECT_DIR = "/home/ray/rfcx-tune"  # where file_mounts puts the repository in the container
+DATA_DIR = "/home/ray/rfcx-data"  # where every node pulls the annotations and the log-mel cache
+TOKEN_MOUNT = "/home/ray/.ray/auth_token"  # Ray's default token path in the container
+LOCAL_TOKEN = "~/.ray/auth_token"  # where `ray get-auth-token --generate` writes it on your machine
+PLACEHOLDER_VALUES = ("YOUR-",)  # values a user must replace; their lines say PLACEHOLDER
+S3_URI = re.compile(r"s3://([a-z0-9][a-z0-9.\-]*[a-z0-9]|[A-Z0-9][A-Z0-9\-]*[A-Z0-9])(/[^\s'\"]*)?")
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Validation is offline: any connection or name lookup fails the test."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("cluster.yaml checks must not use the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+@pytest.fixture(scope="module")
+def text() -> str:
+    return CLUSTER_YAML.read_text()
+
+
+@pytest.fixture(scope="module")
+def config(text) -> dict[str, Any]:
+    """The file as written (tests must not modify it: copy first)."""
+    return yaml.safe_load(text)
+
+
+def ray_validate(config: dict[str, Any]) -> dict[str, Any]:
+    """What `ray up` checks before it talks to AWS; returns the prepared config."""
+    prepared = prepare_config(copy.deepcopy(config))
+    validate_config(prepared)
+    return prepared
+
+
+def worker_types(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {name: node for name, node in config["available_node_types"].items() if name != config["head_node_type"]}
+
+
+def start_commands(config: dict[str, Any]) -> list[str]:
+    return [cmd for key in ("head_start_ray_commands", "worker_start_ray_commands") for cmd in config[key]
+            if "ray start" in cmd]
+
+
+def code_part(line: str) -> str:
+    """The line without its comment (a # inside quotes is not one)."""
+    unquoted = re.sub(r"'[^']*'|\"[^\"]*\"", lambda m: "x" * len(m.group()), line)
+    found = re.search(r"(^|\s)#", unquoted)
+    return line[:found.start()] if found else line
+
+
+def has_comment(line: str) -> bool:
+    return code_part(line) != line
+
+
+def uncommented_keys(text: str) -> list[str]:
+    """Keys with no comment on their line nor a comment line right above them ('line N: key').
+
+    Keys come from YAML's own scanner, so flow mappings, keys in list items and comment lines
+    that merely look like `key: value` are all handled.
+    """
+    lines = text.splitlines()
+    tokens = list(yaml.scan(text))
+    missing = []
+    for token, following in zip(tokens, tokens[1:]):
+        if not isinstance(token, yaml.KeyToken):
+            continue
+        line = token.start_mark.line
+        above = lines[line - 1].lstrip() if line > 0 else ""
+        if not (has_comment(lines[line]) or above.startswith("#")):
+            name = following.value if isinstance(following, yaml.ScalarToken) else "?"
+            missing.append(f"line {line + 1}: {name}")
+    return missing
+
+
+def documented_search(text: str) -> list[str]:
+    """The arguments of the `python search/run.py ...` that the header comment tells users to run."""
+    lines = [line.lstrip("# ").strip() for line in text.splitlines()
+             if line.lstrip().startswith("#") and "python search/run.py" in line]
+    assert len(lines) == 1, "the header documents exactly one search command"
+    exec_args = shlex.split(lines[0])
+    assert exec_args[:3] == ["ray", "exec", "cluster.yaml"], lines[0]
+    remote = exec_args[3]
+    workdir, _, command = remote.partition(" && ")
+    assert workdir == f"cd {Path(PROJECT_DIR).name}", "ray exec starts in /home/ray; the project is one level down"
+    argv = shlex.split(command)
+    assert argv[:2] == ["python", "search/run.py"], command
+    return argv[2:]
+
+
+def s3_buckets(text: str) -> set[str]:
+    return {match.group(1) for match in S3_URI.finditer(text)}
+
+
+def s3_sync(config: dict[str, Any]) -> tuple[str, str]:
+    """(source, destination) of the setup command that pulls the data from S3."""
+    syncs = [shlex.split(code_part(cmd)) for cmd in config["setup_commands"] if " s3 sync " in cmd]
+    assert len(syncs) == 1, "one setup command pulls the data"
+    args = syncs[0]
+    at = args.index("sync")
+    return args[at + 1], args[at + 2]
+
+
+# --- Ray's own validator ---------------------------------------------------------------------
+
+
+def test_committed_config_passes_rays_validator(config):
+    before = set(sys.modules)
+    prepared = ray_validate(config)
+    assert prepared["head_node_type"] in prepared["available_node_types"]
+    assert not {name for name in set(sys.modules) - before if name.split(".")[0] in ("boto3", "botocore")}, \
+        "validation must not load the AWS SDK"
+
+
+def rename(path: tuple[str, ...], new: str) -> Callable[[dict], None]:
+    """A mutation that renames the key at `path` (which must exist) to `new`."""
+
+    def mutate(config: dict) -> None:
+        *parents, old = path
+        node = config
+        for key in parents:
+            node = node[key]
+        node[new] = node.pop(old)
+
+    return mutate
+
+
+def set_value(path: tuple[str, ...], value: Any) -> Callable[[dict], None]:
+    def mutate(config: dict) -> None:
+        *parents, last = path
+        node = config
+        for key in parents:
+            node = node[key]
+        assert last in node, f"{path} is not in cluster.yaml"
+        node[last] = value
+
+    return mutate
+
+
+BROKEN = {
+    "misspelled top-level key": (rename(("idle_timeout_minutes",), "idle_timout_minutes"),
+                                 jsonschema.ValidationError, "idle_timout_minutes"),
+    "misspelled node-type key": (rename(("available_node_types", "gpu_worker", "max_workers"), "max_worker"),
+                                 jsonschema.ValidationError, "max_worker"),
+    "misspelled node_config": (rename(("available_node_types", "gpu_worker", "node_config"), "node_confg"),
+                               jsonschema.ValidationError, "'node_config' is a required property"),
+    "misspelled docker key": (rename(("docker", "run_options"), "run_option"),
+                              jsonschema.ValidationError, "run_option"),
+    "misspelled auth key": (rename(("auth", "ssh_user"), "ssh_usr"), jsonschema.ValidationError, "ssh_usr"),
+    "fractional GPU resource": (set_value(("available_node_types", "gpu_worker", "resources", "GPU"), 0.5),
+                                jsonschema.ValidationError, "0.5"),
+    "head type not among the node types": (set_value(("head_node_type",), "ray.head.default"),
+                                           ValueError, "head_node_type"),
+    "min_workers above the global max_workers": (set_value(("available_node_types", "gpu_worker", "min_workers"), 5),
+                                                 ValueError, "max_workers"),
+}
+
+
+@pytest.mark.parametrize("name", BROKEN)
+def test_broken_copies_are_rejected(config, name):
+    mutate, error, needle = BROKEN[name]
+    broken = copy.deepcopy(config)
+    mutate(broken)
+    with pytest.raises(error) as raised:
+        ray_validate(broken)
+    message = raised.value.message if isinstance(raised.value, jsonschema.ValidationError) else str(raised.value)
+    assert needle in message
+
+
+# --- project invariants ----------------------------------------------------------------------
+
+
+def test_docker_image_has_the_projects_ray_and_python(config):
+    docker = config["docker"]
+    assert not {"head_image", "worker_image"} & set(docker), "one image for every node"
+    found = re.fullmatch(r"rayproject/ray:(?P<ray>\d+\.\d+\.\d+)-py(?P<py>\d)(?P<minor>\d+)-(?P<flavour>gpu|cu\d+)",
+                         docker["image"])
+    assert found, f"not a rayproject/ray VERSION-pyXY-gpu tag: {docker['image']}"
+    assert found["ray"] == ray.__version__
+    assert (int(found["py"]), int(found["minor"])) == sys.version_info[:2]
+
+
+def test_setup_installs_the_project_without_replacing_ray(config):
+    assert config["file_mounts"][PROJECT_DIR] == "."
+    installs = [cmd for cmd in config["setup_commands"] if cmd.startswith("pip install")]
+    assert len(installs) == 1
+    args = shlex.split(installs[0])
+    assert args[args.index("-e") + 1] == PROJECT_DIR
+    assert f"ray[tune]=={ray.__version__}" in args, "ray pinned to the image's (= the .venv's) version"
+
+
+def test_docker_gives_workers_the_gpu_and_enough_shared_memory(config):
+    docker = config["docker"]
+    assert "--gpus all" in docker["worker_run_options"]
+    assert not any("--gpus" in option for option in docker["run_options"] + docker.get("head_run_options", [])), \
+        "--gpus on the CPU head makes docker run fail"
+    shm = [re.fullmatch(r"--shm-size=(\d+)g", option) for option in docker["run_options"]]
+    sizes = [int(found.group(1)) for found in shm if found]
+    assert len(sizes) == 1 and sizes[0] >= 8, "room for Ray's object store (Docker's default /dev/shm is 64 MB)"
+    assert "--ulimit nofile=65536:65536" in docker["run_options"]
+
+
+def test_every_node_type_declares_its_resources(config):
+    for name, node in config["available_node_types"].items():
+        assert isinstance(node["resources"].get("CPU"), int), f"{name}: CPU not declared"
+    head = config["available_node_types"][config["head_node_type"]]
+    assert head["resources"] == {"CPU": 0}, "the head advertises no CPU, so no trial runs there"
+    workers = worker_types(config)
+    assert workers and all(node["resources"].get("GPU", 0) >= 1 for node in workers.values())
+
+
+def test_the_documented_search_fills_a_worker_exactly(config, text):
+    args = parse_args(documented_search(text))
+    assert args.address == "auto"
+    for name, node in worker_types(config).items():
+        by_gpu = node["resources"]["GPU"] / args.gpus_per_trial
+        by_cpu = node["resources"]["CPU"] / args.cpus_per_trial
+        assert by_gpu == by_cpu == int(by_gpu) >= 1, f"{name}: {by_gpu:g} trials fit by GPU, {by_cpu:g} by CPU"
+
+
+def test_workers_scale_to_zero_on_spot_and_idle_nodes_go(config):
+    assert isinstance(config["idle_timeout_minutes"], int) and 0 < config["idle_timeout_minutes"] <= 30
+    assert config["provider"]["cache_stopped_nodes"] is False, "idle workers terminated, not stopped"
+    for name, node in worker_types(config).items():
+        assert node["min_workers"] == 0, name
+        assert node["min_workers"] <= node["max_workers"] <= config["max_workers"], name
+        assert node["node_config"]["InstanceMarketOptions"]["MarketType"] == "spot", name
+        assert node["node_config"]["IamInstanceProfile"], f"{name}: no S3 access without an instance profile"
+
+
+def test_no_port_is_opened_beyond_ssh(config):
+    head_start = [cmd for cmd in config["head_start_ray_commands"] if "ray start" in cmd]
+    assert len(head_start) == 1
+    assert "--dashboard-host=127.0.0.1" in head_start[0]
+    assert "--autoscaling-config=~/ray_bootstrap_config.yaml" in head_start[0], "without it no worker is started"
+    assert not any("0.0.0.0" in cmd for cmd in start_commands(config))
+    # Ray's group: SSH from anywhere and intra-cluster traffic only; no extra rule, no other group.
+    assert config["provider"]["security_group"]["IpPermissions"] == []
+    for name, node in config["available_node_types"].items():
+        assert not {"SecurityGroupIds", "NetworkInterfaces"} & set(node["node_config"]), name
+    docker = config["docker"]
+    options = docker["run_options"] + docker.get("head_run_options", []) + docker.get("worker_run_options", [])
+    assert not any(option.startswith(("-p", "--publish")) for option in options)
+
+
+def test_token_auth_is_on_everywhere(config, text):
+    commands = start_commands(config)
+    assert len(commands) == 2
+    assert all("RAY_AUTH_MODE=token" in cmd for cmd in commands), "every ray start (head and workers)"
+    assert config["file_mounts"][TOKEN_MOUNT] == LOCAL_TOKEN, "the token comes from your machine, not the repo"
+    assert any("export RAY_AUTH_MODE=token" in cmd and "~/.bashrc" in cmd for cmd in config["setup_commands"]), \
+        "drivers started with ray exec find the token too"
+    assert "RAY_AUTH_TOKEN" not in text, "a token is never written into the config"
+
+
+def test_only_the_project_is_synced(config):
+    excluded = set(config["rsync_exclude"])
+    assert {"/.git/", "/.venv/", "/data/", "/experiments/"} <= excluded
+    assert ".gitignore" in config["rsync_filter"]
+    assert set(config["file_mounts"]) == {PROJECT_DIR, TOKEN_MOUNT}
+
+
+def test_data_and_results_share_one_bucket(config, text):
+    source, destination = s3_sync(config)
+    assert destination == DATA_DIR
+    args = parse_args(documented_search(text))
+    assert str(args.data_dir) == DATA_DIR, "the search reads the data where setup put them"
+    (bucket,) = s3_buckets(source)
+    assert s3_buckets(args.storage) == {bucket}
+    assert s3_buckets(text) == {bucket}, "one bucket throughout the file"
+
+
+def test_readme_uses_the_same_bucket_and_data_prefix(config):
+    readme = README.read_text()
+    if "## Running on a cluster" not in readme:
+        pytest.skip("the README has no 'Running on a cluster' section yet")
+    source, _ = s3_sync(config)
+    assert source in readme, "the README pushes the data where the nodes pull them from"
+    assert s3_buckets(readme) == s3_buckets(source)
+
+
+def test_placeholders_are_marked(text, config):
+    """Every value a user must fill in says PLACEHOLDER on its line (`grep -n PLACEHOLDER`)."""
+    for number, line in enumerate(text.splitlines(), 1):
+        if any(value in code_part(line) for value in PLACEHOLDER_VALUES):
+            assert "PLACEHOLDER" in line, f"line {number}: {line.strip()}"
+    region_line = next(line for line in text.splitlines() if line.strip().startswith("region:"))
+    assert "PLACEHOLDER" in region_line
+    assert config["provider"]["region"] in region_line
+
+
+def test_every_key_is_commented(text):
+    assert uncommented_keys(text) == []
+
+
+@pytest.mark.parametrize("snippet, missing", [
+    ("a: 1  # why\n", []),
+    ("# why\na: 1\n", []),
+    ("a: 1\n", ["line 1: a"]),
+    ("a: 'x # not a comment'\n", ["line 1: a"]),
+    ("a:  # why\n  b: 2\n", ["line 2: b"]),
+    ("a:  # why\n  - c: 3\n", ["line 2: c"]),
+    ("# why\nr: {\"CPU\": 0}\n", []),
+    ("# a: 1 is only a comment\nb: 2  # why\n", []),
+])
+def test_the_comment_rule(snippet, missing):
+    assert uncommented_keys(snippet) == missing

@@ -1,0 +1,86 @@
+"""What a search checks about its Ray cluster before it starts: that some node (alive, or one
+the autoscaler can start) fits a trial, and that every node can reach the storage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from search.cluster import autoscaler_node_types, unfit_request
+from search.run import parse_args
+from search.storage import (filesystem_type, is_network_filesystem, is_remote, local_path, read_text,
+                            shared_storage_problem, upload)
+
+CLUSTER_YAML = Path(__file__).resolve().parents[1] / "cluster.yaml"
+
+
+def test_a_trial_must_fit_on_one_node_not_on_the_cluster_total():
+    two_small = [{"CPU": 2, "GPU": 1}, {"CPU": 2, "GPU": 1}]
+    assert unfit_request({"CPU": 2, "GPU": 1}, two_small) is None
+    assert unfit_request({"CPU": 0.5, "GPU": 0.25}, two_small) is None
+    error = unfit_request({"CPU": 2, "GPU": 2}, two_small)  # 2 GPUs in all, but never on one node
+    assert error.startswith("a trial asks for 2 CPU, 2 GPU but no node") and "the most any node has is 2 CPU, 1 GPU" in error
+    assert "no node" in unfit_request({"CPU": 1, "GPU": 0}, [])
+
+
+def test_the_autoscaler_node_types_come_from_the_cluster_config(tmp_path):
+    # The head of a `ray up` cluster keeps cluster.yaml (resources filled in) as ~/ray_bootstrap_config.yaml.
+    assert autoscaler_node_types(CLUSTER_YAML) == [{"CPU": 8, "GPU": 1}]
+    assert autoscaler_node_types(tmp_path / "absent.yaml") == []
+    config = yaml.safe_load(CLUSTER_YAML.read_text())
+    (tmp_path / "no_workers.yaml").write_text(yaml.safe_dump({**config, "max_workers": 0}))
+    assert autoscaler_node_types(tmp_path / "no_workers.yaml") == []
+
+
+def test_the_documented_search_fits_a_fresh_cluster_only_through_its_autoscaler():
+    """On `ray up cluster.yaml` a search starts with the CPU-less head alone: it must not be
+    refused, because the autoscaler adds the GPU workers that its trials wait for."""
+    head = yaml.safe_load(CLUSTER_YAML.read_text())["available_node_types"]["head"]["resources"]
+    args = parse_args(["--space", "loss_weights", "--cpus-per-trial", "2", "--gpus-per-trial", "0.25"])
+    wanted = {"CPU": args.cpus_per_trial, "GPU": args.gpus_per_trial}
+    assert unfit_request(wanted, [head]) is not None
+    assert unfit_request(wanted, [head, *autoscaler_node_types(CLUSTER_YAML)]) is None
+
+
+@pytest.mark.parametrize("storage", ["s3://bucket/experiments", "gs://bucket/experiments", "file:///mnt/shared/x"])
+def test_object_stores_and_file_uris_are_taken_on_a_multi_node_cluster(storage):
+    assert shared_storage_problem(storage, nodes=3, can_add_nodes=True) is None
+
+
+def test_a_path_on_the_local_disk_is_refused_once_there_are_or_can_be_other_nodes(tmp_path):
+    assert shared_storage_problem(str(tmp_path), nodes=1, can_add_nodes=False) is None  # local Ray
+    many = shared_storage_problem(str(tmp_path), nodes=2, can_add_nodes=False)
+    assert many.startswith(f"--storage {tmp_path} is on this node's own disk ({filesystem_type(tmp_path)})")
+    assert "this Ray cluster has 2 nodes" in many and "s3://" in many
+    assert "autoscaler adds nodes" in shared_storage_problem(str(tmp_path), nodes=1, can_add_nodes=True)
+
+
+def test_a_path_on_a_network_file_system_is_taken(tmp_path, monkeypatch):
+    monkeypatch.setattr("search.storage.filesystem_type", lambda path: "nfs4")
+    assert shared_storage_problem(str(tmp_path), nodes=4, can_add_nodes=True) is None
+
+
+def test_the_file_system_type_is_the_one_of_the_nearest_mount_point(tmp_path):
+    assert filesystem_type(Path("/proc/self/status")) == "proc"
+    assert filesystem_type(tmp_path / "not" / "yet" / "made") == filesystem_type(tmp_path)
+    assert [is_network_filesystem(kind) for kind in ("nfs4", "fuse.s3fs", "lustre", "ext4", "overlay")] == [
+        True, True, True, False, False]
+
+
+def test_storage_kinds():
+    assert is_remote("s3://b/p") and is_remote("gs://b/p") and not is_remote("file:///x") and not is_remote("/x")
+    assert local_path("file:///mnt/x") == Path("/mnt/x") and local_path("s3://b/p") is None
+
+
+def test_reports_are_uploaded_as_files_and_read_back_through_pyarrow(tmp_path):
+    reports = tmp_path / "reports"
+    (reports / "trial_1").mkdir(parents=True)  # trial directories are Ray's to store, not ours
+    (reports / "leaderboard.md").write_text("| rank |")
+    (reports / "study.db").write_bytes(b"\0sqlite")
+    upload(reports, f"file://{tmp_path}/bucket/name")
+    assert sorted(p.name for p in (tmp_path / "bucket/name").iterdir()) == ["leaderboard.md", "study.db"]
+    assert (tmp_path / "bucket/name/study.db").read_bytes() == b"\0sqlite"
+    assert read_text(f"file://{tmp_path}/bucket/name/leaderboard.md") == "| rank |"
+    assert read_text(f"file://{tmp_path}/bucket/name/absent.json") is None
