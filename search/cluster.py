@@ -13,7 +13,7 @@ AUTOSCALING_CONFIG = "~/ray_bootstrap_config.yaml"
 
 
 def autoscaler_node_types(config: str | Path | None = None) -> list[dict[str, float]]:
-    """The resources of each worker node type the autoscaler may start; [] without one."""
+    """The resources of each node type the autoscaler may start; [] without one."""
     try:
         loaded = yaml.safe_load(Path(config or AUTOSCALING_CONFIG).expanduser().read_text()) or {}
     except (OSError, yaml.YAMLError):
@@ -21,8 +21,7 @@ def autoscaler_node_types(config: str | Path | None = None) -> list[dict[str, fl
     if int(loaded.get("max_workers") or 0) <= 0:
         return []
     types: dict[str, Any] = loaded.get("available_node_types") or {}
-    return [dict(node.get("resources") or {}) for name, node in types.items()
-            if name != loaded.get("head_node_type") and int(node.get("max_workers") or 0) > 0]
+    return [dict(node.get("resources") or {}) for node in types.values() if int(node.get("max_workers") or 0) > 0]
 
 
 def unfit_request(wanted: dict[str, float], nodes: list[dict[str, float]]) -> str | None:

@@ -13,8 +13,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
 from search.optuna_search import TruthfulOptunaSearch
-from search.plan import DefineByRun, SearchPlan, experiment_path, report_dir
-from search.report import STUDY_DB
+from search.plan import DefineByRun, SearchPlan, experiment_path
 from search.tensorboard import HParamsLogger
 from spaces import recipe_point
 from trainable.tune import METRIC, MODE, train_sed
@@ -32,7 +31,6 @@ def build_tuner(plan: SearchPlan) -> tune.Tuner:
         points_to_evaluate=[recipe_point(list(plan.spaces), epochs)],  # the recipe runs first
         max_iterations=epochs,
         study_name=plan.name,
-        export_path=report_dir(plan) / STUDY_DB,
     )
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=plan.grace_period,
                               reduction_factor=plan.reduction_factor)

@@ -9,10 +9,10 @@ intermediate values it reported each epoch, which is what Optuna's samplers expe
 from __future__ import annotations
 
 import logging
+import os
 import warnings
-from typing import Any
-
 from pathlib import Path
+from typing import Any
 
 import optuna
 from ray.tune.search.optuna import OptunaSearch
@@ -20,6 +20,11 @@ from ray.tune.search.optuna import OptunaSearch
 from search.report import export_study
 
 TRAINING_ITERATION = "training_iteration"
+# The sqlite file that receives a copy of the study after every finished trial, named by the
+# driver in its environment rather than held by the searcher: Ray pickles the searcher with the
+# experiment, so a search resumed elsewhere (another machine, or another folder for an s3://
+# experiment) would go on exporting to the first driver's path.
+STUDY_EXPORT_ENV = "RFCX_TUNE_STUDY_DB"
 logger = logging.getLogger(__name__)
 
 
@@ -29,15 +34,14 @@ class TruthfulOptunaSearch(OptunaSearch):
     Args:
         max_iterations: the epoch budget; a trial that ends without error before it was
             stopped early.
-        export_path: a sqlite file that receives a copy of the study after every finished
-            trial (None: keep it in memory only).
         **kwargs: as OptunaSearch.
+
+    The study is exported to the file named by $RFCX_TUNE_STUDY_DB, when set.
     """
 
-    def __init__(self, *args: Any, max_iterations: int, export_path: Path | None = None, **kwargs: Any):
+    def __init__(self, *args: Any, max_iterations: int, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.max_iterations = max_iterations
-        self.export_path = export_path
 
     @property
     def study(self) -> optuna.Study:
@@ -46,11 +50,12 @@ class TruthfulOptunaSearch(OptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         self._record(trial_id, result, error)
-        if self.export_path is not None:
+        export_path = os.environ.get(STUDY_EXPORT_ENV)
+        if export_path:
             try:
-                export_study(self._ot_study, self.export_path)
+                export_study(self._ot_study, Path(export_path))
             except Exception as failure:  # runs in Tune's controller: a full disk must not end the search
-                logger.warning("could not export the study to %s: %s", self.export_path, failure)
+                logger.warning("could not export the study to %s: %s", export_path, failure)
 
     def _record(self, trial_id: str, result: dict | None, error: bool) -> None:
         if trial_id in self._completed_trials:

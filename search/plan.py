@@ -14,7 +14,7 @@ from typing import Any
 
 import optuna
 
-from search.storage import is_remote, local_path, read_text, upload
+from search.storage import is_remote, local_copy_dir, local_path, read_text, upload
 from spaces import combine, recipe_point
 from trainable.atomic import atomic_write_text
 from trainable.config import ConfigError, TrialConfig, from_dict, merge
@@ -60,12 +60,12 @@ def save_plan(plan: SearchPlan) -> None:
 
 
 def load_plan(storage: str, name: str) -> SearchPlan | None:
-    """The plan an existing experiment was started with, or None."""
-    local = local_path(storage)
-    if local is None:
-        text = read_text(f"{storage.rstrip('/')}/{name}/{PLAN_FILE}")
-    else:
-        text = (local / name / PLAN_FILE).read_text() if (local / name / PLAN_FILE).is_file() else None
+    """The plan an existing experiment was started with, or None.
+
+    Raises:
+        OSError: the storage cannot be read (an object store without credentials, ...).
+    """
+    text = read_text(f"{_joined(storage, name)}/{PLAN_FILE}")
     if text is None:
         return None
     saved = json.loads(text)
@@ -132,7 +132,11 @@ class DefineByRun:
 
 
 def experiment_path(plan: SearchPlan) -> str:
-    return f"{plan.storage.rstrip('/')}/{plan.name}"
+    return _joined(plan.storage, plan.name)
+
+
+def _joined(storage: str, name: str) -> str:
+    return f"{storage.rstrip('/')}/{name}"
 
 
 def local_experiment_dir(plan: SearchPlan) -> Path | None:
@@ -143,6 +147,5 @@ def local_experiment_dir(plan: SearchPlan) -> Path | None:
 
 def report_dir(plan: SearchPlan) -> Path:
     """Where the reports (leaderboard, best config, study.db, plan) are written: the
-    experiment directory, or for an object store a local copy (./experiments/NAME) that is
-    uploaded to it."""
-    return local_experiment_dir(plan) or Path("experiments").resolve() / plan.name
+    experiment directory, or for an object store a local copy that is uploaded to it."""
+    return local_experiment_dir(plan) or local_copy_dir(plan.storage) / plan.name

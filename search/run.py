@@ -21,14 +21,16 @@ import yaml
 from search.default_data import QUICK_PRESET, default_data_dir, ensure_synthetic
 from search.plan import (PLAN_FILE, SearchPlan, check_plan, load_plan, param_names, plan_difference,
                          searched_keys)
-from search.storage import local_path
+from search.storage import DEFAULT_STORAGE, newest_with, normalise
 from spaces import SPACES
 from trainable.cache import DEFAULT_CACHE_NAME
 from trainable.config import ConfigError, TrainConfig, TrialConfig, flatten_dotted, from_dict, merge
 
 DEFAULT_GRACE = 4  # epochs before ASHA may stop a trial
+# max_failures: a reclaimed spot node is one failure for each trial it held, and a retry costs at
+# most the epoch in flight.
 DEFAULTS = {"num_samples": 8, "reduction_factor": 2, "cpus_per_trial": 1.0, "gpus_per_trial": 0.0, "seed": 0,
-            "max_failures": 2}
+            "max_failures": 5}
 # Flags that define a search; resuming takes them from the experiment itself.
 SEARCH_FLAGS = ("space", "data_dir", "cache_dir", "num_samples", "max_concurrent", "epochs", "grace_period",
                 "reduction_factor", "folds", "backbone", "cpus_per_trial", "gpus_per_trial", "seed", "set",
@@ -66,8 +68,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--gpus-per-trial", type=float, help="GPUs per trial; a fraction (0.25, 0.5) packs trials on one GPU"
                                              f" (default: {DEFAULTS['gpus_per_trial']:g})")
     add("--address", help="join a running Ray cluster (e.g. auto); default: start a local Ray")
-    add("--storage", default="experiments", help="where experiments go: a path or s3://bucket/prefix"
-                                                 " (default: experiments)")
+    add("--storage", default=DEFAULT_STORAGE, help="where experiments go: a path, or s3://bucket/prefix or"
+                                                   " gs://...; on a multi-node cluster, one every node reaches"
+                                                   f" (default: {DEFAULT_STORAGE})")
     add("--name", help="experiment name (default: SPACES-DATE-TIME); an existing one is resumed")
     add("--resume", action="store_true", help="continue the experiment --name (default: the newest)")
     add("--seed", type=int, help=f"Optuna sampler seed (default: {DEFAULTS['seed']})")
@@ -157,11 +160,10 @@ def experiment_name(args: argparse.Namespace, storage: str) -> str:
             raise UsageError(f"--name {args.name!r}: a plain name, without '/'")
         return args.name
     if args.resume:
-        local = local_path(storage)
-        found = [p for p in local.iterdir() if (p / PLAN_FILE).is_file()] if local and local.is_dir() else []
-        if not found:
-            raise UsageError(f"--resume: no experiment in {storage}; give --name")
-        return max(found, key=lambda p: p.stat().st_mtime).name
+        newest = newest_with(storage, PLAN_FILE)
+        if newest is None:
+            raise UsageError(f"--resume: no experiment in {storage}")
+        return newest
     return f"{'+'.join(args.space)}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
@@ -213,9 +215,12 @@ def make_plan(args: argparse.Namespace) -> SearchPlan:
     """Resolve and check everything before Ray starts. An existing experiment is resumed
     with its own settings: `--resume` takes them as they are, and repeating the command that
     started it is fine, but other settings under its name are refused (they would be ignored)."""
-    storage = args.storage if "://" in args.storage else str(Path(args.storage).resolve())
-    name = experiment_name(args, storage)
-    stored = load_plan(storage, name)
+    storage = normalise(args.storage)
+    try:
+        name = experiment_name(args, storage)
+        stored = load_plan(storage, name)
+    except OSError as error:  # e.g. an s3:// bucket that does not exist, or no credentials
+        raise UsageError(f"--storage {storage}: cannot read it: {str(error).splitlines()[0]}") from None
     if args.resume:
         given = [flag for flag in SEARCH_FLAGS if getattr(args, flag) not in (None, [])]
         if stored is not None and given:

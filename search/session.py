@@ -10,11 +10,13 @@ from pathlib import Path
 import optuna
 import ray
 
+from search.cluster import autoscaler_node_types, unfit_request
+from search.default_data import default_data_dir
 from search.experiment import build_tuner, can_resume, restore_tuner
+from search.optuna_search import STUDY_EXPORT_ENV
 from search.plan import SearchPlan, experiment_path, local_experiment_dir, param_names, report_dir, save_plan
 from search.report import BEST_CONFIG, LEADERBOARD_MD, STUDY_DB, Row, frame, write_reports
-from search.cluster import autoscaler_node_types, unfit_request
-from search.storage import is_remote, shared_storage_problem, upload
+from search.storage import DEFAULT_STORAGE, download, is_remote, normalise, shared_storage_problem, upload
 
 TOP_ROWS = 5  # leaderboard rows printed at the end
 
@@ -35,10 +37,7 @@ def run_search(plan: SearchPlan, address: str | None) -> int:
     except (ConnectionError, RuntimeError, ValueError) as error:
         print(f"error: cannot start or join Ray at {address or 'local'}: {error}", file=sys.stderr)
         return 2
-    alive = [node["Resources"] for node in ray.nodes() if node["Alive"]]
-    coming = autoscaler_node_types() if address is not None else []  # only a joined cluster has one
-    problem = (unfit_request({"CPU": plan.cpus_per_trial, "GPU": plan.gpus_per_trial}, alive + coming)
-               or shared_storage_problem(plan.storage, nodes=len(alive), can_add_nodes=bool(coming)))
+    problem = cluster_problem(plan, joined=address is not None)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
@@ -46,11 +45,18 @@ def run_search(plan: SearchPlan, address: str | None) -> int:
     print(f"[rfcx-tune] {'resuming' if resuming else 'starting'} experiment {experiment_path(plan)}:"
           f" spaces {', '.join(plan.spaces)}; {plan.num_samples} trials of {plan.epochs} epochs;"
           f" ASHA grace {plan.grace_period}, reduction {plan.reduction_factor}", flush=True)
-    if not resuming:
-        save_plan(plan)
+    directory = report_dir(plan)
+    try:
+        if not resuming:
+            save_plan(plan)
+        elif is_remote(plan.storage):  # the reports so far, wherever this search ran before
+            download(experiment_path(plan), directory)
+    except OSError as error:
+        print(f"error: cannot use {experiment_path(plan)}: {str(error).splitlines()[0]}", file=sys.stderr)
+        return 2
+    os.environ[STUDY_EXPORT_ENV] = str(directory / STUDY_DB)
     tuner = restore_tuner(plan) if resuming else build_tuner(plan)
     results = tuner.fit()
-    directory = report_dir(plan)
     study = _load_study(directory / STUDY_DB, plan.name)
     rows = write_reports(directory, results, study, plan.epochs, param_names(plan.spaces, plan.epochs),
                          title=f"{plan.name}: {', '.join(plan.spaces)}")
@@ -61,9 +67,24 @@ def run_search(plan: SearchPlan, address: str | None) -> int:
             print(f"warning: could not copy the reports to {experiment_path(plan)}: {error}", file=sys.stderr)
     print(summary(rows, directory, experiment_path(plan)))
     if any(row.status.startswith(("interrupted", "not started")) for row in rows):
-        print(f"interrupted: continue with python search/run.py --resume --name {plan.name}")
+        where = "" if plan.storage == normalise(DEFAULT_STORAGE) else f" --storage {plan.storage}"
+        print(f"interrupted: continue with python search/run.py --resume --name {plan.name}{where}")
         return 130
     return 0 if any(math.isfinite(row.best_cv_lwlrap) for row in rows) else 1
+
+
+def cluster_problem(plan: SearchPlan, joined: bool) -> str | None:
+    """Why this search cannot run on the Ray cluster it is connected to, or None: no node
+    (alive, or one the autoscaler can start) fits a trial, or some node could not reach the
+    storage or the data."""
+    alive = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+    coming = autoscaler_node_types() if joined else []  # a local Ray has no autoscaler
+    multi_node = len(alive) > 1 or bool(coming)
+    if multi_node and Path(plan.fixed["data_dir"]) == default_data_dir():
+        return ("the built-in synthetic data are on this node only; on a multi-node cluster give --data-dir"
+                " with data at the same path on every node (cluster.yaml pulls them to /home/ray/rfcx-data)")
+    return (unfit_request({"CPU": plan.cpus_per_trial, "GPU": plan.gpus_per_trial}, alive + coming)
+            or shared_storage_problem(plan.storage, nodes=len(alive), can_add_nodes=bool(coming)))
 
 
 def _load_study(path: Path, name: str) -> optuna.Study | None:

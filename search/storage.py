@@ -8,11 +8,32 @@ checkpoint taken on a worker: `shared_storage_problem` says so before anything s
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
+DEFAULT_STORAGE = "experiments"  # relative to the working directory
 # File systems that other machines mount too (fuse covers s3fs, gcsfuse, sshfs, ...).
 NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "lustre", "ceph", "glusterfs", "gpfs", "beegfs",
                        "fuse")
+
+
+def normalise(storage: str) -> str:
+    """A URI as given; a path made absolute (Ray and the trials' nodes need absolute paths)."""
+    return storage if "://" in storage else str(Path(storage).resolve())
+
+
+def user_cache_dir() -> Path:
+    """rfcx-tune's folder in the user's cache (XDG_CACHE_HOME, else ~/.cache)."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rfcx-tune"
+
+
+def local_copy_dir(storage: str) -> Path:
+    """Where the reports of experiments on the object store `storage` are written on this
+    machine before they are uploaded (outside any local --storage, so that a local
+    `--resume` never mistakes a copy for an experiment)."""
+    parts = re.sub(r"[^\w.\-/]", "_", storage.replace("://", "/", 1)).split("/")
+    return user_cache_dir().joinpath("reports", *(part for part in parts if part not in ("", ".", "..")))
 
 
 def is_remote(storage: str) -> bool:
@@ -40,7 +61,7 @@ def filesystem_type(path: Path) -> str:
     path = path.resolve()
     best, kind = "", "unknown"
     for point, fstype in mounts:
-        point = point.replace("\\040", " ")  # /proc/mounts escapes spaces
+        point = re.sub(r"\\([0-7]{3})", lambda code: chr(int(code.group(1), 8)), point)  # /proc/mounts escapes
         if (path == Path(point) or Path(point) in path.parents) and len(point) > len(best):
             best, kind = point, fstype
     return kind
@@ -58,9 +79,10 @@ def shared_storage_problem(storage: str, nodes: int, can_add_nodes: bool) -> str
     A plain path must be on a network file system once the cluster has (or can get) more than
     one node.
     """
-    if "://" in storage or (nodes <= 1 and not can_add_nodes):
+    local = local_path(storage)
+    if local is None or storage.startswith("file://") or (nodes <= 1 and not can_add_nodes):
         return None
-    fstype = filesystem_type(Path(storage))
+    fstype = filesystem_type(local)
     if is_network_filesystem(fstype):
         return None
     where = f"this Ray cluster has {nodes} nodes" if nodes > 1 else "this Ray cluster's autoscaler adds nodes"
@@ -80,12 +102,46 @@ def upload(local_dir: Path, storage_dir: str) -> None:
             pyarrow.fs.copy_files(str(path), f"{root}/{path.name}", destination_filesystem=filesystem)
 
 
-def read_text(uri: str) -> str | None:
-    """A small text file on an object store, or None when it does not exist."""
+def download(storage_dir: str, local_dir: Path) -> None:
+    """Copy the files of `storage_dir` on an object store (not its subdirectories) into
+    `local_dir`, except those the local copy has in a newer version."""
     import pyarrow.fs
 
-    filesystem, path = pyarrow.fs.FileSystem.from_uri(uri)
+    filesystem, root = pyarrow.fs.FileSystem.from_uri(storage_dir)
+    local_dir.mkdir(parents=True, exist_ok=True)
+    for info in filesystem.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True)):
+        local = local_dir / info.base_name
+        if info.type == pyarrow.fs.FileType.File and not (local.exists() and local.stat().st_mtime >= info.mtime.timestamp()):
+            pyarrow.fs.copy_files(info.path, str(local), source_filesystem=filesystem)
+
+
+def read_text(location: str) -> str | None:
+    """A small text file (a path or a URI), or None when it does not exist.
+
+    Raises:
+        OSError: the store cannot be reached (no credentials, no such bucket, ...).
+    """
+    import pyarrow.fs
+
+    filesystem, path = pyarrow.fs.FileSystem.from_uri(normalise(location))
     if filesystem.get_file_info(path).type != pyarrow.fs.FileType.File:
         return None
     with filesystem.open_input_stream(path) as stream:
         return stream.read().decode()
+
+
+def newest_with(storage: str, filename: str) -> str | None:
+    """The name of the newest folder of `storage` that holds `filename`, or None.
+
+    Raises:
+        OSError: the store cannot be reached.
+    """
+    import pyarrow.fs
+
+    filesystem, root = pyarrow.fs.FileSystem.from_uri(normalise(storage))
+    folders = filesystem.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
+    found = [info for info in filesystem.get_file_info([f"{folder.path}/{filename}" for folder in folders
+                                                        if folder.type == pyarrow.fs.FileType.Directory])
+             if info.type == pyarrow.fs.FileType.File]
+    newest = max(found, key=lambda info: info.mtime, default=None)
+    return None if newest is None else Path(newest.path).parent.name

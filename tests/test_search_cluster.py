@@ -10,8 +10,7 @@ import yaml
 
 from search.cluster import autoscaler_node_types, unfit_request
 from search.run import parse_args
-from search.storage import (filesystem_type, is_network_filesystem, is_remote, local_path, read_text,
-                            shared_storage_problem, upload)
+from search.storage import filesystem_type, is_network_filesystem, shared_storage_problem
 
 CLUSTER_YAML = Path(__file__).resolve().parents[1] / "cluster.yaml"
 
@@ -67,20 +66,3 @@ def test_the_file_system_type_is_the_one_of_the_nearest_mount_point(tmp_path):
     assert filesystem_type(tmp_path / "not" / "yet" / "made") == filesystem_type(tmp_path)
     assert [is_network_filesystem(kind) for kind in ("nfs4", "fuse.s3fs", "lustre", "ext4", "overlay")] == [
         True, True, True, False, False]
-
-
-def test_storage_kinds():
-    assert is_remote("s3://b/p") and is_remote("gs://b/p") and not is_remote("file:///x") and not is_remote("/x")
-    assert local_path("file:///mnt/x") == Path("/mnt/x") and local_path("s3://b/p") is None
-
-
-def test_reports_are_uploaded_as_files_and_read_back_through_pyarrow(tmp_path):
-    reports = tmp_path / "reports"
-    (reports / "trial_1").mkdir(parents=True)  # trial directories are Ray's to store, not ours
-    (reports / "leaderboard.md").write_text("| rank |")
-    (reports / "study.db").write_bytes(b"\0sqlite")
-    upload(reports, f"file://{tmp_path}/bucket/name")
-    assert sorted(p.name for p in (tmp_path / "bucket/name").iterdir()) == ["leaderboard.md", "study.db"]
-    assert (tmp_path / "bucket/name/study.db").read_bytes() == b"\0sqlite"
-    assert read_text(f"file://{tmp_path}/bucket/name/leaderboard.md") == "| rank |"
-    assert read_text(f"file://{tmp_path}/bucket/name/absent.json") is None
