@@ -10,7 +10,7 @@ from pathlib import Path
 import optuna
 import ray
 
-from search.cluster import autoscaler_node_types, unfit_request
+from search.cluster import autoscaler_nodes, trials_at_once, unfit_request
 from search.default_data import default_data_dir
 from search.experiment import build_tuner, can_resume, restore_tuner
 from search.optuna_search import STUDY_EXPORT_ENV
@@ -37,10 +37,17 @@ def run_search(plan: SearchPlan, address: str | None) -> int:
     except (ConnectionError, RuntimeError, ValueError) as error:
         print(f"error: cannot start or join Ray at {address or 'local'}: {error}", file=sys.stderr)
         return 2
-    problem = cluster_problem(plan, joined=address is not None)
+    alive = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+    coming = autoscaler_nodes() if address is not None else []  # a local Ray has no autoscaler
+    problem = cluster_problem(plan, alive, coming)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    if coming and plan.max_concurrent is None:
+        # With a searcher of its own, Tune keeps one trial waiting for resources at a time, and
+        # the autoscaler starts nodes for waiting trials only: it would add one node after the
+        # other. Let as many trials wait as the whole cluster can run, so it scales up at once.
+        os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(trials_at_once(alive + coming, wanted(plan))))
     resuming = can_resume(plan)
     print(f"[rfcx-tune] {'resuming' if resuming else 'starting'} experiment {experiment_path(plan)}:"
           f" spaces {', '.join(plan.spaces)}; {plan.num_samples} trials of {plan.epochs} epochs;"
@@ -73,17 +80,20 @@ def run_search(plan: SearchPlan, address: str | None) -> int:
     return 0 if any(math.isfinite(row.best_cv_lwlrap) for row in rows) else 1
 
 
-def cluster_problem(plan: SearchPlan, joined: bool) -> str | None:
-    """Why this search cannot run on the Ray cluster it is connected to, or None: no node
-    (alive, or one the autoscaler can start) fits a trial, or some node could not reach the
+def wanted(plan: SearchPlan) -> dict[str, float]:
+    """What one trial asks of a node."""
+    return {"CPU": plan.cpus_per_trial, "GPU": plan.gpus_per_trial}
+
+
+def cluster_problem(plan: SearchPlan, alive: list[dict[str, float]], coming: list[dict[str, float]]) -> str | None:
+    """Why this search cannot run on a cluster of the `alive` nodes and those the autoscaler
+    may add (`coming`), or None: no node fits a trial, or some node could not reach the
     storage or the data."""
-    alive = [node["Resources"] for node in ray.nodes() if node["Alive"]]
-    coming = autoscaler_node_types() if joined else []  # a local Ray has no autoscaler
     multi_node = len(alive) > 1 or bool(coming)
     if multi_node and Path(plan.fixed["data_dir"]) == default_data_dir():
         return ("the built-in synthetic data are on this node only; on a multi-node cluster give --data-dir"
                 " with data at the same path on every node (cluster.yaml pulls them to /home/ray/rfcx-data)")
-    return (unfit_request({"CPU": plan.cpus_per_trial, "GPU": plan.gpus_per_trial}, alive + coming)
+    return (unfit_request(wanted(plan), alive + coming)
             or shared_storage_problem(plan.storage, nodes=len(alive), can_add_nodes=bool(coming)))
 
 

@@ -54,9 +54,11 @@ def test_what_one_node_alone_has_is_refused_on_a_multi_node_cluster(start_cluste
     ray.init(address=cluster.address, configure_logging=False)
     plan = make_plan(parse_args(["--space", "loss_weights", "--data-dir", str(cached_dir),
                                  "--storage", f"file://{tmp_path}/shared", "--name", "ok"]))
-    assert cluster_problem(plan, joined=True) is None  # a file:// URI vouches for a shared path
+    alive = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+    assert len(alive) == 2
+    assert cluster_problem(plan, alive, []) is None  # a file:// URI vouches for a shared path
     synthetic = dataclasses.replace(plan, fixed={**plan.fixed, "data_dir": str(default_data_dir())})
-    assert cluster_problem(synthetic, joined=True).startswith("the built-in synthetic data are on this node only")
+    assert cluster_problem(synthetic, alive, []).startswith("the built-in synthetic data are on this node only")
     ray.shutdown()
 
     storage = tmp_path / "experiments"

@@ -8,11 +8,16 @@ declares them anyway. A guard makes any network use fail the test.
 
 from __future__ import annotations
 
+import ast
 import copy
 import re
 import shlex
+import shutil
 import socket
+import subprocess
 import sys
+import tomllib
+import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,7 +25,14 @@ import jsonschema
 import pytest
 import ray
 import yaml
-from ray.autoscaler._private.util import prepare_config, validate_config
+from ray.autoscaler._private import util as ray_util
+from ray.autoscaler._private.node_provider_availability_tracker import NodeAvailabilitySummary
+from ray.autoscaler._private.resource_demand_scheduler import ResourceDemandScheduler
+from ray.autoscaler._private.util import hash_runtime_conf, prepare_config, validate_config
+from ray.autoscaler.tags import NODE_KIND_HEAD, TAG_RAY_NODE_KIND, TAG_RAY_USER_NODE_TYPE
+from ray.core.generated.common_pb2 import PlacementStrategy
+from ray.core.generated.gcs_pb2 import PlacementGroupTableData
+from setuptools import find_packages
 
 from search.run import parse_args
 
@@ -28,11 +40,12 @@ ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_YAML = ROOT / "cluster.yaml"
 README = ROOT / "README.md"
 
-PROJECT_DIR = "/home/ray/rfcx-tune"  # where file_mounts puts the repository in the container
+PROJECT_DIR = "/home/ray/rfcx-tune"  # where file_mounts puts the project's code in the container
 DATA_DIR = "/home/ray/rfcx-data"  # where every node pulls the annotations and the log-mel cache
 TOKEN_MOUNT = "/home/ray/.ray/auth_token"  # Ray's default token path in the container
 LOCAL_TOKEN = "~/.ray/auth_token"  # where `ray get-auth-token --generate` writes it on your machine
 PLACEHOLDER_VALUES = ("YOUR-",)  # values a user must replace; their lines say PLACEHOLDER
+NEVER_MOUNTED = (".venv", "data", "experiments", ".git")  # big, or not needed on the nodes
 S3_URI = re.compile(r"s3://([a-z0-9][a-z0-9.\-]*[a-z0-9]|[A-Z0-9][A-Z0-9\-]*[A-Z0-9])(/[^\s'\"]*)?")
 
 
@@ -126,6 +139,23 @@ def s3_buckets(text: str) -> set[str]:
     return {match.group(1) for match in S3_URI.finditer(text)}
 
 
+def pyproject() -> dict[str, Any]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def installed_packages() -> set[str]:
+    """The top-level packages that `pip install` takes from the repository, found the way
+    setuptools finds them ([tool.setuptools.packages.find], flat layout)."""
+    include = pyproject()["tool"]["setuptools"]["packages"]["find"]["include"]
+    return {name.split(".")[0] for name in find_packages(str(ROOT), include=include)}
+
+
+def project_mounts(config: dict[str, Any]) -> dict[str, str]:
+    """file_mounts under PROJECT_DIR: {local path: remote path}."""
+    return {local: remote for remote, local in config["file_mounts"].items()
+            if remote == PROJECT_DIR or remote.startswith(PROJECT_DIR + "/")}
+
+
 def s3_sync(config: dict[str, Any]) -> tuple[str, str]:
     """(source, destination) of the setup command that pulls the data from S3."""
     syncs = [shlex.split(code_part(cmd)) for cmd in config["setup_commands"] if " s3 sync " in cmd]
@@ -215,7 +245,7 @@ def test_docker_image_has_the_projects_ray_and_python(config):
 
 
 def test_setup_installs_the_project_without_replacing_ray(config):
-    assert config["file_mounts"][PROJECT_DIR] == "."
+    assert config["file_mounts"][f"{PROJECT_DIR}/pyproject.toml"] == "pyproject.toml"
     installs = [cmd for cmd in config["setup_commands"] if cmd.startswith("pip install")]
     assert len(installs) == 1
     args = shlex.split(installs[0])
@@ -287,11 +317,113 @@ def test_token_auth_is_on_everywhere(config, text):
     assert "RAY_AUTH_TOKEN" not in text, "a token is never written into the config"
 
 
-def test_only_the_project_is_synced(config):
-    excluded = set(config["rsync_exclude"])
-    assert {"/.git/", "/.venv/", "/data/", "/experiments/"} <= excluded
-    assert ".gitignore" in config["rsync_filter"]
-    assert set(config["file_mounts"]) == {PROJECT_DIR, TOKEN_MOUNT}
+def test_only_the_installed_code_is_mounted(config):
+    """The packages pip installs, pyproject.toml and its readme, each in its place under
+    PROJECT_DIR; not the repository root, whose .venv, data/ and experiments/ `ray up` would
+    read in full on every run to hash them."""
+    mounts = project_mounts(config)
+    assert set(config["file_mounts"]) == {*mounts.values(), TOKEN_MOUNT}
+    assert all(remote == f"{PROJECT_DIR}/{local}" for local, remote in mounts.items()), mounts
+    assert set(mounts) == installed_packages() | {"pyproject.toml", pyproject()["project"]["readme"]}
+    for local in mounts:
+        path = (ROOT / local).resolve()
+        assert path.exists() and ROOT in path.parents, f"{local}: not a path inside the repository"
+        for name in NEVER_MOUNTED:
+            never = ROOT / name
+            assert path != never and path not in never.parents and never not in path.parents, \
+                f"{local} would copy {name}"
+    assert "__pycache__/" in config["rsync_exclude"]
+
+
+def test_ray_up_hashes_only_the_mounted_code(config, monkeypatch, tmp_path):
+    """What `ray up` reads on every run: Ray's own hash over every file of every mount."""
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text("not a token")
+    monkeypatch.setenv("HOME", str(home))  # the ~ of LOCAL_TOKEN
+    monkeypatch.chdir(ROOT)  # `ray up` runs in the repository root
+    allowed = [(ROOT / local).resolve() for local in project_mounts(config)] + [home / ".ray" / "auth_token"]
+    read: dict[Path, int] = {}
+
+    def counting_open(path, *args, **kwargs):
+        path = Path(path).resolve()
+        assert any(path == top or top in path.parents for top in allowed), f"ray up would read {path}"
+        read[path] = path.stat().st_size
+        assert sum(read.values()) < 5_000_000, "ray up would read more than the code"
+        return open(path, *args, **kwargs)
+
+    monkeypatch.setattr(ray_util, "open", counting_open, raising=False)  # hash_runtime_conf's open
+    hash_runtime_conf(copy.deepcopy(config["file_mounts"]), None, config, generate_file_mounts_contents_hash=True)
+    assert {path.relative_to(ROOT).parts[0] for path in read if ROOT in path.parents} == set(project_mounts(config))
+
+
+def test_the_mounts_are_enough_for_the_editable_install(config, tmp_path):
+    """setuptools' editable build (what `pip install -e` runs) on a copy of the mounts alone:
+    it finds every package and the readme, and writes nothing into the project folder itself,
+    which in the container is the root-owned folder Docker creates for the mounts."""
+    mounts = project_mounts(config)
+    assert not {".", *NEVER_MOUNTED} & set(mounts), "nothing to copy here"
+    project = tmp_path / "rfcx-tune"
+    for local, remote in mounts.items():
+        target = project / Path(remote).relative_to(PROJECT_DIR)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if (ROOT / local).is_dir():
+            shutil.copytree(ROOT / local, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(ROOT / local, target)
+    before = sorted(project.rglob("*"))
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    build = subprocess.run([sys.executable, "-c", f"import setuptools.build_meta as b; b.build_editable({str(wheels)!r})"],
+                           cwd=project, capture_output=True, text=True, timeout=120)
+    assert build.returncode == 0, build.stderr[-3000:]
+    assert sorted(project.rglob("*")) == before, "the build wrote into the project folder"
+    (wheel,) = wheels.glob("*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        (finder,) = [name for name in archive.namelist() if name.endswith("_finder.py")]
+        mapping = re.search(r"^MAPPING[^=]*=\s*(\{.*\})$", archive.read(finder).decode(), re.MULTILINE)
+        (metadata,) = [name for name in archive.namelist() if name.endswith(".dist-info/METADATA")]
+        metadata = archive.read(metadata).decode()
+    assert ast.literal_eval(mapping.group(1)) == {name: str(project / name) for name in installed_packages()}
+    readme = (ROOT / pyproject()["project"]["readme"]).read_text()
+    assert readme.strip() in metadata, "the readme is not the package's description"
+
+
+def waiting_trials(args, count: int) -> list[PlacementGroupTableData]:
+    """`count` trials waiting for resources, as the autoscaler sees them: Tune's placement
+    groups of one bundle (PACK)."""
+    groups = []
+    for _ in range(count):
+        group = PlacementGroupTableData(strategy=PlacementStrategy.PACK)
+        group.bundles.add().unit_resources.update({"CPU": args.cpus_per_trial, "GPU": args.gpus_per_trial})
+        groups.append(group)
+    return groups
+
+
+@pytest.mark.parametrize("upscaling_speed", ["committed", 0.0])
+def test_waiting_trials_start_every_worker_at_once(config, text, upscaling_speed):
+    """Ray's scheduler of the autoscaler, on the head alone with a worker's worth of trials
+    waiting per worker: every worker is started in the first round, whatever upscaling_speed."""
+    prepared = ray_validate(config)
+    speed = prepared["upscaling_speed"] if upscaling_speed == "committed" else upscaling_speed
+
+    class HeadOnly:
+        def node_tags(self, node_id):
+            return {TAG_RAY_NODE_KIND: NODE_KIND_HEAD, TAG_RAY_USER_NODE_TYPE: prepared["head_node_type"]}
+
+        def internal_ip(self, node_id):
+            return "10.0.0.1"
+
+    scheduler = ResourceDemandScheduler(HeadOnly(), prepared["available_node_types"], prepared["max_workers"],
+                                        prepared["head_node_type"], speed)
+    args = parse_args(documented_search(text))
+    (name, worker), = worker_types(prepared).items()
+    per_worker = int(worker["resources"]["GPU"] / args.gpus_per_trial)
+    head = {"10.0.0.1": prepared["available_node_types"][prepared["head_node_type"]]["resources"]}
+    to_launch, _ = scheduler.get_nodes_to_launch(
+        ["head"], {}, [], head, waiting_trials(args, per_worker * prepared["max_workers"]), head, [],
+        NodeAvailabilitySummary(node_availabilities={}))
+    assert to_launch == {name: prepared["max_workers"]}
 
 
 def test_data_and_results_share_one_bucket(config, text):
@@ -306,8 +438,7 @@ def test_data_and_results_share_one_bucket(config, text):
 
 def test_readme_uses_the_same_bucket_and_data_prefix(config):
     readme = README.read_text()
-    if "## Running on a cluster" not in readme:
-        pytest.skip("the README has no 'Running on a cluster' section yet")
+    assert "## Running on a cluster" in readme
     source, _ = s3_sync(config)
     assert source in readme, "the README pushes the data where the nodes pull them from"
     assert s3_buckets(readme) == s3_buckets(source)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from search.cluster import autoscaler_node_types, unfit_request
+from search.cluster import autoscaler_nodes, trials_at_once, trials_on, unfit_request
 from search.run import parse_args
 from search.storage import filesystem_type, is_network_filesystem, shared_storage_problem
 
@@ -24,13 +24,23 @@ def test_a_trial_must_fit_on_one_node_not_on_the_cluster_total():
     assert "no node" in unfit_request({"CPU": 1, "GPU": 0}, [])
 
 
-def test_the_autoscaler_node_types_come_from_the_cluster_config(tmp_path):
+def test_the_nodes_the_autoscaler_may_start_come_from_the_cluster_config(tmp_path):
     # The head of a `ray up` cluster keeps cluster.yaml (resources filled in) as ~/ray_bootstrap_config.yaml.
-    assert autoscaler_node_types(CLUSTER_YAML) == [{"CPU": 8, "GPU": 1}]
-    assert autoscaler_node_types(tmp_path / "absent.yaml") == []
+    assert autoscaler_nodes(CLUSTER_YAML) == [{"CPU": 8, "GPU": 1}] * 4  # gpu_worker's max_workers
+    assert autoscaler_nodes(tmp_path / "absent.yaml") == []
     config = yaml.safe_load(CLUSTER_YAML.read_text())
-    (tmp_path / "no_workers.yaml").write_text(yaml.safe_dump({**config, "max_workers": 0}))
-    assert autoscaler_node_types(tmp_path / "no_workers.yaml") == []
+    (tmp_path / "capped.yaml").write_text(yaml.safe_dump({**config, "max_workers": 2}))  # all types together
+    assert autoscaler_nodes(tmp_path / "capped.yaml") == [{"CPU": 8, "GPU": 1}] * 2
+
+
+def test_trials_at_once_count_what_fits_on_each_node():
+    worker = {"CPU": 8, "GPU": 1}
+    assert trials_on(worker, {"CPU": 2, "GPU": 0.25}) == 4
+    assert trials_on(worker, {"CPU": 3, "GPU": 0.25}) == 2  # the CPUs run out first
+    assert trials_on(worker, {"CPU": 1, "GPU": 0.3}) == 3
+    assert trials_on({"CPU": 0}, {"CPU": 1, "GPU": 0}) == 0
+    # the documented search on a full cluster.yaml cluster: 4 workers x 4 trials
+    assert trials_at_once([{"CPU": 0}, *autoscaler_nodes(CLUSTER_YAML)], {"CPU": 2, "GPU": 0.25}) == 16
 
 
 def test_the_documented_search_fits_a_fresh_cluster_only_through_its_autoscaler():
@@ -40,7 +50,7 @@ def test_the_documented_search_fits_a_fresh_cluster_only_through_its_autoscaler(
     args = parse_args(["--space", "loss_weights", "--cpus-per-trial", "2", "--gpus-per-trial", "0.25"])
     wanted = {"CPU": args.cpus_per_trial, "GPU": args.gpus_per_trial}
     assert unfit_request(wanted, [head]) is not None
-    assert unfit_request(wanted, [head, *autoscaler_node_types(CLUSTER_YAML)]) is None
+    assert unfit_request(wanted, [head, *autoscaler_nodes(CLUSTER_YAML)]) is None
 
 
 @pytest.mark.parametrize("storage", ["s3://bucket/experiments", "gs://bucket/experiments", "file:///mnt/shared/x"])
