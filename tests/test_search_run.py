@@ -85,10 +85,9 @@ def test_a_search_leaves_a_leaderboard_a_study_a_config_and_tensorboard_files(ca
     assert set(SEARCHED) <= set(hparams)
 
 
-def epochs_reported(experiment: Path) -> int:
-    """The most epochs any trial has reported so far."""
-    counts = [len(path.read_text().splitlines()) for path in experiment.glob("trial_*/result.json")]
-    return max(counts, default=0)
+def results_recorded(experiment: Path) -> dict[str, int]:
+    """Trial directory -> the results the driver has recorded (each with its checkpoint)."""
+    return {path.parent.name: len(path.read_text().splitlines()) for path in experiment.glob("trial_*/result.json")}
 
 
 def checkpoints(experiment: Path) -> dict[str, int]:
@@ -104,13 +103,14 @@ def test_a_killed_driver_resumes_without_losing_trials_or_checkpoints(cached_dir
     driver = subprocess.Popen(tiny_search(cached_dir, tmp_path, "killed"), env=ENV, cwd=tmp_path,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
-    # Kill once a trial reported epoch 2: its epoch-1 checkpoint is registered by then.
-    while epochs_reported(experiment) < 2 and time.time() < deadline and driver.poll() is None:
+    # Kill once a trial has recorded epoch 2: its epoch-1 checkpoint is in the saved state by then.
+    while max(results_recorded(experiment).values(), default=0) < 2 and time.time() < deadline \
+            and driver.poll() is None:
         time.sleep(0.2)
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started, as a lost terminal
     driver.wait()
-    before = checkpoints(experiment)
-    assert before, "no checkpoint appeared before the kill"
+    recorded, on_disk = results_recorded(experiment), checkpoints(experiment)
+    assert on_disk, "no checkpoint appeared before the kill"
 
     done = subprocess.run(tiny_search(cached_dir, tmp_path, "killed"), capture_output=True,  # the same command
                           text=True, env=ENV, cwd=tmp_path, timeout=600)
@@ -122,9 +122,12 @@ def test_a_killed_driver_resumes_without_losing_trials_or_checkpoints(cached_dir
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     assert len(study.trials) == 4 and all(trial.state in finished for trial in study.trials)
     after = checkpoints(experiment)
-    for trial, newest in before.items():
+    for trial, newest in on_disk.items():
         assert after[trial] >= newest  # nothing checkpointed before the kill was lost
         last = json.loads((experiment / trial / "result.json").read_text().strip().splitlines()[-1])
-        if last["training_iteration"] > newest + 1:  # it trained after the kill...
-            # ...from its checkpoint (checkpoint_k = epoch k + 1), not from zero
-            assert last["iterations_since_restore"] <= last["training_iteration"] - (newest + 1)
+        assert last["epoch"] == last["training_iteration"]  # the trainable's epochs count on, none twice
+        if last["training_iteration"] > recorded.get(trial, 0):  # it trained after the kill...
+            # ...from its last checkpoint in the saved state, not from zero. The state is saved at
+            # the end of the driver's step that recorded a result: the kill may fall in between,
+            # so the last recorded epoch may be trained again, beside the one in flight.
+            assert last["training_iteration"] - last["iterations_since_restore"] >= recorded[trial] - 1
