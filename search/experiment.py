@@ -13,7 +13,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
 from search.optuna_search import TruthfulOptunaSearch
-from search.plan import DefineByRun, SearchPlan, experiment_path
+from search.plan import DefineByRun, SearchPlan, experiment_path, trial_resources
 from search.tensorboard import HParamsLogger
 from spaces import recipe_point
 from trainable.tune import METRIC, MODE, train_sed
@@ -58,11 +58,6 @@ def restore_tuner(plan: SearchPlan) -> tune.Tuner:
 
 def trainable(plan: SearchPlan):
     return tune.with_resources(train_sed, trial_resources(plan))
-
-
-def trial_resources(plan: SearchPlan) -> dict[str, float]:
-    """What one trial asks Ray for; a GPU fraction packs 1/fraction trials on each GPU."""
-    return {"cpu": plan.cpus_per_trial, "gpu": plan.gpus_per_trial}
 
 
 def run_config(plan: SearchPlan) -> tune.RunConfig:

@@ -52,6 +52,11 @@ class SearchPlan:
         return from_dict(TrialConfig, merge(self.fixed, suggested))
 
 
+def trial_resources(plan: SearchPlan) -> dict[str, float]:
+    """What one trial asks of a node; a GPU fraction packs 1/fraction trials on each GPU."""
+    return {"CPU": plan.cpus_per_trial, "GPU": plan.gpus_per_trial}
+
+
 def save_plan(plan: SearchPlan) -> None:
     """Record the plan in the experiment directory, for resuming with it."""
     atomic_write_text(report_dir(plan) / PLAN_FILE, json.dumps(dataclasses.asdict(plan), indent=2))

@@ -14,7 +14,8 @@ from search.cluster import autoscaler_nodes, trials_at_once, unfit_request
 from search.default_data import default_data_dir
 from search.experiment import build_tuner, can_resume, restore_tuner
 from search.optuna_search import STUDY_EXPORT_ENV
-from search.plan import SearchPlan, experiment_path, local_experiment_dir, param_names, report_dir, save_plan
+from search.plan import (SearchPlan, experiment_path, local_experiment_dir, param_names, report_dir, save_plan,
+                         trial_resources)
 from search.report import BEST_CONFIG, LEADERBOARD_MD, STUDY_DB, Row, frame, write_reports
 from search.storage import DEFAULT_STORAGE, download, is_remote, normalise, shared_storage_problem, upload
 
@@ -47,7 +48,8 @@ def run_search(plan: SearchPlan, address: str | None) -> int:
         # With a searcher of its own, Tune keeps one trial waiting for resources at a time, and
         # the autoscaler starts nodes for waiting trials only: it would add one node after the
         # other. Let as many trials wait as the whole cluster can run, so it scales up at once.
-        os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(trials_at_once(alive + coming, wanted(plan))))
+        capacity = trials_at_once(alive + coming, trial_resources(plan))
+        os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(capacity))
     resuming = can_resume(plan)
     print(f"[rfcx-tune] {'resuming' if resuming else 'starting'} experiment {experiment_path(plan)}:"
           f" spaces {', '.join(plan.spaces)}; {plan.num_samples} trials of {plan.epochs} epochs;"
@@ -80,11 +82,6 @@ def run_search(plan: SearchPlan, address: str | None) -> int:
     return 0 if any(math.isfinite(row.best_cv_lwlrap) for row in rows) else 1
 
 
-def wanted(plan: SearchPlan) -> dict[str, float]:
-    """What one trial asks of a node."""
-    return {"CPU": plan.cpus_per_trial, "GPU": plan.gpus_per_trial}
-
-
 def cluster_problem(plan: SearchPlan, alive: list[dict[str, float]], coming: list[dict[str, float]]) -> str | None:
     """Why this search cannot run on a cluster of the `alive` nodes and those the autoscaler
     may add (`coming`), or None: no node fits a trial, or some node could not reach the
@@ -93,7 +90,7 @@ def cluster_problem(plan: SearchPlan, alive: list[dict[str, float]], coming: lis
     if multi_node and Path(plan.fixed["data_dir"]) == default_data_dir():
         return ("the built-in synthetic data are on this node only; on a multi-node cluster give --data-dir"
                 " with data at the same path on every node (cluster.yaml pulls them to /home/ray/rfcx-data)")
-    return (unfit_request(wanted(plan), alive + coming)
+    return (unfit_request(trial_resources(plan), alive + coming)
             or shared_storage_problem(plan.storage, nodes=len(alive), can_add_nodes=bool(coming)))
 
 

@@ -111,7 +111,8 @@ def download(storage_dir: str, local_dir: Path) -> None:
     local_dir.mkdir(parents=True, exist_ok=True)
     for info in filesystem.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True)):
         local = local_dir / info.base_name
-        if info.type == pyarrow.fs.FileType.File and not (local.exists() and local.stat().st_mtime >= info.mtime.timestamp()):
+        newer_here = local.exists() and local.stat().st_mtime >= info.mtime.timestamp()
+        if info.type == pyarrow.fs.FileType.File and not newer_here:
             pyarrow.fs.copy_files(info.path, str(local), source_filesystem=filesystem)
 
 

@@ -20,7 +20,8 @@ def test_a_trial_must_fit_on_one_node_not_on_the_cluster_total():
     assert unfit_request({"CPU": 2, "GPU": 1}, two_small) is None
     assert unfit_request({"CPU": 0.5, "GPU": 0.25}, two_small) is None
     error = unfit_request({"CPU": 2, "GPU": 2}, two_small)  # 2 GPUs in all, but never on one node
-    assert error.startswith("a trial asks for 2 CPU, 2 GPU but no node") and "the most any node has is 2 CPU, 1 GPU" in error
+    assert error.startswith("a trial asks for 2 CPU, 2 GPU but no node")
+    assert "the most any node has is 2 CPU, 1 GPU" in error
     assert "no node" in unfit_request({"CPU": 1, "GPU": 0}, [])
 
 
