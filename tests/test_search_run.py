@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from search.optuna_search import TruthfulOptunaSearch
 from spaces import recipe_point
-from tests.helpers import ENV, tiny_search
+from tests.helpers import ENV, REPO, tiny_search
 from trainable.config import TrialConfig, from_dict
 
 SEARCHED = ["loss.w_max", "loss.w_pseudo", "loss.w_frame"]
@@ -83,6 +84,14 @@ def test_a_search_leaves_a_leaderboard_a_study_a_config_and_tensorboard_files(ca
         if data.HasField("session_start_info"):
             hparams = dict(data.session_start_info.hparams)
     assert set(SEARCHED) <= set(hparams)
+
+    # The best trial's predictions, exported from the search's own leaderboard and checkpoints.
+    exported = subprocess.run([sys.executable, str(REPO / "search/export.py"), "--experiment", str(experiment)],
+                              capture_output=True, text=True, env=ENV, timeout=300)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    best_trial = experiment / "exports" / f"trial_{board.loc[0, 'trial']}"
+    assert f"submission: {best_trial / 'submission.csv'}" in exported.stdout
+    assert (best_trial / "oof.csv").is_file()
 
 
 def results_recorded(experiment: Path) -> dict[str, int]:

@@ -1,0 +1,102 @@
+"""search/export.py: a trained trial's out-of-fold and test predictions in the competition's
+format, from real fold checkpoints of a tiny trial."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from search import export
+from trainable.annotations import load_annotations
+from trainable.config import TrialConfig, from_dict, merge
+from trainable.fit import Device
+from trainable.folds import make_folds
+from trainable.kfold import BEST_OOF_FILE, KFoldTraining, fold_file
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory, tiny_trial) -> Path:
+    """An experiment with one trial trained 1 epoch on 2 folds, checkpointed as Ray stores it,
+    and a leaderboard naming it best."""
+    root = tmp_path_factory.mktemp("experiment") / "exp"
+    training = KFoldTraining(from_dict(TrialConfig, merge(tiny_trial, {"train.epochs": 1})), Device(torch.device("cpu")))
+    training.run_epoch()
+    training.save(root / "trial_abc" / "checkpoint_000000")
+    (root / "trial_empty").mkdir()
+    pd.DataFrame({"rank": [1, 2], "trial": ["empty", "abc"], "best_cv_lwlrap": [np.nan, training.best_cv_lwlrap]}
+                 ).to_csv(root / "leaderboard.csv", index=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def exported(experiment) -> Path:
+    assert export.main(["--experiment", str(experiment)]) == 0
+    return experiment / "exports" / "trial_abc"
+
+
+def test_the_submission_has_exactly_the_sample_submissions_header_and_rows(exported, cached_dir):
+    sample = (cached_dir / "sample_submission.csv").read_text().splitlines()
+    written = (exported / "submission.csv").read_text().splitlines()
+    assert written[0] == sample[0]  # recording_id,s0,...,sK-1
+    assert [line.split(",")[0] for line in written[1:]] == [line.split(",")[0] for line in sample[1:]]
+    values = pd.read_csv(exported / "submission.csv").iloc[:, 1:].to_numpy()
+    assert values.shape == (len(sample) - 1, len(sample[0].split(",")) - 1)
+    assert ((values >= 0) & (values <= 1)).all() and values.std() > 0  # probabilities, not a constant
+
+
+def test_the_oof_covers_every_tp_recording_exactly_once_with_its_fold(exported, cached_dir, tiny_trial):
+    oof = pd.read_csv(exported / "oof.csv")
+    annotations = load_annotations(cached_dir)
+    assert sorted(oof.recording_id) == sorted(set(annotations.tp.recording_id))
+    assert not oof.recording_id.duplicated().any()
+    folds = make_folds(annotations, tiny_trial["data"]["n_folds"])
+    held_out_by = {rid: fold.index for fold in folds for rid in fold.valid_ids}
+    assert list(oof.fold) == [held_out_by[rid] for rid in oof.recording_id]
+    assert list(oof.columns) == ["recording_id", "fold", *[f"s{i}" for i in range(annotations.n_species)]]
+
+
+def test_the_oof_are_the_fold_models_own_predictions(experiment, exported):
+    """After one epoch the best epoch is the last, so the trial's own out-of-fold scores must
+    be what the exported fold models predict."""
+    saved = np.load(experiment / "trial_abc" / "checkpoint_000000" / BEST_OOF_FILE)
+    mine = pd.read_csv(exported / "oof.csv").set_index("recording_id")
+    theirs = pd.DataFrame(saved["scores"], index=saved["recording_ids"], columns=mine.columns[1:])
+    np.testing.assert_allclose(mine.loc[theirs.index, theirs.columns].to_numpy(), theirs.to_numpy(), atol=1e-6)
+
+
+def test_a_named_trial_and_an_output_folder(experiment, tmp_path):
+    assert export.main(["--experiment", str(experiment), "--trial", "abc", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "submission.csv").is_file() and (tmp_path / "oof.csv").is_file()
+
+
+def error_of(capsys, argv: list[str]) -> str:
+    assert export.main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1  # one line, no traceback
+    return lines[0]
+
+
+def test_bad_trials_and_checkpoints_are_one_line_errors(experiment, tmp_path, capsys, tiny_trial):
+    assert "no trial 'nope'" in error_of(capsys, ["--experiment", str(experiment), "--trial", "nope"])
+    assert "has no checkpoint" in error_of(capsys, ["--experiment", str(experiment), "--trial", "empty"])
+    assert "no leaderboard.csv" in error_of(capsys, ["--experiment", str(tmp_path)])
+    assert "does not exist" in error_of(capsys, ["--experiment", str(tmp_path / "absent")])
+
+    broken = tmp_path / "broken"
+    shutil.copytree(experiment, broken)
+    checkpoint = broken / "trial_abc" / "checkpoint_000000"
+    other = KFoldTraining(from_dict(TrialConfig, merge(tiny_trial, {"model.backbone": "resnet18"})),
+                          Device(torch.device("cpu")))
+    torch.save(other.runs[0].state_dict(), checkpoint / fold_file(0))  # another backbone's weights
+    error = error_of(capsys, ["--experiment", str(broken), "--trial", "abc"])
+    assert error.endswith("holds another model than the trial's config: model.backbone=mobilenetv2_100 with 6 species")
+
+    torch.save({"model": export.ExportError("an object, not weights")}, checkpoint / fold_file(0))
+    assert "holds objects other than weights: not loaded" in error_of(capsys, ["--experiment", str(broken), "--trial", "abc"])
+    (checkpoint / fold_file(0)).write_text("not a checkpoint")
+    assert "not a fold checkpoint" in error_of(capsys, ["--experiment", str(broken), "--trial", "abc"])
