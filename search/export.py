@@ -1,5 +1,5 @@
-"""python search/export.py --experiment DIR [--trial best|ID]: one trial's predictions in the
-competition's format.
+"""python search/export.py --experiment DIR [--trial best|all|ID]: trials' predictions in the
+competition's format, and their holdout scores.
 
 Loads the fold models of the trial's newest checkpoint and writes, into
 DIR/exports/trial_<id>/:
@@ -8,6 +8,9 @@ DIR/exports/trial_<id>/:
     submission.csv   exactly sample_submission.csv's header and row order: the mean over the
                      folds' probabilities of each test recording (windows overlapping by
                      data.test_overlap, 256 frames in the recipe)
+    holdout.json     with the data's test_truth.csv (the synthetic data have it): the
+                     submission's LWLRAP on the public and the private half of the test set,
+                     which the experiment's leaderboard then shows beside the CV
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 # Light imports only: --help and bad input answer at once; torch comes with the work.
+from search.holdout import HOLDOUT_FILE, PRIVATE, PUBLIC, HoldoutError, cv_trust, holdout_scores, load_truth
 from trainable.annotations import SUBMISSION_FILE, AnnotationError, load_annotations
 from trainable.cache import DEFAULT_CACHE_NAME, CacheError, LogMelCache
 from trainable.config import ConfigError, TrialConfig, from_dict
@@ -29,7 +33,6 @@ if TYPE_CHECKING:
     from trainable.fit import Device
 
 LEADERBOARD_CSV = "leaderboard.csv"
-EXPORTS = "exports"
 OOF_FILE, SUBMISSION = "oof.csv", "submission.csv"
 RECORDINGS_PER_BATCH = 4  # whole clips per forward pass: their windows are batched together
 
@@ -42,28 +45,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="search/export.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--experiment", type=Path, required=True, help="an experiment directory (STORAGE/NAME)")
     parser.add_argument("--trial", default="best",
-                        help="best (the leaderboard's first) or a trial id, e.g. 3f2a1b7c (default: best)")
+                        help="best (the leaderboard's first), all (every scored trial: how far CV tracks the"
+                             " holdout) or a trial id (default: best)")
     parser.add_argument("--data-dir", type=Path, help="the data (default: the trial's own data_dir)")
     parser.add_argument("--cache-dir", type=Path, help=f"the log-mel cache (default: DATA_DIR/{DEFAULT_CACHE_NAME})")
     parser.add_argument("--out", type=Path, help="output folder (default: EXPERIMENT/exports/trial_<id>)")
     return parser.parse_args(argv)
 
 
-def trial_dir(experiment: Path, trial: str) -> Path:
-    """The directory of `trial` ("best": the leaderboard's best scored trial)."""
+def scored_trials(experiment: Path) -> list[str]:
+    """The ids of the trials with a score, best first (from the leaderboard)."""
     import pandas as pd
 
     if not experiment.is_dir():
         raise ExportError(f"--experiment {experiment} does not exist")
+    board_path = experiment / LEADERBOARD_CSV
+    if not board_path.is_file():
+        raise ExportError(f"no {LEADERBOARD_CSV} in {experiment}: give --trial ID, or finish the search first")
+    board = pd.read_csv(board_path, dtype={"trial": str})
+    scored = list(board[board.best_cv_lwlrap.map(lambda v: isinstance(v, float) and math.isfinite(v))].trial)
+    if not scored:
+        raise ExportError(f"no trial of {experiment} has a score yet")
+    return scored
+
+
+def trial_dir(experiment: Path, trial: str) -> Path:
+    """The directory of `trial` ("best": the leaderboard's best scored trial)."""
+    if not experiment.is_dir():
+        raise ExportError(f"--experiment {experiment} does not exist")
     if trial == "best":
-        board_path = experiment / LEADERBOARD_CSV
-        if not board_path.is_file():
-            raise ExportError(f"no {LEADERBOARD_CSV} in {experiment}: give --trial ID, or finish the search first")
-        board = pd.read_csv(board_path, dtype={"trial": str})
-        scored = board[board.best_cv_lwlrap.map(lambda v: isinstance(v, float) and math.isfinite(v))]
-        if scored.empty:
-            raise ExportError(f"no trial of {experiment} has a score yet")
-        trial = scored.iloc[0].trial
+        trial = scored_trials(experiment)[0]
     path = experiment / f"trial_{trial.removeprefix('trial_')}"
     if not path.is_dir():
         known = sorted(p.name.removeprefix("trial_") for p in experiment.glob("trial_*"))
@@ -83,11 +94,23 @@ def newest_checkpoint(trial: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        out = export(args.experiment, args.trial, args.data_dir, args.cache_dir, args.out)
-    except (ExportError, AnnotationError, CacheError, ConfigError) as error:
+        trials = scored_trials(args.experiment) if args.trial == "all" else [args.trial]
+        if len(trials) > 1 and args.out is not None:
+            raise ExportError("--out takes one trial; --trial all writes into EXPERIMENT/exports")
+        for trial in trials:
+            out = export(args.experiment, trial, args.data_dir, args.cache_dir, args.out)
+            print(f"oof:        {out / OOF_FILE}\nsubmission: {out / SUBMISSION}")
+    except (ExportError, AnnotationError, CacheError, ConfigError, HoldoutError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"oof:        {out / OOF_FILE}\nsubmission: {out / SUBMISSION}")
+    if (args.experiment / LEADERBOARD_CSV).is_file():
+        from search.report import LEADERBOARD_MD, frame, refresh_leaderboard
+
+        rows = refresh_leaderboard(args.experiment)
+        if any(row.holdout for row in rows):
+            trust = cv_trust(frame(rows))
+            print(f"leaderboard: {args.experiment / LEADERBOARD_MD} (with the holdout scores)"
+                  + (f"\n{trust}" if trust else ""))
     return 0
 
 
@@ -99,6 +122,7 @@ def export(experiment: Path, trial: str, data_dir: Path | None = None, cache_dir
     import torch
     from tqdm import tqdm
 
+    from search.report import EXPORTS
     from trainable.atomic import atomic_write_text
     from trainable.data import ClipWindows, collate_windows
     from trainable.fit import Device, predict_clips
@@ -151,6 +175,11 @@ def export(experiment: Path, trial: str, data_dir: Path | None = None, cache_dir
     score = lwlrap(truth, oof[species_columns(n_species)].to_numpy())
     print(f"[rfcx-tune] {directory.name} at epoch {saved['epoch']}: oof lwlrap {score:.4f} over {len(oof)}"
           f" recordings; {len(submission)} test recordings, the mean of {len(folds)} folds")
+    hidden = load_truth(data)
+    if hidden is not None:
+        holdout = holdout_scores(submission, hidden)
+        atomic_write_text(out / HOLDOUT_FILE, json.dumps(holdout))
+        print(f"[rfcx-tune] holdout lwlrap: public {holdout[PUBLIC]:.4f}, private {holdout[PRIVATE]:.4f}")
     return out
 
 

@@ -10,9 +10,10 @@ Every file is written atomically: a report cut short never replaces a good one.
 
 from __future__ import annotations
 
+import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,13 @@ import pandas as pd
 import yaml
 from ray import tune
 
+from search.holdout import HOLDOUT_FILE, cv_trust
 from trainable.atomic import TEMP_SUFFIX, atomic_write_text
 from trainable.config import TrialConfig, flatten_dotted, from_dict, nest_dotted, to_dict
 
 LEADERBOARD_MD, LEADERBOARD_CSV = "leaderboard.md", "leaderboard.csv"
 BEST_CONFIG, STUDY_DB = "best_config.yaml", "study.db"
+EXPORTS = "exports"  # EXPERIMENT/exports/trial_<id>/: what search/export.py writes
 MIN_COMPLETED_FOR_IMPORTANCE = 4  # fANOVA on fewer finished trials is noise
 
 
@@ -40,6 +43,7 @@ class Row:
     epochs: int
     params: dict[str, Any]
     wall_s: float
+    holdout: dict[str, float] = field(default_factory=dict)  # once exported: search/export.py
 
 
 def leaderboard(results: tune.ResultGrid, epochs: int, param_names: list[str]) -> list[Row]:
@@ -84,8 +88,10 @@ def _display(value: Any) -> Any:
 
 
 def frame(rows: list[Row]) -> pd.DataFrame:
+    holdout = sorted({name for row in rows for name in row.holdout}, reverse=True)  # public, private
     records = [{"rank": i + 1, "trial": row.trial, "status": row.status, "best_cv_lwlrap": row.best_cv_lwlrap,
-                "fold_std": row.fold_std, "epochs": row.epochs, **row.params, "wall_s": round(row.wall_s, 1)}
+                "fold_std": row.fold_std, **{name: row.holdout.get(name, math.nan) for name in holdout},
+                "epochs": row.epochs, **row.params, "wall_s": round(row.wall_s, 1)}
                for i, row in enumerate(rows)]
     columns = ["rank", "trial", "status", "best_cv_lwlrap", "fold_std", "epochs", "wall_s"]
     return pd.DataFrame.from_records(records) if records else pd.DataFrame(columns=columns)
@@ -96,12 +102,15 @@ def markdown(rows: list[Row], title: str, importances: dict[str, float] | None) 
     if not rows:
         return f"# {title}\n\nNo trial has run yet.\n"
     table = frame(rows)
+    trust = cv_trust(table) if any(row.holdout for row in rows) else None
     table["LB"], table["memo"] = "", ""
-    table["best_cv_lwlrap"] = table["best_cv_lwlrap"].map(lambda v: f"{v:.4f}" if math.isfinite(v) else "-")
-    table["fold_std"] = table["fold_std"].map(lambda v: f"{v:.4f}" if math.isfinite(v) else "-")
+    for name in ("best_cv_lwlrap", "fold_std", *{name for row in rows for name in row.holdout}):
+        table[name] = table[name].map(lambda v: f"{v:.4f}" if math.isfinite(v) else "-")
     for name in (rows[0].params if rows else {}):  # searched values, short enough to read
         table[name] = table[name].map(_short)
     lines = [f"# {title}", "", _markdown_table(table)]
+    if trust:
+        lines += ["", trust]
     if importances:
         lines += ["", "Parameter importance (Optuna, completed trials):", "",
                   _markdown_table(pd.DataFrame({"parameter": list(importances),
@@ -140,14 +149,43 @@ def write_reports(directory: Path, results: tune.ResultGrid, study: optuna.Study
 
     The study itself is exported by the searcher after every trial (search.optuna_search).
     """
-    rows = leaderboard(results, epochs, param_names)
-    atomic_write_text(directory / LEADERBOARD_CSV, frame(rows).to_csv(index=False))
+    rows = with_holdout(leaderboard(results, epochs, param_names), directory)
     best = _best_result(results)
     if best is not None:
         config = to_dict(from_dict(TrialConfig, nest_dotted(best.config)))
         atomic_write_text(directory / BEST_CONFIG, yaml.safe_dump(config, sort_keys=False))
-    atomic_write_text(directory / LEADERBOARD_MD, markdown(rows, title, importances(study) if study else None))
+    _write_leaderboard(directory, rows, title, importances(study) if study else None)
     return rows
+
+
+def refresh_leaderboard(directory: Path) -> list[Row]:
+    """Rewrite the leaderboard of `directory` with the holdout scores exported since; its
+    rows, title and importances come from the files the search wrote."""
+    table = pd.read_csv(directory / LEADERBOARD_CSV, dtype={"trial": str})
+    params = list(table.columns[table.columns.get_loc("epochs") + 1:table.columns.get_loc("wall_s")])
+    rows = with_holdout([Row(r.trial, r.status, r.best_cv_lwlrap, r.fold_std, int(r.epochs),
+                             {name: r[name] for name in params}, r.wall_s) for _, r in table.iterrows()], directory)
+    old = (directory / LEADERBOARD_MD).read_text().splitlines() if (directory / LEADERBOARD_MD).exists() else []
+    title = old[0].removeprefix("# ") if old else directory.name
+    study = None
+    if (directory / STUDY_DB).exists():
+        study = optuna.load_study(study_name=directory.name, storage=f"sqlite:///{directory / STUDY_DB}")
+    _write_leaderboard(directory, rows, title, importances(study) if study else None)
+    return rows
+
+
+def with_holdout(rows: list[Row], directory: Path) -> list[Row]:
+    """The rows with the holdout scores of the trials exported so far (search/export.py)."""
+    def scores(trial: str) -> dict[str, float]:
+        path = directory / EXPORTS / f"trial_{trial}" / HOLDOUT_FILE
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    return [replace(row, holdout=scores(row.trial)) for row in rows]
+
+
+def _write_leaderboard(directory: Path, rows: list[Row], title: str, found: dict[str, float] | None) -> None:
+    atomic_write_text(directory / LEADERBOARD_CSV, frame(rows).to_csv(index=False))
+    atomic_write_text(directory / LEADERBOARD_MD, markdown(rows, title, found))
 
 
 def _best_result(results: tune.ResultGrid) -> tune.Result | None:

@@ -3,6 +3,7 @@ format, from real fold checkpoints of a tiny trial."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,8 @@ import pytest
 import torch
 
 from search import export
+from search.holdout import PRIVATE, PUBLIC, holdout_scores, load_truth
+from search.report import Row, frame
 from trainable.annotations import load_annotations
 from trainable.config import TrialConfig, from_dict, merge
 from trainable.fit import Device
@@ -28,8 +31,10 @@ def experiment(tmp_path_factory, tiny_trial) -> Path:
     training.run_epoch()
     training.save(root / "trial_abc" / "checkpoint_000000")
     (root / "trial_empty").mkdir()
-    pd.DataFrame({"rank": [1, 2], "trial": ["empty", "abc"], "best_cv_lwlrap": [np.nan, training.best_cv_lwlrap]}
-                 ).to_csv(root / "leaderboard.csv", index=False)
+    rows = [Row("abc", "completed", training.best_cv_lwlrap, 0.01, 1, {"loss.w_max": 0.5}, 12.0),
+            Row("empty", "errored: boom", np.nan, np.nan, 0, {"loss.w_max": 0.7}, 1.0)]
+    (root / "leaderboard.csv").write_text(frame(rows).to_csv(index=False))
+    (root / "leaderboard.md").write_text("# exp: loss_weights\n")
     return root
 
 
@@ -100,3 +105,16 @@ def test_bad_trials_and_checkpoints_are_one_line_errors(experiment, tmp_path, ca
     assert "holds objects other than weights: not loaded" in error_of(capsys, ["--experiment", str(broken), "--trial", "abc"])
     (checkpoint / fold_file(0)).write_text("not a checkpoint")
     assert "not a fold checkpoint" in error_of(capsys, ["--experiment", str(broken), "--trial", "abc"])
+
+
+def test_the_holdout_scores_go_beside_the_cv_on_the_leaderboard(experiment, exported, cached_dir):
+    saved = json.loads((exported / "holdout.json").read_text())
+    submission = pd.read_csv(exported / "submission.csv", dtype={"recording_id": str})
+    assert saved == pytest.approx(holdout_scores(submission, load_truth(cached_dir)), nan_ok=True)
+    board = pd.read_csv(experiment / "leaderboard.csv", dtype={"trial": str}).set_index("trial")
+    assert board.loc["abc", PUBLIC] == pytest.approx(saved[PUBLIC], nan_ok=True)
+    assert board.loc["abc", PRIVATE] == pytest.approx(saved[PRIVATE], nan_ok=True)
+    assert np.isnan(board.loc["empty", PUBLIC])  # not exported
+    assert board.loc["abc", "loss.w_max"] == 0.5 and board.loc["abc", "status"] == "completed"  # the rest is kept
+    text = (experiment / "leaderboard.md").read_text()
+    assert text.startswith("# exp: loss_weights\n") and f"| {PUBLIC} | {PRIVATE} |" in text

@@ -85,13 +85,17 @@ def test_a_search_leaves_a_leaderboard_a_study_a_config_and_tensorboard_files(ca
             hparams = dict(data.session_start_info.hparams)
     assert set(SEARCHED) <= set(hparams)
 
-    # The best trial's predictions, exported from the search's own leaderboard and checkpoints.
-    exported = subprocess.run([sys.executable, str(REPO / "search/export.py"), "--experiment", str(experiment)],
-                              capture_output=True, text=True, env=ENV, timeout=300)
+    # Every trial's predictions, exported from the search's own leaderboard and checkpoints, and
+    # scored on the holdout: the leaderboard shows whether the CV ranks trials as the holdout does.
+    exported = subprocess.run([sys.executable, str(REPO / "search/export.py"), "--experiment", str(experiment),
+                               "--trial", "all"], capture_output=True, text=True, env=ENV, timeout=300)
     assert exported.returncode == 0, exported.stderr[-3000:]
-    best_trial = experiment / "exports" / f"trial_{board.loc[0, 'trial']}"
-    assert f"submission: {best_trial / 'submission.csv'}" in exported.stdout
-    assert (best_trial / "oof.csv").is_file()
+    for trial in board.trial:
+        assert f"submission: {experiment / 'exports' / f'trial_{trial}' / 'submission.csv'}" in exported.stdout
+    assert "CV vs holdout over 4 trials: Spearman" in exported.stdout
+    scored = pd.read_csv(experiment / "leaderboard.csv")
+    assert scored[["holdout_public", "holdout_private"]].notna().all().all()
+    assert list(scored.trial) == list(board.trial) and "CV vs holdout" in (experiment / "leaderboard.md").read_text()
 
 
 def results_recorded(experiment: Path) -> dict[str, int]:
