@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def export(experiment: Path, trial: str, data_dir: Path | None = None, cache_dir: Path | None = None,
            out: Path | None = None) -> Path:
-    """Write oof.csv and submission.csv of one trial; returns their folder."""
+    """Write oof.csv, submission.csv and (with test_truth.csv) holdout.json of one trial;
+    returns their folder."""
     import numpy as np
     import pandas as pd
     import torch
@@ -127,9 +128,8 @@ def export(experiment: Path, trial: str, data_dir: Path | None = None, cache_dir
     from trainable.data import ClipWindows, collate_windows
     from trainable.fit import Device, predict_clips
     from trainable.folds import make_folds, species_matrix
-    from trainable.metrics import lwlrap
-
     from trainable.kfold import TRIAL_FILE
+    from trainable.metrics import lwlrap
 
     directory = trial_dir(experiment, trial)
     checkpoint = newest_checkpoint(directory)
