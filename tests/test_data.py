@@ -3,15 +3,20 @@
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from trainable.annotations import load_annotations
 from trainable.cache import LogMelCache
-from trainable.config import DataConfig
-from trainable.data import (ClipWindows, Events, TrainCrops, centre_frames, crop, crop_start, epoch_crops,
-                            frame_targets, index_events, window_starts)
+from trainable.config import DataConfig, LossConfig
+from trainable.data import ClipWindows, TrainCrops, centre_frames, crop, crop_start, epoch_crops, window_starts
 from trainable.folds import make_folds, species_matrix
+from trainable.targets import Events, Labels, frame_targets, index_events
 
 FPS = 62.5
+
+
+def stage1(annotations) -> Labels:
+    return Labels(1, index_events(annotations.tp, FPS), {}, LossConfig())
 
 
 @pytest.fixture(scope="module")
@@ -95,12 +100,13 @@ def test_train_crops_carry_the_event_at_its_offset(setup):
     annotations, cache, folds = setup
     config = DataConfig(crop_frames=256, crop_offsets=(32, 64), test_overlap=128)
     specs = epoch_crops(folds[0], annotations.tp, annotations.fp, config, FPS, np.random.default_rng(1))
-    dataset = TrainCrops(cache, specs, index_events(annotations.tp, FPS), annotations.n_species, 256)
+    dataset = TrainCrops(cache, specs, stage1(annotations), annotations.n_species, 256)
     n_tp = len(annotations.tp[annotations.tp.recording_id.isin(folds[0].train_ids)])
     tp_rows = annotations.tp[annotations.tp.recording_id.isin(folds[0].train_ids)].reset_index(drop=True)
     checked = 0
     for i in range(n_tp):
-        x, clip, frames = dataset[i]
+        x, (clip, clip_weight, frames, frame_weight) = dataset[i]
+        assert (clip_weight == 1).all() and torch.equal(frame_weight, frames)  # stage 1
         assert x.shape == (1, 128, 256) and clip.shape == (6,) and frames.shape == (6, 256)
         species = int(tp_rows.species_id[i])
         assert clip[species] == 1 and frames[species].any()
@@ -117,13 +123,14 @@ def test_pure_fp_crops_are_all_negative(setup):
     fold = folds[0]
     specs = epoch_crops(fold, annotations.tp, annotations.fp, DataConfig(fp_per_epoch=30), FPS,
                         np.random.default_rng(2))
-    dataset = TrainCrops(cache, specs, index_events(annotations.tp, FPS), annotations.n_species, 512)
+    dataset = TrainCrops(cache, specs, stage1(annotations), annotations.n_species, 512)
     tp_ids = set(annotations.tp.recording_id)
     n_tp = len(annotations.tp[annotations.tp.recording_id.isin(fold.train_ids)])
     pure = [i for i in range(n_tp, len(specs)) if specs[i].recording_id not in tp_ids]
     assert pure
     for i in pure:
-        x, clip, frames = dataset[i]
+        x, (clip, clip_weight, frames, frame_weight) = dataset[i]
+        assert (clip_weight == 1).all()  # stage 1: every species is a labelled negative
         assert x.shape == (1, 128, 512)  # 12 s clips are longer than a crop: no padding needed
         assert not clip.any() and not frames.any()
 

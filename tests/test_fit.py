@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
 from trainable.augment import draw_mixup, unit_scale
 from trainable.config import AugmentConfig, LossConfig, ModelConfig
 from trainable.data import collate_windows
 from trainable.fit import LOSS_KEYS, Device, predict_clips, train_epoch
+from trainable.targets import Targets
 from trainable.losses import SEDLoss
 from trainable.model import SEGMENT, SEDModel
 
@@ -46,7 +47,7 @@ def test_train_epoch_steps_the_model_and_reports_every_loss_term(mixup_on):
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     frame = (torch.rand(10, 3, 64, generator=g) > 0.8).float()  # (N, C, T)
-    data = TensorDataset(torch.randn(10, 1, 32, 64, generator=g), frame.amax(-1), frame)
+    data = CropData(torch.randn(10, 1, 32, 64, generator=g), frame)
     model = SEDModel(ModelConfig(backbone="mobilenetv2_100"), n_species=3)
     before = [p.detach().clone() for p in model.parameters()]
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -56,6 +57,19 @@ def test_train_epoch_steps_the_model_and_reports_every_loss_term(mixup_on):
     assert stats.samples == 10 and stats.seconds > 0
     assert set(stats.losses) == set(LOSS_KEYS) and all(np.isfinite(v) and v > 0 for v in stats.losses.values())
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+class CropData(Dataset):
+    """Crops and their stage-1 targets, as TrainCrops gives them."""
+
+    def __init__(self, x, frame):
+        self.x, self.frame = x, frame
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], Targets.from_frames(self.frame[i])
 
 
 class Recorder(nn.Module):
@@ -70,8 +84,8 @@ class Recorder(nn.Module):
         self.seen.update(x=x, features=mix(x) if mix is not None else x)
         return {"x": x * self.weight}
 
-    def loss(self, logits, clip_target, frame_target):
-        self.seen.update(clip=clip_target, frame=frame_target)
+    def loss(self, logits, targets):
+        self.seen.update(clip=targets.clip, frame=targets.frame, frame_weight=targets.frame_weight)
         total = logits["x"].sum()
         return {key: total for key in LOSS_KEYS}
 
@@ -81,7 +95,7 @@ def test_one_mixup_draw_mixes_the_chosen_place_and_both_targets(mixup_on):
     g = torch.Generator().manual_seed(0)
     frame = (torch.rand(4, 3, 16, generator=g) > 0.5).float()
     x = torch.rand(4, 1, 8, 16, generator=g)
-    data = TensorDataset(x, frame.amax(-1), frame)
+    data = CropData(x, frame)
     recorder = Recorder()
     config = AugmentConfig(mixup_alpha=1.0, mixup_on=mixup_on, time_masks=0, freq_masks=0, gamma=0, brightness=0)
     train_epoch(recorder, DataLoader(data, batch_size=4), recorder.loss, torch.optim.SGD(recorder.parameters(), lr=0.1),
@@ -92,7 +106,8 @@ def test_one_mixup_draw_mixes_the_chosen_place_and_both_targets(mixup_on):
     mix = draw_mixup(4, 1.0, replay)
     scaled = unit_scale(x)
     torch.testing.assert_close(recorder.seen["clip"], mix(frame.amax(-1)))
-    torch.testing.assert_close(recorder.seen["frame"], mix(frame))
+    torch.testing.assert_close(recorder.seen["frame_weight"], mix(frame))
+    torch.testing.assert_close(recorder.seen["frame"], (mix(frame) > 0).float())  # the positive frames' label
     if mixup_on == "input":
         torch.testing.assert_close(recorder.seen["x"], mix(scaled))
         torch.testing.assert_close(recorder.seen["features"], recorder.seen["x"])  # not twice

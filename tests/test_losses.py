@@ -13,6 +13,7 @@ from trainable.augment import Mixup
 from trainable.config import LossConfig
 from trainable.losses import TERMS, SEDLoss, balanced_pos_weight
 from trainable.model import ATTENTION, CLIP_ATT, CLIP_MAX, FRAME, SEGMENT
+from trainable.targets import Targets
 
 B, C, SEGMENTS, FRAMES = 4, 3, 5, 20
 
@@ -24,10 +25,10 @@ def make_logits(seed: int = 0) -> dict[str, torch.Tensor]:
     return {key: torch.randn(shape, generator=g).requires_grad_() for key, shape in shapes.items()}
 
 
-def make_targets(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def make_targets(seed: int = 1) -> Targets:
     g = torch.Generator().manual_seed(seed)
     frame = (torch.rand(B, C, FRAMES, generator=g) > 0.7).float()  # (B, C, T)
-    return frame.amax(dim=-1), frame
+    return Targets.from_frames(frame)
 
 
 def test_balanced_pos_weight_is_max_count_over_class_count():
@@ -37,7 +38,7 @@ def test_balanced_pos_weight_is_max_count_over_class_count():
 
 def test_total_is_the_weighted_sum_of_the_terms():
     config = LossConfig(w_att=1.0, w_max=0.5, w_pseudo=0.25, w_frame=2.0)
-    terms = SEDLoss(config)(make_logits(), *make_targets())
+    terms = SEDLoss(config)(make_logits(), make_targets())
     expected = terms["att"] + 0.5 * terms["max"] + 0.25 * terms["pseudo"] + 2.0 * terms["frame"]
     torch.testing.assert_close(terms["total"], expected)
     assert all(terms[name] > 0 for name in TERMS)
@@ -46,11 +47,11 @@ def test_total_is_the_weighted_sum_of_the_terms():
 @pytest.mark.parametrize("term, weight, logit", [("att", "w_att", CLIP_ATT), ("max", "w_max", CLIP_MAX),
                                                  ("pseudo", "w_pseudo", ATTENTION), ("frame", "w_frame", FRAME)])
 def test_a_zero_weight_removes_its_term_exactly(term, weight, logit):
-    full = SEDLoss(LossConfig())(make_logits(), *make_targets())
+    full = SEDLoss(LossConfig())(make_logits(), make_targets())
     logits = make_logits()
     with torch.no_grad():
         logits[logit].fill_(math.nan)  # would poison the total if the term were computed
-    without = SEDLoss(replace(LossConfig(), **{weight: 0.0}))(logits, *make_targets())
+    without = SEDLoss(replace(LossConfig(), **{weight: 0.0}))(logits, make_targets())
     weights = {"att": 1.0, "max": 0.5, "pseudo": 1.0, "frame": 0.5}
     expected = sum(weights[name] * full[name] for name in TERMS if name != term)
     assert without[term].item() == 0.0
@@ -61,20 +62,19 @@ def test_a_zero_weight_removes_its_term_exactly(term, weight, logit):
 
 def test_gradients_are_finite_and_pseudo_labels_carry_none():
     logits = make_logits()
-    SEDLoss(LossConfig(), balanced_pos_weight(np.array([3, 1, 2])))(logits, *make_targets())["total"].backward()
+    SEDLoss(LossConfig(), balanced_pos_weight(np.array([3, 1, 2])))(logits, make_targets())["total"].backward()
     for key in (CLIP_ATT, CLIP_MAX, ATTENTION, FRAME):
         assert torch.isfinite(logits[key].grad).all() and logits[key].grad.abs().sum() > 0
     assert logits[SEGMENT].grad is None  # segments only make (detached) pseudo-labels
 
 
 def test_frame_term_counts_positive_frames_only():
-    logits = make_logits()
-    clip, frame = make_targets()
+    logits, targets = make_logits(), make_targets()
     loss = SEDLoss(LossConfig())
-    before = loss(logits, clip, frame)["frame"]
+    before = loss(logits, targets)["frame"]
     with torch.no_grad():
-        logits[FRAME][frame == 0] += 100.0  # confidently wrong, but only on unlabelled frames
-    torch.testing.assert_close(loss(logits, clip, frame)["frame"], before)
+        logits[FRAME][targets.frame == 0] += 100.0  # confidently wrong, but only on unlabelled frames
+    torch.testing.assert_close(loss(logits, targets)["frame"], before)
 
 
 def test_frame_term_by_hand_and_without_positives():
@@ -83,8 +83,8 @@ def test_frame_term_by_hand_and_without_positives():
     frame = torch.zeros(B, C, FRAMES)
     frame[0, 1, 3] = frame[2, 0, 7] = 1.0
     loss = SEDLoss(LossConfig())
-    torch.testing.assert_close(loss(logits, frame.amax(-1), frame)["frame"], torch.tensor(math.log(2.0)))
-    assert loss(logits, torch.zeros(B, C), torch.zeros(B, C, FRAMES))["frame"].item() == 0.0
+    torch.testing.assert_close(loss(logits, Targets.from_frames(frame))["frame"], torch.tensor(math.log(2.0)))
+    assert loss(logits, Targets.from_frames(torch.zeros(B, C, FRAMES)))["frame"].item() == 0.0
 
 
 def test_pseudo_term_asks_the_attention_to_agree_with_confident_segments():
@@ -95,18 +95,18 @@ def test_pseudo_term_asks_the_attention_to_agree_with_confident_segments():
     logits[SEGMENT] = segment
     loss = SEDLoss(LossConfig(pseudo_threshold=threshold))
     logits[ATTENTION] = 20.0 * torch.sign(segment)  # agrees
-    agree = loss(logits, *make_targets())["pseudo"]
+    agree = loss(logits, make_targets())["pseudo"]
     logits[ATTENTION] = -20.0 * torch.sign(segment)  # disagrees
-    disagree = loss(logits, *make_targets())["pseudo"]
+    disagree = loss(logits, make_targets())["pseudo"]
     assert agree.item() < 1e-6 and disagree.item() > 10.0
 
 
 def test_class_balance_weighs_the_clip_terms():
     logits, targets = make_logits(), make_targets()
     pos_weight = torch.tensor([1.0, 4.0, 2.0])
-    balanced = SEDLoss(LossConfig(), pos_weight)(logits, *targets)
-    plain = SEDLoss(LossConfig(class_balanced=False), pos_weight)(logits, *targets)
-    unweighted = SEDLoss(LossConfig())(logits, *targets)
+    balanced = SEDLoss(LossConfig(), pos_weight)(logits, targets)
+    plain = SEDLoss(LossConfig(class_balanced=False), pos_weight)(logits, targets)
+    unweighted = SEDLoss(LossConfig())(logits, targets)
     torch.testing.assert_close(plain["att"], unweighted["att"])
     assert balanced["att"] > plain["att"]  # positives weigh more
     torch.testing.assert_close(balanced["frame"], plain["frame"])
@@ -114,19 +114,15 @@ def test_class_balance_weighs_the_clip_terms():
 
 def test_mixed_clip_targets_give_the_mixture_of_the_clip_losses():
     """BCE is linear in its target, so a mixup draw mixes the clip losses the same way."""
-    logits = make_logits()
-    clip, frame = make_targets()
-    mix = Mixup(lam=0.3, perm=torch.tensor([2, 0, 3, 1]))
-    mixed_clip = mix(clip)
-    torch.testing.assert_close(mixed_clip, 0.3 * clip + 0.7 * clip[[2, 0, 3, 1]])
+    logits, targets = make_logits(), make_targets()
+    perm = [2, 0, 3, 1]
+    mix = Mixup(lam=0.3, perm=torch.tensor(perm))
+    mixed = targets.mixed(mix)
+    torch.testing.assert_close(mixed.clip, 0.3 * targets.clip + 0.7 * targets.clip[perm])
     loss = SEDLoss(LossConfig(), torch.tensor([1.0, 3.0, 2.0]))
-
-    def clip_loss(target):
-        return loss(logits, target, frame)["att"]
-
-    ones_side = loss._clip(logits[CLIP_ATT], clip)
-    other_side = loss._clip(logits[CLIP_ATT], clip[[2, 0, 3, 1]])
-    torch.testing.assert_close(clip_loss(mixed_clip), 0.3 * ones_side + 0.7 * other_side)
+    partner = Targets(*(t[perm] for t in targets))
+    torch.testing.assert_close(loss(logits, mixed)["att"],
+                               0.3 * loss(logits, targets)["att"] + 0.7 * loss(logits, partner)["att"])
 
 
 def test_pseudo_labels_threshold_the_segment_probability_not_the_logit():
@@ -135,7 +131,7 @@ def test_pseudo_labels_threshold_the_segment_probability_not_the_logit():
     attention = torch.randn(B, C, 4, generator=torch.Generator().manual_seed(3))
     logits = {key: value.detach() for key, value in make_logits().items()}
     logits[SEGMENT], logits[ATTENTION] = segment, attention
-    pseudo = SEDLoss(LossConfig(pseudo_threshold=threshold))(logits, *make_targets())["pseudo"]
+    pseudo = SEDLoss(LossConfig(pseudo_threshold=threshold))(logits, make_targets())["pseudo"]
     labels = torch.tensor([0.0, 1.0, 0.0, 1.0]).repeat(B, C, 1)
     torch.testing.assert_close(pseudo, torch.nn.functional.binary_cross_entropy_with_logits(attention, labels))
 
@@ -143,11 +139,11 @@ def test_pseudo_labels_threshold_the_segment_probability_not_the_logit():
 def test_mixed_frame_targets_give_the_mixture_of_the_frame_losses():
     """A frame positive only in the mixup partner keeps the partner's share of the loss and
     is never pushed towards negative."""
-    logits = make_logits()
-    clip, frame = make_targets()
-    perm = torch.tensor([2, 0, 3, 1])
-    mix = Mixup(lam=0.8, perm=perm)
+    logits, targets = make_logits(), make_targets()
+    perm = [2, 0, 3, 1]
+    mix = Mixup(lam=0.8, perm=torch.tensor(perm))
     loss = SEDLoss(LossConfig())
-    mixed = loss(logits, mix(clip), mix(frame))["frame"]
-    own, partner = loss(logits, clip, frame)["frame"], loss(logits, clip[perm], frame[perm])["frame"]
+    mixed = loss(logits, targets.mixed(mix))["frame"]
+    own, partner = loss(logits, targets)["frame"], loss(logits, Targets(*(t[perm] for t in targets)))["frame"]
     torch.testing.assert_close(mixed, 0.8 * own + 0.2 * partner)
+    assert (targets.mixed(mix).frame[targets.mixed(mix).frame_weight > 0] == 1).all()

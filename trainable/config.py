@@ -100,12 +100,19 @@ class LossConfig:
     w_frame: float = 0.5  # frame BCE on the annotated frames, positive frames only
     pseudo_threshold: float = 0.7  # segment probability that becomes a pseudo-positive
     class_balanced: bool = True  # clip BCE pos_weight = max class count / class count
+    # Stage 3 only: the teacher's predictions (TrialConfig.teacher_file) as extra labels.
+    teacher_threshold: float = 0.5  # teacher probability that becomes a positive (seed: 0.5)
+    teacher_weight: float = 0.5  # clip-loss weight of a teacher positive; a human label weighs 1 (seed)
+    teacher_soft_negatives: bool = False  # species below the threshold take the teacher's probability
+    #                                       as a soft target; off, as the seed found them harmful
 
     def __post_init__(self) -> None:
         weights = (self.w_att, self.w_max, self.w_pseudo, self.w_frame)
         _require(all(w >= 0 for w in weights), "loss weights must be >= 0")
         _require(any(w > 0 for w in weights), "at least one loss weight must be > 0")
         _require(0 < self.pseudo_threshold < 1, "pseudo_threshold must be in (0, 1)")
+        _require(0 < self.teacher_threshold < 1, "teacher_threshold must be in (0, 1)")
+        _require(0 < self.teacher_weight <= 1, "teacher_weight must be in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -155,6 +162,9 @@ class TrainConfig:
                  "need eval_recordings >= 1 and loader_workers >= 0")
 
 
+STAGES = (1, 2, 3)  # the seed's stages; see TrialConfig.stage
+
+
 @dataclass(frozen=True)
 class TrialConfig:
     """Everything one trial needs: where the data is and every recipe parameter.
@@ -164,6 +174,11 @@ class TrialConfig:
 
     data_dir: str = ""  # the RFCx layout (train_tp.csv, train/, ...); required
     cache_dir: str = ""  # the log-mel cache; "" = DATA_DIR/logmel
+    # 1: the recipe (clip labels on every species, frame loss on tp frames); 2: loss only on
+    # labelled frames and species (tp positive, fp negative); 3: stage 2 plus teacher positives.
+    stage: int = 1
+    teacher_file: str = ""  # stage 3: predictions (oof.csv, submission.csv or windows.csv of an export)
+    init_from: str = ""  # a checkpoint directory whose fold models start this trial's folds; "" = fresh
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     loss: LossConfig = LossConfig()
@@ -172,6 +187,10 @@ class TrialConfig:
 
     def __post_init__(self) -> None:
         _require(bool(self.data_dir), "data_dir is required")
+        _require(self.stage in STAGES, f"stage must be one of {', '.join(map(str, STAGES))}, got {self.stage}")
+        _require((self.stage == 3) == bool(self.teacher_file),
+                 "stage 3 needs a teacher_file" if self.stage == 3 else
+                 f"a teacher_file is used by stage 3 only (this trial is stage {self.stage})")
         _require(all(f < self.data.n_folds for f in self.train.folds),
                  f"train.folds {list(self.train.folds)} must be < data.n_folds ({self.data.n_folds})")
 

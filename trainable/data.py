@@ -3,9 +3,9 @@
 Times become frames at the cache's frame rate (62.5 frames/s by default). A training
 crop is `crop_frames` wide and placed so that its event's centre lands `offset` frames
 after the crop start (offset drawn from `crop_offsets`), clipped at the clip edges.
-Targets of any crop come from the tp intervals that overlap it: a crop of a pure train_fp
-recording is all-negative, and a crop of a recording in both files still carries its
-true positives.
+What a crop is trained towards depends on the stage (trainable.targets): in stage 1 a crop
+of a pure train_fp recording is all-negative, and a crop of a recording in both files
+still carries its true positives.
 """
 
 from __future__ import annotations
@@ -20,29 +20,8 @@ from torch.utils.data import Dataset
 from trainable.cache import LogMelCache
 from trainable.config import DataConfig
 from trainable.folds import Fold, species_matrix
-
-
-@dataclass(frozen=True)
-class Events:
-    """Annotated intervals of one recording, in frames; `end` is exclusive."""
-
-    species: np.ndarray  # (E,) int
-    start: np.ndarray  # (E,) int, first frame touched by the interval
-    end: np.ndarray  # (E,) int, one past the last frame touched
-
-
-def index_events(rows: pd.DataFrame, frames_per_second: float) -> dict[str, Events]:
-    """Group annotation rows by recording and convert their times to frames.
-
-    A frame belongs to an event when any part of it overlaps [t_min, t_max], so even
-    the shortest call covers at least one frame.
-    """
-    start = np.floor(rows.t_min.to_numpy() * frames_per_second).astype(np.int64)
-    end = np.ceil(rows.t_max.to_numpy() * frames_per_second).astype(np.int64)
-    end = np.maximum(end, start + 1)
-    species = rows.species_id.to_numpy(dtype=np.int64)
-    groups = pd.Series(np.arange(len(rows))).groupby(rows.recording_id.to_numpy()).indices
-    return {rid: Events(species[i], start[i], end[i]) for rid, i in groups.items()}
+from trainable.targets import Labels, Targets
+from trainable.teacher import Teacher
 
 
 def centre_frames(rows: pd.DataFrame, frames_per_second: float) -> np.ndarray:
@@ -70,22 +49,6 @@ def crop(spectrogram: np.ndarray, start: int, width: int) -> np.ndarray:
     return np.pad(window, ((0, 0), (0, width - window.shape[1])), constant_values=floor)
 
 
-def frame_targets(events: Events | None, start: int, width: int, n_species: int) -> np.ndarray:
-    """Frame labels of a crop from the intervals overlapping it.
-
-    Returns:
-        (n_species, width) float32, 1 where a species' annotated interval covers the frame.
-    """
-    targets = np.zeros((n_species, width), dtype=np.float32)
-    if events is None:
-        return targets
-    first = np.clip(events.start - start, 0, width)
-    last = np.clip(events.end - start, 0, width)
-    for species, lo, hi in zip(events.species, first, last):  # E is 1-3 per recording
-        targets[species, lo:hi] = 1.0
-    return targets
-
-
 def window_starts(n_frames: int, width: int, overlap: int) -> np.ndarray:
     """Starts of windows that cover a whole clip, neighbours sharing `overlap` frames.
 
@@ -110,6 +73,7 @@ class CropSpec:
     recording_id: str
     centre: int  # frame of the event centre
     offset: int  # frames from the crop start to the centre
+    split: str = "train"  # "test": a pseudo-labelled test recording (stage 3)
 
 
 def epoch_crops(fold: Fold, tp: pd.DataFrame, fp: pd.DataFrame, config: DataConfig,
@@ -132,30 +96,53 @@ def epoch_crops(fold: Fold, tp: pd.DataFrame, fp: pd.DataFrame, config: DataConf
     return [CropSpec(str(rid), int(c), int(o)) for rid, c, o in zip(rows.recording_id, centres, offsets)]
 
 
+def teacher_crops(teacher: Teacher, clip_frames: dict[str, int], config: DataConfig, threshold: float,
+                  rng: np.random.Generator) -> list[CropSpec]:
+    """Stage 3's crops of pseudo-labelled test recordings: one per recording and epoch.
+
+    Each is centred in the middle half of one of the recording's teacher-positive windows,
+    drawn anew each epoch, so the crop covers most of that window and the teacher's label
+    holds for it (a recording-level row is one window over the whole clip).
+
+    Args:
+        clip_frames: the test recordings to crop (those with a teacher positive) -> frames.
+    """
+    specs = []
+    for rid, frames in sorted(clip_frames.items()):
+        windows = teacher.test[rid]
+        positive = np.flatnonzero((windows.probabilities >= threshold).any(axis=1))
+        k = positive[rng.integers(len(positive))]
+        lo, hi = int(windows.start[k]), int(min(windows.end[k], frames))
+        quarter = max(hi - lo, 0) // 4
+        centre = int(rng.integers(lo + quarter, max(hi - quarter, lo + quarter + 1)))
+        specs.append(CropSpec(rid, centre, config.crop_frames // 2, split="test"))
+    return specs
+
+
 class TrainCrops(Dataset):
     """Training crops with their targets, read from the memory-mapped cache.
 
-    Item i is `(x, clip_target, frame_target)`:
+    Item i is `(x, targets)`:
         x: (1, n_mels, crop_frames) float32 log-mel.
-        clip_target: (n_species,) float32, 1 for each species present in the crop.
-        frame_target: (n_species, crop_frames) float32.
+        targets: the crop's Targets in its stage (clip (C,), frame (C, crop_frames), and
+            their weights).
     """
 
-    def __init__(self, cache: LogMelCache, crops: list[CropSpec], positives: dict[str, Events],
-                 n_species: int, crop_frames: int):
-        self.cache, self.crops, self.positives = cache, crops, positives
+    def __init__(self, cache: LogMelCache, crops: list[CropSpec], labels: Labels, n_species: int,
+                 crop_frames: int):
+        self.cache, self.crops, self.labels = cache, crops, labels
         self.n_species, self.crop_frames = n_species, crop_frames
 
     def __len__(self) -> int:
         return len(self.crops)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, Targets]:
         spec = self.crops[i]
-        spectrogram = self.cache.load("train", spec.recording_id)  # (M, T) memory-mapped
+        spectrogram = self.cache.load(spec.split, spec.recording_id)  # (M, T) memory-mapped
         start = crop_start(spec.centre, spec.offset, spectrogram.shape[1], self.crop_frames)
         x = crop(spectrogram, start, self.crop_frames)[None]  # (1, M, W)
-        frames = frame_targets(self.positives.get(spec.recording_id), start, self.crop_frames, self.n_species)
-        return torch.from_numpy(x), torch.from_numpy(frames.max(axis=1)), torch.from_numpy(frames)
+        targets = self.labels.crop(spec.split, spec.recording_id, start, self.crop_frames, self.n_species)
+        return torch.from_numpy(x), targets
 
 
 class ClipWindows(Dataset):

@@ -71,7 +71,7 @@ class EpochStats:
 def train_epoch(model: nn.Module, loader: DataLoader, loss_fn: SEDLoss, optimizer: torch.optim.Optimizer,
                 scaler: torch.amp.GradScaler, augment: AugmentConfig, rng: np.random.Generator,
                 device: Device) -> EpochStats:
-    """One pass over `loader` (items: x (B, 1, M, T), clip (B, C), frame (B, C, T)).
+    """One pass over `loader` (items: x (B, 1, M, T) and the batch's Targets).
 
     Augmentation and mixup draw from `rng`, the fold's generator, so a resumed fold
     repeats exactly what an uninterrupted one would do.
@@ -83,19 +83,18 @@ def train_epoch(model: nn.Module, loader: DataLoader, loss_fn: SEDLoss, optimize
     started = time.perf_counter()
     sums = torch.zeros(len(LOSS_KEYS), device=device.torch)  # (K,) summed over samples
     samples = 0
-    for x, clip_target, frame_target in loader:
+    for x, targets in loader:
         x = augment_batch(device.input(x), augment, rng)  # (B, 1, M, T)
-        clip_target = clip_target.to(device.torch, non_blocking=True)  # (B, C)
-        frame_target = frame_target.to(device.torch, non_blocking=True)  # (B, C, T)
+        targets = targets.to(device.torch)  # clip (B, C), frame (B, C, T) and their weights
         mix = draw_mixup(len(x), augment.mixup_alpha, rng, device.torch)
         if mix is not None:
             if augment.mixup_on == "input":
                 x = mix(x)
-            clip_target, frame_target = mix(clip_target), mix(frame_target)
+            targets = targets.mixed(mix)
         feature_mix = mix if augment.mixup_on == "features" else None
         with device.autocast():
             logits = model(x, mix=feature_mix)
-        terms = loss_fn(logits, clip_target, frame_target)
+        terms = loss_fn(logits, targets)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(terms["total"]).backward()
         scaler.step(optimizer)
@@ -111,11 +110,9 @@ def train_epoch(model: nn.Module, loader: DataLoader, loss_fn: SEDLoss, optimize
 
 
 @torch.no_grad()
-def predict_clips(model: nn.Module, loader: DataLoader, device: Device) -> np.ndarray:
-    """Clip probabilities of whole recordings cut into windows.
-
-    Per window: max over time of the segment probability; per recording: max over its
-    windows (the seed's evaluation). The max is taken on logits (sigmoid is monotone) and
+def predict_windows(model: nn.Module, loader: DataLoader, device: Device) -> tuple[np.ndarray, list[int]]:
+    """Window probabilities of whole recordings cut into windows: per window, the max over
+    time of the segment probability. The max is taken on logits (sigmoid is monotone) and
     the sigmoid in float64, so confident classes do not all round to a tied 1.0.
 
     Args:
@@ -123,21 +120,41 @@ def predict_clips(model: nn.Module, loader: DataLoader, device: Device) -> np.nd
             counts per recording, truth (unused here).
 
     Returns:
-        (N, C) float64 probabilities in the loader's recording order.
+        (sum W, C) float64 probabilities in the loader's order, and each recording's window count.
 
     Raises:
         DivergedError: a probability is NaN.
     """
     model.eval()
-    clips = []
-    for windows, counts, _ in loader:
+    parts, counts = [], []
+    for windows, batch_counts, _ in loader:
         with device.autocast():
             segment = model(device.input(windows))[SEGMENT]  # (sum W, C, T')
-        per_window = segment.float().amax(dim=-1)  # (sum W, C) logits
-        clips.extend(part.amax(dim=0) for part in per_window.split(counts))  # (C,) each
-    if not clips:
-        return np.zeros((0, 0), np.float32)
-    probabilities = torch.sigmoid(torch.stack(clips).double()).cpu().numpy()  # (N, C)
+        parts.append(segment.float().amax(dim=-1))  # (sum W, C) logits
+        counts.extend(batch_counts)
+    if not parts:
+        return np.zeros((0, 0)), counts
+    probabilities = torch.sigmoid(torch.cat(parts).double()).cpu().numpy()  # (sum W, C)
     if not np.isfinite(probabilities).all():
         raise DivergedError("the predictions are not finite (the weights diverged); lower train.lr")
-    return probabilities
+    return probabilities, counts
+
+
+def clips_of_windows(windows: np.ndarray, counts: list[int]) -> np.ndarray:
+    """(N, C): per recording, the max over its windows of (sum W, C) window probabilities."""
+    if not counts:
+        return np.zeros((0, windows.shape[1] if windows.ndim == 2 else 0))
+    return np.maximum.reduceat(windows, np.cumsum([0, *counts[:-1]]), axis=0)
+
+
+def predict_clips(model: nn.Module, loader: DataLoader, device: Device) -> np.ndarray:
+    """Clip probabilities of whole recordings: the max over each recording's windows of
+    `predict_windows` (the seed's evaluation).
+
+    Returns:
+        (N, C) float64 probabilities in the loader's recording order.
+
+    Raises:
+        DivergedError: a probability is NaN.
+    """
+    return clips_of_windows(*predict_windows(model, loader, device))

@@ -14,6 +14,7 @@ Checkpoint layout:
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,20 +25,89 @@ from torch.utils.data import DataLoader, Dataset
 from trainable.annotations import Annotations, load_annotations
 from trainable.cache import DEFAULT_CACHE_NAME, LogMelCache
 from trainable.config import ConfigError, TrialConfig, flatten_dotted, to_dict
-from trainable.data import ClipWindows, TrainCrops, collate_windows, epoch_crops, index_events
+from trainable.data import ClipWindows, TrainCrops, collate_windows, epoch_crops, teacher_crops
 from trainable.fit import LOSS_KEYS, Device, EpochStats, DivergedError, predict_clips, train_epoch
 from trainable.folds import Fold, make_folds, species_matrix
 from trainable.losses import SEDLoss, balanced_pos_weight
 from trainable.metrics import lwlrap
 from trainable.model import SEDModel
+from trainable.targets import Labels, index_events
+from trainable.teacher import load_teacher
 
 CHECKPOINT_FORMAT = 1
 TRIAL_FILE = "trial.json"
 BEST_OOF_FILE = "best_oof.npz"
 
 
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be used for what is asked of it; the message is one line."""
+
+
 def fold_file(index: int) -> str:
     return f"fold_{index}.pt"
+
+
+def load_fold_weights(model: SEDModel, checkpoint: Path, fold: int, device: Device) -> None:
+    """Load fold `fold`'s model weights of `checkpoint` into `model`, without unpickling code
+    (weights_only).
+
+    Raises:
+        CheckpointError: no such file or not a fold checkpoint, objects other than weights
+            in it, or weights of another model (backbone or species count).
+    """
+    path = Path(checkpoint) / fold_file(fold)
+    try:
+        state = torch.load(path, map_location=device.torch, weights_only=True)["model"]
+    except (pickle.UnpicklingError, OSError, RuntimeError, KeyError, TypeError) as error:
+        if "Unsupported global" in str(error):  # weights_only refused to build an object
+            raise CheckpointError(f"{path} holds objects other than weights: not loaded (it could run code)") from None
+        raise CheckpointError(f"{path}: not a fold checkpoint ({str(error).splitlines()[0]})") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError:  # missing, unexpected or misshapen weights
+        raise CheckpointError(f"{path} holds another model than model.backbone={model.config.backbone}"
+                              f" with {model.n_species} species") from None
+
+
+def read_trial_file(checkpoint: Path) -> dict:
+    """The checkpoint's trial.json.
+
+    Raises:
+        CheckpointError: there is none, or not of this format.
+    """
+    path = Path(checkpoint) / TRIAL_FILE
+    try:
+        trial = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{checkpoint} is not a trial checkpoint (no readable {TRIAL_FILE}: {error})") from None
+    if trial.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"checkpoint {checkpoint} has format {trial.get('format')}, expected {CHECKPOINT_FORMAT}")
+    return trial
+
+
+def check_init_source(checkpoint: Path, config: TrialConfig) -> None:
+    """Refuse to start `config`'s folds from `checkpoint` (init_from) when they cannot be.
+
+    Fold k starts from the earlier trial's fold-k model, so both must split the recordings
+    the same way: otherwise that model has trained on this fold's validation recordings and
+    the CV would be inflated.
+
+    Raises:
+        CheckpointError: not a checkpoint, another backbone, another fold split, or folds missing.
+    """
+    saved = read_trial_file(checkpoint)
+    earlier = flatten_dotted(saved["config"])
+    if earlier["model.backbone"] != config.model.backbone:
+        raise CheckpointError(f"init_from {checkpoint}: a {earlier['model.backbone']} checkpoint, this trial"
+                              f" trains {config.model.backbone}")
+    for key in ("data.n_folds", "data.fold_seed"):
+        if earlier[key] != flatten_dotted(to_dict(config))[key]:
+            raise CheckpointError(f"init_from {checkpoint}: made with {key} = {earlier[key]}, this trial has"
+                                  f" {flatten_dotted(to_dict(config))[key]} (another fold split would leak"
+                                  f" validation recordings into training)")
+    missing = sorted(set(config.fold_indices) - set(saved["folds"]))
+    if missing:
+        raise CheckpointError(f"init_from {checkpoint}: holds folds {saved['folds']}, this trial trains fold {missing[0]}")
 
 
 @dataclass
@@ -104,12 +174,39 @@ class KFoldTraining:
         # Opened once per trial: the manifest only; arrays are memory-mapped when read.
         self.cache = cache or LogMelCache.open(Path(config.cache_dir or Path(config.data_dir) / DEFAULT_CACHE_NAME))
         self.frames_per_second = self.cache.features.frames_per_second
-        self.positives = index_events(self.annotations.tp, self.frames_per_second)
+        self.labels = self._labels()
+        # Stage 3: the test recordings the teacher finds a species in are trained on too.
+        self.test_frames = {} if self.labels.teacher is None else {
+            rid: self.cache.load("test", rid).shape[1]
+            for rid in self.labels.teacher.positive_test_ids(config.loss.teacher_threshold)}
         folds = make_folds(self.annotations, config.data.n_folds, config.data.fold_seed)
         self.runs = [self._fold_run(folds[index]) for index in config.fold_indices]
         self.epoch = 0  # epochs done on every fold
         self.best_cv_lwlrap = float("-inf")
         self.best_oof = np.zeros((0, self.annotations.n_species), np.float32)
+
+    def _labels(self) -> Labels:
+        """What the crops are labelled from in this trial's stage.
+
+        Raises:
+            TeacherError: a bad teacher file (stage 3).
+        """
+        config, fps = self.config, self.frames_per_second
+        teacher = load_teacher(Path(config.teacher_file), self.annotations, fps) if config.teacher_file else None
+        return Labels(config.stage, index_events(self.annotations.tp, fps), index_events(self.annotations.fp, fps),
+                      config.loss, teacher)
+
+    def initialise_from(self, checkpoint: Path) -> None:
+        """Start every fold's model from the same fold's model of an earlier trial (the
+        previous stage). Only the weights: the optimiser, the schedule and the epochs start
+        afresh.
+
+        Raises:
+            CheckpointError: see check_init_source and load_fold_weights.
+        """
+        check_init_source(checkpoint, self.config)
+        for run in self.runs:
+            load_fold_weights(run.model, checkpoint, run.fold.index, self.device)
 
     def _fold_run(self, fold: Fold) -> FoldRun:
         n_species, train = self.annotations.n_species, self.config.train
@@ -166,8 +263,10 @@ class KFoldTraining:
     def _train_fold(self, run: FoldRun) -> EpochStats:
         crops = epoch_crops(run.fold, self.annotations.tp, self.annotations.fp, self.config.data,
                             self.frames_per_second, run.rng)
-        dataset = TrainCrops(self.cache, crops, self.positives, self.annotations.n_species,
-                             self.config.data.crop_frames)
+        if self.test_frames:
+            crops += teacher_crops(self.labels.teacher, self.test_frames, self.config.data,
+                                   self.config.loss.teacher_threshold, run.rng)
+        dataset = TrainCrops(self.cache, crops, self.labels, self.annotations.n_species, self.config.data.crop_frames)
         shuffle = torch.Generator().manual_seed(int(run.rng.integers(2**62)))
         torch.manual_seed(int(run.rng.integers(2**62)))  # layers that draw from torch's RNG (dropout)
         loader = training_loader(dataset, self.config.train.batch_size, shuffle,
@@ -204,9 +303,7 @@ class KFoldTraining:
             ConfigError: the checkpoint was made with another recipe or other folds.
         """
         directory = Path(directory)
-        trial = json.loads((directory / TRIAL_FILE).read_text())
-        if trial.get("format") != CHECKPOINT_FORMAT:
-            raise ConfigError(f"checkpoint {directory} has format {trial.get('format')}, expected {CHECKPOINT_FORMAT}")
+        trial = read_trial_file(directory)
         _check_same_recipe(trial["config"], to_dict(self.config), directory)
         if trial["folds"] != list(self.config.fold_indices):
             raise ConfigError(f"checkpoint {directory} holds folds {trial['folds']},"
@@ -221,9 +318,10 @@ class KFoldTraining:
 def _check_same_recipe(saved: dict, current: dict, directory: Path) -> None:
     """Refuse to resume with another recipe. Free to differ: what does not change the numbers
     or belongs to the machine (paths, workers, evaluation batching), and the epoch budget (a
-    longer one goes on from a shorter one). The folds are compared as fold numbers."""
-    free = {"data_dir", "cache_dir", "model.pretrained_file", "train.epochs", "train.folds",
-            "train.loader_workers", "train.eval_recordings"}
+    longer one goes on from a shorter one). The folds are compared as fold numbers. init_from
+    only matters before the first checkpoint."""
+    free = {"data_dir", "cache_dir", "teacher_file", "init_from", "model.pretrained_file", "train.epochs",
+            "train.folds", "train.loader_workers", "train.eval_recordings"}
     saved, current = flatten_dotted(saved), flatten_dotted(current)
     for key in sorted(set(saved) | set(current) - free):
         if key not in free and saved.get(key) != current.get(key):

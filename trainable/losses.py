@@ -6,8 +6,11 @@ L_att, L_max: BCE of the attention-pooled and max-pooled clip logits against the
     with a class-balanced pos_weight (rare species count more).
 L_pseudo: the model's own detached segment probabilities >= pseudo_threshold become
     pseudo-labels that the attention logits must agree with.
-L_frame: BCE of the frame logits against the annotated frames, on positive frames only
-    (an unannotated frame may still hold an unlabelled call, so it is no evidence of absence).
+L_frame: BCE of the frame logits against the frame labels.
+
+The clip and frame terms are means weighted by the targets' weights (trainable.targets): in
+stage 1 every clip label weighs 1 and only the positive frames count; in stages 2 and 3
+only the labelled entries do.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from torch import nn
 
 from trainable.config import LossConfig
 from trainable.model import ATTENTION, CLIP_ATT, CLIP_MAX, FRAME, SEGMENT
+from trainable.targets import Targets
 
 TERMS = ("att", "max", "pseudo", "frame")  # reported as loss/<term>, beside loss/total
 
@@ -50,14 +54,13 @@ class SEDLoss(nn.Module):
         self.config = config
         self.register_buffer("pos_weight", pos_weight, persistent=False)
 
-    def forward(self, logits: dict[str, torch.Tensor], clip_target: torch.Tensor,
-                frame_target: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, logits: dict[str, torch.Tensor], targets: Targets) -> dict[str, torch.Tensor]:
         """Loss of one batch.
 
         Args:
             logits: SEDModel outputs.
-            clip_target: (B, C) clip labels in [0, 1] (mixed when mixup is on).
-            frame_target: (B, C, T) frame labels in [0, 1], T = the frame logits' length.
+            targets: clip (B, C) and frame (B, C, T) labels in [0, 1] with their weights
+                (mixed when mixup is on); T = the frame logits' length.
 
         Returns:
             {"total": scalar, "att": ..., "max": ..., "pseudo": ..., "frame": ...}. A term
@@ -66,18 +69,20 @@ class SEDLoss(nn.Module):
         """
         c = self.config
         weights = {"att": c.w_att, "max": c.w_max, "pseudo": c.w_pseudo, "frame": c.w_frame}
-        compute = {"att": lambda: self._clip(logits[CLIP_ATT], clip_target),
-                   "max": lambda: self._clip(logits[CLIP_MAX], clip_target),
+        compute = {"att": lambda: self._clip(logits[CLIP_ATT], targets),
+                   "max": lambda: self._clip(logits[CLIP_MAX], targets),
                    "pseudo": lambda: self._pseudo(logits[SEGMENT], logits[ATTENTION]),
-                   "frame": lambda: self._frame(logits[FRAME], frame_target)}
-        zero = clip_target.new_zeros(())
+                   "frame": lambda: self._frame(logits[FRAME], targets)}
+        zero = targets.clip.new_zeros(())
         terms = {name: compute[name]() if weights[name] > 0 else zero for name in TERMS}
         terms["total"] = sum(weights[name] * terms[name] for name in TERMS if weights[name] > 0)
         return terms
 
-    def _clip(self, logit: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def _clip(self, logit: torch.Tensor, targets: Targets) -> torch.Tensor:
         pos_weight = self.pos_weight if self.config.class_balanced else None
-        return F.binary_cross_entropy_with_logits(logit.float(), target, pos_weight=pos_weight)
+        loss = F.binary_cross_entropy_with_logits(logit.float(), targets.clip, pos_weight=pos_weight,
+                                                  reduction="none")  # (B, C)
+        return weighted_mean(loss, targets.clip_weight)
 
     def _pseudo(self, segment: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
         # Pseudo-labels must not carry gradient: the model would learn to agree with itself.
@@ -87,12 +92,15 @@ class SEDLoss(nn.Module):
         return F.binary_cross_entropy_with_logits(attention.float(), labels)
 
     @staticmethod
-    def _frame(frame: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        # BCE on positive frames is -log sigmoid(z) = softplus(-z) there. Weighting each frame
-        # by its label instead of masking on label > 0 makes a mixed batch's loss exactly the
-        # mixture of its two halves' losses: a frame positive only in the mixup partner is
-        # not pushed towards negative (it may hold an unlabelled call).
-        positive_loss = F.softplus(-frame.float())  # (B, C, T)
-        # Dividing by the label mass needs no host sync; a batch without any positive frame
-        # (all-fp crops) gives 0.
-        return (target * positive_loss).sum() / target.sum().clamp(min=1.0)
+    def _frame(frame: torch.Tensor, targets: Targets) -> torch.Tensor:
+        # In stage 1 the weight is the positive frames' label itself, which makes a mixed
+        # batch's loss exactly the mixture of its two halves' losses: a frame positive only in
+        # the mixup partner is not pushed towards negative (it may hold an unlabelled call).
+        loss = F.binary_cross_entropy_with_logits(frame.float(), targets.frame, reduction="none")  # (B, C, T)
+        return weighted_mean(loss, targets.frame_weight)
+
+
+def weighted_mean(loss: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """sum(weight * loss) / sum(weight), and 0 for a batch without any weight (all-fp crops
+    in stage 1). Dividing by the clamped weight mass needs no host sync."""
+    return (weight * loss).sum() / weight.sum().clamp(min=1.0)

@@ -60,6 +60,7 @@ class SEDModel(nn.Module):
 
     def __init__(self, config: ModelConfig, n_species: int):
         super().__init__()
+        self.config, self.n_species = config, n_species
         self.backbone = create_backbone(config)
         width = self.backbone.num_features
         self.cla = nn.Conv1d(width, n_species, kernel_size=1)

@@ -32,12 +32,13 @@ def train_sed(config: dict[str, Any]) -> None:
             unknown key or a wrong type fails the trial with a ConfigError that names the key.
 
     Raises:
-        ConfigError: a bad config, or a checkpoint made with another recipe.
+        ConfigError: a bad config, a checkpoint made with another recipe, or an init_from
+            checkpoint of another model or fold split; TeacherError: a bad teacher file.
         DivergedError: the loss or the predictions became NaN or infinite (the trial
             ends; the others go on).
     """
     trial = from_dict(TrialConfig, nest_dotted(config))
-    for key in ("data_dir", "cache_dir"):
+    for key in ("data_dir", "cache_dir", "teacher_file", "init_from"):
         path = getattr(trial, key)
         if path and not os.path.isabs(path):
             raise ConfigError(f"{key} must be an absolute path, got {path!r}: a trial runs in its own"
@@ -52,6 +53,8 @@ def train_sed(config: dict[str, Any]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             training.load(directory)
+    elif trial.init_from:  # a later stage starts from an earlier trial's fold models
+        training.initialise_from(trial.init_from)
     while training.epoch < trial.train.epochs:
         try:
             metrics = training.run_epoch()

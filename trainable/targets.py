@@ -1,0 +1,147 @@
+"""What a training crop is trained towards, in each stage of the seed recipe.
+
+Every target is a label with a loss weight per entry (weight 0: no label), so the stages
+differ in their data only and the loss has one form:
+
+stage 1  clip: the crop's tp species 1, every other species 0, all of weight 1.
+         frame: the tp frames, counted on those frames only (an unannotated frame may hold
+         an unlabelled call, so it is no evidence of absence).
+stage 2  only what is labelled counts: tp frames and species 1, fp frames and species 0
+         (a species with both in the crop is a positive), everything else weight 0.
+stage 3  stage 2, plus the teacher: an unlabelled species whose teacher probability over the
+         crop is >= teacher_threshold becomes a clip positive of weight teacher_weight; with
+         soft negatives the other unlabelled species take the teacher's probability, same
+         weight. Teacher windows are seconds wide, so the teacher labels clips, not frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+import torch
+
+from trainable.augment import Mixup
+from trainable.config import LossConfig
+from trainable.teacher import Teacher
+
+
+@dataclass(frozen=True)
+class Events:
+    """Annotated intervals of one recording, in frames; `end` is exclusive."""
+
+    species: np.ndarray  # (E,) int
+    start: np.ndarray  # (E,) int, first frame touched by the interval
+    end: np.ndarray  # (E,) int, one past the last frame touched
+
+
+def index_events(rows: pd.DataFrame, frames_per_second: float) -> dict[str, Events]:
+    """Group annotation rows by recording and convert their times to frames.
+
+    A frame belongs to an event when any part of it overlaps [t_min, t_max], so even
+    the shortest call covers at least one frame.
+    """
+    start = np.floor(rows.t_min.to_numpy() * frames_per_second).astype(np.int64)
+    end = np.ceil(rows.t_max.to_numpy() * frames_per_second).astype(np.int64)
+    end = np.maximum(end, start + 1)
+    species = rows.species_id.to_numpy(dtype=np.int64)
+    groups = pd.Series(np.arange(len(rows))).groupby(rows.recording_id.to_numpy()).indices
+    return {rid: Events(species[i], start[i], end[i]) for rid, i in groups.items()}
+
+
+def frame_targets(events: Events | None, start: int, width: int, n_species: int) -> np.ndarray:
+    """Frames of a crop covered by the intervals overlapping it.
+
+    Returns:
+        (n_species, width) float32, 1 where a species' annotated interval covers the frame.
+    """
+    targets = np.zeros((n_species, width), dtype=np.float32)
+    if events is None:
+        return targets
+    first = np.clip(events.start - start, 0, width)
+    last = np.clip(events.end - start, 0, width)
+    for species, lo, hi in zip(events.species, first, last):  # E is 1-3 per recording
+        targets[species, lo:hi] = 1.0
+    return targets
+
+
+class Targets(NamedTuple):
+    """Labels and their loss weights; a NamedTuple, so DataLoader batches it field by field.
+
+    Shapes are per crop, (B, ...) once batched.
+    """
+
+    clip: torch.Tensor  # (C,) labels in [0, 1]
+    clip_weight: torch.Tensor  # (C,) loss weight of each label, 0 = no label
+    frame: torch.Tensor  # (C, T)
+    frame_weight: torch.Tensor  # (C, T)
+
+    @classmethod
+    def from_frames(cls, frame: torch.Tensor) -> Targets:
+        """Stage 1's targets of crops with these tp frames (..., C, T): every clip label
+        counts, only the positive frames do."""
+        return cls(frame.amax(dim=-1), torch.ones_like(frame[..., 0]), frame, frame)
+
+    def to(self, device: torch.device) -> Targets:
+        return Targets(*(t.to(device, non_blocking=True) for t in self))
+
+    def mixed(self, mix: Mixup) -> Targets:
+        """The targets of a mixup batch, such that the loss is exactly the mixture of the two
+        samples' losses.
+
+        BCE is linear in its label, so lam*w1*BCE(z, y1) + (1-lam)*w2*BCE(z, y2) equals
+        W*BCE(z, Y) with W = mix(w) and Y = mix(w*y) / W: a label known in only one of the
+        two samples keeps its share of the weight and is never mixed with a missing label.
+        With all weights 1 this is plain mixup of the labels.
+        """
+        def pair(label: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            mixed_weight = mix(weight)
+            # Where the weight is 0 so is mix(weight * label): the label is 0 there, and unused.
+            mixed_label = (mix(weight * label) / mixed_weight.clamp(min=1e-12)).clamp(0.0, 1.0)
+            return mixed_label, mixed_weight
+
+        return Targets(*pair(self.clip, self.clip_weight), *pair(self.frame, self.frame_weight))
+
+
+@dataclass(frozen=True)
+class Labels:
+    """Everything the stages label crops from."""
+
+    stage: int
+    positives: dict[str, Events]  # train_tp intervals, in frames
+    negatives: dict[str, Events]  # train_fp intervals, in frames (stages 2 and 3)
+    loss: LossConfig  # the teacher's threshold, weight and soft negatives
+    teacher: Teacher | None = None  # stage 3
+
+    def crop(self, split: str, recording_id: str, start: int, width: int, n_species: int) -> Targets:
+        """The targets of frames [start, start + width) of a recording, as tensors."""
+        train = split == "train"
+        positive = frame_targets(self.positives.get(recording_id) if train else None, start, width, n_species)
+        if self.stage == 1:
+            return Targets.from_frames(torch.from_numpy(positive))
+        negative = frame_targets(self.negatives.get(recording_id) if train else None, start, width, n_species)
+        frame_weight = np.maximum(positive, negative)  # a frame both tp and fp is a positive
+        clip, clip_weight = positive.max(axis=1), frame_weight.max(axis=1)  # (C,) each
+        if self.teacher is not None:
+            self._add_teacher(clip, clip_weight, split, recording_id, start, width)
+        return _tensors(clip, clip_weight, positive, frame_weight)
+
+    def _add_teacher(self, clip: np.ndarray, clip_weight: np.ndarray, split: str, recording_id: str,
+                     start: int, width: int) -> None:
+        """Teacher labels for the species no annotation labels in this crop, in place."""
+        windows = (self.teacher.train if split == "train" else self.teacher.test).get(recording_id)
+        probability = None if windows is None else windows.crop_probabilities(start, width)  # (C,)
+        if probability is None:
+            return
+        unlabelled = clip_weight == 0
+        positive = unlabelled & (probability >= self.loss.teacher_threshold)
+        clip[positive], clip_weight[positive] = 1.0, self.loss.teacher_weight
+        if self.loss.teacher_soft_negatives:
+            soft = unlabelled & ~positive
+            clip[soft], clip_weight[soft] = probability[soft], self.loss.teacher_weight
+
+
+def _tensors(*arrays: np.ndarray) -> Targets:
+    return Targets(*(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in arrays))
