@@ -25,10 +25,10 @@ def build_tuner(plan: SearchPlan) -> tune.Tuner:
     """A new experiment."""
     epochs = plan.epochs
     searcher = TruthfulOptunaSearch(
-        space=DefineByRun(plan.spaces, epochs),
+        space=DefineByRun(plan.spaces, epochs, plan.teacher),
         metric=METRIC, mode=MODE,  # a define-by-run searcher does not take them from TuneConfig
         sampler=optuna.samplers.TPESampler(seed=plan.seed),
-        points_to_evaluate=[recipe_point(list(plan.spaces), epochs)],  # the recipe runs first
+        points_to_evaluate=[recipe_point(list(plan.spaces), epochs, plan.teacher)],  # the recipe runs first
         max_iterations=epochs,
         study_name=plan.name,
     )

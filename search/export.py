@@ -8,6 +8,9 @@ DIR/exports/trial_<id>/:
     submission.csv   exactly sample_submission.csv's header and row order: the mean over the
                      folds' probabilities of each test recording (windows overlapping by
                      data.test_overlap, 256 frames in the recipe)
+    windows.csv      recording_id, t_min, t_max (seconds), s0..: every window of those
+                     predictions (oof and test), the window-level teacher for stage 3
+                     (search/run.py --teacher)
     holdout.json     with the data's test_truth.csv (the synthetic data have it): the
                      submission's LWLRAP on the public and the private half of the test set,
                      which the experiment's leaderboard then shows beside the CV
@@ -17,23 +20,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import pickle
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 # Light imports only: --help and bad input answer at once; torch comes with the work.
 from search.holdout import HOLDOUT_FILE, PRIVATE, PUBLIC, HoldoutError, cv_trust, holdout_scores, load_truth
+from search.trials import LEADERBOARD_CSV, TrialNotFound, newest_checkpoint, scored_trials, trial_dir
 from trainable.annotations import SUBMISSION_FILE, AnnotationError, load_annotations
 from trainable.cache import DEFAULT_CACHE_NAME, CacheError, LogMelCache
 from trainable.config import ConfigError, TrialConfig, from_dict
 
 if TYPE_CHECKING:
-    from trainable.fit import Device
+    import numpy as np
+    import pandas as pd
 
-LEADERBOARD_CSV = "leaderboard.csv"
-OOF_FILE, SUBMISSION = "oof.csv", "submission.csv"
+    from trainable.annotations import Annotations
+    from trainable.fit import Device
+    from trainable.folds import Fold
+    from trainable.model import SEDModel
+
+OOF_FILE, SUBMISSION, WINDOWS = "oof.csv", "submission.csv", "windows.csv"
 RECORDINGS_PER_BATCH = 4  # whole clips per forward pass: their windows are batched together
 
 
@@ -53,44 +60,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def scored_trials(experiment: Path) -> list[str]:
-    """The ids of the trials with a score, best first (from the leaderboard)."""
-    import pandas as pd
-
-    if not experiment.is_dir():
-        raise ExportError(f"--experiment {experiment} does not exist")
-    board_path = experiment / LEADERBOARD_CSV
-    if not board_path.is_file():
-        raise ExportError(f"no {LEADERBOARD_CSV} in {experiment}: give --trial ID, or finish the search first")
-    board = pd.read_csv(board_path, dtype={"trial": str})
-    scored = list(board[board.best_cv_lwlrap.map(lambda v: isinstance(v, float) and math.isfinite(v))].trial)
-    if not scored:
-        raise ExportError(f"no trial of {experiment} has a score yet")
-    return scored
-
-
-def trial_dir(experiment: Path, trial: str) -> Path:
-    """The directory of `trial` ("best": the leaderboard's best scored trial)."""
-    if not experiment.is_dir():
-        raise ExportError(f"--experiment {experiment} does not exist")
-    if trial == "best":
-        trial = scored_trials(experiment)[0]
-    path = experiment / f"trial_{trial.removeprefix('trial_')}"
-    if not path.is_dir():
-        known = sorted(p.name.removeprefix("trial_") for p in experiment.glob("trial_*"))
-        raise ExportError(f"no trial {trial!r} in {experiment} (trials: {', '.join(known) or 'none'})")
-    return path
-
-
-def newest_checkpoint(trial: Path) -> Path:
-    from trainable.kfold import TRIAL_FILE
-
-    found = sorted((p for p in trial.glob("checkpoint_*") if (p / TRIAL_FILE).is_file()), key=lambda p: p.name)
-    if not found:
-        raise ExportError(f"{trial} has no checkpoint")
-    return found[-1]
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -100,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         for trial in trials:
             out = export(args.experiment, trial, args.data_dir, args.cache_dir, args.out)
             print(f"oof:        {out / OOF_FILE}\nsubmission: {out / SUBMISSION}")
-    except (ExportError, AnnotationError, CacheError, ConfigError, HoldoutError) as error:
+    except (ExportError, TrialNotFound, AnnotationError, CacheError, ConfigError, HoldoutError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if (args.experiment / LEADERBOARD_CSV).is_file():
@@ -116,17 +85,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def export(experiment: Path, trial: str, data_dir: Path | None = None, cache_dir: Path | None = None,
            out: Path | None = None) -> Path:
-    """Write oof.csv, submission.csv and (with test_truth.csv) holdout.json of one trial;
+    """Write oof.csv, submission.csv, windows.csv and (with test_truth.csv) holdout.json of one trial;
     returns their folder."""
-    import numpy as np
-    import pandas as pd
-    import torch
-    from tqdm import tqdm
-
     from search.report import EXPORTS
     from trainable.atomic import atomic_write_text
-    from trainable.data import ClipWindows, collate_windows
-    from trainable.fit import Device, predict_clips
     from trainable.folds import make_folds, species_matrix
     from trainable.kfold import TRIAL_FILE
     from trainable.metrics import lwlrap
@@ -149,28 +111,12 @@ def export(experiment: Path, trial: str, data_dir: Path | None = None, cache_dir
     if sorted(saved["folds"]) != list(range(len(folds))):
         raise ExportError(f"{checkpoint} holds folds {saved['folds']} of {len(folds)}: out-of-fold predictions"
                           f" of every recording need all of them")
-    device = Device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    n_species, data_config = annotations.n_species, config.data
-
-    def predict(model, split: str, ids: tuple[str, ...], overlap: int, label: str) -> np.ndarray:
-        windows = ClipWindows(cache, split, ids, data_config.crop_frames, overlap, n_species=n_species)
-        loader = torch.utils.data.DataLoader(windows, batch_size=RECORDINGS_PER_BATCH, collate_fn=collate_windows)
-        return predict_clips(model, tqdm(loader, desc=label, unit="batch", file=sys.stderr), device)
-
-    oof_parts, test_sum = [], np.zeros((len(annotations.test_ids), n_species))
-    for fold in folds:
-        model = load_fold_model(checkpoint, fold.index, config, n_species, device)
-        scores = predict(model, "train", fold.valid_ids, data_config.valid_overlap, f"fold {fold.index} oof")
-        oof_parts.append(pd.DataFrame(scores, columns=species_columns(n_species)).assign(
-            recording_id=list(fold.valid_ids), fold=fold.index))
-        test_sum += predict(model, "test", annotations.test_ids, data_config.test_overlap, f"fold {fold.index} test")
-    oof = pd.concat(oof_parts).sort_values("recording_id")[["recording_id", "fold", *species_columns(n_species)]]
-    submission = pd.DataFrame(test_sum / len(folds), columns=species_columns(n_species))
-    submission.insert(0, "recording_id", list(annotations.test_ids))
+    oof, submission, windows = predict_folds(checkpoint, config, annotations, cache, folds)
 
     out = out or experiment / EXPORTS / directory.name
-    atomic_write_text(out / OOF_FILE, oof.to_csv(index=False))
-    atomic_write_text(out / SUBMISSION, submission.to_csv(index=False))
+    for name, table in ((OOF_FILE, oof), (SUBMISSION, submission), (WINDOWS, windows)):
+        atomic_write_text(out / name, table.to_csv(index=False))
+    n_species = annotations.n_species
     truth = species_matrix(annotations.tp, list(oof.recording_id), n_species)
     score = lwlrap(truth, oof[species_columns(n_species)].to_numpy())
     print(f"[rfcx-tune] {directory.name} at epoch {saved['epoch']}: oof lwlrap {score:.4f} over {len(oof)}"
@@ -183,31 +129,77 @@ def export(experiment: Path, trial: str, data_dir: Path | None = None, cache_dir
     return out
 
 
-def species_columns(n_species: int) -> list[str]:
-    return [f"s{i}" for i in range(n_species)]
-
-
-def load_fold_model(checkpoint: Path, fold: int, config: TrialConfig, n_species: int, device: Device):
-    """The fold's model from its checkpoint, loaded without unpickling code (weights_only)."""
+def predict_folds(checkpoint: Path, config: TrialConfig, annotations: Annotations, cache: LogMelCache,
+                  folds: list[Fold]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """oof.csv, submission.csv and windows.csv of a checkpoint's fold models, as tables."""
+    import numpy as np
+    import pandas as pd
     import torch
 
-    from trainable.kfold import fold_file
+    from trainable.fit import Device
+    from trainable.kfold import load_fold_weights
     from trainable.model import SEDModel
 
-    path = checkpoint / fold_file(fold)
-    try:
-        state = torch.load(path, map_location=device.torch, weights_only=True)["model"]
-    except (pickle.UnpicklingError, OSError, RuntimeError, KeyError, TypeError) as error:
-        if "Unsupported global" in str(error):  # weights_only refused to build an object
-            raise ExportError(f"{path} holds objects other than weights: not loaded (it could run code)") from None
-        raise ExportError(f"{path}: not a fold checkpoint ({str(error).splitlines()[0]})") from None
-    model = SEDModel(config.model, n_species).to(device.torch)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError:  # missing, unexpected or misshapen weights
-        raise ExportError(f"{path} holds another model than the trial's config: model.backbone="
-                          f"{config.model.backbone} with {n_species} species") from None
-    return model
+    device = Device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    columns, test_ids = species_columns(annotations.n_species), annotations.test_ids
+    oof_parts, oof_windows, test_windows, test_clips = [], [], [], []
+    for fold in folds:
+        model = SEDModel(config.model, annotations.n_species).to(device.torch)
+        try:
+            load_fold_weights(model, checkpoint, fold.index, device)
+        except ConfigError as error:
+            raise ExportError(str(error)) from None
+        valid = predict_windows_table(model, cache, "train", fold.valid_ids, config.data.crop_frames,
+                                      config.data.valid_overlap, f"fold {fold.index} oof", device)
+        oof_parts.append(pd.DataFrame(clips_of(valid, fold.valid_ids, columns), columns=columns).assign(
+            recording_id=list(fold.valid_ids), fold=fold.index))
+        oof_windows.append(valid)
+        test = predict_windows_table(model, cache, "test", test_ids, config.data.crop_frames,
+                                     config.data.test_overlap, f"fold {fold.index} test", device)
+        test_windows.append(test[columns].to_numpy())
+        test_clips.append(clips_of(test, test_ids, columns))
+    # The mean over the folds' models: of each recording's clip probability for the
+    # submission, of each window's probability for windows.csv.
+    submission = pd.DataFrame(np.mean(test_clips, axis=0), columns=columns)
+    submission.insert(0, "recording_id", list(test_ids))
+    test = test.assign(**dict(zip(columns, np.mean(test_windows, axis=0).T)))
+    oof = pd.concat(oof_parts).sort_values("recording_id")[["recording_id", "fold", *columns]]
+    windows = pd.concat([*oof_windows, test]).sort_values(["recording_id", "t_min"], kind="stable")
+    return oof, submission, windows
+
+
+def clips_of(windows: pd.DataFrame, ids: tuple[str, ...], columns: list[str]) -> np.ndarray:
+    """(N, C) clip probabilities of `ids`, in order: the max over each one's windows."""
+    return windows.groupby("recording_id", sort=False)[columns].max().loc[list(ids)].to_numpy()
+
+
+def predict_windows_table(model: SEDModel, cache: LogMelCache, split: str, ids: tuple[str, ...], width: int,
+                          overlap: int, label: str, device: Device) -> pd.DataFrame:
+    """recording_id, t_min, t_max (seconds), s0..: the window probabilities of recordings, in order."""
+    import numpy as np
+    import pandas as pd
+    import torch
+    from tqdm import tqdm
+
+    from trainable.data import ClipWindows, collate_windows, window_starts
+    from trainable.fit import predict_windows
+
+    dataset = ClipWindows(cache, split, ids, width, overlap, n_species=model.n_species)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=RECORDINGS_PER_BATCH, collate_fn=collate_windows)
+    probabilities, _ = predict_windows(model, tqdm(loader, desc=label, unit="batch", file=sys.stderr), device)
+    fps = cache.features.frames_per_second
+    rows = []
+    for rid in ids:
+        frames = cache.load(split, rid).shape[1]
+        starts = window_starts(frames, width, overlap)
+        rows.append(pd.DataFrame({"recording_id": rid, "t_min": starts / fps,
+                                  "t_max": np.minimum(starts + width, frames) / fps}))
+    table = pd.concat(rows, ignore_index=True)
+    return pd.concat([table, pd.DataFrame(probabilities, columns=species_columns(model.n_species))], axis=1)
+
+
+def species_columns(n_species: int) -> list[str]:
+    return [f"s{i}" for i in range(n_species)]
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from typing import Any
 import optuna
 
 from search.storage import is_remote, local_copy_dir, local_path, read_text, upload
-from spaces import combine, recipe_point
+from spaces import combine, recipe_point, set_context
 from trainable.atomic import atomic_write_text
 from trainable.config import ConfigError, TrialConfig, from_dict, merge
 
@@ -42,6 +42,11 @@ class SearchPlan:
     @property
     def epochs(self) -> int:
         return self.trial_config({}).train.epochs
+
+    @property
+    def teacher(self) -> bool:
+        """Whether the trials learn from a teacher (stage 3)."""
+        return bool(self.fixed.get("teacher_file"))
 
     def trial_config(self, suggested: dict[str, Any]) -> TrialConfig:
         """The config a trial with these suggested parameters runs.
@@ -89,14 +94,15 @@ def plan_difference(stored: SearchPlan, plan: SearchPlan) -> str | None:
     return None
 
 
-def searched_keys(spaces: tuple[str, ...], epochs: int) -> set[str]:
+def searched_keys(spaces: tuple[str, ...], epochs: int, teacher: bool = False) -> set[str]:
     """Config keys the spaces set (suggested or derived), found by running them once."""
-    return set(combine(list(spaces))(_fixed_trial(recipe_point(list(spaces), epochs), epochs)))
+    return set(DefineByRun(spaces, epochs, teacher)(optuna.trial.FixedTrial(recipe_point(list(spaces), epochs,
+                                                                                       teacher))))
 
 
-def param_names(spaces: tuple[str, ...], epochs: int) -> list[str]:
+def param_names(spaces: tuple[str, ...], epochs: int, teacher: bool = False) -> list[str]:
     """The Optuna parameter names of the spaces (config paths), in suggestion order."""
-    return list(recipe_point(list(spaces), epochs))
+    return list(recipe_point(list(spaces), epochs, teacher))
 
 
 def check_plan(plan: SearchPlan) -> None:
@@ -106,7 +112,8 @@ def check_plan(plan: SearchPlan) -> None:
         ConfigError: one line naming the problem.
     """
     epochs = plan.epochs
-    recipe = DefineByRun(plan.spaces, epochs)(_fixed_trial(recipe_point(list(plan.spaces), epochs), epochs))
+    recipe = DefineByRun(plan.spaces, epochs, plan.teacher)(
+        optuna.trial.FixedTrial(recipe_point(list(plan.spaces), epochs, plan.teacher)))
     clash = sorted(set(recipe) & set(plan.fixed))  # keys the spaces set, suggested or derived
     if clash:
         raise ConfigError(f"{clash[0]} is searched by --space {' '.join(plan.spaces)};"
@@ -116,24 +123,18 @@ def check_plan(plan: SearchPlan) -> None:
     plan.trial_config(recipe)
 
 
-def _fixed_trial(point: dict[str, Any], epochs: int) -> optuna.trial.FixedTrial:
-    trial = optuna.trial.FixedTrial(point)
-    trial.set_user_attr("epochs", epochs)
-    return trial
-
-
 @dataclass(frozen=True)
 class DefineByRun:
     """The chosen spaces as one define-by-run function (a class: Ray pickles the searcher
     with the experiment state, and a closure cannot be pickled). Spaces read the epoch
-    budget from the trial's user attributes."""
+    budget and whether there is a teacher from the trial's user attributes."""
 
     spaces: tuple[str, ...]
     epochs: int
+    teacher: bool = False
 
     def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
-        trial.set_user_attr("epochs", self.epochs)
-        return combine(list(self.spaces))(trial)
+        return combine(list(self.spaces))(set_context(trial, self.epochs, self.teacher))
 
 
 def experiment_path(plan: SearchPlan) -> str:

@@ -24,7 +24,7 @@ from search.plan import (PLAN_FILE, SearchPlan, check_plan, load_plan, param_nam
 from search.storage import DEFAULT_STORAGE, newest_with, normalise
 from spaces import SPACES
 from trainable.cache import DEFAULT_CACHE_NAME
-from trainable.config import ConfigError, TrainConfig, TrialConfig, flatten_dotted, from_dict, merge
+from trainable.config import STAGES, ConfigError, TrainConfig, TrialConfig, flatten_dotted, from_dict, merge
 
 DEFAULT_GRACE = 4  # epochs before ASHA may stop a trial
 # max_failures: a reclaimed spot node is one failure for each trial it held, and a retry costs at
@@ -34,7 +34,10 @@ DEFAULTS = {"num_samples": 8, "reduction_factor": 2, "cpus_per_trial": 1.0, "gpu
 # Flags that define a search; resuming takes them from the experiment itself.
 SEARCH_FLAGS = ("space", "data_dir", "cache_dir", "num_samples", "max_concurrent", "epochs", "grace_period",
                 "reduction_factor", "folds", "backbone", "cpus_per_trial", "gpus_per_trial", "seed", "set",
-                "config", "max_failures")
+                "config", "max_failures", "stage", "teacher", "init_from")
+# Paths of this machine: given by their own flags, never taken from --config or --set.
+PATH_FLAGS = {"data_dir": "--data-dir", "cache_dir": "--cache-dir", "teacher_file": "--teacher",
+              "init_from": "--init-from"}
 
 
 class UsageError(Exception):
@@ -63,6 +66,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--folds", type=int, help="number of CV folds (default: the recipe's 5;"
                                   f" {QUICK_PRESET['data.n_folds']} on the synthetic data)")
     add("--backbone", help="timm backbone (default: the recipe's resnet18)")
+    add("--stage", type=int, choices=STAGES, help="1: the recipe; 2: loss only on labelled frames (tp positive, fp"
+                                                  " negative); 3: stage 2 plus a teacher's labels (default: 1, or 3"
+                                                  " with --teacher)")
+    add("--teacher", type=Path, metavar="FILE", help="stage 3's teacher: an export's windows.csv, oof.csv or"
+                                                     " submission.csv (probabilities >= loss.teacher_threshold"
+                                                     " become positives of weight loss.teacher_weight)")
+    add("--init-from", metavar="EXPERIMENT[:TRIAL]", help="start each fold from that fold's model of a trial of an"
+                                                          " earlier search (a directory, or a name in --storage;"
+                                                          " TRIAL: an id or best, the default)")
     add("--cpus-per-trial", type=float,
         help=f"CPUs per trial = its torch threads (default: {DEFAULTS['cpus_per_trial']:g})")
     add("--gpus-per-trial", type=float, help="GPUs per trial; a fraction (0.25, 0.5) packs trials on one GPU"
@@ -87,7 +99,10 @@ def list_spaces() -> str:
     lines = []
     for name, space in SPACES.items():
         doc = (space.__doc__ or "").strip().splitlines()[0] if space.__doc__ else ""
-        lines.append(f"{name:14s} {doc}\n{'':14s} parameters: {', '.join(param_names((name,), 50))}")
+        names = param_names((name,), 50)
+        with_teacher = [p for p in param_names((name,), 50, teacher=True) if p not in names]
+        extra = f" (with --teacher also {', '.join(with_teacher)})" if with_teacher else ""
+        lines.append(f"{name:14s} {doc}\n{'':14s} parameters: {', '.join(names)}{extra}")
     return "\n".join(lines)
 
 
@@ -111,7 +126,7 @@ def fixed_config(args: argparse.Namespace, data_dir: Path, synthetic: bool) -> d
     a best_config.yaml fixes everything else of a new search. A --set on a searched key is a
     contradiction, refused by `check_plan`.
     """
-    searched = searched_keys(tuple(args.space), TrainConfig.epochs)
+    searched = searched_keys(tuple(args.space), TrainConfig.epochs, teacher=args.teacher is not None)
     base: dict[str, Any] = dict(QUICK_PRESET) if synthetic else {}
     if synthetic and args.epochs is not None:
         base["train.t_max"] = args.epochs  # the preset's cosine spans the whole budget
@@ -122,36 +137,84 @@ def fixed_config(args: argparse.Namespace, data_dir: Path, synthetic: bool) -> d
             raise UsageError(f"--config {args.config}: {error}") from None
         if not isinstance(loaded, dict):
             raise UsageError(f"--config {args.config}: expected a mapping of config keys")
-        # The data come from --data-dir / --cache-dir (or the synthetic default), never from a
-        # config written on another machine or for other data.
-        base.update({k: v for k, v in flatten_dotted(loaded).items() if k not in ("data_dir", "cache_dir")})
+        # The data (and teacher and init checkpoint) come from their flags, never from a config
+        # written on another machine or for other data.
+        base.update({k: v for k, v in flatten_dotted(loaded).items() if k not in PATH_FLAGS})
     fixed = {key: value for key, value in base.items() if key not in searched}
     overrides = parse_set(args.set)
-    for key in ("data_dir", "cache_dir"):
+    for key, flag in PATH_FLAGS.items():
         if key in overrides:
-            raise UsageError(f"--set {key}=...: use --{key.replace('_', '-')}")
+            raise UsageError(f"--set {key}=...: use {flag}")
     fixed.update(overrides)
-    flags = {"train.epochs": args.epochs, "data.n_folds": args.folds, "model.backbone": args.backbone}
+    stage = args.stage if args.stage is not None else 3 if args.teacher is not None else None
+    flags = {"train.epochs": args.epochs, "data.n_folds": args.folds, "model.backbone": args.backbone,
+             "stage": stage}
     fixed.update({key: value for key, value in flags.items() if value is not None})
     fixed["data_dir"] = str(data_dir.resolve())
-    if args.cache_dir is not None:
-        fixed["cache_dir"] = str(args.cache_dir.resolve())
+    paths = {"cache_dir": args.cache_dir, "teacher_file": args.teacher}
+    fixed.update({key: str(path.resolve()) for key, path in paths.items() if path is not None})
+    if args.init_from is not None:
+        fixed["init_from"] = str(init_checkpoint(args.init_from, args.storage))
+    if fixed.get("stage") == 3 and "teacher_file" not in fixed:
+        raise UsageError("stage 3 learns from a teacher: give --teacher FILE (an export's windows.csv)")
     merge({}, fixed)  # a key given both as a value and as a section fails here, with its name
     return fixed
 
 
+def init_checkpoint(reference: str, storage: str) -> Path:
+    """The checkpoint directory --init-from EXPERIMENT[:TRIAL] names: the trial's newest checkpoint."""
+    from search.storage import local_path
+    from search.trials import TrialNotFound, newest_checkpoint, split_trial_ref, trial_dir
+
+    name, trial = split_trial_ref(reference)
+    experiment = Path(name)
+    local = local_path(normalise(storage))
+    if not experiment.is_dir() and local is not None and (local / name).is_dir():
+        experiment = local / name
+    if not experiment.is_dir():
+        raise UsageError(f"--init-from {reference}: no experiment directory {name} (here or in {storage})")
+    try:
+        return newest_checkpoint(trial_dir(experiment.resolve(), trial))
+    except TrialNotFound as error:
+        raise UsageError(f"--init-from {reference}: {error}") from None
+
+
 def check_data(fixed: dict[str, Any]) -> None:
+    """The data, the cache and a teacher file, checked against each other."""
     from trainable.annotations import AnnotationError, load_annotations
     from trainable.cache import CacheError, LogMelCache
+    from trainable.teacher import TeacherError, load_teacher
 
     data_dir = Path(fixed["data_dir"])
     if not data_dir.is_dir():
         raise UsageError(f"--data-dir {data_dir} does not exist")
     try:
-        load_annotations(data_dir)
-        LogMelCache.open(Path(fixed.get("cache_dir") or data_dir / DEFAULT_CACHE_NAME))
-    except (AnnotationError, CacheError) as error:
+        annotations = load_annotations(data_dir)
+        cache = LogMelCache.open(Path(fixed.get("cache_dir") or data_dir / DEFAULT_CACHE_NAME))
+        if fixed.get("teacher_file"):
+            load_teacher(Path(fixed["teacher_file"]), annotations, cache.features.frames_per_second)
+    except (AnnotationError, CacheError, TeacherError) as error:
         raise UsageError(str(error)) from None
+
+
+def check_init_from(trial: TrialConfig) -> None:
+    """Every fold this search trains can start from --init-from's checkpoint: the same
+    backbone and fold split, and weights that load into this data's model."""
+    import torch
+
+    from trainable.annotations import load_annotations
+    from trainable.fit import Device
+    from trainable.kfold import check_init_source, load_fold_weights
+    from trainable.model import SEDModel
+
+    checkpoint = Path(trial.init_from)
+    n_species = load_annotations(Path(trial.data_dir)).n_species
+    try:
+        check_init_source(checkpoint, trial)
+        for fold in trial.fold_indices:
+            load_fold_weights(SEDModel(trial.model, n_species), checkpoint, fold, Device(torch.device("cpu")))
+    except ConfigError as error:
+        raise UsageError(f"--init-from: {error}") from None
 
 
 def experiment_name(args: argparse.Namespace, storage: str) -> str:
@@ -201,6 +264,8 @@ def new_plan(args: argparse.Namespace, storage: str, name: str) -> SearchPlan:
 
     if not timm.is_model(trial.model.backbone):
         raise UsageError(f"unknown backbone {trial.model.backbone!r} (timm has no such model)")
+    if trial.init_from:
+        check_init_from(trial)
     grace = args.grace_period if args.grace_period is not None else min(DEFAULT_GRACE, trial.train.epochs)
     plan = SearchPlan(spaces=tuple(dict.fromkeys(args.space)), fixed=fixed, num_samples=_value(args, "num_samples"),
                       max_concurrent=args.max_concurrent, grace_period=grace,

@@ -67,7 +67,7 @@ def run_search(plan: SearchPlan, address: str | None) -> int:
     tuner = restore_tuner(plan) if resuming else build_tuner(plan)
     results = tuner.fit()
     study = _load_study(directory / STUDY_DB, plan.name)
-    rows = write_reports(directory, results, study, plan.epochs, param_names(plan.spaces, plan.epochs),
+    rows = write_reports(directory, results, study, plan.epochs, param_names(plan.spaces, plan.epochs, plan.teacher),
                          title=f"{plan.name}: {', '.join(plan.spaces)}")
     if is_remote(plan.storage):
         try:

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import optuna
 
-from spaces.definitions import crop, loss_weights, mixup, pseudo, scheduler
+from spaces.definitions import EPOCHS_ATTR, TEACHER_ATTR, crop, loss_weights, mixup, pseudo, scheduler
 
 Space = Callable[[optuna.Trial], dict[str, Any]]
 
@@ -90,22 +90,31 @@ RECIPE_POINT: dict[str, Any] = {
     "data.crop_frames": 512,
     "data.crop_offsets": "1/16,1/8,1/4,1/2",  # 32, 64, 128, 256 frames of 512
     "loss.pseudo_threshold": 0.7,
+    "loss.teacher_threshold": 0.5,
+    "loss.teacher_weight": 0.5,
     "train.t_max": 10,
 }
 
 
-def recipe_point(names: list[str], epochs: int) -> dict[str, Any]:
+def set_context(trial: optuna.Trial, epochs: int, teacher: bool) -> optuna.Trial:
+    """Tell the spaces about the search: its epoch budget, and whether trials have a teacher."""
+    trial.set_user_attr(EPOCHS_ATTR, epochs)
+    trial.set_user_attr(TEACHER_ATTR, teacher)
+    return trial
+
+
+def recipe_point(names: list[str], epochs: int, teacher: bool = False) -> dict[str, Any]:
     """The recipe's parameter values for the spaces `names`, as OptunaSearch's points_to_evaluate.
 
     Args:
         names: space names, as for `combine`.
         epochs: the search's epoch budget; the recipe's T_max is clipped to it.
+        teacher: whether the trials have a teacher (stage 3).
 
     Returns:
         Optuna parameter name -> value, exactly the parameters those spaces suggest.
     """
     point = {**RECIPE_POINT, "train.t_max": min(RECIPE_POINT["train.t_max"], epochs)}
-    trial = optuna.trial.FixedTrial(point)
-    trial.set_user_attr("epochs", epochs)
+    trial = set_context(optuna.trial.FixedTrial(point), epochs, teacher)
     combine(names)(trial)
     return dict(trial.params)

@@ -15,6 +15,9 @@ import optuna
 from trainable.config import MIXUP_TARGETS
 
 DEFAULT_EPOCHS = 50  # the recipe's epoch budget, used when the search did not say its own
+# Trial user attributes the search sets before it calls a space: the epoch budget, and whether
+# the trials have a teacher (stage 3), which adds the teacher's parameters to `pseudo`.
+EPOCHS_ATTR, TEACHER_ATTR = "epochs", "teacher"
 
 CROP_WIDTHS = (256, 384, 512, 768)  # frames (4.1, 6.1, 8.2, 12.3 s); 512 is the recipe's
 # Offsets as fractions of the crop width: the recipe's {32, 64, 128, 256} of 512 is the first.
@@ -68,19 +71,24 @@ def crop(trial: optuna.Trial) -> dict[str, Any]:
 
 
 def pseudo(trial: optuna.Trial) -> dict[str, Any]:
-    """Segment probability above which the model's own prediction becomes a pseudo-positive."""
-    # Teacher pseudo-labelling (the recipe's stage 3) adds its parameters here in a later issue.
-    return {"loss.pseudo_threshold": trial.suggest_float("loss.pseudo_threshold", 0.3, 0.95)}
+    """Pseudo-label thresholds: the model's own segments', and with a teacher its threshold and weight."""
+    values = {"loss.pseudo_threshold": trial.suggest_float("loss.pseudo_threshold", 0.3, 0.95)}
+    # Searched only with a teacher (stage 3): without one they change nothing, and a parameter
+    # that changes nothing only adds noise to the sampler.
+    if trial.user_attrs.get(TEACHER_ATTR, False):
+        values["loss.teacher_threshold"] = trial.suggest_float("loss.teacher_threshold", 0.2, 0.9)
+        values["loss.teacher_weight"] = trial.suggest_float("loss.teacher_weight", 0.1, 1.0)
+    return values
 
 
 def scheduler(trial: optuna.Trial) -> dict[str, Any]:
     """Cosine period T_max, in epochs, up to the search's epoch budget.
 
-    The budget is read from `trial.user_attrs["epochs"]`, which the search sets before it
+    The budget is read from `trial.user_attrs["epochs"]` (EPOCHS_ATTR), which the search sets before it
     calls the space (a period past the last epoch would never finish its cosine); when it is
     absent the recipe's 50 epochs apply.
     """
-    epochs = int(trial.user_attrs.get("epochs", DEFAULT_EPOCHS))
+    epochs = int(trial.user_attrs.get(EPOCHS_ATTR, DEFAULT_EPOCHS))
     if epochs < 1:
         raise ValueError(f"the trial's 'epochs' user attr must be >= 1, got {epochs}")
     return {"train.t_max": trial.suggest_int("train.t_max", 1, epochs)}

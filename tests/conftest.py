@@ -63,3 +63,27 @@ def local_ray():
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def trained_experiment(tmp_path_factory, tiny_trial) -> Path:
+    """An experiment with one trial ("abc") trained 1 epoch on 2 folds, checkpointed as Ray
+    stores it, an empty trial, and a leaderboard naming "abc" best. Tests may add exports."""
+    import numpy as np
+    import torch
+
+    from search.report import Row, frame
+    from trainable.config import TrialConfig, from_dict, merge
+    from trainable.fit import Device
+    from trainable.kfold import KFoldTraining
+
+    root = tmp_path_factory.mktemp("experiment") / "exp"
+    training = KFoldTraining(from_dict(TrialConfig, merge(tiny_trial, {"train.epochs": 1})), Device(torch.device("cpu")))
+    training.run_epoch()
+    training.save(root / "trial_abc" / "checkpoint_000000")
+    (root / "trial_empty").mkdir()
+    rows = [Row("abc", "completed", training.best_cv_lwlrap, 0.01, 1, {"loss.w_max": 0.5}, 12.0),
+            Row("empty", "errored: boom", np.nan, np.nan, 0, {"loss.w_max": 0.7}, 1.0)]
+    (root / "leaderboard.csv").write_text(frame(rows).to_csv(index=False))
+    (root / "leaderboard.md").write_text("# exp: loss_weights\n")
+    return root

@@ -14,8 +14,8 @@ import torch
 
 from search import export
 from search.holdout import PRIVATE, PUBLIC, holdout_scores, load_truth
-from search.report import Row, frame
 from trainable.annotations import load_annotations
+from trainable.cache import LogMelCache
 from trainable.config import TrialConfig, from_dict, merge
 from trainable.fit import Device
 from trainable.folds import make_folds
@@ -23,19 +23,8 @@ from trainable.kfold import BEST_OOF_FILE, KFoldTraining, fold_file
 
 
 @pytest.fixture(scope="module")
-def experiment(tmp_path_factory, tiny_trial) -> Path:
-    """An experiment with one trial trained 1 epoch on 2 folds, checkpointed as Ray stores it,
-    and a leaderboard naming it best."""
-    root = tmp_path_factory.mktemp("experiment") / "exp"
-    training = KFoldTraining(from_dict(TrialConfig, merge(tiny_trial, {"train.epochs": 1})), Device(torch.device("cpu")))
-    training.run_epoch()
-    training.save(root / "trial_abc" / "checkpoint_000000")
-    (root / "trial_empty").mkdir()
-    rows = [Row("abc", "completed", training.best_cv_lwlrap, 0.01, 1, {"loss.w_max": 0.5}, 12.0),
-            Row("empty", "errored: boom", np.nan, np.nan, 0, {"loss.w_max": 0.7}, 1.0)]
-    (root / "leaderboard.csv").write_text(frame(rows).to_csv(index=False))
-    (root / "leaderboard.md").write_text("# exp: loss_weights\n")
-    return root
+def experiment(trained_experiment) -> Path:
+    return trained_experiment
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +63,28 @@ def test_the_oof_are_the_fold_models_own_predictions(experiment, exported):
     np.testing.assert_allclose(mine.loc[theirs.index, theirs.columns].to_numpy(), theirs.to_numpy(), atol=1e-6)
 
 
+def test_windows_hold_every_window_the_clip_predictions_are_the_max_of(exported, cached_dir, tiny_trial):
+    read = lambda name: pd.read_csv(exported / name, dtype={"recording_id": str})  # noqa: E731
+    windows, oof, submission = read("windows.csv"), read("oof.csv"), read("submission.csv")
+    columns = [c for c in submission.columns if c != "recording_id"]
+    assert list(windows.columns) == ["recording_id", "t_min", "t_max", *columns]
+    assert set(windows.recording_id) == set(oof.recording_id) | set(submission.recording_id)
+    highest = windows.groupby("recording_id")[columns].max()
+    # Out of fold: each window from the fold model that held the recording out, so the clip is their max.
+    np.testing.assert_allclose(highest.loc[oof.recording_id].to_numpy(), oof[columns].to_numpy(), atol=1e-9)
+    # Test: windows are the mean over folds, the submission the mean of each fold's max, never lower.
+    assert (highest.loc[submission.recording_id].to_numpy() <= submission[columns].to_numpy() + 1e-9).all()
+    cache = LogMelCache.open(cached_dir / "logmel")
+    width = tiny_trial["data"]["crop_frames"] / cache.features.frames_per_second
+    for rid, rows in windows.groupby("recording_id"):
+        split = "test" if rid in set(submission.recording_id) else "train"
+        length = cache.load(split, rid).shape[1] / cache.features.frames_per_second
+        # The windows tile the whole clip: from its start to its end, each one crop wide.
+        assert rows.t_min.iloc[0] == 0 and rows.t_max.iloc[-1] == pytest.approx(length)
+        assert (rows.t_max - rows.t_min).max() == pytest.approx(width) and rows.t_min.is_monotonic_increasing
+        assert (rows.t_min.iloc[1:].to_numpy() < rows.t_max.iloc[:-1].to_numpy()).all()  # overlapping
+
+
 def test_a_named_trial_and_an_output_folder(experiment, tmp_path):
     assert export.main(["--experiment", str(experiment), "--trial", "abc", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "submission.csv").is_file() and (tmp_path / "oof.csv").is_file()
@@ -99,7 +110,7 @@ def test_bad_trials_and_checkpoints_are_one_line_errors(experiment, tmp_path, ca
                           Device(torch.device("cpu")))
     torch.save(other.runs[0].state_dict(), checkpoint / fold_file(0))  # another backbone's weights
     error = error_of(capsys, ["--experiment", str(broken), "--trial", "abc"])
-    assert error.endswith("holds another model than the trial's config: model.backbone=mobilenetv2_100 with 6 species")
+    assert error.endswith("holds another model than model.backbone=mobilenetv2_100 with 6 species")
 
     torch.save({"model": export.ExportError("an object, not weights")}, checkpoint / fold_file(0))
     assert "holds objects other than weights: not loaded" in error_of(capsys, ["--experiment", str(broken), "--trial", "abc"])

@@ -11,7 +11,8 @@ from spaces import SPACES
 
 FLAGS = ("--space", "--data-dir", "--num-samples", "--max-concurrent", "--epochs", "--grace-period",
          "--reduction-factor", "--folds", "--backbone", "--cpus-per-trial", "--gpus-per-trial", "--address",
-         "--storage", "--name", "--resume", "--seed", "--set", "--config", "--list-spaces")
+         "--storage", "--name", "--resume", "--seed", "--set", "--config", "--list-spaces", "--stage", "--teacher",
+         "--init-from")
 
 
 def test_help_explains_every_flag(capsys):
@@ -27,6 +28,7 @@ def test_list_spaces_names_every_space_and_its_parameters(capsys):
     text = capsys.readouterr().out
     assert all(name in text for name in SPACES)
     assert "loss.w_max" in text and "train.t_max" in text
+    assert "with --teacher also loss.teacher_threshold, loss.teacher_weight" in text
 
 
 def error_of(capsys, argv: list[str]) -> str:
@@ -127,3 +129,45 @@ def test_the_presets_cosine_follows_a_new_epoch_budget_and_data_paths_have_their
     assert fixed["train.epochs"] == 20 and fixed["train.t_max"] == 20
     assert "use --data-dir" in error_of(capsys, ["--space", "mixup", "--data-dir", str(cached_dir),
                                                  "--set", "data_dir=/x"])
+
+
+@pytest.fixture
+def teacher(cached_dir, tmp_path):
+    """A valid recording-level teacher (as export's oof.csv) for the cached data."""
+    import pandas as pd
+
+    from trainable.annotations import load_annotations
+
+    annotations = load_annotations(cached_dir)
+    ids = sorted(set(annotations.tp.recording_id))
+    path = tmp_path / "oof.csv"
+    pd.DataFrame({"recording_id": ids, **{f"s{i}": 0.3 for i in range(annotations.n_species)}}).to_csv(path, index=False)
+    return path
+
+
+def test_a_stage_3_search_takes_its_teacher_and_init_checkpoint(cached_dir, trained_experiment, teacher, tmp_path):
+    args = ["--space", "pseudo", "--data-dir", str(cached_dir), "--storage", str(trained_experiment.parent),
+            "--folds", "2", "--backbone", "mobilenetv2_100", "--teacher", str(teacher), "--init-from", "exp"]
+    plan = run.make_plan(run.parse_args(args))
+    assert plan.fixed["stage"] == 3 and plan.fixed["teacher_file"] == str(teacher.resolve()) and plan.teacher
+    assert plan.fixed["init_from"] == str(trained_experiment / "trial_abc" / "checkpoint_000000")  # the best trial
+    assert run.param_names(plan.spaces, plan.epochs, plan.teacher) == [
+        "loss.pseudo_threshold", "loss.teacher_threshold", "loss.teacher_weight"]
+
+
+def test_stage_teacher_and_init_errors_are_one_line(capsys, cached_dir, trained_experiment, teacher, tmp_path):
+    data = ["--space", "pseudo", "--data-dir", str(cached_dir), "--storage", str(tmp_path), "--folds", "2"]
+    small = [*data, "--backbone", "mobilenetv2_100"]
+    assert "stage 3 learns from a teacher: give --teacher FILE" in error_of(capsys, [*small, "--stage", "3"])
+    bad = tmp_path / "bad.csv"
+    bad.write_text("recording_id,s0\nx,0.5\n")
+    assert f"teacher {bad}: species columns s0, the data have 6 species" in error_of(
+        capsys, [*small, "--teacher", str(bad)])
+    assert "a teacher_file is used by stage 3 only (this trial is stage 1)" in error_of(
+        capsys, [*small, "--teacher", str(teacher), "--stage", "1"])
+    assert "--set teacher_file=...: use --teacher" in error_of(capsys, [*small, "--set", "teacher_file=/t.csv"])
+    assert "--init-from nope: no experiment directory nope" in error_of(capsys, [*small, "--init-from", "nope"])
+    assert f"--init-from {trained_experiment}:zzz: no trial 'zzz'" in error_of(
+        capsys, [*small, "--init-from", f"{trained_experiment}:zzz"])
+    assert "a mobilenetv2_100 checkpoint, this trial trains resnet18" in error_of(
+        capsys, [*data, "--init-from", f"{trained_experiment}:abc"])

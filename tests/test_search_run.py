@@ -49,7 +49,7 @@ def test_a_search_leaves_a_leaderboard_a_study_a_config_and_tensorboard_files(ca
     experiment = tmp_path / "e2e"
     assert f"tensorboard --logdir {experiment}" in done.stdout
 
-    board = pd.read_csv(experiment / "leaderboard.csv")
+    board = pd.read_csv(experiment / "leaderboard.csv", dtype={"trial": str})
     assert len(board) == 4 and list(board["rank"]) == [1, 2, 3, 4]
     assert list(board.best_cv_lwlrap) == sorted(board.best_cv_lwlrap, reverse=True)
     assert set(SEARCHED) <= set(board.columns)
@@ -93,9 +93,23 @@ def test_a_search_leaves_a_leaderboard_a_study_a_config_and_tensorboard_files(ca
     for trial in board.trial:
         assert f"submission: {experiment / 'exports' / f'trial_{trial}' / 'submission.csv'}" in exported.stdout
     assert "CV vs holdout over 4 trials: Spearman" in exported.stdout
-    scored = pd.read_csv(experiment / "leaderboard.csv")
+    scored = pd.read_csv(experiment / "leaderboard.csv", dtype={"trial": str})
     assert scored[["holdout_public", "holdout_private"]].notna().all().all()
     assert list(scored.trial) == list(board.trial) and "CV vs holdout" in (experiment / "leaderboard.md").read_text()
+
+    # Stage 3: the best trial's window predictions teach a new search, whose folds start from
+    # the best trial's fold models; the pseudo space now also searches the teacher.
+    windows = experiment / "exports" / f"trial_{board.trial[0]}" / "windows.csv"
+    stage3 = subprocess.run([*tiny_search(cached_dir, tmp_path, "stage3"), "--space", "pseudo", "--num-samples", "2",
+                             "--epochs", "2", "--teacher", str(windows), "--init-from", "e2e"],
+                            capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=600)
+    assert stage3.returncode == 0, stage3.stderr[-3000:]
+    taught = pd.read_csv(tmp_path / "stage3" / "leaderboard.csv")
+    assert len(taught) == 2 and taught.best_cv_lwlrap.notna().all()
+    assert {"loss.teacher_threshold", "loss.teacher_weight"} <= set(taught.columns)
+    config = from_dict(TrialConfig, yaml.safe_load((tmp_path / "stage3" / "best_config.yaml").read_text()))
+    assert config.stage == 3 and config.teacher_file == str(windows)
+    assert Path(config.init_from).parent == experiment / f"trial_{board.trial[0]}"
 
 
 def results_recorded(experiment: Path) -> dict[str, int]:
@@ -129,7 +143,7 @@ def test_a_killed_driver_resumes_without_losing_trials_or_checkpoints(cached_dir
                           text=True, env=ENV, cwd=tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resuming experiment" in done.stdout
-    board = pd.read_csv(experiment / "leaderboard.csv")
+    board = pd.read_csv(experiment / "leaderboard.csv", dtype={"trial": str})
     assert len(board) == 4 and board.status.str.match(r"completed|stopped by ASHA at epoch \d").all()
     study = optuna.load_study(study_name="killed", storage=f"sqlite:///{experiment / 'study.db'}")
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)

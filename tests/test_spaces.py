@@ -8,24 +8,24 @@ from typing import Any
 import optuna
 import pytest
 
-from spaces import RECIPE_POINT, SPACES, combine, recipe_point
+from spaces import RECIPE_POINT, SPACES, combine, recipe_point, set_context
 from spaces.definitions import CROP_OFFSET_SETS, CROP_WIDTHS, offsets_in_frames
 from trainable.config import TrialConfig, from_dict, merge
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 BASE = {"data_dir": "/d"}
-ALL_NAMES = set(RECIPE_POINT)  # every Optuna parameter of every space
+ALL_NAMES = set(RECIPE_POINT)  # every Optuna parameter of every space, with a teacher
+TEACHER_NAMES = {"loss.teacher_threshold", "loss.teacher_weight"}  # searched by pseudo in stage 3 only
 
 
 def build(space_dict: dict[str, Any]) -> TrialConfig:
     return from_dict(TrialConfig, merge(BASE, space_dict))
 
 
-def suggested(names: list[str], epochs: int = 50) -> tuple[dict[str, Any], dict[str, Any]]:
+def suggested(names: list[str], epochs: int = 50, teacher: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
     """(parameters asked, config returned) of combine(names) at the recipe point."""
-    trial = optuna.trial.FixedTrial(RECIPE_POINT)
-    trial.set_user_attr("epochs", epochs)
+    trial = set_context(optuna.trial.FixedTrial(RECIPE_POINT), epochs, teacher)
     config = combine(names)(trial)
     return dict(trial.params), config
 
@@ -106,7 +106,22 @@ def test_combine_suggests_the_union():
     params, _ = suggested(["loss_weights", "mixup"])
     assert set(params) == {"loss.w_max", "loss.w_pseudo", "loss.w_frame",
                            "augment.mixup_alpha", "augment.mixup_on"}
-    assert set(suggested(["all"])[0]) == ALL_NAMES
+    assert set(suggested(["all"], teacher=True)[0]) == ALL_NAMES
+    assert set(suggested(["all"])[0]) == ALL_NAMES - TEACHER_NAMES
+
+
+def test_pseudo_searches_the_teacher_only_with_a_teacher():
+    alone, _ = suggested(["pseudo"])
+    assert set(alone) == {"loss.pseudo_threshold"}
+    params, config = suggested(["pseudo"], teacher=True)
+    assert set(params) == {"loss.pseudo_threshold"} | TEACHER_NAMES
+    stage3 = build({**config, "stage": 3, "teacher_file": "/teacher.csv"})
+    assert (stage3.loss.teacher_threshold, stage3.loss.teacher_weight) == (0.5, 0.5)  # the seed's
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        trial = set_context(study.ask(), 50, True)
+        loss = build({**SPACES["pseudo"](trial), "stage": 3, "teacher_file": "/t.csv"}).loss
+        assert 0.2 <= loss.teacher_threshold <= 0.9 and 0.1 <= loss.teacher_weight <= 1.0
 
 
 def test_combine_asks_each_parameter_once():
@@ -125,7 +140,7 @@ def test_combine_asks_each_parameter_once():
             asked.append(name)
             return super().suggest_categorical(name, *args, **kwargs)
 
-    config = combine(["all", "crop", "mixup", "all"])(Recording(RECIPE_POINT))
+    config = combine(["all", "crop", "mixup", "all"])(set_context(Recording(RECIPE_POINT), 50, True))
     assert sorted(asked) == sorted(ALL_NAMES)
     assert build(config) == from_dict(TrialConfig, BASE)
 
@@ -149,7 +164,8 @@ def test_loss_weights_never_suggests_w_att():
 def test_recipe_point_is_what_the_spaces_ask():
     assert recipe_point(["scheduler"], epochs=6) == {"train.t_max": 6}
     assert recipe_point(["loss_weights"], 50) == {"loss.w_max": 0.5, "loss.w_pseudo": 1.0, "loss.w_frame": 0.5}
-    assert recipe_point(["all"], 50) == RECIPE_POINT
+    assert recipe_point(["all"], 50, teacher=True) == RECIPE_POINT
+    assert recipe_point(["pseudo"], 50) == {"loss.pseudo_threshold": 0.7}
 
 
 def test_recipe_point_is_a_valid_first_trial():

@@ -191,6 +191,10 @@ class TrialConfig:
         _require((self.stage == 3) == bool(self.teacher_file),
                  "stage 3 needs a teacher_file" if self.stage == 3 else
                  f"a teacher_file is used by stage 3 only (this trial is stage {self.stage})")
+        teacher_keys = ("teacher_threshold", "teacher_weight", "teacher_soft_negatives")
+        changed = [k for k in teacher_keys if getattr(self.loss, k) != getattr(LossConfig, k)]
+        _require(self.stage == 3 or not changed, f"loss.{changed[0] if changed else ''} is used by stage 3 only"
+                                                 f" (this trial is stage {self.stage}): it would change nothing")
         _require(all(f < self.data.n_folds for f in self.train.folds),
                  f"train.folds {list(self.train.folds)} must be < data.n_folds ({self.data.n_folds})")
 

@@ -121,8 +121,10 @@ def _probabilities(path: Path, table: pd.DataFrame, species: list[str]) -> np.nd
     bad = ~((values >= 0) & (values <= 1))  # NaN (missing or not a number) is bad too
     if bad.any():
         row, column = np.argwhere(bad)[0]
+        value = table[species[column]].iloc[row]
+        shown = "missing" if pd.isna(value) else repr(value) if isinstance(value, str) else f"{float(value):g}"
         raise TeacherError(f"teacher {path}: probabilities must be in [0, 1]; {species[column]} of"
-                           f" {table.recording_id.iloc[row]} is {table[species[column]].iloc[row]!r}")
+                           f" {table.recording_id.iloc[row]} is {shown}")
     return values.astype(np.float32)
 
 
@@ -139,7 +141,7 @@ def _window_frames(path: Path, table: pd.DataFrame, frames_per_second: float) ->
     if bad.any():
         row = int(np.argmax(bad))
         raise TeacherError(f"teacher {path}: window of {table.recording_id.iloc[row]} needs 0 <= t_min < t_max,"
-                           f" got {table.t_min.iloc[row]!r}..{table.t_max.iloc[row]!r}")
+                           f" got {times[row, 0]:g}..{times[row, 1]:g}")
     start = np.floor(times[:, 0] * frames_per_second).astype(np.int64)
     end = np.maximum(np.round(times[:, 1] * frames_per_second).astype(np.int64), start + 1)
     return start, end

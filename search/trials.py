@@ -1,0 +1,62 @@
+"""Finding an experiment's trials and their checkpoints on disk (export, --init-from).
+
+Light imports only: the CLIs use this before anything heavy starts.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+LEADERBOARD_CSV = "leaderboard.csv"
+TRIAL_FILE = "trial.json"  # trainable.kfold.TRIAL_FILE, repeated here to keep torch out of the CLIs
+
+
+class TrialNotFound(Exception):
+    """No such experiment, trial or checkpoint; the message is one line."""
+
+
+def scored_trials(experiment: Path) -> list[str]:
+    """The ids of the experiment's trials with a score, best first (from its leaderboard)."""
+    import pandas as pd
+
+    if not experiment.is_dir():
+        raise TrialNotFound(f"experiment {experiment} does not exist")
+    board_path = experiment / LEADERBOARD_CSV
+    if not board_path.is_file():
+        raise TrialNotFound(f"no {LEADERBOARD_CSV} in {experiment}: name a trial, or finish the search first")
+    board = pd.read_csv(board_path, dtype={"trial": str})
+    scored = list(board[board.best_cv_lwlrap.map(lambda v: isinstance(v, float) and math.isfinite(v))].trial)
+    if not scored:
+        raise TrialNotFound(f"no trial of {experiment} has a score yet")
+    return scored
+
+
+def trial_dir(experiment: Path, trial: str) -> Path:
+    """The directory of `trial` ("best": the leaderboard's best scored trial)."""
+    if not experiment.is_dir():
+        raise TrialNotFound(f"experiment {experiment} does not exist")
+    if trial == "best":
+        trial = scored_trials(experiment)[0]
+    path = experiment / f"trial_{trial.removeprefix('trial_')}"
+    if not path.is_dir():
+        known = sorted(p.name.removeprefix("trial_") for p in experiment.glob("trial_*"))
+        raise TrialNotFound(f"no trial {trial!r} in {experiment} (trials: {', '.join(known) or 'none'})")
+    return path
+
+
+def newest_checkpoint(trial: Path) -> Path:
+    """The trial's last complete checkpoint (Ray numbers them in order)."""
+    found = sorted((p for p in trial.glob("checkpoint_*") if (p / TRIAL_FILE).is_file()), key=lambda p: p.name)
+    if not found:
+        raise TrialNotFound(f"{trial} has no checkpoint")
+    return found[-1]
+
+
+def split_trial_ref(reference: str) -> tuple[str, str]:
+    """"EXPERIMENT[:TRIAL]" -> (EXPERIMENT, TRIAL or "best"). A colon followed by a path
+    (s3://...) is part of the experiment."""
+    experiment, colon, trial = reference.rpartition(":")
+    if not colon or "/" in trial or not experiment:
+        return reference, "best"
+    return experiment, trial
