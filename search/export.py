@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ExportError("--out takes one trial; --trial all writes into EXPERIMENT/exports")
         for trial in trials:
             out = export(args.experiment, trial, args.data_dir, args.cache_dir, args.out)
-            print(f"oof:        {out / OOF_FILE}\nsubmission: {out / SUBMISSION}")
+            print(f"oof:        {out / OOF_FILE}\nsubmission: {out / SUBMISSION}\nwindows:    {out / WINDOWS}")
     except (ExportError, TrialNotFound, AnnotationError, CacheError, ConfigError, HoldoutError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

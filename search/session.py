@@ -22,6 +22,15 @@ from search.storage import DEFAULT_STORAGE, download, is_remote, normalise, shar
 TOP_ROWS = 5  # leaderboard rows printed at the end
 
 
+def stage_note(plan: SearchPlan) -> str:
+    """"; stage 3 with teacher FILE, from CHECKPOINT" for a later stage, else ""."""
+    fixed = plan.fixed
+    parts = [f"teacher {fixed['teacher_file']}"] if fixed.get("teacher_file") else []
+    parts += [f"folds from {fixed['init_from']}"] if fixed.get("init_from") else []
+    stage = fixed.get("stage", 1)
+    return f"; stage {stage}" + (f" ({', '.join(parts)})" if parts else "") if stage != 1 or parts else ""
+
+
 def run_search(plan: SearchPlan, address: str | None) -> int:
     """Run (or resume) the search.
 
@@ -53,7 +62,7 @@ def run_search(plan: SearchPlan, address: str | None) -> int:
     resuming = can_resume(plan)
     print(f"[rfcx-tune] {'resuming' if resuming else 'starting'} experiment {experiment_path(plan)}:"
           f" spaces {', '.join(plan.spaces)}; {plan.num_samples} trials of {plan.epochs} epochs;"
-          f" ASHA grace {plan.grace_period}, reduction {plan.reduction_factor}", flush=True)
+          f" ASHA grace {plan.grace_period}, reduction {plan.reduction_factor}{stage_note(plan)}", flush=True)
     directory = report_dir(plan)
     try:
         if not resuming:

@@ -93,6 +93,19 @@ def test_resuming_with_another_recipe_is_refused(tiny_trial, tmp_path):
     longer = training(tiny_trial, **{"train.folds": [0], "train.epochs": 5})
     longer.load(tmp_path)  # a longer budget may go on
     assert longer.epoch == 0
+    with pytest.raises(ConfigError, match="stage = 1, this trial has 2"):
+        training(tiny_trial, **{"train.folds": [0], "stage": 2}).load(tmp_path)
+
+
+def test_a_checkpoint_from_before_the_stage_keys_resumes(tiny_trial, tmp_path):
+    training(tiny_trial, **{"train.folds": [0]}).save(tmp_path)
+    saved = json.loads((tmp_path / "trial.json").read_text())
+    for key in ("stage", "teacher_file", "init_from"):
+        del saved["config"][key]
+    for key in ("teacher_threshold", "teacher_weight", "teacher_soft_negatives"):
+        del saved["config"]["loss"][key]
+    (tmp_path / "trial.json").write_text(json.dumps(saved))
+    training(tiny_trial, **{"train.folds": [0]}).load(tmp_path)  # missing keys had their defaults
 
 
 def test_a_diverging_trial_stops_with_a_clear_error(tiny_trial):

@@ -96,18 +96,19 @@ def check_init_source(checkpoint: Path, config: TrialConfig) -> None:
         CheckpointError: not a checkpoint, another backbone, another fold split, or folds missing.
     """
     saved = read_trial_file(checkpoint)
-    earlier = flatten_dotted(saved["config"])
+    earlier, current = flatten_dotted(saved["config"]), flatten_dotted(to_dict(config))
     if earlier["model.backbone"] != config.model.backbone:
         raise CheckpointError(f"init_from {checkpoint}: a {earlier['model.backbone']} checkpoint, this trial"
                               f" trains {config.model.backbone}")
     for key in ("data.n_folds", "data.fold_seed"):
-        if earlier[key] != flatten_dotted(to_dict(config))[key]:
+        if earlier[key] != current[key]:
             raise CheckpointError(f"init_from {checkpoint}: made with {key} = {earlier[key]}, this trial has"
-                                  f" {flatten_dotted(to_dict(config))[key]} (another fold split would leak"
-                                  f" validation recordings into training)")
+                                  f" {current[key]} (another fold split would leak validation recordings"
+                                  f" into training)")
     missing = sorted(set(config.fold_indices) - set(saved["folds"]))
     if missing:
-        raise CheckpointError(f"init_from {checkpoint}: holds folds {saved['folds']}, this trial trains fold {missing[0]}")
+        raise CheckpointError(f"init_from {checkpoint}: holds folds {saved['folds']},"
+                              f" this trial trains fold {missing[0]}")
 
 
 @dataclass
@@ -319,10 +320,12 @@ def _check_same_recipe(saved: dict, current: dict, directory: Path) -> None:
     """Refuse to resume with another recipe. Free to differ: what does not change the numbers
     or belongs to the machine (paths, workers, evaluation batching), and the epoch budget (a
     longer one goes on from a shorter one). The folds are compared as fold numbers. init_from
-    only matters before the first checkpoint."""
+    only matters before the first checkpoint. A key the checkpoint lacks (it was made before the
+    key existed) had its default."""
     free = {"data_dir", "cache_dir", "teacher_file", "init_from", "model.pretrained_file", "train.epochs",
             "train.folds", "train.loader_workers", "train.eval_recordings"}
-    saved, current = flatten_dotted(saved), flatten_dotted(current)
+    defaults = flatten_dotted(to_dict(TrialConfig(data_dir=current["data_dir"])))
+    saved, current = {**defaults, **flatten_dotted(saved)}, flatten_dotted(current)
     for key in sorted(set(saved) | set(current) - free):
         if key not in free and saved.get(key) != current.get(key):
             raise ConfigError(f"checkpoint {directory} was made with {key} = {saved.get(key)!r},"
