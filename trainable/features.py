@@ -18,6 +18,9 @@ from trainable.config import FeatureConfig
 AMIN = 1e-10  # power floor before the log: -100 dB, far below any recording's noise
 
 
+RESAMPLER = "soxr_hq"
+
+
 def load_audio(path: Path, sample_rate: int) -> np.ndarray:
     """Read an audio file as mono float32 at `sample_rate`.
 
@@ -33,7 +36,7 @@ def load_audio(path: Path, sample_rate: int) -> np.ndarray:
         raise ValueError("no audio samples")
     mono = audio.mean(axis=1)  # (samples,)
     if file_rate != sample_rate:
-        mono = librosa.resample(mono, orig_sr=file_rate, target_sr=sample_rate, res_type="soxr_hq")
+        mono = librosa.resample(mono, orig_sr=file_rate, target_sr=sample_rate, res_type=RESAMPLER)
     return np.ascontiguousarray(mono, dtype=np.float32)
 
 
@@ -56,3 +59,14 @@ def log_mel(audio: np.ndarray, features: FeatureConfig) -> np.ndarray:
 def file_log_mel(path: Path, features: FeatureConfig) -> np.ndarray:
     """`log_mel` of an audio file; (n_mels, frames) float16."""
     return log_mel(load_audio(path, features.sample_rate), features)
+
+
+def warm_up(features: FeatureConfig) -> None:
+    """Run the feature code once on a short silence.
+
+    Its first call loads and initialises librosa's lazily imported parts, the resampler above
+    all (about 1.5 s). A parent process that calls this before it forks its workers spares
+    every worker that cost.
+    """
+    silence = np.zeros(4800, np.float32)  # 0.1 s at 48 kHz, the competition's rate
+    log_mel(librosa.resample(silence, orig_sr=48000, target_sr=features.sample_rate, res_type=RESAMPLER), features)

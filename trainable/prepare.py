@@ -18,12 +18,13 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from trainable.annotations import AUDIO_SUFFIX, AnnotationError, check_audio, load_annotations
 from trainable.cache import DEFAULT_CACHE_NAME, SPLITS, CacheError, LogMelCache
 from trainable.config import ConfigError, FeatureConfig
-from trainable.features import file_log_mel
+from trainable.features import file_log_mel, warm_up
 
 FEATURE_FLAGS = {  # FeatureConfig field -> --help text of its flag
     "sample_rate": "Hz; audio is resampled to it",
@@ -64,12 +65,19 @@ def cache_recording(cache: LogMelCache, job: Job) -> str | None:
     return None
 
 
+def _one_thread_each() -> None:
+    """Worker start: BLAS (the mel projection) on one thread, so N workers use N cores; with
+    a thread pool per worker, N workers would each run one thread per core and fight."""
+    threadpool_limits(1)
+
+
 def build_cache(cache: LogMelCache, jobs: list[Job], workers: int) -> dict[Job, str]:
     """Cache `jobs` with `workers` processes and a progress bar; returns failures by job."""
     failures: dict[Job, str] = {}
+    warm_up(cache.features)  # once here, inherited by the forked workers
     progress = tqdm(total=len(jobs), unit="rec", desc="log-mel", file=sys.stderr, dynamic_ncols=True)
     # Processes, not threads: STFT and mel projection hold the GIL for much of their time.
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with ProcessPoolExecutor(max_workers=workers, initializer=_one_thread_each) as pool:
         futures = {pool.submit(cache_recording, cache, job): job for job in jobs}
         try:
             for future in as_completed(futures):

@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): each module prints its figures; run as python -m bench.NAME."""

@@ -1,0 +1,76 @@
+"""What the benchmarks share: the machine, the data, a trial to measure, and how figures print.
+
+Figures are medians of repeats, and every target is a ratio of two things measured in the
+same run, interleaved, so a noisy machine moves both sides alike.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from search.default_data import default_data_dir, ensure_synthetic
+from trainable.config import TrialConfig, from_dict, merge
+from trainable.fit import Device
+from trainable.kfold import KFoldTraining
+
+
+def machine() -> str:
+    """One line: CPU model and cores, GPU, torch version."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {cores} cores, {gpu}, torch {torch.__version__}"
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def synthetic_data() -> Path:
+    """The built-in synthetic dataset (as `search/run.py` uses it), generated on first use."""
+    return ensure_synthetic(default_data_dir(), workers=cores())
+
+
+def trial(overrides: dict, device: Device | None = None) -> KFoldTraining:
+    """A trial of the recipe over the synthetic data with `overrides` (dotted keys)."""
+    config = from_dict(TrialConfig, merge({"data_dir": str(synthetic_data())}, overrides))
+    return KFoldTraining(config, device or Device(torch.device("cpu")))
+
+
+def timed(work: Callable[[], int]) -> float:
+    """Items per second of `work`, which returns how many items it did."""
+    started = time.perf_counter()
+    items = work()
+    return items / (time.perf_counter() - started)
+
+
+def interleaved(measure: Callable[[], float], baseline: Callable[[], float], repeats: int) -> tuple[float, float, float]:
+    """Medians of `measure`, of `baseline` and of their per-repeat ratio, measured in turns.
+
+    One warm-up round of each comes first (allocator, caches, cuDNN autotuning).
+    """
+    measure(), baseline()
+    pairs = [(measure(), baseline()) for _ in range(repeats)]
+    ours, theirs = zip(*pairs)
+    return statistics.median(ours), statistics.median(theirs), statistics.median(a / b for a, b in pairs)
+
+
+def verdict(value: float, target: float, higher_is_better: bool = True) -> str:
+    met = value >= target if higher_is_better else value <= target
+    return "met" if met else "NOT met"
+
+
+def header(title: str) -> None:
+    print(f"# {title}\n# machine: {machine()}", flush=True)
