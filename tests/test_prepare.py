@@ -204,3 +204,26 @@ def test_missing_data_dir_is_one_line(tmp_path):
 def test_in_process_main_matches_cli(cached_dir, capsys):
     assert prepare.main(["--data-dir", str(cached_dir)]) == 0
     assert "nothing to do" in capsys.readouterr().out
+
+
+def blas_threads() -> int:
+    from threadpoolctl import threadpool_info
+
+    return max(info["num_threads"] for info in threadpool_info())
+
+
+def test_cache_workers_run_one_blas_thread_each(monkeypatch, tmp_path, synth_dir):
+    """N workers must use N cores: with a BLAS thread pool each, two workers on two cores ran
+    slower than one (see docs/benchmarks.md)."""
+    seen = []
+    real_pool = prepare.ProcessPoolExecutor
+
+    def recording_pool(*args, **kwargs):
+        pool = real_pool(*args, **kwargs)
+        seen.append(pool.submit(blas_threads).result())
+        return pool
+
+    monkeypatch.setattr(prepare, "ProcessPoolExecutor", recording_pool)
+    jobs = prepare.find_recordings(synth_dir)[:2]
+    assert prepare.build_cache(LogMelCache.create(tmp_path / "cache", FeatureConfig()), jobs, workers=1) == {}
+    assert seen == [1]
