@@ -16,7 +16,7 @@ import soundfile as sf
 from trainable.config import FeatureConfig
 
 AMIN = 1e-10  # power floor before the log: -100 dB, far below any recording's noise
-RESAMPLER = "soxr_hq"  # librosa's resampler: high quality at a fraction of the default's cost
+RESAMPLER = "soxr_hq"  # librosa's resampler: the SoX library's high-quality setting
 
 
 def load_audio(path: Path, sample_rate: int) -> np.ndarray:
