@@ -56,7 +56,8 @@ def timed(work: Callable[[], int]) -> float:
     return items / (time.perf_counter() - started)
 
 
-def interleaved(measure: Callable[[], float], baseline: Callable[[], float], repeats: int) -> tuple[float, float, float]:
+def interleaved(measure: Callable[[], float], baseline: Callable[[], float],
+                repeats: int) -> tuple[float, float, float]:
     """Medians of `measure`, of `baseline` and of their per-repeat ratio, measured in turns.
 
     One warm-up round of each comes first (allocator, caches, cuDNN autotuning).

@@ -97,8 +97,8 @@ def main(argv: list[str] | None = None) -> None:
         total = sum(rates)
         single = single or total
         print(f"{pack} trial{'s' if pack > 1 else ''} per GPU: {total:.0f} samples/s in all"
-              f" ({statistics.mean(rates):.0f} per trial; {total / single:.2f} x {args.packs[0]} per GPU), GPU busy {busy:.0f}%",
-              flush=True)
+              f" ({statistics.mean(rates):.0f} per trial; {total / single:.2f} x {args.packs[0]} per GPU),"
+              f" GPU busy {busy:.0f}%", flush=True)
 
 
 if __name__ == "__main__":
