@@ -6,6 +6,7 @@ same run, interleaved, so a noisy machine moves both sides alike.
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
@@ -36,6 +37,15 @@ def machine() -> str:
 
 def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def efficiency_parser(module: str, doc: str, measured: str) -> argparse.ArgumentParser:
+    """The flags of a paired efficiency benchmark: the backbone, the repeats, the threads."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=doc.split("\n\n")[0])
+    parser.add_argument("--backbone", default="resnet18", help="timm backbone (default: resnet18)")
+    parser.add_argument("--repeats", type=int, default=5, help=f"measured {measured} on each side (default: 5)")
+    parser.add_argument("--threads", type=int, default=cores(), help="torch threads (default: all cores)")
+    return parser
 
 
 def synthetic_data() -> Path:

@@ -14,7 +14,7 @@ import argparse
 import numpy as np
 import torch
 
-from bench.common import cores, header, interleaved, timed, trial, verdict
+from bench.common import efficiency_parser, header, interleaved, timed, trial, verdict
 from trainable.data import ClipWindows, collate_windows, window_starts
 from trainable.model import SEGMENT
 
@@ -22,11 +22,7 @@ TARGET = 0.90
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.eval_efficiency", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backbone", default="resnet18", help="timm backbone (default: resnet18)")
-    parser.add_argument("--repeats", type=int, default=5, help="measured evaluations on each side (default: 5)")
-    parser.add_argument("--threads", type=int, default=cores(), help="torch threads (default: all cores)")
-    return parser.parse_args(argv)
+    return efficiency_parser("bench.eval_efficiency", __doc__, "evaluations").parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,19 +14,16 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from bench.common import cores, header, interleaved, timed, trial, verdict
+from bench.common import efficiency_parser, header, interleaved, timed, trial, verdict
 from trainable.model import CLIP_ATT, SEDModel
 
 TARGET = 0.90
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.train_efficiency", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--backbone", default="resnet18", help="timm backbone (default: resnet18)")
+    parser = efficiency_parser("bench.train_efficiency", __doc__, "epochs")
     parser.add_argument("--batch-size", type=int, default=16, help="crops per step (default: 16)")
     parser.add_argument("--crop-frames", type=int, default=512, help="crop width (default: the recipe's 512)")
-    parser.add_argument("--repeats", type=int, default=5, help="measured epochs on each side (default: 5)")
-    parser.add_argument("--threads", type=int, default=cores(), help="torch threads (default: all cores)")
     return parser.parse_args(argv)
 
 

@@ -90,12 +90,12 @@ def export(experiment: Path, trial: str, data_dir: Path | None = None, cache_dir
     from search.report import EXPORTS
     from trainable.atomic import atomic_write_text
     from trainable.folds import make_folds, species_matrix
-    from trainable.kfold import TRIAL_FILE
+    from trainable.kfold import read_trial_file
     from trainable.metrics import lwlrap
 
     directory = trial_dir(experiment, trial)
     checkpoint = newest_checkpoint(directory)
-    saved = json.loads((checkpoint / TRIAL_FILE).read_text())
+    saved = read_trial_file(checkpoint)
     config_dict = saved["config"]
     if data_dir is not None:
         config_dict = {**config_dict, "data_dir": str(data_dir.resolve()), "cache_dir": ""}
@@ -149,15 +149,15 @@ def predict_folds(checkpoint: Path, config: TrialConfig, annotations: Annotation
             load_fold_weights(model, checkpoint, fold.index, device)
         except ConfigError as error:
             raise ExportError(str(error)) from None
-        valid = predict_windows_table(model, cache, "train", fold.valid_ids, config.data.crop_frames,
-                                      config.data.valid_overlap, f"fold {fold.index} oof", device)
-        oof_parts.append(pd.DataFrame(clips_of(valid, fold.valid_ids, columns), columns=columns).assign(
-            recording_id=list(fold.valid_ids), fold=fold.index))
+        valid, clips = predict_windows_table(model, cache, "train", fold.valid_ids, config.data.crop_frames,
+                                             config.data.valid_overlap, f"fold {fold.index} oof", device)
+        oof_parts.append(pd.DataFrame(clips, columns=columns).assign(recording_id=list(fold.valid_ids),
+                                                                     fold=fold.index))
         oof_windows.append(valid)
-        test = predict_windows_table(model, cache, "test", test_ids, config.data.crop_frames,
-                                     config.data.test_overlap, f"fold {fold.index} test", device)
+        test, clips = predict_windows_table(model, cache, "test", test_ids, config.data.crop_frames,
+                                            config.data.test_overlap, f"fold {fold.index} test", device)
         test_windows.append(test[columns].to_numpy())
-        test_clips.append(clips_of(test, test_ids, columns))
+        test_clips.append(clips)
     # The mean over the folds' models: of each recording's clip probability for the
     # submission, of each window's probability for windows.csv.
     submission = pd.DataFrame(np.mean(test_clips, axis=0), columns=columns)
@@ -168,25 +168,21 @@ def predict_folds(checkpoint: Path, config: TrialConfig, annotations: Annotation
     return oof, submission, windows
 
 
-def clips_of(windows: pd.DataFrame, ids: tuple[str, ...], columns: list[str]) -> np.ndarray:
-    """(N, C) clip probabilities of `ids`, in order: the max over each one's windows."""
-    return windows.groupby("recording_id", sort=False)[columns].max().loc[list(ids)].to_numpy()
-
-
 def predict_windows_table(model: SEDModel, cache: LogMelCache, split: str, ids: tuple[str, ...], width: int,
-                          overlap: int, label: str, device: Device) -> pd.DataFrame:
-    """recording_id, t_min, t_max (seconds), s0..: the window probabilities of recordings, in order."""
+                          overlap: int, label: str, device: Device) -> tuple[pd.DataFrame, np.ndarray]:
+    """The window probabilities of recordings, in order, as a table (recording_id, t_min, t_max
+    in seconds, s0..), and their clip probabilities (N, C): the max over each one's windows."""
     import numpy as np
     import pandas as pd
     import torch
     from tqdm import tqdm
 
     from trainable.data import ClipWindows, collate_windows, window_starts
-    from trainable.fit import predict_windows
+    from trainable.fit import clips_of_windows, predict_windows
 
     dataset = ClipWindows(cache, split, ids, width, overlap, n_species=model.n_species)
     loader = torch.utils.data.DataLoader(dataset, batch_size=RECORDINGS_PER_BATCH, collate_fn=collate_windows)
-    probabilities, _ = predict_windows(model, tqdm(loader, desc=label, unit="batch", file=sys.stderr), device)
+    probabilities, counts = predict_windows(model, tqdm(loader, desc=label, unit="batch", file=sys.stderr), device)
     fps = cache.features.frames_per_second
     rows = []
     for rid in ids:
@@ -195,7 +191,8 @@ def predict_windows_table(model: SEDModel, cache: LogMelCache, split: str, ids: 
         rows.append(pd.DataFrame({"recording_id": rid, "t_min": starts / fps,
                                   "t_max": np.minimum(starts + width, frames) / fps}))
     table = pd.concat(rows, ignore_index=True)
-    return pd.concat([table, pd.DataFrame(probabilities, columns=species_columns(model.n_species))], axis=1)
+    table = pd.concat([table, pd.DataFrame(probabilities, columns=species_columns(model.n_species))], axis=1)
+    return table, clips_of_windows(probabilities, counts)
 
 
 def species_columns(n_species: int) -> list[str]:

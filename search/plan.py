@@ -94,10 +94,14 @@ def plan_difference(stored: SearchPlan, plan: SearchPlan) -> str | None:
     return None
 
 
+def recipe_config(spaces: tuple[str, ...], epochs: int, teacher: bool = False) -> dict[str, Any]:
+    """What the spaces set (suggested or derived config keys) at the recipe's point."""
+    return DefineByRun(spaces, epochs, teacher)(optuna.trial.FixedTrial(recipe_point(list(spaces), epochs, teacher)))
+
+
 def searched_keys(spaces: tuple[str, ...], epochs: int, teacher: bool = False) -> set[str]:
     """Config keys the spaces set (suggested or derived), found by running them once."""
-    return set(DefineByRun(spaces, epochs, teacher)(optuna.trial.FixedTrial(recipe_point(list(spaces), epochs,
-                                                                                       teacher))))
+    return set(recipe_config(spaces, epochs, teacher))
 
 
 def param_names(spaces: tuple[str, ...], epochs: int, teacher: bool = False) -> list[str]:
@@ -112,8 +116,7 @@ def check_plan(plan: SearchPlan) -> None:
         ConfigError: one line naming the problem.
     """
     epochs = plan.epochs
-    recipe = DefineByRun(plan.spaces, epochs, plan.teacher)(
-        optuna.trial.FixedTrial(recipe_point(list(plan.spaces), epochs, plan.teacher)))
+    recipe = recipe_config(plan.spaces, epochs, plan.teacher)
     clash = sorted(set(recipe) & set(plan.fixed))  # keys the spaces set, suggested or derived
     if clash:
         raise ConfigError(f"{clash[0]} is searched by --space {' '.join(plan.spaces)};"

@@ -167,11 +167,15 @@ def refresh_leaderboard(directory: Path) -> list[Row]:
                              {name: r[name] for name in params}, r.wall_s) for _, r in table.iterrows()], directory)
     old = (directory / LEADERBOARD_MD).read_text().splitlines() if (directory / LEADERBOARD_MD).exists() else []
     title = old[0].removeprefix("# ") if old else directory.name
-    study = None
-    if (directory / STUDY_DB).exists():
-        study = optuna.load_study(study_name=directory.name, storage=f"sqlite:///{directory / STUDY_DB}")
+    study = load_study(directory, directory.name)
     _write_leaderboard(directory, rows, title, importances(study) if study else None)
     return rows
+
+
+def load_study(directory: Path, name: str) -> optuna.Study | None:
+    """The study the searcher exported into `directory` (study.db), or None before any export."""
+    path = directory / STUDY_DB
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{path}") if path.exists() else None
 
 
 def with_holdout(rows: list[Row], directory: Path) -> list[Row]:

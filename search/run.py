@@ -179,8 +179,9 @@ def init_checkpoint(reference: str, storage: str) -> Path:
         raise UsageError(f"--init-from {reference}: {error}") from None
 
 
-def check_data(fixed: dict[str, Any]) -> None:
-    """The data, the cache and a teacher file, checked against each other."""
+def check_data(fixed: dict[str, Any]) -> int:
+    """The data, the cache and a teacher file, checked against each other; returns the
+    number of species."""
     from trainable.annotations import AnnotationError, load_annotations
     from trainable.cache import CacheError, LogMelCache
     from trainable.teacher import TeacherError, load_teacher
@@ -195,20 +196,19 @@ def check_data(fixed: dict[str, Any]) -> None:
             load_teacher(Path(fixed["teacher_file"]), annotations, cache.features.frames_per_second)
     except (AnnotationError, CacheError, TeacherError) as error:
         raise UsageError(str(error)) from None
+    return annotations.n_species
 
 
-def check_init_from(trial: TrialConfig) -> None:
+def check_init_from(trial: TrialConfig, n_species: int) -> None:
     """Every fold this search trains can start from --init-from's checkpoint: the same
-    backbone and fold split, and weights that load into this data's model."""
+    backbone and fold split, and weights that load into a model of `n_species`."""
     import torch
 
-    from trainable.annotations import load_annotations
     from trainable.fit import Device
     from trainable.kfold import check_init_source, load_fold_weights
     from trainable.model import SEDModel
 
     checkpoint = Path(trial.init_from)
-    n_species = load_annotations(Path(trial.data_dir)).n_species
     try:
         check_init_source(checkpoint, trial)
         for fold in trial.fold_indices:
@@ -258,14 +258,14 @@ def new_plan(args: argparse.Namespace, storage: str, name: str) -> SearchPlan:
     synthetic = args.data_dir is None
     data_dir = ensure_synthetic(default_data_dir(), workers=os.cpu_count() or 1) if synthetic else args.data_dir
     fixed = fixed_config(args, data_dir, synthetic)
-    check_data(fixed)
+    n_species = check_data(fixed)
     trial = from_dict(TrialConfig, merge({}, fixed))  # a bad fixed value fails here, with its key
     import timm
 
     if not timm.is_model(trial.model.backbone):
         raise UsageError(f"unknown backbone {trial.model.backbone!r} (timm has no such model)")
     if trial.init_from:
-        check_init_from(trial)
+        check_init_from(trial, n_species)
     grace = args.grace_period if args.grace_period is not None else min(DEFAULT_GRACE, trial.train.epochs)
     plan = SearchPlan(spaces=tuple(dict.fromkeys(args.space)), fixed=fixed, num_samples=_value(args, "num_samples"),
                       max_concurrent=args.max_concurrent, grace_period=grace,

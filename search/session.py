@@ -16,19 +16,21 @@ from search.experiment import build_tuner, can_resume, restore_tuner
 from search.optuna_search import STUDY_EXPORT_ENV
 from search.plan import (SearchPlan, experiment_path, local_experiment_dir, param_names, report_dir, save_plan,
                          trial_resources)
-from search.report import BEST_CONFIG, LEADERBOARD_MD, STUDY_DB, Row, frame, write_reports
+from search.report import BEST_CONFIG, LEADERBOARD_MD, STUDY_DB, Row, frame, load_study, write_reports
 from search.storage import DEFAULT_STORAGE, download, is_remote, normalise, shared_storage_problem, upload
 
 TOP_ROWS = 5  # leaderboard rows printed at the end
 
 
 def stage_note(plan: SearchPlan) -> str:
-    """"; stage 3 with teacher FILE, from CHECKPOINT" for a later stage, else ""."""
+    """"; stage 3 (teacher FILE, folds from CHECKPOINT)" for a later stage or an init, else ""."""
     fixed = plan.fixed
-    parts = [f"teacher {fixed['teacher_file']}"] if fixed.get("teacher_file") else []
-    parts += [f"folds from {fixed['init_from']}"] if fixed.get("init_from") else []
+    parts = [f"{what} {fixed[key]}" for key, what in (("teacher_file", "teacher"), ("init_from", "folds from"))
+             if fixed.get(key)]
     stage = fixed.get("stage", 1)
-    return f"; stage {stage}" + (f" ({', '.join(parts)})" if parts else "") if stage != 1 or parts else ""
+    if stage == 1 and not parts:
+        return ""
+    return f"; stage {stage}" + (f" ({', '.join(parts)})" if parts else "")
 
 
 def run_search(plan: SearchPlan, address: str | None) -> int:
@@ -75,7 +77,7 @@ def run_search(plan: SearchPlan, address: str | None) -> int:
     os.environ[STUDY_EXPORT_ENV] = str(directory / STUDY_DB)
     tuner = restore_tuner(plan) if resuming else build_tuner(plan)
     results = tuner.fit()
-    study = _load_study(directory / STUDY_DB, plan.name)
+    study = load_study(directory, plan.name)
     rows = write_reports(directory, results, study, plan.epochs, param_names(plan.spaces, plan.epochs, plan.teacher),
                          title=f"{plan.name}: {', '.join(plan.spaces)}")
     if is_remote(plan.storage):
@@ -101,10 +103,6 @@ def cluster_problem(plan: SearchPlan, alive: list[dict[str, float]], coming: lis
                 " with data at the same path on every node (cluster.yaml pulls them to /home/ray/rfcx-data)")
     return (unfit_request(trial_resources(plan), alive + coming)
             or shared_storage_problem(plan.storage, nodes=len(alive), can_add_nodes=bool(coming)))
-
-
-def _load_study(path: Path, name: str) -> optuna.Study | None:
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{path}") if path.exists() else None
 
 
 def summary(rows: list[Row], directory: Path, experiment: str) -> str:
