@@ -39,11 +39,7 @@ def build_tuner(plan: SearchPlan) -> tune.Tuner:
         param_space=dict(plan.fixed),
         tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=searcher, scheduler=scheduler,
                                     num_samples=plan.num_samples, max_concurrent_trials=plan.max_concurrent,
-                                    trial_dirname_creator=trial_dirname,
-                                    # A new trial runs in the process of a finished one: it skips
-                                    # the ~6 s a fresh process spends importing torch and timm.
-                                    # train_sed sets all its per-trial state (threads, seeds) itself.
-                                    reuse_actors=True),
+                                    trial_dirname_creator=trial_dirname),
         run_config=run_config(plan),
     )
 
