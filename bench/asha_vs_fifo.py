@@ -63,7 +63,7 @@ def run(points: list[dict], fixed: dict, scheduler, storage: str, name: str) -> 
     assert not results.errors, results.errors
     ran = sorted(sorted((key, result.config[key]) for key in points[0]) for result in results)
     assert ran == sorted(sorted(point.items()) for point in points), "the run did not train exactly the points"
-    best = max(result.metrics["best_cv_lwlrap"] for result in results)
+    best = max(result.metrics["score"] for result in results)
     epochs = sum(int(result.metrics["training_iteration"]) for result in results)
     return best, epochs, time.perf_counter() - started
 

@@ -28,7 +28,8 @@ def build_tuner(plan: SearchPlan) -> tune.Tuner:
         space=DefineByRun(plan.spaces, epochs, plan.teacher),
         metric=METRIC, mode=MODE,  # a define-by-run searcher does not take them from TuneConfig
         sampler=optuna.samplers.TPESampler(seed=plan.seed),
-        points_to_evaluate=[recipe_point(list(plan.spaces), epochs, plan.teacher)],  # the recipe runs first
+        # The baseline (the recipe with the fixed values) runs first.
+        points_to_evaluate=[recipe_point(list(plan.spaces), epochs, plan.teacher, plan.baseline)],
         max_iterations=epochs,
         study_name=plan.name,
     )

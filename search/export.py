@@ -1,13 +1,15 @@
 """python search/export.py --experiment DIR [--trial best|all|ID]: trials' predictions in the
 competition's format, and their holdout scores.
 
-Loads the fold models of the trial's newest checkpoint and writes, into
+Loads the fold models of the trial's newest checkpoint, each fold's weights of the epoch the
+trial's selection chose (trainable.selection: each fold's best epoch in the reference's
+recipe), and writes, into
 DIR/exports/trial_<id>/:
     oof.csv          recording_id, fold, s0..sK-1: each train_tp recording predicted by the
                      model of the fold that held it out
     submission.csv   exactly sample_submission.csv's header and row order: the mean over the
                      folds' probabilities of each test recording (windows overlapping by
-                     data.test_overlap, 256 frames in the recipe)
+                     data.test_overlap, by the trial's data.window_rule and data.window_score)
     windows.csv      recording_id, t_min, t_max (seconds), s0..: every window of those
                      predictions (oof and test), the window-level teacher for stage 3
                      (search/run.py --teacher)
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,15 +32,17 @@ from search.holdout import HOLDOUT_FILE, PRIVATE, PUBLIC, HoldoutError, cv_trust
 from search.trials import LEADERBOARD_CSV, TrialNotFound, newest_checkpoint, scored_trials, trial_dir
 from trainable.annotations import SUBMISSION_FILE, AnnotationError, load_annotations
 from trainable.cache import DEFAULT_CACHE_NAME, CacheError, LogMelCache
-from trainable.config import ConfigError, TrialConfig, from_dict
+from trainable.config import ConfigError
 
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
     from trainable.annotations import Annotations
+    from trainable.config import DataConfig, TrialConfig
     from trainable.fit import Device
     from trainable.folds import Fold
+    from trainable.inputs import InputPipeline
     from trainable.model import SEDModel
 
 OOF_FILE, SUBMISSION, WINDOWS = "oof.csv", "submission.csv", "windows.csv"
@@ -89,9 +94,10 @@ def export(experiment: Path, trial: str, data_dir: Path | None = None, cache_dir
     returns their folder."""
     from search.report import EXPORTS
     from trainable.atomic import atomic_write_text
-    from trainable.folds import make_folds, species_matrix
+    from trainable.folds import folds_of, species_matrix
     from trainable.kfold import read_trial_file
     from trainable.metrics import lwlrap
+    from trainable.recipes import resolve
 
     directory = trial_dir(experiment, trial)
     checkpoint = newest_checkpoint(directory)
@@ -101,13 +107,13 @@ def export(experiment: Path, trial: str, data_dir: Path | None = None, cache_dir
         config_dict = {**config_dict, "data_dir": str(data_dir.resolve()), "cache_dir": ""}
     if cache_dir is not None:
         config_dict = {**config_dict, "cache_dir": str(cache_dir.resolve())}
-    config = from_dict(TrialConfig, config_dict)
+    config = resolve(config_dict)
     data = Path(config.data_dir)
     annotations = load_annotations(data)
     if not annotations.test_ids:
         raise ExportError(f"{data} has no {SUBMISSION_FILE}: nothing to predict for a submission")
     cache = LogMelCache.open(Path(config.cache_dir or data / DEFAULT_CACHE_NAME))
-    folds = make_folds(annotations, config.data.n_folds, config.data.fold_seed)
+    folds = folds_of(annotations, config.data)
     if sorted(saved["folds"]) != list(range(len(folds))):
         raise ExportError(f"{checkpoint} holds folds {saved['folds']} of {len(folds)}: out-of-fold predictions"
                           f" of every recording need all of them")
@@ -119,7 +125,8 @@ def export(experiment: Path, trial: str, data_dir: Path | None = None, cache_dir
     n_species = annotations.n_species
     truth = species_matrix(annotations.tp, list(oof.recording_id), n_species)
     score = lwlrap(truth, oof[species_columns(n_species)].to_numpy())
-    print(f"[rfcx-tune] {directory.name} at epoch {saved['epoch']}: oof lwlrap {score:.4f} over {len(oof)}"
+    epochs = ",".join(map(str, saved["best_epochs"]))
+    print(f"[rfcx-tune] {directory.name}, weights of epochs {epochs} (of {saved['epoch']}): oof lwlrap {score:.4f} over {len(oof)}"
           f" recordings; {len(submission)} test recordings, the mean of {len(folds)} folds")
     hidden = load_truth(data)
     if hidden is not None:
@@ -137,10 +144,12 @@ def predict_folds(checkpoint: Path, config: TrialConfig, annotations: Annotation
     import torch
 
     from trainable.fit import Device
+    from trainable.inputs import InputPipeline
     from trainable.kfold import load_fold_weights
     from trainable.model import SEDModel
 
     device = Device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    windows_of = WindowPredictor(InputPipeline(config.model, config.augment), config.data, device)
     columns, test_ids = species_columns(annotations.n_species), annotations.test_ids
     oof_parts, oof_windows, test_windows, test_clips = [], [], [], []
     for fold in folds:
@@ -149,13 +158,12 @@ def predict_folds(checkpoint: Path, config: TrialConfig, annotations: Annotation
             load_fold_weights(model, checkpoint, fold.index, device)
         except ConfigError as error:
             raise ExportError(str(error)) from None
-        valid, clips = predict_windows_table(model, cache, "train", fold.valid_ids, config.data.crop_frames,
-                                             config.data.valid_overlap, f"fold {fold.index} oof", device)
+        valid, clips = windows_of(model, cache, "train", fold.valid_ids, config.data.valid_overlap,
+                                  f"fold {fold.index} oof")
         oof_parts.append(pd.DataFrame(clips, columns=columns).assign(recording_id=list(fold.valid_ids),
                                                                      fold=fold.index))
         oof_windows.append(valid)
-        test, clips = predict_windows_table(model, cache, "test", test_ids, config.data.crop_frames,
-                                            config.data.test_overlap, f"fold {fold.index} test", device)
+        test, clips = windows_of(model, cache, "test", test_ids, config.data.test_overlap, f"fold {fold.index} test")
         test_windows.append(test[columns].to_numpy())
         test_clips.append(clips)
     # The mean over the folds' models: of each recording's clip probability for the
@@ -168,31 +176,42 @@ def predict_folds(checkpoint: Path, config: TrialConfig, annotations: Annotation
     return oof, submission, windows
 
 
-def predict_windows_table(model: SEDModel, cache: LogMelCache, split: str, ids: tuple[str, ...], width: int,
-                          overlap: int, label: str, device: Device) -> tuple[pd.DataFrame, np.ndarray]:
-    """The window probabilities of recordings, in order, as a table (recording_id, t_min, t_max
-    in seconds, s0..), and their clip probabilities (N, C): the max over each one's windows."""
-    import numpy as np
-    import pandas as pd
-    import torch
-    from tqdm import tqdm
+@dataclass(frozen=True)
+class WindowPredictor:
+    """The window probabilities of recordings by a trial's input, windows and window score."""
 
-    from trainable.data import ClipWindows, collate_windows, window_starts
-    from trainable.fit import clips_of_windows, predict_windows
+    pipeline: InputPipeline
+    data: DataConfig
+    device: Device
 
-    dataset = ClipWindows(cache, split, ids, width, overlap, n_species=model.n_species)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=RECORDINGS_PER_BATCH, collate_fn=collate_windows)
-    probabilities, counts = predict_windows(model, tqdm(loader, desc=label, unit="batch", file=sys.stderr), device)
-    fps = cache.features.frames_per_second
-    rows = []
-    for rid in ids:
-        frames = cache.load(split, rid).shape[1]
-        starts = window_starts(frames, width, overlap)
-        rows.append(pd.DataFrame({"recording_id": rid, "t_min": starts / fps,
-                                  "t_max": np.minimum(starts + width, frames) / fps}))
-    table = pd.concat(rows, ignore_index=True)
-    table = pd.concat([table, pd.DataFrame(probabilities, columns=species_columns(model.n_species))], axis=1)
-    return table, clips_of_windows(probabilities, counts)
+    def __call__(self, model: SEDModel, cache: LogMelCache, split: str, ids: tuple[str, ...], overlap: int,
+                 label: str) -> tuple[pd.DataFrame, np.ndarray]:
+        """The windows of recordings, in order, as a table (recording_id, t_min, t_max in
+        seconds, s0..), and their clip probabilities (N, C): the max over each one's windows."""
+        import numpy as np
+        import pandas as pd
+        import torch
+        from tqdm import tqdm
+
+        from trainable.data import ClipWindows, collate_windows
+        from trainable.fit import clips_of_windows, predict_windows
+
+        width = self.data.crop_frames
+        dataset = ClipWindows(cache, split, ids, width, overlap, n_species=model.n_species, rule=self.data.window_rule)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=RECORDINGS_PER_BATCH, collate_fn=collate_windows)
+        scores, counts = predict_windows(model, tqdm(loader, desc=label, unit="batch", file=sys.stderr), self.pipeline,
+                                         self.device)
+        probabilities = scores[self.data.window_score]
+        fps = cache.features.frames_per_second
+        rows = []
+        for rid in ids:
+            frames = cache.load(split, rid).shape[1]
+            starts = dataset.starts(frames)
+            rows.append(pd.DataFrame({"recording_id": rid, "t_min": starts / fps,
+                                      "t_max": np.minimum(starts + width, frames) / fps}))
+        table = pd.concat(rows, ignore_index=True)
+        table = pd.concat([table, pd.DataFrame(probabilities, columns=species_columns(model.n_species))], axis=1)
+        return table, clips_of_windows(probabilities, counts)
 
 
 def species_columns(n_species: int) -> list[str]:

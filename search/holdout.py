@@ -65,11 +65,11 @@ def _lwlrap_or_nan(truth: np.ndarray, scores: np.ndarray) -> float:
 
 def cv_trust(board: pd.DataFrame) -> str | None:
     """How well the trials' CV ranks them as the holdout does: Spearman's rank correlation of
-    best_cv_lwlrap with each half's score, beside the mean fold std; None below 3 trials."""
-    scored = board.dropna(subset=["best_cv_lwlrap", PUBLIC, PRIVATE])
+    score with each half's score, beside the mean fold std; None below 3 trials."""
+    scored = board.dropna(subset=["score", PUBLIC, PRIVATE])
     if len(scored) < 3:
         return None
-    public = scored.best_cv_lwlrap.corr(scored[PUBLIC], method="spearman")
-    private = scored.best_cv_lwlrap.corr(scored[PRIVATE], method="spearman")
+    public = scored.score.corr(scored[PUBLIC], method="spearman")
+    private = scored.score.corr(scored[PRIVATE], method="spearman")
     return (f"CV vs holdout over {len(scored)} trials: Spearman {public:+.2f} (public), {private:+.2f} (private);"
             f" mean fold std {scored.fold_std.mean():.4f}")

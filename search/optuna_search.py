@@ -4,6 +4,9 @@ Ray's OptunaSearch records a trial that the scheduler stopped early as COMPLETE 
 partial score, so TPE learns from a 2-epoch score as if it were a 50-epoch one and favours
 configurations that start fast. Here such a trial is recorded as PRUNED, with the
 intermediate values it reported each epoch, which is what Optuna's samplers expect.
+
+A completed trial is told its score (trainable.tune.SCORE: the trial's selected epochs, as the
+leaderboard ranks it), not its last epoch's cv_lwlrap.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import optuna
 from ray.tune.search.optuna import OptunaSearch
 
 from search.report import export_study
+from trainable.tune import SCORE
 
 TRAINING_ITERATION = "training_iteration"
 # The sqlite file that receives a copy of the study after every finished trial, named by the
@@ -69,7 +73,8 @@ class TruthfulOptunaSearch(OptunaSearch):
         stopped_early = (not error and result is not None
                          and result.get(TRAINING_ITERATION, self.max_iterations) < self.max_iterations)
         if not stopped_early:
-            super().on_trial_complete(trial_id, result, error)
+            told = {**result, self.metric: result[SCORE]} if result and SCORE in result else result
+            super().on_trial_complete(trial_id, told, error)
             return
         ot_trial = self._ot_trials[trial_id]
         # PRUNED keeps the intermediate values (Optuna takes the last as its value).

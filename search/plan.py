@@ -17,7 +17,8 @@ import optuna
 from search.storage import is_remote, local_copy_dir, local_path, read_text, upload
 from spaces import combine, recipe_point, set_context
 from trainable.atomic import atomic_write_text
-from trainable.config import ConfigError, TrialConfig, from_dict, merge
+from trainable.config import ConfigError, TrialConfig, flatten_dotted, merge, to_dict
+from trainable.recipes import resolve
 
 PLAN_FILE = "search_plan.json"  # in the experiment directory: the settings it was started with
 
@@ -26,8 +27,8 @@ PLAN_FILE = "search_plan.json"  # in the experiment directory: the settings it w
 class SearchPlan:
     """Everything that defines a search, resolved from the command line."""
 
-    spaces: tuple[str, ...]
-    fixed: dict[str, Any]  # dotted config keys the search does not touch
+    spaces: tuple[str, ...]  # () = one fixed configuration: the recipe with its --set/--config values
+    fixed: dict[str, Any]  # dotted config keys the search does not touch (with `recipe`)
     num_samples: int
     max_concurrent: int | None
     grace_period: int
@@ -54,7 +55,12 @@ class SearchPlan:
         Raises:
             ConfigError: the combination is invalid (message names the key).
         """
-        return from_dict(TrialConfig, merge(self.fixed, suggested))
+        return resolve(merge(self.fixed, suggested))
+
+    @property
+    def baseline(self) -> dict[str, Any]:
+        """The config the search starts from (its recipe with the fixed values), dotted."""
+        return flatten_dotted(to_dict(resolve(self.fixed)))
 
 
 def trial_resources(plan: SearchPlan) -> dict[str, float]:
@@ -94,9 +100,12 @@ def plan_difference(stored: SearchPlan, plan: SearchPlan) -> str | None:
     return None
 
 
-def recipe_config(spaces: tuple[str, ...], epochs: int, teacher: bool = False) -> dict[str, Any]:
-    """What the spaces set (suggested or derived config keys) at the recipe's point."""
-    return DefineByRun(spaces, epochs, teacher)(optuna.trial.FixedTrial(recipe_point(list(spaces), epochs, teacher)))
+def recipe_config(spaces: tuple[str, ...], epochs: int, teacher: bool = False,
+                  config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What the spaces set (suggested or derived config keys) at a config's point (default:
+    the reference's defaults)."""
+    point = recipe_point(list(spaces), epochs, teacher, config)
+    return DefineByRun(spaces, epochs, teacher)(optuna.trial.FixedTrial(point))
 
 
 def searched_keys(spaces: tuple[str, ...], epochs: int, teacher: bool = False) -> set[str]:
@@ -116,7 +125,7 @@ def check_plan(plan: SearchPlan) -> None:
         ConfigError: one line naming the problem.
     """
     epochs = plan.epochs
-    recipe = recipe_config(plan.spaces, epochs, plan.teacher)
+    recipe = recipe_config(plan.spaces, epochs, plan.teacher, plan.baseline)
     clash = sorted(set(recipe) & set(plan.fixed))  # keys the spaces set, suggested or derived
     if clash:
         raise ConfigError(f"{clash[0]} is searched by --space {' '.join(plan.spaces)};"

@@ -1,8 +1,8 @@
 """What a finished (or interrupted) search leaves for review.
 
 In the experiment directory:
-    leaderboard.md / .csv   one row per trial, ranked by best cv_lwlrap (the `exp | CV | LB |
-                            memo` table users keep by hand, filled in)
+    leaderboard.md / .csv   one row per trial, ranked by its score (the `exp | CV | LB | memo`
+                            table users keep by hand, filled in)
     best_config.yaml        the best trial's full resolved config, reusable with --config
     study.db                the Optuna study in sqlite, for Optuna's own tools
 Every file is written atomically: a report cut short never replaces a good one.
@@ -23,13 +23,21 @@ import yaml
 from ray import tune
 
 from search.holdout import HOLDOUT_FILE, cv_trust
+from trainable.tune import SCORE
 from trainable.atomic import TEMP_SUFFIX, atomic_write_text
-from trainable.config import TrialConfig, flatten_dotted, from_dict, nest_dotted, to_dict
+from trainable.config import flatten_dotted, nest_dotted, to_dict
+from trainable.recipes import resolve
 
 LEADERBOARD_MD, LEADERBOARD_CSV = "leaderboard.md", "leaderboard.csv"
 BEST_CONFIG, STUDY_DB = "best_config.yaml", "study.db"
 EXPORTS = "exports"  # EXPERIMENT/exports/trial_<id>/: what search/export.py writes
 MIN_COMPLETED_FOR_IMPORTANCE = 4  # fANOVA on fewer finished trials is noise
+
+
+# Reported metric -> leaderboard column: the three CVs side by side, so a user can line the
+# service's numbers up with their notebook's (trainable.selection says what each one is).
+CV_COLUMNS = {"best_cv_lwlrap": "cv_lwlrap", "cv_lwlrap_fold_best": "cv_lwlrap_fold_best",
+              "score_lrap_reference": "cv_lrap_reference"}
 
 
 @dataclass(frozen=True)
@@ -38,18 +46,20 @@ class Row:
 
     trial: str
     status: str  # completed / stopped by ASHA at epoch n / errored: ...
-    best_cv_lwlrap: float
-    fold_std: float  # std of the fold scores at the best epoch
+    score: float  # the trial's score by its recipe's selection (trainable.tune.SCORE)
+    fold_std: float  # std of the fold scores at the best common epoch
     epochs: int
     params: dict[str, Any]
     wall_s: float
     holdout: dict[str, float] = field(default_factory=dict)  # once exported: search/export.py
+    cvs: dict[str, float] = field(default_factory=dict)  # CV_COLUMNS' values
+    best_epochs: str = ""  # the epoch of each fold's selected weights, "7,5,9"
 
 
 def leaderboard(results: tune.ResultGrid, epochs: int, param_names: list[str]) -> list[Row]:
     """Rows of every trial, best first (trials without a score last)."""
     rows = [_row(result, epochs, param_names) for result in results]
-    return sorted(rows, key=lambda row: -row.best_cv_lwlrap if math.isfinite(row.best_cv_lwlrap) else math.inf)
+    return sorted(rows, key=lambda row: -row.score if math.isfinite(row.score) else math.inf)
 
 
 def _row(result: tune.Result, epochs: int, param_names: list[str]) -> Row:
@@ -74,8 +84,12 @@ def _row(result: tune.Result, epochs: int, param_names: list[str]) -> Row:
     if history is not None and "cv_lwlrap" in history:
         fold_std = float(history.loc[history.cv_lwlrap.idxmax(), "fold_lwlrap_std"])
     trial = metrics.get("trial_id") or Path(result.path).name
-    return Row(trial, status, float(metrics.get("best_cv_lwlrap", math.nan)), fold_std, done, params,
-               float(metrics.get("time_total_s", 0.0)))
+    cvs = {column: float(metrics.get(key, math.nan)) for key, column in CV_COLUMNS.items()}
+    folds = sorted((key for key in metrics if key.startswith("fold/") and key.endswith("/best_epoch")),
+                   key=lambda key: int(key.split("/")[1]))
+    return Row(trial, status, float(metrics.get(SCORE, math.nan)), fold_std, done, params,
+               float(metrics.get("time_total_s", 0.0)), cvs=cvs,
+               best_epochs=",".join(str(int(metrics[key])) for key in folds))
 
 
 def _last_line(error: BaseException) -> str:
@@ -89,11 +103,13 @@ def _display(value: Any) -> Any:
 
 def frame(rows: list[Row]) -> pd.DataFrame:
     holdout = sorted({name for row in rows for name in row.holdout}, reverse=True)  # public, private
-    records = [{"rank": i + 1, "trial": row.trial, "status": row.status, "best_cv_lwlrap": row.best_cv_lwlrap,
-                "fold_std": row.fold_std, **{name: row.holdout.get(name, math.nan) for name in holdout},
+    records = [{"rank": i + 1, "trial": row.trial, "status": row.status, SCORE: row.score,
+                **{name: row.cvs.get(name, math.nan) for name in CV_COLUMNS.values()},
+                "best_epochs": row.best_epochs, "fold_std": row.fold_std,
+                **{name: row.holdout.get(name, math.nan) for name in holdout},
                 "epochs": row.epochs, **row.params, "wall_s": round(row.wall_s, 1)}
                for i, row in enumerate(rows)]
-    columns = ["rank", "trial", "status", "best_cv_lwlrap", "fold_std", "epochs", "wall_s"]
+    columns = ["rank", "trial", "status", SCORE, *CV_COLUMNS.values(), "best_epochs", "fold_std", "epochs", "wall_s"]
     return pd.DataFrame.from_records(records) if records else pd.DataFrame(columns=columns)
 
 
@@ -104,7 +120,7 @@ def markdown(rows: list[Row], title: str, importances: dict[str, float] | None) 
     table = frame(rows)
     trust = cv_trust(table) if any(row.holdout for row in rows) else None
     table["LB"], table["memo"] = "", ""
-    for name in ("best_cv_lwlrap", "fold_std", *{name for row in rows for name in row.holdout}):
+    for name in (SCORE, *CV_COLUMNS.values(), "fold_std", *{name for row in rows for name in row.holdout}):
         table[name] = table[name].map(lambda v: f"{v:.4f}" if math.isfinite(v) else "-")
     for name in (rows[0].params if rows else {}):  # searched values, short enough to read
         table[name] = table[name].map(_short)
@@ -152,7 +168,7 @@ def write_reports(directory: Path, results: tune.ResultGrid, study: optuna.Study
     rows = with_holdout(leaderboard(results, epochs, param_names), directory)
     best = _best_result(results)
     if best is not None:
-        config = to_dict(from_dict(TrialConfig, nest_dotted(best.config)))
+        config = to_dict(resolve(best.config))
         atomic_write_text(directory / BEST_CONFIG, yaml.safe_dump(config, sort_keys=False))
     _write_leaderboard(directory, rows, title, importances(study) if study else None)
     return rows
@@ -161,10 +177,12 @@ def write_reports(directory: Path, results: tune.ResultGrid, study: optuna.Study
 def refresh_leaderboard(directory: Path) -> list[Row]:
     """Rewrite the leaderboard of `directory` with the holdout scores exported since; its
     rows, title and importances come from the files the search wrote."""
-    table = pd.read_csv(directory / LEADERBOARD_CSV, dtype={"trial": str})
+    table = pd.read_csv(directory / LEADERBOARD_CSV, dtype={"trial": str, "best_epochs": str})
     params = list(table.columns[table.columns.get_loc("epochs") + 1:table.columns.get_loc("wall_s")])
-    rows = with_holdout([Row(r.trial, r.status, r.best_cv_lwlrap, r.fold_std, int(r.epochs),
-                             {name: r[name] for name in params}, r.wall_s) for _, r in table.iterrows()], directory)
+    rows = with_holdout([Row(r.trial, r.status, r[SCORE], r.fold_std, int(r.epochs), {name: r[name] for name in params},
+                             r.wall_s, cvs={name: r[name] for name in CV_COLUMNS.values()},
+                             best_epochs="" if pd.isna(r.best_epochs) else r.best_epochs)
+                         for _, r in table.iterrows()], directory)
     old = (directory / LEADERBOARD_MD).read_text().splitlines() if (directory / LEADERBOARD_MD).exists() else []
     title = old[0].removeprefix("# ") if old else directory.name
     study = load_study(directory, directory.name)
@@ -193,8 +211,8 @@ def _write_leaderboard(directory: Path, rows: list[Row], title: str, found: dict
 
 
 def _best_result(results: tune.ResultGrid) -> tune.Result | None:
-    scored = [r for r in results if r.metrics and math.isfinite(r.metrics.get("best_cv_lwlrap", math.nan))]
-    return max(scored, key=lambda r: r.metrics["best_cv_lwlrap"], default=None)
+    scored = [r for r in results if r.metrics and math.isfinite(r.metrics.get(SCORE, math.nan))]
+    return max(scored, key=lambda r: r.metrics[SCORE], default=None)
 
 
 def export_study(study: optuna.Study, path: Path) -> None:

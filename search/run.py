@@ -1,7 +1,7 @@
 """python search/run.py --space NAME [...]: an ASHA + Optuna search over named spaces.
 
-Every trial is the full k-fold training of one configuration (trainable.tune.train_sed).
-Results land in STORAGE/NAME: Ray's trial directories with TensorBoard files (scalars and
+Every trial is the full k-fold training of one configuration (trainable.tune.train_sed) of
+a named recipe (--recipe; the reference's v1_7 by default). Results land in STORAGE/NAME: Ray's trial directories with TensorBoard files (scalars and
 the HParams table), leaderboard.md/.csv, best_config.yaml and study.db.
 """
 
@@ -24,7 +24,8 @@ from search.plan import (PLAN_FILE, SearchPlan, check_plan, load_plan, param_nam
 from search.storage import DEFAULT_STORAGE, newest_with, normalise
 from spaces import SPACES
 from trainable.cache import DEFAULT_CACHE_NAME
-from trainable.config import STAGES, ConfigError, TrainConfig, TrialConfig, flatten_dotted, from_dict, merge
+from trainable.config import STAGES, ConfigError, TrainConfig, TrialConfig, flatten_dotted, merge
+from trainable.recipes import DEFAULT_RECIPE, RECIPES, resolve
 
 DEFAULT_GRACE = 4  # epochs before ASHA may stop a trial
 # max_failures: a reclaimed spot node is one failure for each trial it held, and a retry costs at
@@ -32,7 +33,7 @@ DEFAULT_GRACE = 4  # epochs before ASHA may stop a trial
 DEFAULTS = {"num_samples": 8, "reduction_factor": 2, "cpus_per_trial": 1.0, "gpus_per_trial": 0.0, "seed": 0,
             "max_failures": 5}
 # Flags that define a search; resuming takes them from the experiment itself.
-SEARCH_FLAGS = ("space", "data_dir", "cache_dir", "num_samples", "max_concurrent", "epochs", "grace_period",
+SEARCH_FLAGS = ("space", "recipe", "data_dir", "cache_dir", "num_samples", "max_concurrent", "epochs", "grace_period",
                 "reduction_factor", "folds", "backbone", "cpus_per_trial", "gpus_per_trial", "seed", "set",
                 "config", "max_failures", "stage", "teacher", "init_from")
 # Paths of this machine: given by their own flags, never taken from --config or --set.
@@ -50,8 +51,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     add = parser.add_argument
     add("--space", action="append", default=[], metavar="NAME",
-        help=f"search space, repeatable ({', '.join(SPACES)}); other parameters keep the recipe's values")
+        help=f"search space, repeatable ({', '.join(SPACES)}); other parameters keep the recipe's values;"
+             f" none: train the recipe's own configuration once")
     add("--list-spaces", action="store_true", help="list the spaces and their parameters, then exit")
+    add("--recipe", choices=list(RECIPES), metavar="NAME",
+        help=f"the set of defaults every trial starts from ({', '.join(RECIPES)}; default: {DEFAULT_RECIPE},"
+             f" the reference stage 1; see --list-recipes)")
+    add("--list-recipes", action="store_true", help="list the recipes, then exit")
     add("--data-dir", type=Path, help="RFCx data with its log-mel cache (default: the built-in synthetic"
                                       f" dataset in {default_data_dir()}, generated on first use)")
     add("--cache-dir", type=Path, help=f"log-mel cache (default: DATA_DIR/{DEFAULT_CACHE_NAME})")
@@ -106,6 +112,10 @@ def list_spaces() -> str:
     return "\n".join(lines)
 
 
+def list_recipes() -> str:
+    return "\n".join(f"{name:8s} {recipe.summary}" for name, recipe in RECIPES.items())
+
+
 def parse_set(items: list[str]) -> dict[str, Any]:
     values = {}
     for item in items:
@@ -128,6 +138,8 @@ def fixed_config(args: argparse.Namespace, data_dir: Path, synthetic: bool) -> d
     """
     searched = searched_keys(tuple(args.space), TrainConfig.epochs, teacher=args.teacher is not None)
     base: dict[str, Any] = dict(QUICK_PRESET) if synthetic else {}
+    if args.recipe is not None:
+        base["recipe"] = args.recipe
     if synthetic and args.epochs is not None:
         base["train.t_max"] = args.epochs  # the preset's cosine spans the whole budget
     if args.config is not None:
@@ -145,6 +157,8 @@ def fixed_config(args: argparse.Namespace, data_dir: Path, synthetic: bool) -> d
     for key, flag in PATH_FLAGS.items():
         if key in overrides:
             raise UsageError(f"--set {key}=...: use {flag}")
+    if "recipe" in overrides:
+        raise UsageError("--set recipe=...: use --recipe")
     fixed.update(overrides)
     stage = args.stage if args.stage is not None else 3 if args.teacher is not None else None
     flags = {"train.epochs": args.epochs, "data.n_folds": args.folds, "model.backbone": args.backbone,
@@ -173,10 +187,13 @@ def init_checkpoint(reference: str, storage: str) -> Path:
         experiment = local / name
     if not experiment.is_dir():
         raise UsageError(f"--init-from {reference}: no experiment directory {name} (here or in {storage})")
+    from trainable.kfold import CheckpointError, read_trial_file
     try:
-        return newest_checkpoint(trial_dir(experiment.resolve(), trial))
-    except TrialNotFound as error:
+        checkpoint = newest_checkpoint(trial_dir(experiment.resolve(), trial))
+        read_trial_file(checkpoint)  # a checkpoint of an earlier format is refused here, in one line
+    except (TrialNotFound, CheckpointError) as error:
         raise UsageError(f"--init-from {reference}: {error}") from None
+    return checkpoint
 
 
 def check_data(fixed: dict[str, Any]) -> int:
@@ -217,6 +234,19 @@ def check_init_from(trial: TrialConfig, n_species: int) -> None:
         raise UsageError(f"--init-from: {error}") from None
 
 
+def check_weights(trial: TrialConfig) -> None:
+    """The ImageNet weights load here (timm fetches them once, into its cache), before Ray starts."""
+    from trainable.model import create_backbone
+
+    source = trial.model.pretrained_file or "the model hub"
+    print(f"[rfcx-tune] loading the ImageNet weights of {trial.model.backbone} (model.pretrained) from {source}",
+          flush=True)
+    try:
+        create_backbone(trial.model)
+    except ConfigError as error:
+        raise UsageError(str(error)) from None
+
+
 def experiment_name(args: argparse.Namespace, storage: str) -> str:
     if args.name:
         if Path(args.name).name != args.name or args.name in (".", ".."):
@@ -227,7 +257,8 @@ def experiment_name(args: argparse.Namespace, storage: str) -> str:
         if newest is None:
             raise UsageError(f"--resume: no experiment in {storage}")
         return newest
-    return f"{'+'.join(args.space)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    what = '+'.join(args.space) if args.space else args.recipe or DEFAULT_RECIPE
+    return f"{what}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def check_resources(args: argparse.Namespace) -> None:
@@ -252,22 +283,26 @@ def new_plan(args: argparse.Namespace, storage: str, name: str) -> SearchPlan:
     unknown = [space for space in args.space if space not in SPACES]
     if unknown:
         raise UsageError(f"unknown space {unknown[0]!r} (known: {', '.join(SPACES)}; see --list-spaces)")
-    if not args.space:
-        raise UsageError(f"choose at least one --space ({', '.join(SPACES)})")
+    if not args.space and args.num_samples not in (None, 1):
+        raise UsageError(f"--num-samples {args.num_samples} without --space would train one configuration"
+                         f" {args.num_samples} times; choose a --space ({', '.join(SPACES)})")
     check_resources(args)
     synthetic = args.data_dir is None
     data_dir = ensure_synthetic(default_data_dir(), workers=os.cpu_count() or 1) if synthetic else args.data_dir
     fixed = fixed_config(args, data_dir, synthetic)
     n_species = check_data(fixed)
-    trial = from_dict(TrialConfig, merge({}, fixed))  # a bad fixed value fails here, with its key
+    trial = resolve(fixed)  # a bad fixed value fails here, with its key
     import timm
 
     if not timm.is_model(trial.model.backbone):
         raise UsageError(f"unknown backbone {trial.model.backbone!r} (timm has no such model)")
+    if trial.model.pretrained:
+        check_weights(trial)
     if trial.init_from:
         check_init_from(trial, n_species)
     grace = args.grace_period if args.grace_period is not None else min(DEFAULT_GRACE, trial.train.epochs)
-    plan = SearchPlan(spaces=tuple(dict.fromkeys(args.space)), fixed=fixed, num_samples=_value(args, "num_samples"),
+    num_samples = _value(args, "num_samples") if args.space else 1
+    plan = SearchPlan(spaces=tuple(dict.fromkeys(args.space)), fixed=fixed, num_samples=num_samples,
                       max_concurrent=args.max_concurrent, grace_period=grace,
                       reduction_factor=_value(args, "reduction_factor"),
                       cpus_per_trial=_value(args, "cpus_per_trial"), gpus_per_trial=_value(args, "gpus_per_trial"),
@@ -311,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.list_spaces:
         print(list_spaces())
+        return 0
+    if args.list_recipes:
+        print(list_recipes())
         return 0
     try:
         plan = make_plan(args)

@@ -62,8 +62,9 @@ def run_search(plan: SearchPlan, address: str | None) -> int:
         capacity = trials_at_once(alive + coming, trial_resources(plan))
         os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(capacity))
     resuming = can_resume(plan)
+    spaces = f"spaces {', '.join(plan.spaces)}" if plan.spaces else "no space (the recipe's own configuration)"
     print(f"[rfcx-tune] {'resuming' if resuming else 'starting'} experiment {experiment_path(plan)}:"
-          f" spaces {', '.join(plan.spaces)}; {plan.num_samples} trials of {plan.epochs} epochs;"
+          f" recipe {plan.baseline['recipe']}, {spaces}; {plan.num_samples} trials of {plan.epochs} epochs;"
           f" ASHA grace {plan.grace_period}, reduction {plan.reduction_factor}{stage_note(plan)}", flush=True)
     directory = report_dir(plan)
     try:
@@ -79,7 +80,7 @@ def run_search(plan: SearchPlan, address: str | None) -> int:
     results = tuner.fit()
     study = load_study(directory, plan.name)
     rows = write_reports(directory, results, study, plan.epochs, param_names(plan.spaces, plan.epochs, plan.teacher),
-                         title=f"{plan.name}: {', '.join(plan.spaces)}")
+                         title=f"{plan.name}: recipe {plan.baseline['recipe']}, {', '.join(plan.spaces) or 'no space'}")
     if is_remote(plan.storage):
         try:
             upload(directory, experiment_path(plan))
@@ -90,7 +91,7 @@ def run_search(plan: SearchPlan, address: str | None) -> int:
         where = "" if plan.storage == normalise(DEFAULT_STORAGE) else f" --storage {plan.storage}"
         print(f"interrupted: continue with python search/run.py --resume --name {plan.name}{where}")
         return 130
-    return 0 if any(math.isfinite(row.best_cv_lwlrap) for row in rows) else 1
+    return 0 if any(math.isfinite(row.score) for row in rows) else 1
 
 
 def cluster_problem(plan: SearchPlan, alive: list[dict[str, float]], coming: list[dict[str, float]]) -> str | None:

@@ -26,7 +26,7 @@ def scored_trials(experiment: Path) -> list[str]:
     if not board_path.is_file():
         raise TrialNotFound(f"no {LEADERBOARD_CSV} in {experiment}: name a trial, or finish the search first")
     board = pd.read_csv(board_path, dtype={"trial": str})
-    scored = list(board[board.best_cv_lwlrap.map(lambda v: isinstance(v, float) and math.isfinite(v))].trial)
+    scored = list(board[board.score.map(lambda v: isinstance(v, float) and math.isfinite(v))].trial)
     if not scored:
         raise TrialNotFound(f"no trial of {experiment} has a score yet")
     return scored

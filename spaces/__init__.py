@@ -5,8 +5,8 @@
     recipe_point(["mixup"], 50)   -> {"augment.mixup_alpha": 0.1, "augment.mixup_on": "features"}
 
 A space's dict has TrialConfig dotted paths as keys; lay it over a base config with
-`trainable.config.merge` and build it with `from_dict`. `recipe_point` gives the Optuna
-parameters that reproduce the recipe, so a search can evaluate the recipe first.
+`trainable.config.merge` and build it with `trainable.recipes.resolve`. `recipe_point` gives
+the Optuna parameters that reproduce a recipe's config, so a search can evaluate it first.
 """
 
 from __future__ import annotations
@@ -15,7 +15,10 @@ from typing import Any, Callable
 
 import optuna
 
-from spaces.definitions import EPOCHS_ATTR, TEACHER_ATTR, crop, loss_weights, mixup, pseudo, scheduler
+from fractions import Fraction
+
+from spaces.definitions import EPOCHS_ATTR, TEACHER_ATTR, crop, loss_weights, mixup, pseudo, scheduler, variants
+from trainable.config import TrialConfig, flatten_dotted, to_dict
 
 Space = Callable[[optuna.Trial], dict[str, Any]]
 
@@ -26,6 +29,7 @@ _BASE: dict[str, Space] = {
     "crop": crop,
     "pseudo": pseudo,
     "scheduler": scheduler,
+    "variants": variants,
 }
 
 
@@ -47,16 +51,14 @@ def combine(names: list[str]) -> Space:
 
     Args:
         names: registered space names; "all" stands for every space, repeats are ignored.
+            None: a search of one fixed configuration (the function suggests nothing).
 
     Returns:
         A function (trial) -> flat dotted-path config dict, the union of the spaces' dicts.
 
     Raises:
-        ValueError: no name given, or a name that is not registered (the message lists the
-            known ones).
+        ValueError: a name that is not registered (the message lists the known ones).
     """
-    if not names:
-        raise ValueError(f"no space given (known: {', '.join(SPACES)})")
     chosen = [_BASE[name] for name in _expand(list(names))]
 
     def combined(trial: optuna.Trial) -> dict[str, Any]:
@@ -80,22 +82,6 @@ def _all(trial: optuna.Trial) -> dict[str, Any]:
 
 SPACES: dict[str, Space] = {**_BASE, "all": _all}
 
-# Optuna parameter values that reproduce the recipe's defaults (trainable.config).
-RECIPE_POINT: dict[str, Any] = {
-    "augment.mixup_alpha": 0.1,
-    "augment.mixup_on": "features",
-    "loss.w_max": 0.5,
-    "loss.w_pseudo": 1.0,
-    "loss.w_frame": 0.5,
-    "data.crop_frames": 512,
-    "data.crop_offsets": "1/16,1/8,1/4,1/2",  # 32, 64, 128, 256 frames of 512
-    "loss.pseudo_threshold": 0.7,
-    "loss.teacher_threshold": 0.5,
-    "loss.teacher_weight": 0.5,
-    "train.t_max": 10,
-}
-
-
 def set_context(trial: optuna.Trial, epochs: int, teacher: bool) -> optuna.Trial:
     """Tell the spaces about the search: its epoch budget, and whether trials have a teacher."""
     trial.set_user_attr(EPOCHS_ATTR, epochs)
@@ -103,18 +89,22 @@ def set_context(trial: optuna.Trial, epochs: int, teacher: bool) -> optuna.Trial
     return trial
 
 
-def recipe_point(names: list[str], epochs: int, teacher: bool = False) -> dict[str, Any]:
-    """The recipe's parameter values for the spaces `names`, as OptunaSearch's points_to_evaluate.
+def recipe_point(names: list[str], epochs: int, teacher: bool = False,
+                 config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A config's parameter values for the spaces `names`, as OptunaSearch's points_to_evaluate.
 
     Args:
         names: space names, as for `combine`.
-        epochs: the search's epoch budget; the recipe's T_max is clipped to it.
+        epochs: the search's epoch budget; the config's T_max is clipped to it.
         teacher: whether the trials have a teacher (stage 3).
+        config: the resolved config as dotted keys (default: the reference's defaults).
 
     Returns:
         Optuna parameter name -> value, exactly the parameters those spaces suggest.
     """
-    point = {**RECIPE_POINT, "train.t_max": min(RECIPE_POINT["train.t_max"], epochs)}
+    flat = config or flatten_dotted(to_dict(TrialConfig(data_dir="-")))
+    offsets = ",".join(str(Fraction(o, flat["data.crop_frames"])) for o in flat["data.crop_offsets"])
+    point = {**flat, "data.crop_offsets": offsets, "train.t_max": min(flat["train.t_max"], epochs)}
     trial = set_context(optuna.trial.FixedTrial(point), epochs, teacher)
     combine(names)(trial)
     return dict(trial.params)

@@ -12,7 +12,8 @@ from typing import Any
 
 import optuna
 
-from trainable.config import MIXUP_TARGETS
+from trainable.config import (AUGMENT_POLICIES, CLASS_COUNTS, CROP_RULES, EVENT_FRAMES, FRAME_REDUCTIONS, INPUTS,
+                              MIXUP_TARGETS, ORIENTATIONS, PSEUDO_ON, SCHEDULES, UPSAMPLING)
 
 DEFAULT_EPOCHS = 50  # the recipe's epoch budget, used when the search did not say its own
 # Trial user attributes the search sets before it calls a space: the epoch budget, and whether
@@ -57,16 +58,16 @@ def crop(trial: optuna.Trial) -> dict[str, Any]:
     """Training crop width and where the event centre lands in it.
 
     The evaluation window overlaps are derived, not searched: DataConfig needs both below the
-    crop width, and keeping the recipe's ratios (49 and 256 of 512) keeps the evaluation
-    comparable across widths instead of adding two parameters unrelated to training.
+    crop width, and keeping the reference's ratio (51 of 512) keeps the evaluation comparable
+    across widths instead of adding two parameters unrelated to training.
     """
     crop_frames = trial.suggest_categorical("data.crop_frames", list(CROP_WIDTHS))
     fractions = trial.suggest_categorical("data.crop_offsets", list(CROP_OFFSET_SETS))
     return {
         "data.crop_frames": crop_frames,
         "data.crop_offsets": offsets_in_frames(fractions, crop_frames),
-        "data.valid_overlap": round(crop_frames * 49 / 512),
-        "data.test_overlap": crop_frames // 2,
+        "data.valid_overlap": round(crop_frames * 51 / 512),
+        "data.test_overlap": round(crop_frames * 51 / 512),
     }
 
 
@@ -82,7 +83,8 @@ def pseudo(trial: optuna.Trial) -> dict[str, Any]:
 
 
 def scheduler(trial: optuna.Trial) -> dict[str, Any]:
-    """Cosine period T_max, in epochs, up to the search's epoch budget.
+    """The cosine's kind (per batch and unclamped, as the reference, or clamped per epoch) and
+    its period T_max, in epochs, up to the search's epoch budget.
 
     The budget is read from `trial.user_attrs["epochs"]` (EPOCHS_ATTR), which the search sets before it
     calls the space (a period past the last epoch would never finish its cosine); when it is
@@ -91,4 +93,27 @@ def scheduler(trial: optuna.Trial) -> dict[str, Any]:
     epochs = int(trial.user_attrs.get(EPOCHS_ATTR, DEFAULT_EPOCHS))
     if epochs < 1:
         raise ValueError(f"the trial's 'epochs' user attr must be >= 1, got {epochs}")
-    return {"train.t_max": trial.suggest_int("train.t_max", 1, epochs)}
+    return {"train.schedule": trial.suggest_categorical("train.schedule", list(SCHEDULES)),
+            "train.t_max": trial.suggest_int("train.t_max", 1, epochs)}
+
+
+# The switches of the reference's deviations that change what a model learns (trainable.config),
+# each with the reference's value first. Not here: what decides the evaluation (windows, window
+# score, selection) or the folds, which would make trials' scores incomparable.
+VARIANTS = {
+    "model.input": INPUTS,
+    "model.orientation": ORIENTATIONS,
+    "model.head_bias": (False, True),
+    "model.upsample": UPSAMPLING,
+    "loss.class_counts": CLASS_COUNTS,
+    "loss.pseudo_on": PSEUDO_ON,
+    "loss.frame_reduction": FRAME_REDUCTIONS,
+    "augment.policy": AUGMENT_POLICIES,
+    "data.crop_rule": CROP_RULES,
+    "data.event_frames": EVENT_FRAMES,
+}  # the schedule's kind is the scheduler space's
+
+
+def variants(trial: optuna.Trial) -> dict[str, Any]:
+    """Every switch between the reference's behaviour and a documented fix of it, as hypotheses."""
+    return {key: trial.suggest_categorical(key, list(choices)) for key, choices in VARIANTS.items()}

@@ -27,6 +27,28 @@ SPLITS = ("train", "test")
 DEFAULT_CACHE_NAME = "logmel"  # DATA/logmel unless a cache directory is given
 
 
+STD_EPS = 1e-6  # the reference's mono_to_color: std + eps, and the smallest range it scales
+
+
+def clip_statistics(spectrogram: np.ndarray) -> np.ndarray:
+    """mono_to_color's statistics of a whole clip: mean, std (of the centred values), and the
+    min and max of the standardised values (x - mean) / (std + eps).
+
+    Args:
+        spectrogram: (M, T) log-mel, any float dtype.
+
+    Returns:
+        (4,) float64.
+    """
+    x = np.asarray(spectrogram, dtype=np.float64)
+    mean = x.mean()
+    std = (x - mean).std()
+    # (x - mean) / (std + eps) is monotone, so its min and max are those of x, standardised.
+    lo, hi = ((np.array([x.min(), x.max()]) - mean) / (std + STD_EPS)).tolist()
+    return np.array([mean, std, lo, hi], dtype=np.float64)
+
+
+
 class CacheError(ValueError):
     """A cache that cannot be used as asked (missing, other feature parameters, ...)."""
 
@@ -37,6 +59,7 @@ class LogMelCache:
     def __init__(self, root: Path, features: FeatureConfig):
         self.root = Path(root)
         self.features = features
+        self._statistics: dict[tuple[str, str], np.ndarray] = {}  # computed once per process
 
     @classmethod
     def open(cls, root: Path, features: FeatureConfig | None = None) -> LogMelCache:
@@ -100,6 +123,13 @@ class LogMelCache:
         except FileNotFoundError:
             raise CacheError(f"recording {split}/{recording_id} is not in the cache {self.root}"
                              f" (run python -m trainable.prepare again)") from None
+
+    def statistics(self, split: str, recording_id: str) -> np.ndarray:
+        """`clip_statistics` of one recording, computed on first use (one pass over the clip)."""
+        key = (split, recording_id)
+        if key not in self._statistics:
+            self._statistics[key] = clip_statistics(self.load(split, recording_id))
+        return self._statistics[key]
 
     def save(self, split: str, recording_id: str, array: np.ndarray) -> None:
         """Write one recording's array atomically."""

@@ -25,6 +25,10 @@ def _require(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    _require(value in choices, f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class FeatureConfig:
     """Log-mel feature parameters; they identify a cache (see trainable.prepare)."""
@@ -48,19 +52,53 @@ class FeatureConfig:
         return self.sample_rate / self.hop_length
 
 
+# The named switches: each deviation from the reference is one, the reference's value first.
+CROP_RULES = ("recording", "event")  # see DataConfig.crop_rule
+EVENT_FRAMES = ("reference", "cover")  # see DataConfig.event_frames
+WINDOW_RULES = ("reference", "cover")  # see DataConfig.window_rule
+FOLD_LABELS = ("single", "multi_hot")  # see DataConfig.fold_labels
+WINDOW_SCORES = ("att_max_mean", "segment_max")  # see DataConfig.window_score
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    """Crops, negatives, evaluation windows and folds (seed recipe, stage 1)."""
+    """Crops, negatives, evaluation windows and folds (the reference v1_7, stage 1)."""
 
     crop_frames: int = 512  # frames per training crop (8.2 s at 62.5 frames/s)
     crop_offsets: tuple[int, ...] = (32, 64, 128, 256)  # frames from crop start to event centre
-    fp_per_epoch: int = 30  # train_fp recordings drawn anew each epoch as all-negative crops
-    valid_overlap: int = 49  # frames shared by neighbouring validation windows (seed recipe)
-    test_overlap: int = 256  # frames shared by neighbouring test windows (seed recipe)
+    fp_per_epoch: int = 30  # train_fp recordings drawn anew each epoch as negative items (v1_7)
+    # "recording": the reference's items, one per tp recording around a random one of its events
+    # (only offsets with centre - offset > 0; at the clip end [n - 1 - crop, n - 1)), fp items
+    # all-negative; "event": one crop per tp event, any offset, clipped to the clip, fp items
+    # keeping the recording's true positives.
+    crop_rule: str = "recording"
+    # "reference": an event covers frames [int(t_min * r), int(t_max * r)) with r = the
+    # frames per second of a 60 s clip (3751 / 60); "cover": every frame the event touches at
+    # the cache's 62.5 frames/s.
+    event_frames: str = "reference"
+    # Windows of a whole clip: "reference": starts 0, then each previous end - overlap, while
+    # the window fits (8 windows at 0, 461, ..., 3227 for 60 s, overlap 51); "cover": the last
+    # window aligned to the clip end, so no frame is left out.
+    window_rule: str = "reference"
+    # A window's probability: "att_max_mean": (sigmoid(clip_att) + sigmoid(clip_max)) / 2 (v1_7);
+    # "segment_max": the max over time of the segment probability. A clip's is the max over
+    # its windows.
+    window_score: str = "att_max_mean"
+    valid_overlap: int = 51  # frames shared by neighbouring validation windows (v1_7)
+    test_overlap: int = 51  # frames shared by neighbouring test windows (v1_7 predicted the test
+    #                         with its validation windows)
     n_folds: int = 5  # MultilabelStratifiedKFold splits over the train_tp recordings
-    fold_seed: int = 42  # seed of the fold split; the same seed gives the same folds
+    fold_seed: int = 0  # random_state of the split (v1_7); the same seed gives the same folds
+    # A recording's label for stratification: "single": 1 for a species with exactly one tp
+    # row in it (the reference's sum of one-hot rows == 1); "multi_hot": every species in it.
+    fold_labels: str = "single"
 
     def __post_init__(self) -> None:
+        _choice("crop_rule", self.crop_rule, CROP_RULES)
+        _choice("event_frames", self.event_frames, EVENT_FRAMES)
+        _choice("window_rule", self.window_rule, WINDOW_RULES)
+        _choice("window_score", self.window_score, WINDOW_SCORES)
+        _choice("fold_labels", self.fold_labels, FOLD_LABELS)
         _require(self.crop_frames > 0, "crop_frames must be > 0")
         _require(len(self.crop_offsets) > 0, "crop_offsets must not be empty")
         _require(all(0 <= o < self.crop_frames for o in self.crop_offsets),
@@ -73,26 +111,52 @@ class DataConfig:
 
 
 MIXUP_TARGETS = ("features", "input")  # where mixup applies: backbone feature map or model input
+INPUTS = ("clip_image", "crop_unit")  # see ModelConfig.input
+ORIENTATIONS = ("time_mel", "mel_time")  # see ModelConfig.orientation
+UPSAMPLING = ("repeat", "linear")  # see ModelConfig.upsample
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The SED model: a timm backbone with the SED head."""
+    """The SED model: a timm backbone with the SED head, and the input it sees."""
 
-    backbone: str = "resnet18"  # any timm model; tested: resnet18, densenet121, efficientnet_b0,
-    #                             resnest50d, mobilenetv2_100
-    pretrained: bool = False  # ImageNet weights, as the seed used; off by default since no model
-    #                           hub may be reachable (our machines reach none)
+    backbone: str = "resnet18.tv_in1k"  # any timm model; resnet18.tv_in1k = torchvision's resnet18
+    #                                     (v1_7); tested: resnet18, densenet121, efficientnet_b0,
+    #                                     resnest50d, mobilenetv2_100
+    pretrained: bool = True  # ImageNet weights through timm, as v1_7 (torchvision's weights)
     pretrained_file: str = ""  # local weights file for `pretrained` on machines without a hub
+    # "clip_image": the reference's image: the whole clip standardised and min-max scaled to
+    # uint8 [0, 255], 3 channels, /255, ImageNet mean and std; "crop_unit": each crop min-max
+    # scaled to [0, 1] on its own, 1 channel.
+    input: str = "clip_image"
+    # "time_mel": the backbone sees (time, mel) images, as v1_7 transposed them; "mel_time":
+    # (mel, time).
+    orientation: str = "time_mel"
+    head_bias: bool = False  # bias of the two 1x1 convolutions of the head (v1_7: none)
+    # Segment logits to frames: "repeat" each one (32 times for resnet18, v1_7) or "linear".
+    upsample: str = "repeat"
 
     def __post_init__(self) -> None:
         _require(bool(self.backbone), "backbone must not be empty")
         _require(not self.pretrained_file or self.pretrained, "pretrained_file needs pretrained: true")
+        _choice("input", self.input, INPUTS)
+        _choice("orientation", self.orientation, ORIENTATIONS)
+        _choice("upsample", self.upsample, UPSAMPLING)
+
+    @property
+    def in_chans(self) -> int:
+        """Input channels: the reference's image has 3 (equal before the ImageNet normalisation)."""
+        return 3 if self.input == "clip_image" else 1
+
+
+PSEUDO_ON = ("softmax", "logits")  # see LossConfig.pseudo_on
+FRAME_REDUCTIONS = ("class_mean", "positive_mean")  # see LossConfig.frame_reduction
+CLASS_COUNTS = ("all", "fold")  # see LossConfig.class_counts
 
 
 @dataclass(frozen=True)
 class LossConfig:
-    """The four-term SED loss (seed recipe, stage 1)."""
+    """The four-term SED loss (the reference v1_7, stage 1)."""
 
     w_att: float = 1.0  # clip BCE of the attention-pooled logit
     w_max: float = 0.5  # clip BCE of the max-over-time logit
@@ -100,6 +164,14 @@ class LossConfig:
     w_frame: float = 0.5  # frame BCE on the annotated frames, positive frames only
     pseudo_threshold: float = 0.7  # segment probability that becomes a pseudo-positive
     class_balanced: bool = True  # clip BCE pos_weight = max class count / class count
+    # Where the class counts come from: "all" train_tp rows (v1_7) or the fold's training rows.
+    class_counts: str = "all"
+    # The pseudo term's input: "softmax": the attention's softmax weights into a BCE-with-logits,
+    # class-weighted, as v1_7 did; "logits": the attention logits, no class weights.
+    pseudo_on: str = "softmax"
+    # "class_mean": mean over (crop, species) of pos_weight * the mean over frames of
+    # label * BCE (v1_7); "positive_mean": the BCE's mean over the positive frames.
+    frame_reduction: str = "class_mean"
     # Stage 3 only: the teacher's predictions (TrialConfig.teacher_file) as extra labels.
     teacher_threshold: float = 0.5  # teacher probability that becomes a positive (seed: 0.5)
     teacher_weight: float = 0.5  # clip-loss weight of a teacher positive; a human label weighs 1 (seed)
@@ -113,42 +185,74 @@ class LossConfig:
         _require(0 < self.pseudo_threshold < 1, "pseudo_threshold must be in (0, 1)")
         _require(0 < self.teacher_threshold < 1, "teacher_threshold must be in (0, 1)")
         _require(0 < self.teacher_weight <= 1, "teacher_weight must be in (0, 1]")
+        _choice("class_counts", self.class_counts, CLASS_COUNTS)
+        _choice("pseudo_on", self.pseudo_on, PSEUDO_ON)
+        _choice("frame_reduction", self.frame_reduction, FRAME_REDUCTIONS)
+
+
+AUGMENT_POLICIES = ("reference", "jitter")  # see AugmentConfig.policy
 
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Training augmentation; the seed's mask sizes and jitter ranges are not published, ours
-    are the usual SpecAugment scale for 8 s crops."""
+    """Training augmentation (the reference v1_7 by default)."""
 
-    mixup_alpha: float = 0.1  # Beta(alpha, alpha) mixing weight; 0 turns mixup off (seed)
-    mixup_on: str = "features"  # "features" (manifold mixup on the backbone map, seed) or "input"
-    time_masks: int = 2  # SpecAugment time masks per crop
-    time_mask_frames: int = 32  # widest time mask, frames (0.5 s)
-    freq_masks: int = 2  # SpecAugment frequency masks per crop
-    freq_mask_bins: int = 12  # widest frequency mask, mel bins
-    gamma: float = 0.2  # x ** g with log(g) uniform in [-gamma, gamma] (x scaled to [0, 1])
-    brightness: float = 0.1  # x + b with b uniform in [-brightness, brightness]
+    mixup_alpha: float = 0.1  # Beta(alpha, alpha) mixing weight; 0 turns mixup off (v1_7)
+    mixup_on: str = "features"  # "features" (manifold mixup on the backbone map, v1_7) or "input"
+    # "reference": v1_7's, on the whole clip's image before the crop: brightness/contrast with
+    # probability brightness_contrast_p, then with probability group_p the group [gamma
+    # group_gamma, time_masks time masks, freq_masks frequency masks]; "jitter": per crop,
+    # always-on gamma and brightness jitter then SpecAugment masks.
+    policy: str = "reference"
+    brightness_contrast_p: float = 0.5  # reference: albumentations RandomBrightnessContrast(p=0.5)
+    brightness_limit: float = 0.2  # reference: brightness shift U(-l, l) x 255 (albumentations' default)
+    contrast_limit: float = 0.2  # reference: contrast factor 1 + U(-l, l) (albumentations' default)
+    group_p: float = 0.5  # reference: RandomApply(p=0.5) of gamma and masks
+    group_gamma: float = 2.0  # reference: adjust_gamma(gamma=2); 0 leaves gamma out of the group
+    time_masks: int = 1  # time masks per sample (v1_7: one, in the group)
+    time_mask_frames: int = 40  # reference: width randrange(0, 40) -> end drawn below start + width
+    freq_masks: int = 1  # frequency masks per sample (v1_7: one, in the group)
+    freq_mask_bins: int = 30  # reference: width randrange(0, 30), likewise
+    gamma: float = 0.2  # jitter: x ** g with log(g) uniform in [-gamma, gamma] (x scaled to [0, 1])
+    brightness: float = 0.1  # jitter: x + b with b uniform in [-brightness, brightness]
 
     def __post_init__(self) -> None:
         _require(self.mixup_alpha >= 0, "mixup_alpha must be >= 0")
-        _require(self.mixup_on in MIXUP_TARGETS,
-                 f"mixup_on must be one of {', '.join(MIXUP_TARGETS)}, got {self.mixup_on!r}")
+        _choice("mixup_on", self.mixup_on, MIXUP_TARGETS)
+        _choice("policy", self.policy, AUGMENT_POLICIES)
         sizes = (self.time_masks, self.time_mask_frames, self.freq_masks, self.freq_mask_bins)
         _require(all(n >= 0 for n in sizes), "mask counts and sizes must be >= 0")
-        _require(self.gamma >= 0 and self.brightness >= 0, "gamma and brightness must be >= 0")
+        _require(self.gamma >= 0 and self.brightness >= 0 and self.group_gamma >= 0,
+                 "gamma, group_gamma and brightness must be >= 0")
+        probabilities = (self.brightness_contrast_p, self.group_p)
+        _require(all(0 <= p <= 1 for p in probabilities), "brightness_contrast_p and group_p must be in [0, 1]")
+        _require(0 <= self.brightness_limit < 1 and 0 <= self.contrast_limit < 1,
+                 "brightness_limit and contrast_limit must be in [0, 1)")
+
+
+SCHEDULES = ("cosine_per_batch", "cosine_clamped")  # see TrainConfig.schedule
+SELECTIONS = ("fold", "common")  # see TrainConfig.selection
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation and the trial's schedule (seed recipe, stage 1)."""
+    """Optimisation, the schedule and model selection (the reference v1_7, stage 1)."""
 
     epochs: int = 50  # epochs on every fold; one Ray Tune training_iteration each
     batch_size: int = 64  # crops per step
     lr: float = 1e-3  # Adam learning rate
-    t_max: int = 10  # CosineAnnealingLR period, epochs; clamped: lr stays at min_lr after it
-    min_lr: float = 1e-5  # floor of the cosine; the seed's unclamped schedule restarted instead
+    # "cosine_per_batch": CosineAnnealingLR(T_max = batches per epoch x t_max) stepped after every
+    # batch and never clamped, so lr reaches min_lr at t_max, 3 t_max, ... and lr at 2 t_max, ...
+    # (v1_7); "cosine_clamped": stepped per epoch, staying at min_lr after t_max epochs.
+    schedule: str = "cosine_per_batch"
+    t_max: int = 10  # the cosine's half period, epochs (v1_7)
+    min_lr: float = 0.0  # the cosine's floor (v1_7: eta_min 0)
+    # Which weights define a trial: "fold": each fold at the epoch of its best reference LRAP
+    # (v1_7 kept each fold's best_score model); "common": every fold at the epoch of the best
+    # pooled cv_lwlrap.
+    selection: str = "fold"
     folds: tuple[int, ...] = ()  # folds to train; () = all n_folds
-    seed: int = 0  # model init, crops, augmentation; the same seed repeats a trial on CPU
+    seed: int = 416  # model init, crops, augmentation (v1_7's seed); the same seed repeats a trial on CPU
     eval_recordings: int = 8  # recordings per evaluation forward (all their windows at once)
     loader_workers: int = 0  # DataLoader worker processes for training crops (0: main thread)
 
@@ -156,6 +260,8 @@ class TrainConfig:
         _require(self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1")
         _require(self.lr > 0 and 0 <= self.min_lr <= self.lr, "need lr > 0 and 0 <= min_lr <= lr")
         _require(self.t_max >= 1, "t_max must be >= 1")
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("selection", self.selection, SELECTIONS)
         _require(len(set(self.folds)) == len(self.folds) and all(f >= 0 for f in self.folds),
                  "folds must be distinct fold numbers >= 0")
         _require(self.eval_recordings >= 1 and self.loader_workers >= 0,
@@ -173,6 +279,7 @@ class TrialConfig:
     """
 
     data_dir: str = ""  # the RFCx layout (train_tp.csv, train/, ...); required
+    recipe: str = "v1_7"  # the named set of defaults this config was built on (trainable.recipes)
     cache_dir: str = ""  # the log-mel cache; "" = DATA_DIR/logmel
     # 1: the recipe (clip labels on every species, frame loss on tp frames); 2: loss only on
     # labelled frames and species (tp positive, fp negative); 3: stage 2 plus teacher positives.

@@ -1,11 +1,18 @@
 """Training crops and evaluation windows over the log-mel cache.
 
-Times become frames at the cache's frame rate (62.5 frames/s by default). A training
-crop is `crop_frames` wide and placed so that its event's centre lands `offset` frames
-after the crop start (offset drawn from `crop_offsets`), clipped at the clip edges.
-What a crop is trained towards depends on the stage (trainable.targets): in stage 1 a crop
-of a pure train_fp recording is all-negative, and a crop of a recording in both files
-still carries its true positives.
+Times become frames by DataConfig.event_frames. A training crop is `crop_frames` wide and
+placed so that its event's centre lands `offset` frames after the crop start (offset drawn
+from `crop_offsets`). DataConfig.crop_rule decides the items and the edges:
+
+recording  the reference's: one item per tp recording of the fold, around the middle of a
+           random one of its events, offsets only those with centre - offset > 0 (none: the
+           crop starts at 0), a crop past frame n - 1 moved to [n - 1 - width, n - 1); fp
+           items labelled by their fp events only (all-negative in stage 1).
+event      one item per tp event, any offset, clipped to the clip; an fp item of a recording
+           in both files still carries its true positives.
+
+Every item carries its Placement (trainable.inputs): where it lies in its clip, and the
+clip's statistics.
 """
 
 from __future__ import annotations
@@ -20,8 +27,12 @@ from torch.utils.data import Dataset
 from trainable.cache import LogMelCache
 from trainable.config import DataConfig
 from trainable.folds import Fold, species_matrix
-from trainable.targets import Labels, Targets
+from trainable.inputs import Placement, placement
+from trainable.targets import Labels, Targets, event_frames
 from trainable.teacher import Teacher
+
+
+REFERENCE_VALID_OVERLAP = 51  # the reference's validation windows: each next start = previous end - 51
 
 
 def centre_frames(rows: pd.DataFrame, frames_per_second: float) -> np.ndarray:
@@ -29,9 +40,25 @@ def centre_frames(rows: pd.DataFrame, frames_per_second: float) -> np.ndarray:
     return np.round((rows.t_min.to_numpy() + rows.t_max.to_numpy()) / 2 * frames_per_second).astype(np.int64)
 
 
-def crop_start(centre: int, offset: int, n_frames: int, width: int) -> int:
-    """First frame of a crop with `centre` at `offset`, clipped so the crop stays inside the clip."""
+def crop_start(centre: int, offset: int, n_frames: int, width: int, rule: str = "recording") -> int:
+    """First frame of a crop with `centre` at `offset` (DataConfig.crop_rule).
+
+    "recording": the reference's end clamp, a crop ending past frame n - 1 becomes
+    [n - 1 - width, n - 1) (its offsets were chosen with centre - offset > 0 already);
+    "event": clipped so the crop stays inside the clip.
+    """
+    if rule == "recording":
+        start = centre - offset
+        last = n_frames - 1  # the reference's MAX_SEQ = 3751 - 1
+        return int(max(last - width, 0) if start + width > last else start)
     return int(np.clip(centre - offset, 0, max(n_frames - width, 0)))
+
+
+def feasible_offset(centre: int, offsets: np.ndarray, rng: np.random.Generator) -> int:
+    """The reference's offset: a random one of those with centre - offset > 0, or `centre`
+    itself (the crop starts at 0) when there is none."""
+    feasible = offsets[centre - offsets > 0]
+    return int(rng.choice(feasible)) if len(feasible) else int(centre)
 
 
 def crop(spectrogram: np.ndarray, start: int, width: int) -> np.ndarray:
@@ -49,11 +76,14 @@ def crop(spectrogram: np.ndarray, start: int, width: int) -> np.ndarray:
     return np.pad(window, ((0, 0), (0, width - window.shape[1])), constant_values=floor)
 
 
-def window_starts(n_frames: int, width: int, overlap: int) -> np.ndarray:
-    """Starts of windows that cover a whole clip, neighbours sharing `overlap` frames.
+def window_starts(n_frames: int, width: int, overlap: int, rule: str = "reference") -> np.ndarray:
+    """Starts of windows over a whole clip, neighbours sharing `overlap` frames
+    (DataConfig.window_rule).
 
-    The last window is aligned to the clip end, so no frame is left out; a clip shorter
-    than one window gets a single (padded) window.
+    "reference": 0, then each previous end - overlap, while the window fits in the clip (at
+    3751 frames, width 512, overlap 51: the reference's 8 windows 0, 461, ..., 3227); "cover":
+    the same, with a last window aligned to the clip end so no frame is left out. A clip
+    shorter than one window gets a single (padded) window.
 
     Returns:
         (W,) int64, increasing.
@@ -61,7 +91,7 @@ def window_starts(n_frames: int, width: int, overlap: int) -> np.ndarray:
     if n_frames <= width:
         return np.zeros(1, dtype=np.int64)
     starts = np.arange(0, n_frames - width + 1, width - overlap, dtype=np.int64)
-    if starts[-1] + width < n_frames:
+    if rule == "cover" and starts[-1] + width < n_frames:
         starts = np.append(starts, n_frames - width)
     return starts
 
@@ -74,26 +104,46 @@ class CropSpec:
     centre: int  # frame of the event centre
     offset: int  # frames from the crop start to the centre
     split: str = "train"  # "test": a pseudo-labelled test recording (stage 3)
+    negative_item: bool = False  # the reference's fp item: labelled by its fp events only
+
+
+def _random_rows(rows: pd.DataFrame, recording_ids: np.ndarray, rng: np.random.Generator) -> pd.DataFrame:
+    """One random annotation row of each recording, in the order of `recording_ids`."""
+    pool = rows[rows.recording_id.isin(set(recording_ids))]
+    rows_of = pool.groupby("recording_id").indices  # recording -> positions in `pool`
+    return pool.iloc[[rows_of[rid][rng.integers(len(rows_of[rid]))] for rid in recording_ids]]
 
 
 def epoch_crops(fold: Fold, tp: pd.DataFrame, fp: pd.DataFrame, config: DataConfig,
                 frames_per_second: float, rng: np.random.Generator) -> list[CropSpec]:
-    """The crops of one training epoch of `fold`.
+    """The crops of one training epoch of `fold` (DataConfig.crop_rule, see the module).
 
-    One crop per tp event of the fold's training recordings, plus `config.fp_per_epoch`
-    train_fp recordings drawn anew (without replacement) from the fold's negatives, one
-    crop around a random fp event of each. Offsets are drawn from `config.crop_offsets`.
+    The tp items, then `config.fp_per_epoch` train_fp recordings drawn anew (without
+    replacement) from the fold's negatives, one crop around a random fp event of each.
     """
-    positives = tp[tp.recording_id.isin(set(fold.train_ids))]
     n_negative = min(config.fp_per_epoch, len(fold.negative_ids))
     drawn = rng.choice(np.asarray(fold.negative_ids, dtype=object), size=n_negative, replace=False)
-    pool = fp[fp.recording_id.isin(set(drawn))]
-    rows_of = pool.groupby("recording_id").indices  # recording -> positions in `pool`
-    picks = [rows_of[rid][rng.integers(len(rows_of[rid]))] for rid in drawn]
-    rows = pd.concat([positives, pool.iloc[picks]], ignore_index=True)
-    offsets = rng.choice(np.asarray(config.crop_offsets), size=len(rows))
-    centres = centre_frames(rows, frames_per_second)
-    return [CropSpec(str(rid), int(c), int(o)) for rid, c, o in zip(rows.recording_id, centres, offsets)]
+    negatives = _random_rows(fp, drawn, rng)
+    if config.crop_rule == "event":
+        rows = pd.concat([tp[tp.recording_id.isin(set(fold.train_ids))], negatives], ignore_index=True)
+        offsets = rng.choice(np.asarray(config.crop_offsets), size=len(rows))
+        centres = centre_frames(rows, frames_per_second)
+        return [CropSpec(str(rid), int(c), int(o)) for rid, c, o in zip(rows.recording_id, centres, offsets)]
+    positives = _random_rows(tp, np.asarray(fold.train_ids, dtype=object), rng)
+    specs = []
+    for rows, negative in ((positives, False), (negatives, True)):
+        start, end = event_frames(rows, frames_per_second, config.event_frames)
+        for rid, centre in zip(rows.recording_id, (start + end) // 2):  # the reference's m = (h + t) // 2
+            offset = feasible_offset(int(centre), np.asarray(config.crop_offsets), rng)
+            specs.append(CropSpec(str(rid), int(centre), offset, negative_item=negative))
+    return specs
+
+
+def epoch_size(fold: Fold, tp: pd.DataFrame, config: DataConfig) -> int:
+    """Items of every epoch of `fold` by `epoch_crops` (the same number each epoch)."""
+    train_ids = set(fold.train_ids)
+    positives = len(train_ids) if config.crop_rule == "recording" else int(tp.recording_id.isin(train_ids).sum())
+    return positives + min(config.fp_per_epoch, len(fold.negative_ids))
 
 
 def teacher_crops(teacher: Teacher, clip_frames: dict[str, int], config: DataConfig, threshold: float,
@@ -122,67 +172,84 @@ def teacher_crops(teacher: Teacher, clip_frames: dict[str, int], config: DataCon
 class TrainCrops(Dataset):
     """Training crops with their targets, read from the memory-mapped cache.
 
-    Item i is `(x, targets)`:
+    Item i is `(x, targets, placement)`:
         x: (1, n_mels, crop_frames) float32 log-mel.
         targets: the crop's Targets in its stage (clip (C,), frame (C, crop_frames), and
             their weights).
+        placement: where the crop lies in its clip, and the clip's statistics.
     """
 
     def __init__(self, cache: LogMelCache, crops: list[CropSpec], labels: Labels, n_species: int,
-                 crop_frames: int):
+                 config: DataConfig):
         self.cache, self.crops, self.labels = cache, crops, labels
-        self.n_species, self.crop_frames = n_species, crop_frames
+        self.n_species, self.crop_frames, self.crop_rule = n_species, config.crop_frames, config.crop_rule
 
     def __len__(self) -> int:
         return len(self.crops)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, Targets]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, Targets, Placement]:
         spec = self.crops[i]
         spectrogram = self.cache.load(spec.split, spec.recording_id)  # (M, T) memory-mapped
-        start = crop_start(spec.centre, spec.offset, spectrogram.shape[1], self.crop_frames)
+        start = crop_start(spec.centre, spec.offset, spectrogram.shape[1], self.crop_frames, self.crop_rule)
         x = crop(spectrogram, start, self.crop_frames)[None]  # (1, M, W)
-        targets = self.labels.crop(spec.split, spec.recording_id, start, self.crop_frames, self.n_species)
-        return torch.from_numpy(x), targets
+        targets = self.labels.crop(spec.split, spec.recording_id, start, self.crop_frames, self.n_species,
+                                   negative_item=spec.negative_item)
+        where = placement(spectrogram, self.cache.statistics(spec.split, spec.recording_id), start)
+        return torch.from_numpy(x), targets, where
 
 
 class ClipWindows(Dataset):
     """Whole clips cut into overlapping windows, for validation and test.
 
-    Item i is `(windows, truth)`:
-        windows: (W, 1, n_mels, crop_frames) float32, covering recording i entirely.
+    Item i is `(windows, truth, placements)`:
+        windows: (W, 1, n_mels, crop_frames) float32, covering recording i.
         truth: (n_species,) float32 clip labels (all zero when no labels are given).
+        placements: each window's Placement, batched: stats (W, 4), start (W,), frames (W,).
     """
 
     def __init__(self, cache: LogMelCache, split: str, recording_ids: list[str] | tuple[str, ...],
-                 crop_frames: int, overlap: int, truth: np.ndarray | None = None, n_species: int = 0):
+                 crop_frames: int, overlap: int, truth: np.ndarray | None = None, n_species: int = 0,
+                 rule: str = "reference"):
         self.cache, self.split, self.recording_ids = cache, split, list(recording_ids)
-        self.crop_frames, self.overlap = crop_frames, overlap
+        self.crop_frames, self.overlap, self.rule = crop_frames, overlap, rule
         self.truth = truth if truth is not None else np.zeros((len(self.recording_ids), n_species), np.float32)
 
     @classmethod
-    def validation(cls, cache: LogMelCache, fold: Fold, tp: pd.DataFrame, n_species: int,
-                   config: DataConfig) -> ClipWindows:
-        """The out-of-fold recordings of `fold` with their clip labels from train_tp."""
+    def validation(cls, cache: LogMelCache, fold: Fold, tp: pd.DataFrame, n_species: int, config: DataConfig,
+                   rule: str | None = None, overlap: int | None = None) -> ClipWindows:
+        """The out-of-fold recordings of `fold` with their clip labels from train_tp, in the
+        config's windows unless `rule` and `overlap` say others."""
         truth = species_matrix(tp, fold.valid_ids, n_species).astype(np.float32)
-        return cls(cache, "train", fold.valid_ids, config.crop_frames, config.valid_overlap, truth)
+        return cls(cache, "train", fold.valid_ids, config.crop_frames,
+                   config.valid_overlap if overlap is None else overlap, truth,
+                   rule=config.window_rule if rule is None else rule)
 
     def __len__(self) -> int:
         return len(self.recording_ids)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        spectrogram = self.cache.load(self.split, self.recording_ids[i])  # (M, T)
-        starts = window_starts(spectrogram.shape[1], self.crop_frames, self.overlap)
+    def starts(self, n_frames: int) -> np.ndarray:
+        return window_starts(n_frames, self.crop_frames, self.overlap, self.rule)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, Placement]:
+        rid = self.recording_ids[i]
+        spectrogram = self.cache.load(self.split, rid)  # (M, T)
+        starts = self.starts(spectrogram.shape[1])
         windows = np.stack([crop(spectrogram, s, self.crop_frames) for s in starts])[:, None]  # (W, 1, M, C)
-        return torch.from_numpy(windows), torch.from_numpy(self.truth[i].astype(np.float32))
+        stats = torch.from_numpy(self.cache.statistics(self.split, rid)).expand(len(starts), 4)  # (W, 4)
+        where = Placement(stats, torch.from_numpy(starts), torch.full((len(starts),), spectrogram.shape[1]))
+        return torch.from_numpy(windows), torch.from_numpy(self.truth[i].astype(np.float32)), where
 
 
-def collate_windows(items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, list[int], torch.Tensor]:
+def collate_windows(items: list[tuple[torch.Tensor, torch.Tensor, Placement]]
+                    ) -> tuple[torch.Tensor, list[int], torch.Tensor, Placement]:
     """Batch several recordings' windows into one forward pass.
 
     Clips may differ in length, so windows are concatenated rather than stacked.
 
     Returns:
-        windows (sum W_i, 1, M, crop), the window count of each recording, truth (B, C).
+        windows (sum W_i, 1, M, crop), the window count of each recording, truth (B, C), and
+        the windows' placements (sum W_i, ...).
     """
-    windows, truth = zip(*items)
-    return torch.cat(windows), [len(w) for w in windows], torch.stack(truth)
+    windows, truth, where = zip(*items)
+    placements = Placement(*(torch.cat(parts) for parts in zip(*where)))
+    return torch.cat(windows), [len(w) for w in windows], torch.stack(truth), placements

@@ -17,12 +17,27 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from trainable.augment import augment_batch, draw_mixup, unit_scale
+from trainable.augment import draw_mixup
 from trainable.config import AugmentConfig
+from trainable.inputs import InputPipeline
 from trainable.losses import TERMS, SEDLoss
-from trainable.model import SEGMENT
+from trainable.model import CLIP_ATT, CLIP_MAX, SEGMENT
 
 LOSS_KEYS = ("total", *TERMS)
+
+
+def _segment_max(logits: dict[str, torch.Tensor]) -> torch.Tensor:
+    # The max over time on logits (sigmoid is monotone), the sigmoid later in float64, so
+    # confident classes do not all round to a tied 1.0.
+    return logits[SEGMENT].float().amax(dim=-1).double().sigmoid()
+
+
+def _att_max_mean(logits: dict[str, torch.Tensor]) -> torch.Tensor:
+    return (logits[CLIP_ATT].double().sigmoid() + logits[CLIP_MAX].double().sigmoid()) / 2
+
+
+# DataConfig.window_score -> a window's (W, C) float64 probabilities from the model's logits.
+WINDOW_SCORES = {"att_max_mean": _att_max_mean, "segment_max": _segment_max}
 
 
 class DivergedError(RuntimeError):
@@ -52,9 +67,12 @@ class Device:
         """Loss scaling for float16 only: its step reads the scale back on the host."""
         return torch.amp.GradScaler(self.torch.type, enabled=self.cuda and self.amp_dtype == torch.float16)
 
-    def input(self, x: torch.Tensor) -> torch.Tensor:
-        """Move a (B, 1, M, T) log-mel batch to the device, scaled to [0, 1] per sample."""
-        x = unit_scale(x.to(self.torch, non_blocking=True).float())
+    def batch(self, x: torch.Tensor) -> torch.Tensor:
+        """Move a (B, 1, M, T) log-mel batch to the device."""
+        return x.to(self.torch, non_blocking=True)
+
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone input in the device's best memory layout."""
         # channels_last lets cuDNN pick its faster NHWC convolution kernels under autocast.
         return x.contiguous(memory_format=torch.channels_last) if self.cuda else x
 
@@ -69,12 +87,14 @@ class EpochStats:
 
 
 def train_epoch(model: nn.Module, loader: DataLoader, loss_fn: SEDLoss, optimizer: torch.optim.Optimizer,
-                scaler: torch.amp.GradScaler, augment: AugmentConfig, rng: np.random.Generator,
-                device: Device) -> EpochStats:
-    """One pass over `loader` (items: x (B, 1, M, T) and the batch's Targets).
+                scaler: torch.amp.GradScaler, pipeline: InputPipeline, augment: AugmentConfig,
+                rng: np.random.Generator, device: Device,
+                batch_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> EpochStats:
+    """One pass over `loader` (items: x (B, 1, M, T), the batch's Targets and Placements).
 
     Augmentation and mixup draw from `rng`, the fold's generator, so a resumed fold
-    repeats exactly what an uninterrupted one would do.
+    repeats exactly what an uninterrupted one would do. A `batch_scheduler` is stepped after
+    every batch (the reference's cosine).
 
     Raises:
         DivergedError: the mean loss of the epoch is NaN or infinite.
@@ -83,8 +103,8 @@ def train_epoch(model: nn.Module, loader: DataLoader, loss_fn: SEDLoss, optimize
     started = time.perf_counter()
     sums = torch.zeros(len(LOSS_KEYS), device=device.torch)  # (K,) summed over samples
     samples = 0
-    for x, targets in loader:
-        x = augment_batch(device.input(x), augment, rng)  # (B, 1, M, T)
+    for x, targets, where in loader:
+        x = device.layout(pipeline.training(device.batch(x), where, rng))  # (B, in_chans, M, T)
         targets = targets.to(device.torch)  # clip (B, C), frame (B, C, T) and their weights
         mix = draw_mixup(len(x), augment.mixup_alpha, rng, device.torch)
         if mix is not None:
@@ -99,6 +119,8 @@ def train_epoch(model: nn.Module, loader: DataLoader, loss_fn: SEDLoss, optimize
         scaler.scale(terms["total"]).backward()
         scaler.step(optimizer)
         scaler.update()
+        if batch_scheduler is not None:
+            batch_scheduler.step()
         sums += torch.stack([terms[key].detach() for key in LOSS_KEYS]) * len(x)
         samples += len(x)
     means = (sums / max(samples, 1)).tolist()  # the epoch's one host sync
@@ -110,32 +132,36 @@ def train_epoch(model: nn.Module, loader: DataLoader, loss_fn: SEDLoss, optimize
 
 
 @torch.no_grad()
-def predict_windows(model: nn.Module, loader: DataLoader, device: Device) -> tuple[np.ndarray, list[int]]:
-    """Window probabilities of whole recordings cut into windows: per window, the max over
-    time of the segment probability. The max is taken on logits (sigmoid is monotone) and
-    the sigmoid in float64, so confident classes do not all round to a tied 1.0.
+def predict_windows(model: nn.Module, loader: DataLoader, pipeline: InputPipeline,
+                    device: Device) -> tuple[dict[str, np.ndarray], list[int]]:
+    """Window probabilities of whole recordings cut into windows, by every window score
+    (WINDOW_SCORES: the reference's mean of the attention and max clip probabilities, and the
+    max over time of the segment probability), from one forward pass.
 
     Args:
         loader: batches from `data.collate_windows`: windows (sum W, 1, M, T), window
-            counts per recording, truth (unused here).
+            counts per recording, truth (unused here), placements.
 
     Returns:
-        (sum W, C) float64 probabilities in the loader's order, and each recording's window count.
+        {score name: (sum W, C) float64 probabilities in the loader's order}, and each
+        recording's window count.
 
     Raises:
         DivergedError: a probability is NaN.
     """
     model.eval()
-    parts, counts = [], []
-    for windows, batch_counts, _ in loader:
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in WINDOW_SCORES}
+    counts = []
+    for windows, batch_counts, _, where in loader:
         with device.autocast():
-            segment = model(device.input(windows))[SEGMENT]  # (sum W, C, T')
-        parts.append(segment.float().amax(dim=-1))  # (sum W, C) logits
+            logits = model(device.layout(pipeline.evaluation(device.batch(windows), where)))
+        for name, score in WINDOW_SCORES.items():
+            parts[name].append(score(logits))  # (sum W, C)
         counts.extend(batch_counts)
-    if not parts:
-        return np.zeros((0, 0)), counts
-    probabilities = torch.sigmoid(torch.cat(parts).double()).cpu().numpy()  # (sum W, C)
-    if not np.isfinite(probabilities).all():
+    if not counts:
+        return {name: np.zeros((0, 0)) for name in WINDOW_SCORES}, counts
+    probabilities = {name: torch.cat(p).cpu().numpy() for name, p in parts.items()}
+    if not all(np.isfinite(p).all() for p in probabilities.values()):
         raise DivergedError("the predictions are not finite (the weights diverged); lower train.lr")
     return probabilities, counts
 
@@ -147,14 +173,16 @@ def clips_of_windows(windows: np.ndarray, counts: list[int]) -> np.ndarray:
     return np.maximum.reduceat(windows, np.cumsum([0, *counts[:-1]]), axis=0)
 
 
-def predict_clips(model: nn.Module, loader: DataLoader, device: Device) -> np.ndarray:
-    """Clip probabilities of whole recordings: the max over each recording's windows of
-    `predict_windows` (the seed's evaluation).
+def predict_clips(model: nn.Module, loader: DataLoader, pipeline: InputPipeline,
+                  device: Device) -> dict[str, np.ndarray]:
+    """Clip probabilities of whole recordings by every window score: the max over each
+    recording's windows of `predict_windows` (the reference's evaluation).
 
     Returns:
-        (N, C) float64 probabilities in the loader's recording order.
+        {score name: (N, C) float64 probabilities in the loader's recording order}.
 
     Raises:
         DivergedError: a probability is NaN.
     """
-    return clips_of_windows(*predict_windows(model, loader, device))
+    windows, counts = predict_windows(model, loader, pipeline, device)
+    return {name: clips_of_windows(p, counts) for name, p in windows.items()}

@@ -9,6 +9,7 @@ import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
 from trainable.annotations import Annotations
+from trainable.config import DataConfig
 
 
 @dataclass(frozen=True)
@@ -42,12 +43,30 @@ def species_matrix(tp: pd.DataFrame, recording_ids: list[str] | tuple[str, ...],
     return labels
 
 
-def make_folds(annotations: Annotations, n_folds: int = 5, seed: int = 42) -> list[Fold]:
+def single_row_species(tp: pd.DataFrame, recording_ids: list[str] | tuple[str, ...], n_species: int) -> np.ndarray:
+    """The reference's stratification labels: 1 for a species with exactly one tp row in the
+    recording (its sum of one-hot rows == 1), so a species annotated twice counts 0 there.
+
+    Returns:
+        (N, n_species) uint8.
+    """
+    row_of = {rid: i for i, rid in enumerate(recording_ids)}
+    counts = np.zeros((len(recording_ids), n_species), dtype=np.int64)
+    known = tp[tp.recording_id.isin(row_of)]
+    np.add.at(counts, (known.recording_id.map(row_of).to_numpy(), known.species_id.to_numpy()), 1)
+    return (counts == 1).astype(np.uint8)
+
+
+FOLD_LABELS = {"single": single_row_species, "multi_hot": species_matrix}  # DataConfig.fold_labels
+
+
+def make_folds(annotations: Annotations, n_folds: int = 5, seed: int = 0, labels: str = "single") -> list[Fold]:
     """Split the train_tp recordings with iterstrat's MultilabelStratifiedKFold.
 
-    A recording's label is the set of its species, so every species with at least
-    `n_folds` recordings appears in every validation fold. The split depends only on
-    the annotations and `seed`.
+    The recordings are taken in sorted order (the reference's `groupby("recording_id")`), each
+    labelled by `FOLD_LABELS[labels]`, so every species with at least `n_folds` recordings
+    appears in every validation fold. The split depends only on the annotations, `seed` and
+    `labels`; with the defaults it is the reference's, recording by recording.
 
     Raises:
         ValueError: fewer tp recordings than folds.
@@ -55,7 +74,7 @@ def make_folds(annotations: Annotations, n_folds: int = 5, seed: int = 42) -> li
     tp_ids = sorted(set(annotations.tp.recording_id))  # sorted: independent of CSV row order
     if len(tp_ids) < n_folds:
         raise ValueError(f"{n_folds} folds need at least {n_folds} train_tp recordings, found {len(tp_ids)}")
-    labels = species_matrix(annotations.tp, tp_ids, annotations.n_species)
+    labels = FOLD_LABELS[labels](annotations.tp, tp_ids, annotations.n_species)
     splitter = MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     fp_ids = sorted(set(annotations.fp.recording_id))
     folds = []
@@ -69,3 +88,8 @@ def make_folds(annotations: Annotations, n_folds: int = 5, seed: int = 42) -> li
             negative_ids=tuple(rid for rid in fp_ids if rid not in held_out),
         ))
     return folds
+
+
+def folds_of(annotations: Annotations, config: DataConfig) -> list[Fold]:
+    """The folds a trial's DataConfig asks for."""
+    return make_folds(annotations, config.n_folds, config.fold_seed, config.fold_labels)

@@ -6,9 +6,11 @@ a checkpoint holds all of them, so a resumed trial goes on exactly where it stop
 
 Checkpoint layout:
 
-    trial.json       format, epoch, best score, the resolved config
-    fold_<k>.pt      model, optimiser, scheduler, grad scaler, generator state of fold k
-    best_oof.npz     recording_ids, fold, scores (N, C): the best epoch's out-of-fold predictions
+    trial.json       format, epoch, the selection (trainable.selection), the resolved config
+    fold_<k>.pt      model, optimiser, scheduler, grad scaler, generator state of fold k (resume)
+    best_fold_<k>.pt fold k's weights at its selected epoch (export, --init-from, the teacher)
+    best_oof.npz     recording_ids, fold, scores (N, C): the selected weights' out-of-fold
+                     predictions; fold_best_scores, common_best_scores: those of both rules
 """
 
 from __future__ import annotations
@@ -24,19 +26,25 @@ from torch.utils.data import DataLoader, Dataset
 
 from trainable.annotations import Annotations, load_annotations
 from trainable.cache import DEFAULT_CACHE_NAME, LogMelCache
-from trainable.config import ConfigError, TrialConfig, flatten_dotted, to_dict
-from trainable.data import ClipWindows, TrainCrops, collate_windows, epoch_crops, teacher_crops
+from trainable.config import ConfigError, TrainConfig, TrialConfig, flatten_dotted, to_dict
+from trainable.data import (REFERENCE_VALID_OVERLAP, ClipWindows, TrainCrops, collate_windows, epoch_crops,
+                            epoch_size, teacher_crops)
 from trainable.fit import LOSS_KEYS, Device, EpochStats, DivergedError, predict_clips, train_epoch
-from trainable.folds import Fold, make_folds, species_matrix
+from trainable.folds import Fold, folds_of, species_matrix
+from trainable.inputs import InputPipeline
 from trainable.losses import SEDLoss, balanced_pos_weight
-from trainable.metrics import lwlrap
+from trainable.metrics import lwlrap, reference_lrap
 from trainable.model import SEDModel
+from trainable.selection import Selection
 from trainable.targets import Labels, index_events
 from trainable.teacher import load_teacher
 
-CHECKPOINT_FORMAT = 1
+# 2: recipes, the selection and each fold's selected weights. A format-1 checkpoint (before
+# them) has no selected weights and was trained by what is now the "fixed" recipe's code.
+CHECKPOINT_FORMAT = 2
 TRIAL_FILE = "trial.json"
 BEST_OOF_FILE = "best_oof.npz"
+FOLD_SPLIT_KEYS = ("data.n_folds", "data.fold_seed", "data.fold_labels")  # what decides the folds
 
 
 class CheckpointError(ConfigError):
@@ -44,20 +52,27 @@ class CheckpointError(ConfigError):
 
 
 def fold_file(index: int) -> str:
+    """Fold `index`'s resume state in a checkpoint."""
     return f"fold_{index}.pt"
 
 
+def best_weights_file(index: int) -> str:
+    """Fold `index`'s selected weights in a checkpoint."""
+    return f"best_fold_{index}.pt"
+
+
 def load_fold_weights(model: SEDModel, checkpoint: Path, fold: int, device: Device) -> None:
-    """Load fold `fold`'s model weights of `checkpoint` into `model`, without unpickling code
-    (weights_only).
+    """Load fold `fold`'s selected weights of `checkpoint` (the epoch the trial's selection
+    chose) into `model`, without unpickling code (weights_only).
 
     Raises:
         CheckpointError: no such file or not a fold checkpoint, objects other than weights
             in it, or weights of another model (backbone or species count).
     """
-    path = Path(checkpoint) / fold_file(fold)
+    read_trial_file(checkpoint)  # refuses a checkpoint of another format at once
+    path = Path(checkpoint) / best_weights_file(fold)
     try:
-        state = torch.load(path, map_location=device.torch, weights_only=True)["model"]
+        state = torch.load(path, map_location=device.torch, weights_only=True)
     except (pickle.UnpicklingError, OSError, RuntimeError, KeyError, TypeError) as error:
         if "Unsupported global" in str(error):  # weights_only refused to build an object
             raise CheckpointError(f"{path} holds objects other than weights: not loaded (it could run code)") from None
@@ -80,6 +95,10 @@ def read_trial_file(checkpoint: Path) -> dict:
         trial = json.loads(path.read_text())
     except (OSError, ValueError) as error:
         raise CheckpointError(f"{checkpoint} is not a trial checkpoint (no readable {TRIAL_FILE}: {error})") from None
+    if trial.get("format") == 1:
+        raise CheckpointError(f"checkpoint {checkpoint} was made before recipes (format 1): it has no selected"
+                              f" weights and its config names no recipe; train it again (the fixed recipe,"
+                              f" --recipe fixed, is what made it)")
     if trial.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"checkpoint {checkpoint} has format {trial.get('format')}, expected {CHECKPOINT_FORMAT}")
     return trial
@@ -100,7 +119,7 @@ def check_init_source(checkpoint: Path, config: TrialConfig) -> None:
     if earlier["model.backbone"] != config.model.backbone:
         raise CheckpointError(f"init_from {checkpoint}: a {earlier['model.backbone']} checkpoint, this trial"
                               f" trains {config.model.backbone}")
-    for key in ("data.n_folds", "data.fold_seed"):
+    for key in FOLD_SPLIT_KEYS:
         if earlier[key] != current[key]:
             raise CheckpointError(f"init_from {checkpoint}: made with {key} = {earlier[key]}, this trial has"
                                   f" {current[key]} (another fold split would leak validation recordings"
@@ -118,7 +137,7 @@ class FoldRun:
     fold: Fold
     model: SEDModel
     optimizer: torch.optim.Adam
-    scheduler: torch.optim.lr_scheduler.CosineAnnealingLR
+    scheduler: torch.optim.lr_scheduler.CosineAnnealingLR  # stepped per batch or per epoch (TrainConfig.schedule)
     scaler: torch.amp.GradScaler
     loss_fn: SEDLoss
     rng: np.random.Generator  # crops, fp draws, augmentation, mixup, shuffling
@@ -153,10 +172,22 @@ def step_clamped(scheduler: torch.optim.lr_scheduler.CosineAnnealingLR, t_max: i
     """End an epoch of a cosine schedule that stays at its floor after t_max epochs.
 
     The reference stepped CosineAnnealingLR past T_max, so its lr climbed back up and
-    oscillated for the rest of the 50 epochs.
+    oscillated for the rest of the 50 epochs ("cosine_per_batch").
     """
     if scheduler.last_epoch < t_max:
         scheduler.step()
+
+
+def batches_per_epoch(items: int, batch_size: int) -> int:
+    """Batches of `training_loader` over `items` crops."""
+    return items // batch_size + (items % batch_size > 1)
+
+
+def cosine(optimizer: torch.optim.Optimizer, train: TrainConfig, batches: int) -> torch.optim.lr_scheduler.CosineAnnealingLR:
+    """The cosine of TrainConfig.schedule: T_max = batches x t_max steps per batch (the
+    reference's), or t_max per epoch."""
+    steps = train.t_max * (batches if train.schedule == "cosine_per_batch" else 1)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=train.min_lr)
 
 
 class KFoldTraining:
@@ -180,11 +211,22 @@ class KFoldTraining:
         self.test_frames = {} if self.labels.teacher is None else {
             rid: self.cache.load("test", rid).shape[1]
             for rid in self.labels.teacher.positive_test_ids(config.loss.teacher_threshold)}
-        folds = make_folds(self.annotations, config.data.n_folds, config.data.fold_seed)
+        self.pipeline = InputPipeline(config.model, config.augment)
+        self.class_counts = np.bincount(self.annotations.tp.species_id, minlength=self.annotations.n_species)
+        folds = folds_of(self.annotations, config.data)
         self.runs = [self._fold_run(folds[index]) for index in config.fold_indices]
         self.epoch = 0  # epochs done on every fold
-        self.best_cv_lwlrap = float("-inf")
-        self.best_oof = np.zeros((0, self.annotations.n_species), np.float32)
+        self.selection = Selection(config.train.selection, config.fold_indices, [run.truth for run in self.runs])
+
+    @property
+    def best_cv_lwlrap(self) -> float:
+        """The best pooled cv_lwlrap of an epoch so far."""
+        return self.selection.common.score
+
+    @property
+    def best_oof(self) -> np.ndarray:
+        """(N, C) out-of-fold predictions of the selected weights, in fold order."""
+        return self.selection.oof
 
     def _labels(self) -> Labels:
         """What the crops are labelled from in this trial's stage.
@@ -194,8 +236,9 @@ class KFoldTraining:
         """
         config, fps = self.config, self.frames_per_second
         teacher = load_teacher(Path(config.teacher_file), self.annotations, fps) if config.teacher_file else None
-        return Labels(config.stage, index_events(self.annotations.tp, fps), index_events(self.annotations.fp, fps),
-                      config.loss, teacher)
+        rule = config.data.event_frames
+        return Labels(config.stage, index_events(self.annotations.tp, fps, rule),
+                      index_events(self.annotations.fp, fps, rule), config.loss, teacher)
 
     def initialise_from(self, checkpoint: Path) -> None:
         """Start every fold's model from the same fold's model of an earlier trial (the
@@ -216,9 +259,11 @@ class KFoldTraining:
         if self.device.cuda:
             model = model.to(memory_format=torch.channels_last)
         optimizer = torch.optim.Adam(model.parameters(), lr=train.lr)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=train.t_max, eta_min=train.min_lr)
+        items = epoch_size(fold, self.annotations.tp, self.config.data) + len(self.test_frames)
+        scheduler = cosine(optimizer, train, batches_per_epoch(items, train.batch_size))
         tp = self.annotations.tp
-        counts = np.bincount(tp[tp.recording_id.isin(set(fold.train_ids))].species_id, minlength=n_species)
+        counts = self.class_counts if self.config.loss.class_counts == "all" else np.bincount(
+            tp[tp.recording_id.isin(set(fold.train_ids))].species_id, minlength=n_species)
         loss_fn = SEDLoss(self.config.loss, balanced_pos_weight(counts)).to(self.device.torch)
         truth = species_matrix(tp, fold.valid_ids, n_species).astype(np.float32)
         return FoldRun(fold, model, optimizer, scheduler, self.device.grad_scaler(), loss_fn,
@@ -235,26 +280,27 @@ class KFoldTraining:
             DivergedError: naming the fold and the epoch.
         """
         lr = self.runs[0].optimizer.param_groups[0]["lr"]
-        fold_scores, oof, losses, samples, seconds = {}, [], [], 0, 0.0
-        for run in self.runs:
+        fold_scores, fold_lraps, oof, losses = {}, {}, [], []
+        for position, run in enumerate(self.runs):
             try:
                 stats = self._train_fold(run)
-                scores = self._predict_fold(run)
+                scores, lrap = self._evaluate_fold(run)
             except DivergedError as error:
                 raise DivergedError(f"fold {run.fold.index}, epoch {self.epoch + 1}: {error}") from None
-            fold_scores[run.fold.index] = lwlrap(run.truth, scores)
+            fold_scores[run.fold.index], fold_lraps[run.fold.index] = lwlrap(run.truth, scores), lrap
+            self.selection.fold_epoch(position, self.epoch + 1, lrap, scores, run.model)
             oof.append(scores)
             losses.append(stats)
-            samples, seconds = samples + stats.samples, seconds + stats.seconds
         self.epoch += 1
-        oof = np.concatenate(oof)
-        cv = lwlrap(np.concatenate([run.truth for run in self.runs]), oof)
-        if cv > self.best_cv_lwlrap:
-            self.best_cv_lwlrap, self.best_oof = cv, oof
-        metrics = {"epoch": self.epoch, "cv_lwlrap": cv, "best_cv_lwlrap": self.best_cv_lwlrap,
+        cv = lwlrap(np.concatenate([run.truth for run in self.runs]), np.concatenate(oof))
+        cv_lrap = float(np.mean(list(fold_lraps.values())))
+        self.selection.common_epoch(self.epoch, cv, cv_lrap, oof, [run.model for run in self.runs])
+        samples, seconds = sum(s.samples for s in losses), sum(s.seconds for s in losses)
+        metrics = {"epoch": self.epoch, "cv_lwlrap": cv, "cv_lrap_reference": cv_lrap,
                    "fold_lwlrap_std": float(np.std(list(fold_scores.values()))), "lr": lr,
-                   "samples_per_s": samples / max(seconds, 1e-9)}
+                   "samples_per_s": samples / max(seconds, 1e-9), **self.selection.metrics()}
         metrics.update({f"fold/{index}/lwlrap": score for index, score in fold_scores.items()})
+        metrics.update({f"fold/{index}/lrap_reference": score for index, score in fold_lraps.items()})
         # Weighted by samples per fold: the mean per training sample of the epoch.
         weights = [stats.samples for stats in losses]
         metrics.update({f"loss/{key}": float(np.average([stats.losses[key] for stats in losses], weights=weights))
@@ -267,22 +313,36 @@ class KFoldTraining:
         if self.test_frames:
             crops += teacher_crops(self.labels.teacher, self.test_frames, self.config.data,
                                    self.config.loss.teacher_threshold, run.rng)
-        dataset = TrainCrops(self.cache, crops, self.labels, self.annotations.n_species, self.config.data.crop_frames)
+        dataset = TrainCrops(self.cache, crops, self.labels, self.annotations.n_species, self.config.data)
         shuffle = torch.Generator().manual_seed(int(run.rng.integers(2**62)))
         torch.manual_seed(int(run.rng.integers(2**62)))  # layers that draw from torch's RNG (dropout)
         loader = training_loader(dataset, self.config.train.batch_size, shuffle,
                                  self.config.train.loader_workers, self.device.cuda)
-        stats = train_epoch(run.model, loader, run.loss_fn, run.optimizer, run.scaler, self.config.augment,
-                            run.rng, self.device)
-        step_clamped(run.scheduler, self.config.train.t_max)
+        per_batch = self.config.train.schedule == "cosine_per_batch"
+        stats = train_epoch(run.model, loader, run.loss_fn, run.optimizer, run.scaler, self.pipeline,
+                            self.config.augment, run.rng, self.device, run.scheduler if per_batch else None)
+        if not per_batch:
+            step_clamped(run.scheduler, self.config.train.t_max)
         return stats
 
-    def _predict_fold(self, run: FoldRun) -> np.ndarray:
-        windows = ClipWindows.validation(self.cache, run.fold, self.annotations.tp,
-                                         self.annotations.n_species, self.config.data)
+    def _evaluate_fold(self, run: FoldRun) -> tuple[np.ndarray, float]:
+        """The fold's out-of-fold clip probabilities (the config's windows and window score),
+        and its reference LRAP (the reference's windows and score, a second pass only when the
+        config's windows are others)."""
+        data = self.config.data
+        clips = self._predict_fold(run, data.window_rule, data.valid_overlap)
+        if (data.window_rule, data.valid_overlap) != ("reference", REFERENCE_VALID_OVERLAP):
+            reference = self._predict_fold(run, "reference", REFERENCE_VALID_OVERLAP)["att_max_mean"]
+        else:
+            reference = clips["att_max_mean"]
+        return clips[data.window_score], reference_lrap(run.truth, reference)
+
+    def _predict_fold(self, run: FoldRun, rule: str, overlap: int) -> dict[str, np.ndarray]:
+        windows = ClipWindows.validation(self.cache, run.fold, self.annotations.tp, self.annotations.n_species,
+                                         self.config.data, rule=rule, overlap=overlap)
         loader = DataLoader(windows, batch_size=self.config.train.eval_recordings, collate_fn=collate_windows,
                             num_workers=self.config.train.loader_workers, pin_memory=self.device.cuda)
-        return predict_clips(run.model, loader, self.device)
+        return predict_clips(run.model, loader, self.pipeline, self.device)
 
     def save(self, directory: Path) -> None:
         """Write a checkpoint of the current state into `directory` (created if needed)."""
@@ -290,10 +350,12 @@ class KFoldTraining:
         directory.mkdir(parents=True, exist_ok=True)
         for run in self.runs:
             torch.save(run.state_dict(), directory / fold_file(run.fold.index))
+            torch.save(self.selection.weights[run.fold.index], directory / best_weights_file(run.fold.index))
         np.savez(directory / BEST_OOF_FILE, recording_ids=np.asarray(self.oof_ids),
                  fold=np.concatenate([[run.fold.index] * len(run.fold.valid_ids) for run in self.runs]),
-                 scores=self.best_oof)
-        trial = {"format": CHECKPOINT_FORMAT, "epoch": self.epoch, "best_cv_lwlrap": self.best_cv_lwlrap,
+                 **self.selection.arrays())
+        trial = {"format": CHECKPOINT_FORMAT, "epoch": self.epoch, "score": self.selection.score,
+                 "best_epochs": self.selection.epochs, "selection": self.selection.state(),
                  "folds": list(self.config.fold_indices), "config": to_dict(self.config)}
         (directory / TRIAL_FILE).write_text(json.dumps(trial, indent=2))
 
@@ -301,7 +363,8 @@ class KFoldTraining:
         """Restore the state saved by `save`.
 
         Raises:
-            ConfigError: the checkpoint was made with another recipe or other folds.
+            ConfigError: the checkpoint was made with another recipe, other folds or by an
+                earlier version (format 1).
         """
         directory = Path(directory)
         trial = read_trial_file(directory)
@@ -309,11 +372,12 @@ class KFoldTraining:
         if trial["folds"] != list(self.config.fold_indices):
             raise ConfigError(f"checkpoint {directory} holds folds {trial['folds']},"
                               f" this trial trains {list(self.config.fold_indices)}")
+        load = lambda name: torch.load(directory / name, map_location="cpu", weights_only=True)  # noqa: E731
         for run in self.runs:
-            run.load_state_dict(torch.load(directory / fold_file(run.fold.index), map_location=self.device.torch,
-                                           weights_only=True))
-        self.epoch, self.best_cv_lwlrap = trial["epoch"], trial["best_cv_lwlrap"]
-        self.best_oof = np.load(directory / BEST_OOF_FILE)["scores"]
+            run.load_state_dict(load(fold_file(run.fold.index)))
+        self.epoch = trial["epoch"]
+        self.selection.restore(trial["selection"], dict(np.load(directory / BEST_OOF_FILE)),
+                               {run.fold.index: load(best_weights_file(run.fold.index)) for run in self.runs})
 
 
 def _check_same_recipe(saved: dict, current: dict, directory: Path) -> None:

@@ -5,12 +5,15 @@
 L_att, L_max: BCE of the attention-pooled and max-pooled clip logits against the clip labels,
     with a class-balanced pos_weight (rare species count more).
 L_pseudo: the model's own detached segment probabilities >= pseudo_threshold become
-    pseudo-labels that the attention logits must agree with.
-L_frame: BCE of the frame logits against the frame labels.
+    pseudo-labels for the attention (LossConfig.pseudo_on: the reference fed the softmax
+    weights to a BCE-with-logits, class-weighted; or the attention logits, unweighted).
+L_frame: BCE of the frame logits against the frame labels (LossConfig.frame_reduction: the
+    reference's class-weighted mean over (crop, species) of the mean over frames of
+    label * BCE, or the mean over the positive frames).
 
-The clip and frame terms are means weighted by the targets' weights (trainable.targets): in
-stage 1 every clip label weighs 1 and only the positive frames count; in stages 2 and 3
-only the labelled entries do.
+The clip terms are means weighted by the targets' weights (trainable.targets): in stage 1
+every clip label weighs 1 (the plain mean over B x C of the reference); in stages 2 and 3
+only the labelled entries count.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainable.config import LossConfig
-from trainable.model import ATTENTION, CLIP_ATT, CLIP_MAX, FRAME, SEGMENT
+from trainable.model import ATTENTION, ATTENTION_WEIGHTS, CLIP_ATT, CLIP_MAX, FRAME, SEGMENT
 from trainable.targets import Targets
 
 TERMS = ("att", "max", "pseudo", "frame")  # reported as loss/<term>, beside loss/total
@@ -71,7 +74,7 @@ class SEDLoss(nn.Module):
         weights = {"att": c.w_att, "max": c.w_max, "pseudo": c.w_pseudo, "frame": c.w_frame}
         compute = {"att": lambda: self._clip(logits[CLIP_ATT], targets),
                    "max": lambda: self._clip(logits[CLIP_MAX], targets),
-                   "pseudo": lambda: self._pseudo(logits[SEGMENT], logits[ATTENTION]),
+                   "pseudo": lambda: self._pseudo(logits),
                    "frame": lambda: self._frame(logits[FRAME], targets)}
         zero = targets.clip.new_zeros(())
         terms = {name: compute[name]() if weights[name] > 0 else zero for name in TERMS}
@@ -84,15 +87,28 @@ class SEDLoss(nn.Module):
                                                   reduction="none")  # (B, C)
         return weighted_mean(loss, targets.clip_weight)
 
-    def _pseudo(self, segment: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
-        # Pseudo-labels must not carry gradient: the model would learn to agree with itself.
-        labels = (torch.sigmoid(segment.detach().float()) >= self.config.pseudo_threshold).float()  # (B, C, T')
-        # The attention *logits* meet the BCE-with-logits; the reference fed it softmax
-        # weights (already in [0, 1], summing to 1 over time), which is a different loss.
-        return F.binary_cross_entropy_with_logits(attention.float(), labels)
+    def _class_weights(self, like: torch.Tensor) -> torch.Tensor:
+        """(C, 1) weights of the per-class means of the reference's pseudo and frame terms."""
+        if self.config.class_balanced and self.pos_weight is not None:
+            return self.pos_weight.view(-1, 1)
+        return like.new_ones(like.shape[1], 1)
 
-    @staticmethod
-    def _frame(frame: torch.Tensor, targets: Targets) -> torch.Tensor:
+    def _pseudo(self, logits: dict[str, torch.Tensor]) -> torch.Tensor:
+        # A pseudo-label carries no gradient (the comparison has none; detached to say so).
+        labels = (torch.sigmoid(logits[SEGMENT].detach().float()) >= self.config.pseudo_threshold).float()  # (B, C, T')
+        if self.config.pseudo_on == "logits":
+            return F.binary_cross_entropy_with_logits(logits[ATTENTION].float(), labels)
+        # The reference: the softmax weights (in [0, 1], summing to 1 over time) taken as logits.
+        loss = F.binary_cross_entropy_with_logits(logits[ATTENTION_WEIGHTS].float(), labels, reduction="none")
+        return (loss.mean(dim=-1) * self._class_weights(loss).view(1, -1)).mean()  # mean over (B, C)
+
+    def _frame(self, frame: torch.Tensor, targets: Targets) -> torch.Tensor:
+        if self.config.frame_reduction == "class_mean":
+            # The reference: label * BCE(z, label) with the plainly mixed label, which is the
+            # weight times the weighted label here (in stage 1 the weight is the label itself).
+            label = targets.frame_weight * targets.frame  # (B, C, T)
+            loss = targets.frame_weight * F.binary_cross_entropy_with_logits(frame.float(), label, reduction="none")
+            return (loss.mean(dim=-1) * self._class_weights(loss).view(1, -1)).mean()
         # In stage 1 the weight is the positive frames' label itself, which makes a mixed
         # batch's loss exactly the mixture of its two halves' losses: a frame positive only in
         # the mixup partner is not pushed towards negative (it may hold an unlabelled call).

@@ -70,3 +70,29 @@ def lwlrap(truth: np.ndarray, scores: np.ndarray) -> float:
     """
     per_class, weight = per_class_lwlrap(truth, scores)
     return float((per_class * weight).sum())
+
+
+REFERENCE_BATCH = 64  # the reference's validation batch: its LRAP is a mean over such batches
+
+
+def reference_lrap(truth: np.ndarray, scores: np.ndarray, batch: int = REFERENCE_BATCH) -> float:
+    """The reference notebooks' validation score: instance-level LRAP (each recording's mean
+    precision at its positive labels, sklearn's `label_ranking_average_precision_score`) of
+    every batch of `batch` recordings in order, averaged over the batches, so the last,
+    smaller batch weighs as much as a full one.
+
+    Args:
+        truth: (N, C) labels; > 0 means positive.
+        scores: (N, C) scores.
+
+    Raises:
+        ValueError: no recordings, or arrays of different shapes.
+    """
+    from sklearn.metrics import label_ranking_average_precision_score
+
+    truth, scores = np.asarray(truth) > 0, np.asarray(scores, dtype=np.float64)
+    if truth.shape != scores.shape or truth.ndim != 2 or len(truth) == 0:
+        raise ValueError(f"reference_lrap needs truth and scores of one non-empty (N, C) shape;"
+                         f" got {truth.shape}, {scores.shape}")
+    return float(np.mean([label_ranking_average_precision_score(truth[i:i + batch], scores[i:i + batch])
+                          for i in range(0, len(truth), batch)]))

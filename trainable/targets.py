@@ -37,15 +37,28 @@ class Events:
     end: np.ndarray  # (E,) int, one past the last frame touched
 
 
-def index_events(rows: pd.DataFrame, frames_per_second: float) -> dict[str, Events]:
-    """Group annotation rows by recording and convert their times to frames.
+REFERENCE_CLIP_SECONDS = 60  # the reference turned seconds into frames as 3751 frames per 60 s
 
-    A frame belongs to an event when any part of it overlaps [t_min, t_max], so even
-    the shortest call covers at least one frame.
+
+def event_frames(rows: pd.DataFrame, frames_per_second: float, rule: str = "reference") -> tuple[np.ndarray, np.ndarray]:
+    """(E,) start and (E,) exclusive end frames of annotation rows (DataConfig.event_frames).
+
+    "reference": [int(t_min * r), int(t_max * r)) with r the frame rate of a 60 s clip
+    (60 * fps + 1 frames over 60 s: 3751 / 60 at 62.5 frames/s). "cover": every frame any part
+    of which overlaps [t_min, t_max], so even the shortest call covers one frame.
     """
-    start = np.floor(rows.t_min.to_numpy() * frames_per_second).astype(np.int64)
-    end = np.ceil(rows.t_max.to_numpy() * frames_per_second).astype(np.int64)
-    end = np.maximum(end, start + 1)
+    t_min, t_max = rows.t_min.to_numpy(np.float64), rows.t_max.to_numpy(np.float64)
+    if rule == "reference":
+        frames = REFERENCE_CLIP_SECONDS * frames_per_second + 1  # 3751: int(3751 * (t / 60)), in its order
+        return ((frames * (t_min / REFERENCE_CLIP_SECONDS)).astype(np.int64),
+                (frames * (t_max / REFERENCE_CLIP_SECONDS)).astype(np.int64))
+    start = np.floor(t_min * frames_per_second).astype(np.int64)
+    return start, np.maximum(np.ceil(t_max * frames_per_second).astype(np.int64), start + 1)
+
+
+def index_events(rows: pd.DataFrame, frames_per_second: float, rule: str = "reference") -> dict[str, Events]:
+    """Group annotation rows by recording and convert their times to frames (`event_frames`)."""
+    start, end = event_frames(rows, frames_per_second, rule)
     species = rows.species_id.to_numpy(dtype=np.int64)
     groups = pd.Series(np.arange(len(rows))).groupby(rows.recording_id.to_numpy()).indices
     return {rid: Events(species[i], start[i], end[i]) for rid, i in groups.items()}
@@ -115,10 +128,16 @@ class Labels:
     loss: LossConfig  # the teacher's threshold, weight and soft negatives
     teacher: Teacher | None = None  # stage 3
 
-    def crop(self, split: str, recording_id: str, start: int, width: int, n_species: int) -> Targets:
-        """The targets of frames [start, start + width) of a recording, as tensors."""
+    def crop(self, split: str, recording_id: str, start: int, width: int, n_species: int,
+             negative_item: bool = False) -> Targets:
+        """The targets of frames [start, start + width) of a recording, as tensors.
+
+        A `negative_item` (the reference's fp item) knows only the recording's fp events: its
+        tp events, if it has any, are not labels of it.
+        """
         train = split == "train"
-        positive = frame_targets(self.positives.get(recording_id) if train else None, start, width, n_species)
+        tp = self.positives.get(recording_id) if train and not negative_item else None
+        positive = frame_targets(tp, start, width, n_species)
         if self.stage == 1:
             return Targets.from_frames(torch.from_numpy(positive))
         negative = frame_targets(self.negatives.get(recording_id) if train else None, start, width, n_species)

@@ -16,11 +16,15 @@ import ray
 import torch
 from ray import tune
 
-from trainable.config import ConfigError, TrialConfig, from_dict, nest_dotted
+from trainable.config import ConfigError
+from trainable.recipes import resolve
 from trainable.fit import Device, DivergedError
 from trainable.kfold import KFoldTraining
 
-METRIC, MODE = "cv_lwlrap", "max"  # what schedulers and searchers optimise
+METRIC, MODE = "cv_lwlrap", "max"  # what ASHA compares at each epoch
+# The trial's score by its recipe's selection (trainable.selection): what Optuna is told of a
+# completed trial, what the leaderboard ranks, and the weights export and --init-from use.
+SCORE = "score"
 DIVERGED_FILE = "diverged.txt"  # in the trial directory: why the trial diverged
 
 
@@ -28,8 +32,9 @@ def train_sed(config: dict[str, Any]) -> None:
     """Ray Tune function trainable.
 
     Args:
-        config: a TrialConfig as a (nested or dotted-key) dict, with absolute data paths. An
-            unknown key or a wrong type fails the trial with a ConfigError that names the key.
+        config: a TrialConfig as a (nested or dotted-key) dict, with absolute data paths, over
+            the defaults of its `recipe` (trainable.recipes). An unknown key or a wrong type
+            fails the trial with a ConfigError that names the key.
 
     Raises:
         ConfigError: a bad config, a checkpoint made with another recipe, or an init_from
@@ -37,7 +42,7 @@ def train_sed(config: dict[str, Any]) -> None:
         DivergedError: the loss or the predictions became NaN or infinite (the trial
             ends; the others go on).
     """
-    trial = from_dict(TrialConfig, nest_dotted(config))
+    trial = resolve(config)
     for key in ("data_dir", "cache_dir", "teacher_file", "init_from"):
         path = getattr(trial, key)
         if path and not os.path.isabs(path):

@@ -1,0 +1,74 @@
+"""Named recipes: whole sets of defaults, selected by the config key `recipe`.
+
+The dataclass defaults of trainable.config are the reference stage 1 (trtd56/RFCX's v1_7, the
+notebook of exp0073), so `v1_7` changes nothing. Every other recipe is the dotted keys it
+changes, laid under what a trial config gives itself:
+
+    resolve({"data_dir": "/d", "recipe": "exp0109", "train.lr": 3e-4})
+        == v1_7's defaults, then exp0109's keys, then train.lr = 3e-4
+
+A resolved config holds every key, so resolving it again changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from trainable.config import ConfigError, TrialConfig, from_dict, merge, nest_dotted
+
+DEFAULT_RECIPE = "v1_7"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A named set of defaults."""
+
+    summary: str  # one line, for --list-recipes
+    values: dict[str, Any]  # dotted config keys -> values, over the reference's defaults
+
+
+RECIPES: dict[str, Recipe] = {
+    "v1_7": Recipe(
+        "the reference stage 1 (exp0073): ImageNet resnet18, the clip image, 4-term loss, per-batch cosine", {}),
+    "exp0109": Recipe(
+        "v1_7 with the attention term only and no gamma or brightness/contrast (the seed's 3-stage table)",
+        {"loss.w_max": 0.0, "loss.w_pseudo": 0.0, "loss.w_frame": 0.0,
+         # "not_bright_and_gamma": no RandomBrightnessContrast, and the random group keeps its masks.
+         "augment.brightness_contrast_p": 0.0, "augment.group_gamma": 0.0}),
+    "fixed": Recipe(
+        "the variants this project chose before recipes existed (per-crop input, clamped cosine, ...)",
+        {"model.backbone": "resnet18", "model.pretrained": False, "model.input": "crop_unit",
+         "model.orientation": "mel_time", "model.head_bias": True, "model.upsample": "linear",
+         "loss.class_counts": "fold", "loss.pseudo_on": "logits", "loss.frame_reduction": "positive_mean",
+         "augment.policy": "jitter", "augment.time_masks": 2, "augment.time_mask_frames": 32,
+         "augment.freq_masks": 2, "augment.freq_mask_bins": 12,
+         "data.crop_rule": "event", "data.event_frames": "cover", "data.window_rule": "cover",
+         "data.window_score": "segment_max",
+         "data.valid_overlap": 49, "data.test_overlap": 256, "data.fold_seed": 42, "data.fold_labels": "multi_hot",
+         "train.schedule": "cosine_clamped", "train.min_lr": 1e-5, "train.selection": "common", "train.seed": 0}),
+}
+
+
+def recipe_values(name: str) -> dict[str, Any]:
+    """The dotted keys recipe `name` sets (with `recipe` itself).
+
+    Raises:
+        ConfigError: no such recipe (the message lists the known ones).
+    """
+    if name not in RECIPES:
+        raise ConfigError(f"unknown recipe {name!r} (known: {', '.join(RECIPES)})")
+    return {**RECIPES[name].values, "recipe": name}
+
+
+def resolve(values: dict[str, Any]) -> TrialConfig:
+    """The TrialConfig of a (nested or dotted) dict: its recipe's defaults, then its own keys.
+
+    Raises:
+        ConfigError: an unknown recipe, key or value (the message names it).
+    """
+    nested = nest_dotted(values)
+    name = nested.get("recipe", DEFAULT_RECIPE)
+    if not isinstance(name, str):
+        raise ConfigError(f"config key recipe: expected a recipe name, got {name!r}")
+    return from_dict(TrialConfig, merge(recipe_values(name), nested))
