@@ -15,7 +15,7 @@ from ray.tune.schedulers import ASHAScheduler
 from search.optuna_search import TruthfulOptunaSearch
 from search.plan import DefineByRun, SearchPlan, experiment_path, trial_resources
 from search.tensorboard import HParamsLogger
-from spaces import recipe_point
+from spaces import recipe_point, windows_of
 from trainable.tune import METRIC, MODE, train_sed
 
 CHECKPOINTS_KEPT = 2  # per trial: the latest and the one before, in case a write was cut
@@ -25,7 +25,7 @@ def build_tuner(plan: SearchPlan) -> tune.Tuner:
     """A new experiment."""
     epochs = plan.epochs
     searcher = TruthfulOptunaSearch(
-        space=DefineByRun(plan.spaces, epochs, plan.teacher),
+        space=DefineByRun(plan.spaces, epochs, plan.teacher, windows_of(plan.baseline)),
         metric=METRIC, mode=MODE,  # a define-by-run searcher does not take them from TuneConfig
         sampler=optuna.samplers.TPESampler(seed=plan.seed),
         # The baseline (the recipe with the fixed values) runs first.

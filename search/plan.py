@@ -15,7 +15,7 @@ from typing import Any
 import optuna
 
 from search.storage import is_remote, local_copy_dir, local_path, read_text, upload
-from spaces import combine, recipe_point, set_context
+from spaces import REFERENCE_WINDOWS, combine, recipe_point, set_context, windows_of
 from trainable.atomic import atomic_write_text
 from trainable.config import ConfigError, TrialConfig, flatten_dotted, merge, to_dict
 from trainable.recipes import resolve
@@ -105,7 +105,8 @@ def recipe_config(spaces: tuple[str, ...], epochs: int, teacher: bool = False,
     """What the spaces set (suggested or derived config keys) at a config's point (default:
     the reference's defaults)."""
     point = recipe_point(list(spaces), epochs, teacher, config)
-    return DefineByRun(spaces, epochs, teacher)(optuna.trial.FixedTrial(point))
+    windows = windows_of(config) if config else REFERENCE_WINDOWS
+    return DefineByRun(spaces, epochs, teacher, windows)(optuna.trial.FixedTrial(point))
 
 
 def searched_keys(spaces: tuple[str, ...], epochs: int, teacher: bool = False) -> set[str]:
@@ -139,14 +140,16 @@ def check_plan(plan: SearchPlan) -> None:
 class DefineByRun:
     """The chosen spaces as one define-by-run function (a class: Ray pickles the searcher
     with the experiment state, and a closure cannot be pickled). Spaces read the epoch
-    budget and whether there is a teacher from the trial's user attributes."""
+    budget, whether there is a teacher and the baseline's windows from the trial's user
+    attributes."""
 
     spaces: tuple[str, ...]
     epochs: int
     teacher: bool = False
+    windows: tuple[int, int, int] = REFERENCE_WINDOWS  # the baseline's, see spaces.set_context
 
     def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
-        return combine(list(self.spaces))(set_context(trial, self.epochs, self.teacher))
+        return combine(list(self.spaces))(set_context(trial, self.epochs, self.teacher, self.windows))
 
 
 def experiment_path(plan: SearchPlan) -> str:

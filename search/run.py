@@ -296,8 +296,6 @@ def new_plan(args: argparse.Namespace, storage: str, name: str) -> SearchPlan:
 
     if not timm.is_model(trial.model.backbone):
         raise UsageError(f"unknown backbone {trial.model.backbone!r} (timm has no such model)")
-    if trial.model.pretrained:
-        check_weights(trial)
     if trial.init_from:
         check_init_from(trial, n_species)
     grace = args.grace_period if args.grace_period is not None else min(DEFAULT_GRACE, trial.train.epochs)
@@ -308,6 +306,8 @@ def new_plan(args: argparse.Namespace, storage: str, name: str) -> SearchPlan:
                       cpus_per_trial=_value(args, "cpus_per_trial"), gpus_per_trial=_value(args, "gpus_per_trial"),
                       storage=storage, name=name, seed=_value(args, "seed"), max_failures=_value(args, "max_failures"))
     check_plan(plan)
+    if trial.model.pretrained:  # last: every cheap check answers first
+        check_weights(trial)
     return plan
 
 

@@ -17,7 +17,7 @@ import optuna
 
 from fractions import Fraction
 
-from spaces.definitions import EPOCHS_ATTR, TEACHER_ATTR, crop, loss_weights, mixup, pseudo, scheduler, variants
+from spaces.definitions import EPOCHS_ATTR, REFERENCE_WINDOWS, TEACHER_ATTR, WINDOWS_ATTR, crop, loss_weights, mixup, pseudo, scheduler, variants
 from trainable.config import TrialConfig, flatten_dotted, to_dict
 
 Space = Callable[[optuna.Trial], dict[str, Any]]
@@ -82,11 +82,19 @@ def _all(trial: optuna.Trial) -> dict[str, Any]:
 
 SPACES: dict[str, Space] = {**_BASE, "all": _all}
 
-def set_context(trial: optuna.Trial, epochs: int, teacher: bool) -> optuna.Trial:
-    """Tell the spaces about the search: its epoch budget, and whether trials have a teacher."""
+def set_context(trial: optuna.Trial, epochs: int, teacher: bool,
+                windows: tuple[int, int, int] = REFERENCE_WINDOWS) -> optuna.Trial:
+    """Tell the spaces about the search: its epoch budget, whether trials have a teacher, and
+    the baseline's crop width and window overlaps."""
     trial.set_user_attr(EPOCHS_ATTR, epochs)
     trial.set_user_attr(TEACHER_ATTR, teacher)
+    trial.set_user_attr(WINDOWS_ATTR, list(windows))
     return trial
+
+
+def windows_of(config: dict[str, Any]) -> tuple[int, int, int]:
+    """A dotted config's crop width and window overlaps, for `set_context`."""
+    return config["data.crop_frames"], config["data.valid_overlap"], config["data.test_overlap"]
 
 
 def recipe_point(names: list[str], epochs: int, teacher: bool = False,
@@ -105,6 +113,6 @@ def recipe_point(names: list[str], epochs: int, teacher: bool = False,
     flat = config or flatten_dotted(to_dict(TrialConfig(data_dir="-")))
     offsets = ",".join(str(Fraction(o, flat["data.crop_frames"])) for o in flat["data.crop_offsets"])
     point = {**flat, "data.crop_offsets": offsets, "train.t_max": min(flat["train.t_max"], epochs)}
-    trial = set_context(optuna.trial.FixedTrial(point), epochs, teacher)
+    trial = set_context(optuna.trial.FixedTrial(point), epochs, teacher, windows_of(flat))
     combine(names)(trial)
     return dict(trial.params)

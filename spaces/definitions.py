@@ -16,9 +16,11 @@ from trainable.config import (AUGMENT_POLICIES, CLASS_COUNTS, CROP_RULES, EVENT_
                               MIXUP_TARGETS, ORIENTATIONS, PSEUDO_ON, SCHEDULES, UPSAMPLING)
 
 DEFAULT_EPOCHS = 50  # the recipe's epoch budget, used when the search did not say its own
-# Trial user attributes the search sets before it calls a space: the epoch budget, and whether
-# the trials have a teacher (stage 3), which adds the teacher's parameters to `pseudo`.
-EPOCHS_ATTR, TEACHER_ATTR = "epochs", "teacher"
+# Trial user attributes the search sets before it calls a space: the epoch budget, whether the
+# trials have a teacher (stage 3), which adds the teacher's parameters to `pseudo`, and the
+# baseline's evaluation windows [crop_frames, valid_overlap, test_overlap], which `crop` scales.
+EPOCHS_ATTR, TEACHER_ATTR, WINDOWS_ATTR = "epochs", "teacher", "windows"
+REFERENCE_WINDOWS = (512, 51, 51)  # the reference's crop width and window overlaps
 
 CROP_WIDTHS = (256, 384, 512, 768)  # frames (4.1, 6.1, 8.2, 12.3 s); 512 is the recipe's
 # Offsets as fractions of the crop width: the recipe's {32, 64, 128, 256} of 512 is the first.
@@ -58,16 +60,18 @@ def crop(trial: optuna.Trial) -> dict[str, Any]:
     """Training crop width and where the event centre lands in it.
 
     The evaluation window overlaps are derived, not searched: DataConfig needs both below the
-    crop width, and keeping the reference's ratio (51 of 512) keeps the evaluation comparable
-    across widths instead of adding two parameters unrelated to training.
+    crop width, and keeping the baseline's ratios (`trial.user_attrs["windows"]`, the
+    reference's 51 of 512 when absent) keeps the evaluation comparable across widths instead of
+    adding two parameters unrelated to training.
     """
     crop_frames = trial.suggest_categorical("data.crop_frames", list(CROP_WIDTHS))
     fractions = trial.suggest_categorical("data.crop_offsets", list(CROP_OFFSET_SETS))
+    width, valid, test = trial.user_attrs.get(WINDOWS_ATTR, REFERENCE_WINDOWS)
     return {
         "data.crop_frames": crop_frames,
         "data.crop_offsets": offsets_in_frames(fractions, crop_frames),
-        "data.valid_overlap": round(crop_frames * 51 / 512),
-        "data.test_overlap": round(crop_frames * 51 / 512),
+        "data.valid_overlap": min(round(crop_frames * valid / width), crop_frames - 1),
+        "data.test_overlap": min(round(crop_frames * test / width), crop_frames - 1),
     }
 
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 from trainable import prepare
+
+# No model hub is reachable here: a test that would fetch ImageNet weights fails at once instead
+# of retrying for half a minute (subprocesses inherit it). Tests train with model.pretrained
+# false and load weights from local files.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 # Small enough for seconds on 2 cores, large enough for 3 stratified folds over 6 species.
 SYNTH = dict(recordings=40, test_recordings=6, species=6, duration=12.0, sample_rate=16000, seed=7)
@@ -48,7 +54,7 @@ def tiny_trial(cached_dir) -> dict:
         "data_dir": str(cached_dir),
         "data": {"n_folds": 2, "crop_frames": 128, "crop_offsets": [16, 32, 64], "fp_per_epoch": 4,
                  "valid_overlap": 32, "test_overlap": 64},
-        "model": {"backbone": "mobilenetv2_100"},
+        "model": {"backbone": "mobilenetv2_100", "pretrained": False},
         "augment": {"time_mask_frames": 8, "freq_mask_bins": 8},
         "train": {"epochs": 2, "batch_size": 16},
     }
@@ -82,7 +88,7 @@ def trained_experiment(tmp_path_factory, tiny_trial) -> Path:
     training.run_epoch()
     training.save(root / "trial_abc" / "checkpoint_000000")
     (root / "trial_empty").mkdir()
-    rows = [Row("abc", "completed", training.best_cv_lwlrap, 0.01, 1, {"loss.w_max": 0.5}, 12.0),
+    rows = [Row("abc", "completed", training.selection.score, 0.01, 1, {"loss.w_max": 0.5}, 12.0),
             Row("empty", "errored: boom", np.nan, np.nan, 0, {"loss.w_max": 0.7}, 1.0)]
     (root / "leaderboard.csv").write_text(frame(rows).to_csv(index=False))
     (root / "leaderboard.md").write_text("# exp: loss_weights\n")

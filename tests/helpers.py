@@ -27,6 +27,7 @@ def drop_column(path: Path, column: str) -> None:
 
 
 REPO = Path(__file__).resolve().parents[1]
+NO_HUB = ["--set", "model.pretrained=false"]  # search/run.py on real data without ImageNet weights
 ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}  # for subprocesses that start or join Ray
 
 
@@ -36,4 +37,4 @@ def tiny_search(data_dir: Path, storage: Path | str, name: str) -> list[str]:
             "--storage", str(storage), "--name", name, "--num-samples", "4", "--epochs", "3", "--grace-period", "1",
             "--folds", "2", "--backbone", "mobilenetv2_100", "--set", "data.crop_frames=128",
             "--set", "data.crop_offsets=[16,32,64]", "--set", "data.fp_per_epoch=4", "--set", "data.valid_overlap=32",
-            "--set", "data.test_overlap=64", "--set", "train.batch_size=16"]
+            "--set", "data.test_overlap=64", "--set", "train.batch_size=16", *NO_HUB]

@@ -23,7 +23,7 @@ from search import experiment
 from search.default_data import default_data_dir
 from search.run import make_plan, parse_args
 from search.session import cluster_problem
-from tests.helpers import ENV, tiny_search
+from tests.helpers import ENV, NO_HUB, tiny_search
 
 FEW_SECONDS = 120  # for anything that should take seconds, on a loaded 2-core machine
 
@@ -53,7 +53,7 @@ def test_what_one_node_alone_has_is_refused_on_a_multi_node_cluster(start_cluste
     cluster, _ = start_cluster({"num_cpus": 1}, {"num_cpus": 1})
     ray.init(address=cluster.address, configure_logging=False)
     plan = make_plan(parse_args(["--space", "loss_weights", "--data-dir", str(cached_dir),
-                                 "--storage", f"file://{tmp_path}/shared", "--name", "ok"]))
+                                 "--storage", f"file://{tmp_path}/shared", "--name", "ok", *NO_HUB]))
     alive = [node["Resources"] for node in ray.nodes() if node["Alive"]]
     assert len(alive) == 2
     assert cluster_problem(plan, alive, []) is None  # a file:// URI vouches for a shared path
@@ -112,7 +112,7 @@ def test_fractional_gpus_pack_trials_on_every_gpu_of_both_nodes(start_cluster, c
     plan = make_plan(parse_args(["--space", "loss_weights", "--data-dir", str(cached_dir), "--storage",
                                  str(tmp_path), "--name", "packed", "--gpus-per-trial", str(share),
                                  "--cpus-per-trial", "1", "--num-samples", str(capacity), "--epochs", "1",
-                                 "--grace-period", "1"]))
+                                 "--grace-period", "1", *NO_HUB]))
     ray.init(address=cluster.address, configure_logging=False)
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import tests/
     barrier = Barrier.options(name=BARRIER).remote(capacity)

@@ -16,10 +16,14 @@ from search import export
 from search.holdout import PRIVATE, PUBLIC, holdout_scores, load_truth
 from trainable.annotations import load_annotations
 from trainable.cache import LogMelCache
-from trainable.config import TrialConfig, from_dict, merge
+from search.report import Row, frame
+from trainable import kfold
+from trainable.config import DataConfig, merge
+from trainable.data import window_starts
 from trainable.fit import Device
-from trainable.folds import make_folds
-from trainable.kfold import BEST_OOF_FILE, KFoldTraining, fold_file
+from trainable.folds import folds_of
+from trainable.kfold import BEST_OOF_FILE, KFoldTraining, best_weights_file
+from trainable.recipes import resolve
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +52,7 @@ def test_the_oof_covers_every_tp_recording_exactly_once_with_its_fold(exported, 
     annotations = load_annotations(cached_dir)
     assert sorted(oof.recording_id) == sorted(set(annotations.tp.recording_id))
     assert not oof.recording_id.duplicated().any()
-    folds = make_folds(annotations, tiny_trial["data"]["n_folds"])
+    folds = folds_of(annotations, DataConfig(**tiny_trial["data"]))
     held_out_by = {rid: fold.index for fold in folds for rid in fold.valid_ids}
     assert list(oof.fold) == [held_out_by[rid] for rid in oof.recording_id]
     assert list(oof.columns) == ["recording_id", "fold", *[f"s{i}" for i in range(annotations.n_species)]]
@@ -75,14 +79,16 @@ def test_windows_hold_every_window_the_clip_predictions_are_the_max_of(exported,
     # Test: windows are the mean over folds, the submission the mean of each fold's max, never lower.
     assert (highest.loc[submission.recording_id].to_numpy() <= submission[columns].to_numpy() + 1e-9).all()
     cache = LogMelCache.open(cached_dir / "logmel")
-    width = tiny_trial["data"]["crop_frames"] / cache.features.frames_per_second
+    fps, data = cache.features.frames_per_second, DataConfig(**tiny_trial["data"])
     for rid, rows in windows.groupby("recording_id"):
         split = "test" if rid in set(submission.recording_id) else "train"
-        length = cache.load(split, rid).shape[1] / cache.features.frames_per_second
-        # The windows tile the whole clip: from its start to its end, each one crop wide.
-        assert rows.t_min.iloc[0] == 0 and rows.t_max.iloc[-1] == pytest.approx(length)
-        assert (rows.t_max - rows.t_min).max() == pytest.approx(width) and rows.t_min.is_monotonic_increasing
-        assert (rows.t_min.iloc[1:].to_numpy() < rows.t_max.iloc[:-1].to_numpy()).all()  # overlapping
+        overlap = data.test_overlap if split == "test" else data.valid_overlap
+        frames = cache.load(split, rid).shape[1]
+        # The trial's own windows (the reference's rule): from frame 0, each one crop wide, overlapping.
+        starts = window_starts(frames, data.crop_frames, overlap, data.window_rule)
+        np.testing.assert_allclose(rows.t_min.to_numpy(), starts / fps)
+        np.testing.assert_allclose(rows.t_max.to_numpy(), np.minimum(starts + data.crop_frames, frames) / fps)
+        assert (rows.t_min.iloc[1:].to_numpy() < rows.t_max.iloc[:-1].to_numpy()).all()
 
 
 def test_a_named_trial_and_an_output_folder(experiment, tmp_path):
@@ -106,16 +112,19 @@ def test_bad_trials_and_checkpoints_are_one_line_errors(experiment, tmp_path, ca
     broken = tmp_path / "broken"
     shutil.copytree(experiment, broken)
     checkpoint = broken / "trial_abc" / "checkpoint_000000"
-    other = KFoldTraining(from_dict(TrialConfig, merge(tiny_trial, {"model.backbone": "resnet18"})),
-                          Device(torch.device("cpu")))
-    torch.save(other.runs[0].state_dict(), checkpoint / fold_file(0))  # another backbone's weights
+    other = KFoldTraining(resolve(merge(tiny_trial, {"model.backbone": "resnet18"})), Device(torch.device("cpu")))
+    torch.save(other.runs[0].model.state_dict(), checkpoint / best_weights_file(0))  # another backbone's weights
     error = error_of(capsys, ["--experiment", str(broken), "--trial", "abc"])
     assert error.endswith("holds another model than model.backbone=mobilenetv2_100 with 6 species")
 
-    torch.save({"model": export.ExportError("an object, not weights")}, checkpoint / fold_file(0))
+    torch.save({"conv": export.ExportError("an object, not weights")}, checkpoint / best_weights_file(0))
     assert "holds objects other than weights: not loaded" in error_of(capsys, ["--experiment", str(broken), "--trial", "abc"])
-    (checkpoint / fold_file(0)).write_text("not a checkpoint")
+    (checkpoint / best_weights_file(0)).write_text("not a checkpoint")
     assert "not a fold checkpoint" in error_of(capsys, ["--experiment", str(broken), "--trial", "abc"])
+
+    trial_file = checkpoint / kfold.TRIAL_FILE  # a checkpoint from before recipes
+    trial_file.write_text(json.dumps({**json.loads(trial_file.read_text()), "format": 1}))
+    assert "was made before recipes (format 1)" in error_of(capsys, ["--experiment", str(broken), "--trial", "abc"])
 
 
 def test_the_holdout_scores_go_beside_the_cv_on_the_leaderboard(experiment, exported, cached_dir):
@@ -129,3 +138,44 @@ def test_the_holdout_scores_go_beside_the_cv_on_the_leaderboard(experiment, expo
     assert board.loc["abc", "loss.w_max"] == 0.5 and board.loc["abc", "status"] == "completed"  # the rest is kept
     text = (experiment / "leaderboard.md").read_text()
     assert text.startswith("# exp: loss_weights\n") and f"| {PUBLIC} | {PRIVATE} |" in text
+
+
+@pytest.mark.parametrize("selection", ["fold", "common"])
+def test_export_predicts_with_the_selected_epochs_weights_not_the_last(tiny_trial, tmp_path, monkeypatch, selection):
+    """3 epochs whose best is the second: the exported OOF are that epoch's predictions, from the
+    weights kept beside the resume state, while the resume state holds the third epoch's."""
+    seen: dict[tuple[int, int], np.ndarray] = {}  # (fold, epoch) -> its out-of-fold predictions
+    evaluate = KFoldTraining._evaluate_fold
+
+    def recorded(self, run):
+        scores, lrap = evaluate(self, run)
+        seen[run.fold.index, self.epoch + 1] = scores
+        return scores, lrap
+
+    lraps = {1: 0.5, 2: 0.9, 3: 0.1}  # the reference LRAP by epoch: every fold's best is epoch 2
+    monkeypatch.setattr(KFoldTraining, "_evaluate_fold",
+                        lambda self, run: (recorded(self, run)[0], lraps[self.epoch + 1]))
+    trial = KFoldTraining(resolve(merge(tiny_trial, {"train.epochs": 3, "train.selection": selection})),
+                          Device(torch.device("cpu")))
+    epochs = [trial.run_epoch() for _ in range(3)]
+    if selection == "common":  # the best epoch of the pooled cv_lwlrap; make the test mean it
+        best = 1 + int(np.argmax([m["cv_lwlrap"] for m in epochs]))
+        if best == 3:
+            pytest.skip("the last epoch was the best by cv_lwlrap with this seed")
+    else:
+        best = 2
+    experiment = tmp_path / "exp"
+    trial.save(experiment / "trial_sel" / "checkpoint_000002")
+    (experiment / "leaderboard.csv").write_text(frame([Row("sel", "completed", trial.selection.score, 0.0, 3, {},
+                                                          1.0)]).to_csv(index=False))
+    assert export.main(["--experiment", str(experiment), "--out", str(tmp_path / "out")]) == 0
+
+    oof = pd.read_csv(tmp_path / "out" / "oof.csv", dtype={"recording_id": str})
+    columns = [c for c in oof.columns if c.startswith("s")]
+    for run in trial.runs:
+        mine = oof[oof.fold == run.fold.index].set_index("recording_id").loc[list(run.fold.valid_ids), columns]
+        np.testing.assert_allclose(mine.to_numpy(), seen[run.fold.index, best], atol=1e-6)
+        assert not np.allclose(mine.to_numpy(), seen[run.fold.index, 3], atol=1e-6)
+    assert trial.selection.epochs == [best, best]
+    saved = np.load(experiment / "trial_sel" / "checkpoint_000002" / BEST_OOF_FILE)
+    np.testing.assert_allclose(saved["scores"], np.concatenate([seen[run.fold.index, best] for run in trial.runs]))

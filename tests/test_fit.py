@@ -9,14 +9,24 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from trainable.augment import draw_mixup, unit_scale
-from trainable.config import AugmentConfig, LossConfig, ModelConfig
+from trainable.config import AugmentConfig, LossConfig, ModelConfig, TrainConfig
 from trainable.data import collate_windows
 from trainable.fit import LOSS_KEYS, Device, predict_clips, train_epoch
-from trainable.targets import Targets
+from trainable.inputs import InputPipeline, Placement
+from trainable.kfold import cosine
 from trainable.losses import SEDLoss
-from trainable.model import SEGMENT, SEDModel
+from trainable.model import CLIP_ATT, CLIP_MAX, SEGMENT, SEDModel
+from trainable.targets import Targets
 
 CPU = Device(torch.device("cpu"))
+# The fixed recipe's input: each crop min-max scaled, 1 channel (no clip statistics needed).
+CROP_UNIT = ModelConfig(pretrained=False, input="crop_unit", backbone="mobilenetv2_100")
+
+
+def placements(n: int, frames: int) -> Placement:
+    """Placements of n crops at the start of clips of `frames` frames (statistics unused)."""
+    return Placement(torch.zeros(n, 4, dtype=torch.float64), torch.zeros(n, dtype=torch.int64),
+                     torch.full((n,), frames, dtype=torch.int64))
 
 
 class WindowIndexModel(nn.Module):
@@ -28,18 +38,24 @@ class WindowIndexModel(nn.Module):
         segment = torch.full((len(x), 2, 4), -50.0)  # (W, C, T')
         segment[:, 0, 2] = k
         segment[:, 1, :] = -k[:, None]
-        return {SEGMENT: segment}
+        # Clip logits: class 0 is k (attention) and 2k (max), class 1 is -k for both.
+        clip_att, clip_max = torch.stack([k, -k], dim=1), torch.stack([2 * k, -k], dim=1)
+        return {SEGMENT: segment, CLIP_ATT: clip_att, CLIP_MAX: clip_max}
 
 
-def test_prediction_is_max_over_time_then_max_over_each_recordings_windows():
+def test_prediction_is_max_over_each_recordings_windows_of_both_window_scores():
     counts = [3, 1, 2]  # windows per recording; one forward pass holds all three recordings
-    items = [(torch.rand(n, 1, 8, 16), torch.zeros(2)) for n in counts]
+    items = [(torch.rand(n, 1, 8, 16), torch.zeros(2), placements(n, 16)) for n in counts]
     loader = DataLoader(items, batch_size=3, collate_fn=collate_windows)
-    probabilities = predict_clips(WindowIndexModel(), loader, CPU)
+    clips = predict_clips(WindowIndexModel(), loader, InputPipeline(CROP_UNIT, AugmentConfig()), CPU)
+    sigmoid = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
     # Windows 0-2 are recording 0, window 3 recording 1, windows 4-5 recording 2.
     last, first = np.array([2.0, 3.0, 5.0]), np.array([0.0, 3.0, 4.0])
-    expected = 1 / (1 + np.exp(-np.stack([last, -first], axis=1)))
-    np.testing.assert_allclose(probabilities, expected, rtol=1e-6)
+    # segment_max: the max over time of the segment probability, then over the windows.
+    np.testing.assert_allclose(clips["segment_max"], sigmoid(np.stack([last, -first], axis=1)), rtol=1e-6)
+    # att_max_mean (the reference's): (sigmoid(att) + sigmoid(max)) / 2, then the max over the windows.
+    expected = np.stack([(sigmoid(last) + sigmoid(2 * last)) / 2, sigmoid(-first)], axis=1)
+    np.testing.assert_allclose(clips["att_max_mean"], expected, rtol=1e-6)
 
 
 @pytest.mark.parametrize("mixup_on", ["features", "input"])
@@ -48,15 +64,18 @@ def test_train_epoch_steps_the_model_and_reports_every_loss_term(mixup_on):
     g = torch.Generator().manual_seed(0)
     frame = (torch.rand(10, 3, 64, generator=g) > 0.8).float()  # (N, C, T)
     data = CropData(torch.randn(10, 1, 32, 64, generator=g), frame)
-    model = SEDModel(ModelConfig(backbone="mobilenetv2_100"), n_species=3)
+    model = SEDModel(ModelConfig(backbone="mobilenetv2_100", pretrained=False), n_species=3)
     before = [p.detach().clone() for p in model.parameters()]
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    stats = train_epoch(model, DataLoader(data, batch_size=4), SEDLoss(LossConfig()), optimizer,
-                        torch.amp.GradScaler("cpu", enabled=False), AugmentConfig(mixup_alpha=1.0, mixup_on=mixup_on),
-                        np.random.default_rng(0), CPU)
+    augment = AugmentConfig(mixup_alpha=1.0, mixup_on=mixup_on)
+    loader = DataLoader(data, batch_size=4)
+    scheduler = cosine(optimizer, TrainConfig(), batches=len(loader))
+    stats = train_epoch(model, loader, SEDLoss(LossConfig()), optimizer, torch.amp.GradScaler("cpu", enabled=False),
+                        InputPipeline(model.config, augment), augment, np.random.default_rng(0), CPU, scheduler)
     assert stats.samples == 10 and stats.seconds > 0
     assert set(stats.losses) == set(LOSS_KEYS) and all(np.isfinite(v) and v > 0 for v in stats.losses.values())
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert scheduler.last_epoch == len(loader) == 3  # the reference's cosine steps after every batch
 
 
 class CropData(Dataset):
@@ -69,7 +88,13 @@ class CropData(Dataset):
         return len(self.x)
 
     def __getitem__(self, i):
-        return self.x[i], Targets.from_frames(self.frame[i])
+        where = placements(1, self.x.shape[-1])
+        # A clip of exactly this crop: its statistics, for the reference's clip image.
+        x = self.x[i].double()
+        mean, std = x.mean(), (x - x.mean()).std(unbiased=False)
+        z = (x - mean) / (std + 1e-6)
+        stats = torch.stack([mean, std, z.min(), z.max()])
+        return self.x[i], Targets.from_frames(self.frame[i]), Placement(stats, where.start[0], where.frames[0])
 
 
 class Recorder(nn.Module):
@@ -97,9 +122,11 @@ def test_one_mixup_draw_mixes_the_chosen_place_and_both_targets(mixup_on):
     x = torch.rand(4, 1, 8, 16, generator=g)
     data = CropData(x, frame)
     recorder = Recorder()
-    config = AugmentConfig(mixup_alpha=1.0, mixup_on=mixup_on, time_masks=0, freq_masks=0, gamma=0, brightness=0)
+    config = AugmentConfig(mixup_alpha=1.0, mixup_on=mixup_on, policy="jitter", time_masks=0, freq_masks=0, gamma=0,
+                           brightness=0)
     train_epoch(recorder, DataLoader(data, batch_size=4), recorder.loss, torch.optim.SGD(recorder.parameters(), lr=0.1),
-                torch.amp.GradScaler("cpu", enabled=False), config, np.random.default_rng(5), CPU)
+                torch.amp.GradScaler("cpu", enabled=False), InputPipeline(CROP_UNIT, config), config,
+                np.random.default_rng(5), CPU)
     # Replay the draws: train_epoch's augmentation draws nothing when jitter and masks are off.
     replay = np.random.default_rng(5)
     replay.uniform(size=4), replay.uniform(size=4)  # jitter always draws gamma and brightness

@@ -41,7 +41,7 @@ def test_each_half_is_scored_with_lwlrap_on_its_own_recordings():
 
 
 def test_cv_trust_is_the_rank_correlation_of_cv_and_holdout():
-    board = pd.DataFrame({"best_cv_lwlrap": [0.9, 0.8, 0.7, 0.6, math.nan], "fold_std": [0.01, 0.02, 0.03, 0.02, 0.1],
+    board = pd.DataFrame({"score": [0.9, 0.8, 0.7, 0.6, math.nan], "fold_std": [0.01, 0.02, 0.03, 0.02, 0.1],
                           PUBLIC: [0.5, 0.4, 0.3, 0.2, 0.9], PRIVATE: [0.2, 0.3, 0.4, 0.5, 0.9]})
     assert cv_trust(board) == ("CV vs holdout over 4 trials: Spearman +1.00 (public), -1.00 (private);"
                                " mean fold std 0.0200")

@@ -8,11 +8,13 @@ import pytest
 
 from search import run
 from spaces import SPACES
+from tests.helpers import NO_HUB
+from trainable.recipes import RECIPES
 
 FLAGS = ("--space", "--data-dir", "--num-samples", "--max-concurrent", "--epochs", "--grace-period",
          "--reduction-factor", "--folds", "--backbone", "--cpus-per-trial", "--gpus-per-trial", "--address",
          "--storage", "--name", "--resume", "--seed", "--set", "--config", "--list-spaces", "--stage", "--teacher",
-         "--init-from")
+         "--init-from", "--recipe", "--list-recipes")
 
 
 def test_help_explains_every_flag(capsys):
@@ -31,6 +33,12 @@ def test_list_spaces_names_every_space_and_its_parameters(capsys):
     assert "with --teacher also loss.teacher_threshold, loss.teacher_weight" in text
 
 
+def test_list_recipes_names_every_recipe_in_one_line_each(capsys):
+    assert run.main(["--list-recipes"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[0] for line in lines] == list(RECIPES)
+
+
 def error_of(capsys, argv: list[str]) -> str:
     assert run.main(argv) == 2
     err = capsys.readouterr().err.strip()
@@ -39,9 +47,12 @@ def error_of(capsys, argv: list[str]) -> str:
 
 
 def test_bad_input_is_one_line_and_exit_code_2(capsys, cached_dir, tmp_path):
-    data = ["--data-dir", str(cached_dir), "--storage", str(tmp_path)]
+    data = ["--data-dir", str(cached_dir), "--storage", str(tmp_path), *NO_HUB]
     assert "unknown space 'loss'" in error_of(capsys, ["--space", "loss", *data])
-    assert "choose at least one --space" in error_of(capsys, data)
+    assert "--num-samples 3 without --space would train one configuration 3 times" in error_of(
+        capsys, [*data, "--num-samples", "3"])
+    assert "--set recipe=...: use --recipe" in error_of(capsys, [*data, "--set", "recipe=fixed"])
+    assert "invalid choice: 'v9'" in run_error(capsys, [*data, "--recipe", "v9"])
     assert "config key train.epochs: expected int" in error_of(capsys, ["--space", "mixup", "--set", "train.epochs=abc", *data])
     assert "unknown config key train.lrr" in error_of(capsys, ["--space", "mixup", "--set", "train.lrr=0.1", *data])
     assert "expected KEY=VALUE" in error_of(capsys, ["--space", "mixup", "--set", "train.lr", *data])
@@ -96,8 +107,29 @@ def test_a_best_config_fixes_everything_but_what_the_new_search_searches(cached_
     assert fixed["data_dir"] == str(cached_dir.resolve())  # --data-dir, not the file's
 
 
+def run_error(capsys, argv: list[str]) -> str:
+    """argparse's own refusal (exit 2, usage and one error line)."""
+    with pytest.raises(SystemExit) as exit_:
+        run.main(argv)
+    assert exit_.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_without_a_space_one_trial_trains_the_recipe(cached_dir, tmp_path):
+    plan = run.make_plan(run.parse_args(["--recipe", "exp0109", "--data-dir", str(cached_dir), "--storage",
+                                         str(tmp_path), *NO_HUB]))
+    assert plan.spaces == () and plan.num_samples == 1 and plan.name.startswith("exp0109-")
+    assert plan.trial_config({}).loss.w_max == 0 and plan.trial_config({}).recipe == "exp0109"
+
+
+def test_imagenet_weights_that_cannot_be_fetched_are_one_line_naming_the_ways_out(capsys, cached_dir, tmp_path):
+    err = error_of(capsys, ["--data-dir", str(cached_dir), "--storage", str(tmp_path)])  # v1_7: pretrained
+    assert "cannot fetch the ImageNet weights of resnet18.tv_in1k" in err
+    assert "model.pretrained_file=" in err and "model.pretrained=false" in err
+
+
 def test_impossible_resources_and_names_are_refused_before_ray(capsys, cached_dir, tmp_path):
-    data = ["--space", "mixup", "--data-dir", str(cached_dir), "--storage", str(tmp_path)]
+    data = ["--space", "mixup", "--data-dir", str(cached_dir), "--storage", str(tmp_path), *NO_HUB]
     assert "--num-samples must be >= 1" in error_of(capsys, [*data, "--num-samples", "0"])
     assert "--reduction-factor must be >= 2" in error_of(capsys, [*data, "--reduction-factor", "1"])
     assert "a trial needs CPUs or GPUs" in error_of(capsys, [*data, "--cpus-per-trial", "0"])
@@ -110,7 +142,7 @@ def test_an_existing_experiment_resumes_only_with_its_own_settings(capsys, cache
     from search.plan import PLAN_FILE, save_plan
 
     command = ["--space", "loss_weights", "--data-dir", str(cached_dir), "--storage", str(tmp_path),
-               "--name", "exp", "--epochs", "3"]
+               *NO_HUB, "--name", "exp", "--epochs", "3"]
     plan = run.make_plan(run.parse_args(command))
     (tmp_path / "exp").mkdir()
     save_plan(plan)
@@ -146,7 +178,7 @@ def teacher(cached_dir, tmp_path):
 
 
 def test_a_stage_3_search_takes_its_teacher_and_init_checkpoint(cached_dir, trained_experiment, teacher, tmp_path):
-    args = ["--space", "pseudo", "--data-dir", str(cached_dir), "--storage", str(trained_experiment.parent),
+    args = ["--space", "pseudo", "--data-dir", str(cached_dir), "--storage", str(trained_experiment.parent), *NO_HUB,
             "--folds", "2", "--backbone", "mobilenetv2_100", "--teacher", str(teacher), "--init-from", "exp"]
     plan = run.make_plan(run.parse_args(args))
     assert plan.fixed["stage"] == 3 and plan.fixed["teacher_file"] == str(teacher.resolve()) and plan.teacher
@@ -156,7 +188,7 @@ def test_a_stage_3_search_takes_its_teacher_and_init_checkpoint(cached_dir, trai
 
 
 def test_stage_teacher_and_init_errors_are_one_line(capsys, cached_dir, trained_experiment, teacher, tmp_path):
-    data = ["--space", "pseudo", "--data-dir", str(cached_dir), "--storage", str(tmp_path), "--folds", "2"]
+    data = ["--space", "pseudo", "--data-dir", str(cached_dir), "--storage", str(tmp_path), "--folds", "2", *NO_HUB]
     small = [*data, "--backbone", "mobilenetv2_100"]
     assert "stage 3 learns from a teacher: give --teacher FILE" in error_of(capsys, [*small, "--stage", "3"])
     bad = tmp_path / "bad.csv"

@@ -24,12 +24,15 @@ def test_importances_wait_for_enough_completed_trials():
 
 
 def test_markdown_is_the_users_table_with_lb_and_memo_to_fill():
-    rows = [Row("a1", "completed", 0.61, 0.02, 4, {"loss.w_max": 0.5}, 12.0),
+    cvs = {"cv_lwlrap": 0.6, "cv_lwlrap_fold_best": 0.61, "cv_lrap_reference": 0.7}
+    rows = [Row("a1", "completed", 0.61, 0.02, 4, {"loss.w_max": 0.5}, 12.0, cvs=cvs, best_epochs="3,4"),
             Row("b2", "errored: DivergedError: fold 0, epoch 1: ...", math.nan, math.nan, 0, {"loss.w_max": 1.9}, 1.0)]
     text = markdown(rows, "demo", {"loss.w_max": 1.0})
     header = next(line for line in text.splitlines() if line.startswith("| rank"))
+    assert header.startswith("| rank | trial | status | score | cv_lwlrap | cv_lwlrap_fold_best | cv_lrap_reference"
+                             " | best_epochs | fold_std |")
     assert header.split(" | ")[-2:] == ["LB", "memo |"]
-    assert "| 1 | a1 | completed | 0.6100 | 0.0200 | 4 | 0.5 |" in text
+    assert "| 1 | a1 | completed | 0.6100 | 0.6000 | 0.6100 | 0.7000 | 3,4 | 0.0200 | 4 | 0.5 |" in text
     assert "| 2 | b2 | errored: DivergedError" in text and "| - | - |" in text
     assert "Parameter importance" in text
 
@@ -47,4 +50,4 @@ def test_an_empty_search_still_gets_a_leaderboard():
     from search.report import frame
 
     assert "No trial has run yet" in markdown([], "empty", None)
-    assert "best_cv_lwlrap" in frame([]).columns
+    assert {"score", "cv_lwlrap", "cv_lwlrap_fold_best", "cv_lrap_reference"} <= set(frame([]).columns)

@@ -8,19 +8,21 @@ from typing import Any
 import optuna
 import pytest
 
-from spaces import RECIPE_POINT, SPACES, combine, recipe_point, set_context
-from spaces.definitions import CROP_OFFSET_SETS, CROP_WIDTHS, offsets_in_frames
-from trainable.config import TrialConfig, from_dict, merge
+from spaces import SPACES, combine, recipe_point, set_context, windows_of
+from spaces.definitions import CROP_OFFSET_SETS, CROP_WIDTHS, VARIANTS, offsets_in_frames
+from trainable.config import TrialConfig, flatten_dotted, merge, to_dict
+from trainable.recipes import RECIPES, resolve
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 BASE = {"data_dir": "/d"}
+RECIPE_POINT = recipe_point(["all"], 50, teacher=True)  # the reference's values of every parameter
 ALL_NAMES = set(RECIPE_POINT)  # every Optuna parameter of every space, with a teacher
 TEACHER_NAMES = {"loss.teacher_threshold", "loss.teacher_weight"}  # searched by pseudo in stage 3 only
 
 
 def build(space_dict: dict[str, Any]) -> TrialConfig:
-    return from_dict(TrialConfig, merge(BASE, space_dict))
+    return resolve(merge(BASE, space_dict))
 
 
 def suggested(names: list[str], epochs: int = 50, teacher: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -34,7 +36,7 @@ def suggested(names: list[str], epochs: int = 50, teacher: bool = False) -> tupl
 def test_recipe_point_reproduces_the_default_config(name):
     values = SPACES[name](optuna.trial.FixedTrial(RECIPE_POINT))
     assert values, "a space must set something"
-    assert build(values) == from_dict(TrialConfig, BASE)
+    assert build(values) == resolve(BASE)
 
 
 @pytest.mark.parametrize("name", list(SPACES))
@@ -55,6 +57,9 @@ def check_ranges(config: TrialConfig, params: dict[str, Any], epochs: int) -> No
     assert all(0 <= w <= 2 for w in (loss.w_max, loss.w_pseudo, loss.w_frame))
     assert 0.3 <= loss.pseudo_threshold <= 0.95
     assert 1 <= config.train.t_max <= epochs
+    for key, choices in VARIANTS.items():
+        section, field = key.split(".")
+        assert getattr(getattr(config, section), field) in choices
     for name, value in params.items():  # what Optuna recorded is what the config holds
         if name != "data.crop_offsets":
             section, field = name.split(".")
@@ -85,7 +90,7 @@ def test_crop_offsets_in_frames_follow_the_width():
     trial = optuna.trial.FixedTrial({"data.crop_frames": 768, "data.crop_offsets": "1/8,1/4,1/2"})
     values = SPACES["crop"](trial)
     assert values == {"data.crop_frames": 768, "data.crop_offsets": [96, 192, 384],
-                      "data.valid_overlap": round(768 * 49 / 512), "data.test_overlap": 384}
+                      "data.valid_overlap": round(768 * 51 / 512), "data.test_overlap": round(768 * 51 / 512)}
     assert build(values).data.crop_offsets == (96, 192, 384)
 
 
@@ -97,9 +102,27 @@ def test_every_offset_set_is_whole_frames_at_every_width(width, fractions):
     assert offsets_in_frames(fractions, width) == [int(f) for f in exact]
 
 
-def test_scheduler_defaults_to_the_recipe_budget():
-    trial = optuna.trial.FixedTrial({"train.t_max": 50})
-    assert SPACES["scheduler"](trial) == {"train.t_max": 50}
+def test_scheduler_defaults_to_the_recipe_budget_and_searches_the_kind():
+    trial = optuna.trial.FixedTrial({"train.t_max": 50, "train.schedule": "cosine_clamped"})
+    assert SPACES["scheduler"](trial) == {"train.schedule": "cosine_clamped", "train.t_max": 50}
+    assert recipe_point(["scheduler"], 50)["train.schedule"] == "cosine_per_batch"  # the reference's
+
+
+def test_variants_searches_every_switch_with_the_reference_first():
+    params = recipe_point(["variants"], 50)
+    assert set(params) == set(VARIANTS)
+    assert params == {key: choices[0] for key, choices in VARIANTS.items()}  # the defaults are the reference
+    fixed = flatten_dotted(to_dict(resolve({**BASE, "recipe": "fixed"})))
+    # Each switch's other value is the fixed recipe's, so the space tests every fix against the reference.
+    assert {key: fixed[key] for key in VARIANTS} == {key: choices[1] for key, choices in VARIANTS.items()}
+
+
+@pytest.mark.parametrize("recipe", list(RECIPES))
+def test_the_point_of_a_recipe_reproduces_that_recipe(recipe):
+    config = flatten_dotted(to_dict(resolve({**BASE, "recipe": recipe})))
+    point = recipe_point(["all"], 50, teacher=True, config=config)
+    values = combine(["all"])(set_context(optuna.trial.FixedTrial(point), 50, True, windows_of(config)))
+    assert build({**values, "recipe": recipe}) == resolve({**BASE, "recipe": recipe})
 
 
 def test_combine_suggests_the_union():
@@ -142,7 +165,7 @@ def test_combine_asks_each_parameter_once():
 
     config = combine(["all", "crop", "mixup", "all"])(set_context(Recording(RECIPE_POINT), 50, True))
     assert sorted(asked) == sorted(ALL_NAMES)
-    assert build(config) == from_dict(TrialConfig, BASE)
+    assert build(config) == resolve(BASE)
 
 
 def test_combine_rejects_unknown_names():
@@ -151,8 +174,9 @@ def test_combine_rejects_unknown_names():
     message = str(error.value)
     assert "'lr'" in message
     assert all(name in message for name in SPACES)
-    with pytest.raises(ValueError):
-        combine([])
+    # No space: one fixed configuration, nothing suggested.
+    trial = optuna.trial.FixedTrial({})
+    assert combine([])(trial) == {} and trial.params == {}
 
 
 def test_loss_weights_never_suggests_w_att():
@@ -162,9 +186,11 @@ def test_loss_weights_never_suggests_w_att():
 
 
 def test_recipe_point_is_what_the_spaces_ask():
-    assert recipe_point(["scheduler"], epochs=6) == {"train.t_max": 6}
+    assert recipe_point(["scheduler"], epochs=6) == {"train.schedule": "cosine_per_batch", "train.t_max": 6}
     assert recipe_point(["loss_weights"], 50) == {"loss.w_max": 0.5, "loss.w_pseudo": 1.0, "loss.w_frame": 0.5}
-    assert recipe_point(["all"], 50, teacher=True) == RECIPE_POINT
+    assert recipe_point(["pseudo"], 50, teacher=True) == {"loss.pseudo_threshold": 0.7, "loss.teacher_threshold": 0.5,
+                                                          "loss.teacher_weight": 0.5}
+    assert recipe_point(["crop"], 50)["data.crop_offsets"] == "1/16,1/8,1/4,1/2"  # 32, 64, 128, 256 of 512
     assert recipe_point(["pseudo"], 50) == {"loss.pseudo_threshold": 0.7}
 
 
@@ -177,7 +203,7 @@ def test_recipe_point_is_a_valid_first_trial():
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr("epochs", 6)
         config = build(space(trial))
-        assert config == from_dict(TrialConfig, merge(BASE, {"train.t_max": 6}))
+        assert config == resolve(merge(BASE, {"train.t_max": 6}))
         return 0.0
 
     study.optimize(objective, n_trials=1)

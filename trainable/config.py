@@ -350,6 +350,8 @@ def from_dict(cls: type[T], values: dict[str, Any], path: str = "") -> T:
     """
     if not isinstance(values, dict):
         raise ConfigError(f"{path or cls.__name__}: expected a mapping, got {type(values).__name__}")
+    if cls is TrialConfig:
+        values = _over_recipe(values)
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - fields)
@@ -360,6 +362,17 @@ def from_dict(cls: type[T], values: dict[str, Any], path: str = "") -> T:
         return cls(**kwargs)
     except ConfigError as error:
         raise ConfigError(f"{path.rstrip('.') or cls.__name__}: {error}") from None
+
+
+def _over_recipe(values: dict[str, Any]) -> dict[str, Any]:
+    """A TrialConfig dict laid over its recipe's defaults (trainable.recipes), so a config named
+    after a recipe always has that recipe's values where it does not say its own."""
+    from trainable.recipes import DEFAULT_RECIPE, recipe_values  # recipes are built from this module
+
+    name = values.get("recipe", DEFAULT_RECIPE)
+    if not isinstance(name, str):
+        raise ConfigError(f"config key recipe: expected a recipe name, got {name!r}")
+    return merge(recipe_values(name), values)
 
 
 def _convert(hint: Any, value: Any, key: str) -> Any:

@@ -7,7 +7,9 @@ changes, laid under what a trial config gives itself:
     resolve({"data_dir": "/d", "recipe": "exp0109", "train.lr": 3e-4})
         == v1_7's defaults, then exp0109's keys, then train.lr = 3e-4
 
-A resolved config holds every key, so resolving it again changes nothing.
+`trainable.config.from_dict(TrialConfig, ...)` does this for every config, so a config named
+after a recipe always has its values; a resolved config holds every key, so resolving it again
+changes nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from trainable.config import ConfigError, TrialConfig, from_dict, merge, nest_dotted
+from trainable.config import ConfigError, TrialConfig, from_dict, nest_dotted
 
 DEFAULT_RECIPE = "v1_7"
 
@@ -62,13 +64,10 @@ def recipe_values(name: str) -> dict[str, Any]:
 
 
 def resolve(values: dict[str, Any]) -> TrialConfig:
-    """The TrialConfig of a (nested or dotted) dict: its recipe's defaults, then its own keys.
+    """The TrialConfig of a (nested or dotted) dict: its recipe's defaults, then its own keys
+    (`from_dict(TrialConfig, ...)` lays every config over its recipe).
 
     Raises:
         ConfigError: an unknown recipe, key or value (the message names it).
     """
-    nested = nest_dotted(values)
-    name = nested.get("recipe", DEFAULT_RECIPE)
-    if not isinstance(name, str):
-        raise ConfigError(f"config key recipe: expected a recipe name, got {name!r}")
-    return from_dict(TrialConfig, merge(recipe_values(name), nested))
+    return from_dict(TrialConfig, nest_dotted(values))
