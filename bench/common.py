@@ -54,8 +54,9 @@ def synthetic_data() -> Path:
 
 
 def trial(overrides: dict, device: Device | None = None) -> KFoldTraining:
-    """A trial of the recipe over the synthetic data with `overrides` (dotted keys)."""
-    config = from_dict(TrialConfig, merge({"data_dir": str(synthetic_data())}, overrides))
+    """A trial of the recipe over the synthetic data with `overrides` (dotted keys), without
+    ImageNet weights (as the built-in data's preset)."""
+    config = from_dict(TrialConfig, merge({"data_dir": str(synthetic_data()), "model.pretrained": False}, overrides))
     return KFoldTraining(config, device or Device(torch.device("cpu")))
 
 

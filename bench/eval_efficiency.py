@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from bench.common import efficiency_parser, header, interleaved, timed, trial, verdict
-from trainable.data import ClipWindows, collate_windows, window_starts
+from trainable.data import ClipWindows, collate_windows
 from trainable.model import SEGMENT
 
 TARGET = 0.90
@@ -35,14 +35,14 @@ def main(argv: list[str] | None = None) -> None:
            f" {data.valid_overlap}), {per_batch} recordings per forward, {args.threads} threads")
     ids = run.fold.valid_ids
     windows = ClipWindows(training.cache, "train", ids, data.crop_frames, data.valid_overlap,
-                          n_species=training.annotations.n_species)
-    n_windows = sum(len(window_starts(training.cache.load("train", rid).shape[1], data.crop_frames,
-                                      data.valid_overlap)) for rid in ids)
+                          n_species=training.annotations.n_species, rule=data.window_rule)
+    n_windows = sum(len(windows.starts(training.cache.load("train", rid).shape[1])) for rid in ids)
     # The bare side gets the very same batches, already on the device and scaled.
     batches = []
     for start in range(0, len(ids), per_batch):
         items = [windows[i] for i in range(start, min(start + per_batch, len(ids)))]
-        batches.append(training.device.input(collate_windows(items)[0]))  # (sum W, 1, M, T)
+        x, _, _, where = collate_windows(items)
+        batches.append(training.device.layout(training.pipeline.evaluation(training.device.batch(x), where)))
     model = run.model.eval()
 
     @torch.no_grad()
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         return n_windows
 
     def trainable() -> int:
-        scores = training._predict_fold(run)
+        scores = training._predict_fold(run, data.window_rule, data.valid_overlap)[data.window_score]
         assert np.isfinite(scores).all()
         return n_windows
 

@@ -1,5 +1,6 @@
-"""Training efficiency: samples/s of the trainable's epoch loop (crops from the cache,
-augmentation, mixup, the four-term loss, the optimiser step, loss logging) over samples/s of
+"""Training efficiency: samples/s of the trainable's epoch loop (crops from the cache, the
+input image and augmentation, mixup, the four-term loss, the optimiser and per-batch schedule
+steps, loss logging) over samples/s of
 a bare loop (forward, BCE, backward, Adam step) on the same model, batch and input size.
 
     python -m bench.train_efficiency [--backbone resnet18] [--batch-size 16] [--repeats 5]
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.common import efficiency_parser, header, interleaved, timed, trial, verdict
+from trainable.data import epoch_size
 from trainable.model import CLIP_ATT, SEDModel
 
 TARGET = 0.90
@@ -39,8 +41,8 @@ def main(argv: list[str] | None = None) -> None:
             "data.test_overlap": width // 2}
     probe = trial(base)
     fold = probe.runs[0].fold
-    tp = probe.annotations.tp
-    n_tp = int(tp.recording_id.isin(set(fold.train_ids)).sum())
+    n_tp = epoch_size(fold, probe.annotations.tp, probe.config.data) - min(probe.config.data.fp_per_epoch,
+                                                                          len(fold.negative_ids))
     # Whole batches only: a partial last batch would lower the trainable's figure for a reason
     # that is not overhead.
     total = (n_tp + len(fold.negative_ids)) // batch * batch
@@ -51,7 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     model = SEDModel(training.config.model, training.annotations.n_species)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     generator = torch.Generator().manual_seed(0)
-    x = torch.rand(batch, 1, training.cache.features.n_mels, width, generator=generator)  # (B, 1, M, T)
+    x = torch.rand(batch, model.config.in_chans, training.cache.features.n_mels, width,
+                   generator=generator)  # (B, in_chans, M, T)
     y = (torch.rand(batch, training.annotations.n_species, generator=generator) > 0.9).float()  # (B, C)
 
     def bare_epoch() -> int:

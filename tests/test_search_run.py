@@ -51,7 +51,9 @@ def test_a_search_leaves_a_leaderboard_a_study_a_config_and_tensorboard_files(ca
 
     board = pd.read_csv(experiment / "leaderboard.csv", dtype={"trial": str})
     assert len(board) == 4 and list(board["rank"]) == [1, 2, 3, 4]
-    assert list(board.best_cv_lwlrap) == sorted(board.best_cv_lwlrap, reverse=True)
+    assert list(board.score) == sorted(board.score, reverse=True)
+    assert {"cv_lwlrap", "cv_lwlrap_fold_best", "cv_lrap_reference", "best_epochs"} <= set(board.columns)
+    assert (board.score == board.cv_lwlrap_fold_best).all()  # v1_7: each fold at its own best epoch
     assert set(SEARCHED) <= set(board.columns)
     assert (experiment / "leaderboard.md").read_text().count("\n| ") >= 5
 
@@ -63,6 +65,7 @@ def test_a_search_leaves_a_leaderboard_a_study_a_config_and_tensorboard_files(ca
         trial = by_params[tuple(round(board.loc[row.Index, k], 6) for k in SEARCHED)]
         if row.status == "completed":
             assert trial.state == optuna.trial.TrialState.COMPLETE and row.epochs == 3
+            assert trial.value == pytest.approx(row.score)  # Optuna is told the leaderboard's score
         else:
             assert row.status == f"stopped by ASHA at epoch {row.epochs}" and row.epochs < 3
             assert trial.state == optuna.trial.TrialState.PRUNED
@@ -76,8 +79,8 @@ def test_a_search_leaves_a_leaderboard_a_study_a_config_and_tensorboard_files(ca
     events = EventAccumulator(str(trial_dirs[0]), size_guidance={"scalars": 0})
     events.Reload()
     scalars = set(events.Tags()["scalars"])
-    assert {"ray/tune/cv_lwlrap", "ray/tune/best_cv_lwlrap", "ray/tune/fold/0/lwlrap", "ray/tune/loss/att",
-            "ray/tune/loss/frame", "ray/tune/lr"} <= scalars
+    assert {"ray/tune/cv_lwlrap", "ray/tune/best_cv_lwlrap", "ray/tune/cv_lrap_reference", "ray/tune/score",
+            "ray/tune/fold/0/lwlrap", "ray/tune/loss/att", "ray/tune/loss/frame", "ray/tune/lr"} <= scalars
     hparams = {}
     for raw in events.PluginTagToContent("hparams").values():
         data = plugin_data_pb2.HParamsPluginData.FromString(raw)
@@ -105,11 +108,29 @@ def test_a_search_leaves_a_leaderboard_a_study_a_config_and_tensorboard_files(ca
                             capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=600)
     assert stage3.returncode == 0, stage3.stderr[-3000:]
     taught = pd.read_csv(tmp_path / "stage3" / "leaderboard.csv")
-    assert len(taught) == 2 and taught.best_cv_lwlrap.notna().all()
+    assert len(taught) == 2 and taught.score.notna().all()
     assert {"loss.teacher_threshold", "loss.teacher_weight"} <= set(taught.columns)
     config = from_dict(TrialConfig, yaml.safe_load((tmp_path / "stage3" / "best_config.yaml").read_text()))
     assert config.stage == 3 and config.teacher_file == str(windows)
     assert Path(config.init_from).parent == experiment / f"trial_{board.trial[0]}"
+
+
+def test_without_a_space_a_recipe_trains_once_and_reports_the_three_cvs(cached_dir, tmp_path):
+    command = tiny_search(cached_dir, tmp_path, "exp0109")
+    command = [part for part in command if part not in ("--space", "loss_weights")]
+    command[command.index("--num-samples") + 1] = "1"
+    done = subprocess.run([*command, "--recipe", "exp0109", "--epochs", "2"], capture_output=True, text=True, env=ENV,
+                          cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "recipe exp0109, no space (the recipe's own configuration); 1 trials of 2 epochs" in done.stdout
+    board = pd.read_csv(tmp_path / "exp0109" / "leaderboard.csv", dtype={"best_epochs": str})
+    assert len(board) == 1 and board.status[0] == "completed"
+    for column in ("score", "cv_lwlrap", "cv_lwlrap_fold_best", "cv_lrap_reference"):
+        assert 0 < board[column][0] <= 1
+    assert len(board.best_epochs[0].split(",")) == 2 and set(board.best_epochs[0].split(",")) <= {"1", "2"}
+    best = from_dict(TrialConfig, yaml.safe_load((tmp_path / "exp0109" / "best_config.yaml").read_text()))
+    assert best.recipe == "exp0109" and best.loss.w_max == best.loss.w_pseudo == best.loss.w_frame == 0
+    assert best.augment.brightness_contrast_p == 0 and best.augment.group_gamma == 0
 
 
 def results_recorded(experiment: Path) -> dict[str, int]:

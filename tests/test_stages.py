@@ -13,7 +13,7 @@ import torch
 from trainable.annotations import load_annotations
 from trainable.config import ConfigError, TrialConfig, from_dict, merge
 from trainable.fit import Device
-from trainable.kfold import CheckpointError, KFoldTraining, fold_file
+from trainable.kfold import CheckpointError, KFoldTraining, best_weights_file
 
 CPU = Device(torch.device("cpu"))
 
@@ -61,7 +61,7 @@ def test_a_stage_starts_from_the_same_folds_of_an_earlier_trial(tiny_trial, trai
     stage2 = training(tiny_trial, stage=2, init_from=str(checkpoint))
     stage2.initialise_from(checkpoint)
     for run in stage2.runs:
-        saved = torch.load(checkpoint / fold_file(run.fold.index), weights_only=True)["model"]
+        saved = torch.load(checkpoint / best_weights_file(run.fold.index), weights_only=True)  # the selected epoch's
         for name, value in run.model.state_dict().items():
             torch.testing.assert_close(value, saved[name])
         assert not run.optimizer.state  # only the weights: the optimiser starts afresh
@@ -71,7 +71,8 @@ def test_a_stage_starts_from_the_same_folds_of_an_earlier_trial(tiny_trial, trai
 
 @pytest.mark.parametrize("overrides, message", [
     ({"model.backbone": "resnet18"}, "a mobilenetv2_100 checkpoint, this trial trains resnet18"),
-    ({"data.fold_seed": 3}, "made with data.fold_seed = 42, this trial has 3 (another fold split would leak"),
+    ({"data.fold_seed": 3}, "made with data.fold_seed = 0, this trial has 3 (another fold split would leak"),
+    ({"data.fold_labels": "multi_hot"}, "made with data.fold_labels = single, this trial has multi_hot"),
     ({"data.n_folds": 3}, "made with data.n_folds = 2, this trial has 3"),
 ])
 def test_an_init_checkpoint_of_another_model_or_split_is_refused(tiny_trial, trained_experiment, overrides, message):
@@ -91,8 +92,8 @@ def test_an_init_checkpoint_without_a_trial_file_or_a_fold_is_refused(tiny_trial
     with pytest.raises(CheckpointError, match=r"holds folds \[0\], this trial trains fold 1"):
         training(tiny_trial, stage=2).initialise_from(partial)
     (partial / "trial.json").write_text(json.dumps(trial))
-    (partial / fold_file(1)).unlink()
-    with pytest.raises(CheckpointError, match="fold_1.pt: not a fold checkpoint"):
+    (partial / best_weights_file(1)).unlink()
+    with pytest.raises(CheckpointError, match="best_fold_1.pt: not a fold checkpoint"):
         training(tiny_trial, stage=2).initialise_from(partial)
 
 

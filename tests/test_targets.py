@@ -131,11 +131,11 @@ def test_teacher_crops_cover_a_positive_window_of_each_pseudo_labelled_test_reco
     for _ in range(20):
         specs = teacher_crops(teacher, frames, config, 0.5, rng)
         assert [s.recording_id for s in specs] == sorted(frames) and {s.split for s in specs} == {"test"}
-        dataset = TrainCrops(cache, specs, stage3, annotations.n_species, 128)
-        for spec, (x, targets) in zip(specs, dataset):
+        dataset = TrainCrops(cache, specs, stage3, annotations.n_species, config)
+        for spec, (x, targets, _) in zip(specs, dataset):
             assert x.shape == (1, 128, 128)
             species = 3 if spec.recording_id == positive else 1
-            start = crop_start(spec.centre, spec.offset, frames[spec.recording_id], 128)
+            start = crop_start(spec.centre, spec.offset, frames[spec.recording_id], 128, config.crop_rule)
             if spec.recording_id == positive:
                 assert 256 - 64 <= start <= 256 + 64  # covers at least half of the positive window
             assert targets.clip.tolist() == [float(s == species) for s in range(annotations.n_species)]

@@ -11,7 +11,7 @@ import pytest
 from ray import tune
 
 from trainable.config import ConfigError
-from trainable.kfold import TRIAL_FILE, fold_file
+from trainable.kfold import TRIAL_FILE, best_weights_file, fold_file
 from trainable.tune import METRIC, MODE, train_sed
 
 LOSS_TERMS = ("total", "att", "max", "pseudo", "frame")
@@ -46,6 +46,8 @@ def test_trials_report_every_metric_and_bad_trials_fail_alone(local_ray, tiny_tr
     assert list(rows.training_iteration) == [1, 2] and list(rows.epoch) == [1, 2]
     assert rows.cv_lwlrap.between(0, 1).all() and (rows.cv_lwlrap > 0).all()
     assert list(rows.best_cv_lwlrap) == list(rows.cv_lwlrap.cummax())
+    assert rows.cv_lrap_reference.between(0, 1).all() and rows.cv_lwlrap_fold_best.between(0, 1).all()
+    assert list(rows.score) == list(rows.cv_lwlrap_fold_best)  # v1_7 selects each fold at its own best epoch
     folds = rows[["fold/0/lwlrap", "fold/1/lwlrap"]].to_numpy()
     np.testing.assert_allclose(rows.fold_lwlrap_std, folds.std(axis=1))
     for term in LOSS_TERMS:
@@ -54,8 +56,9 @@ def test_trials_report_every_metric_and_bad_trials_fail_alone(local_ray, tiny_tr
     assert (rows.samples_per_s > 0).all()
     with result.checkpoint.as_directory() as directory:
         saved = json.loads(open(os.path.join(directory, TRIAL_FILE)).read())
-        assert saved["epoch"] == 2 and saved["best_cv_lwlrap"] == rows.best_cv_lwlrap.iloc[-1]
-        assert all(os.path.isfile(os.path.join(directory, fold_file(k))) for k in (0, 1))
+        assert saved["epoch"] == 2 and saved["score"] == rows.score.iloc[-1]
+        assert all(os.path.isfile(os.path.join(directory, name(k))) for k in (0, 1)
+                   for name in (fold_file, best_weights_file))
 
     error = str(results[json.dumps(diverging, sort_keys=True)].error)
     assert "fold 0, epoch 1" in error and "not finite" in error
@@ -102,7 +105,8 @@ def test_a_killed_trial_resumes_from_its_checkpoint_and_ends_like_an_uninterrupt
 def ours(metrics: dict) -> dict:
     """The trainable's own numbers, without timings and Ray's bookkeeping."""
     return {k: v for k, v in metrics.items()
-            if k in ("epoch", "cv_lwlrap", "best_cv_lwlrap", "fold_lwlrap_std", "lr") or k.startswith(("fold/", "loss/"))}
+            if k in ("epoch", "cv_lwlrap", "best_cv_lwlrap", "cv_lrap_reference", "cv_lwlrap_fold_best", "score",
+                     "score_lrap_reference", "fold_lwlrap_std", "lr") or k.startswith(("fold/", "loss/"))}
 
 
 def test_relative_data_paths_are_refused_before_any_work():
