@@ -17,7 +17,7 @@ import optuna
 from search.storage import is_remote, local_copy_dir, local_path, read_text, upload
 from spaces import REFERENCE_WINDOWS, combine, recipe_point, set_context, windows_of
 from trainable.atomic import atomic_write_text
-from trainable.config import ConfigError, TrialConfig, flatten_dotted, merge, to_dict
+from trainable.config import MODEL_KEYS, ConfigError, TrialConfig, flatten_dotted, merge, to_dict
 from trainable.recipes import resolve
 
 PLAN_FILE = "search_plan.json"  # in the experiment directory: the settings it was started with
@@ -126,11 +126,16 @@ def check_plan(plan: SearchPlan) -> None:
         ConfigError: one line naming the problem.
     """
     epochs = plan.epochs
-    recipe = recipe_config(plan.spaces, epochs, plan.teacher, plan.baseline)
-    clash = sorted(set(recipe) & set(plan.fixed))  # keys the spaces set, suggested or derived
+    searched = searched_keys(plan.spaces, epochs, plan.teacher)  # suggested or derived
+    clash = sorted(searched & set(plan.fixed))
     if clash:
         raise ConfigError(f"{clash[0]} is searched by --space {' '.join(plan.spaces)};"
                           f" drop it from --set/--config or choose other spaces")
+    model_keys = sorted(searched & set(MODEL_KEYS))
+    if plan.fixed.get("init_from") and model_keys:
+        raise ConfigError(f"--init-from starts every trial from one model, but --space {' '.join(plan.spaces)}"
+                          f" searches {model_keys[0]}, which needs another")
+    recipe = recipe_config(plan.spaces, epochs, plan.teacher, plan.baseline)
     if not 1 <= plan.grace_period <= epochs:
         raise ConfigError(f"--grace-period must be in [1, epochs={epochs}], got {plan.grace_period}")
     plan.trial_config(recipe)

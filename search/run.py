@@ -1,4 +1,5 @@
-"""python search/run.py --space NAME [...]: an ASHA + Optuna search over named spaces.
+"""python search/run.py [--recipe NAME] [--space NAME ...]: an ASHA + Optuna search over named
+spaces, or without a space the recipe's own configuration trained once.
 
 Every trial is the full k-fold training of one configuration (trainable.tune.train_sed) of
 a named recipe (--recipe; the reference's v1_7 by default). Results land in STORAGE/NAME: Ray's trial directories with TensorBoard files (scalars and
@@ -130,7 +131,8 @@ def parse_set(items: list[str]) -> dict[str, Any]:
 
 
 def fixed_config(args: argparse.Namespace, data_dir: Path, synthetic: bool) -> dict[str, Any]:
-    """Dotted config keys, lowest priority first: preset, --config, --set, flags.
+    """Dotted config keys, lowest priority first: preset, --config, --set, flags (--recipe among
+    them); every key given here wins over the recipe's defaults.
 
     The preset and --config are bases: keys the chosen spaces search are dropped from them, so
     a best_config.yaml fixes everything else of a new search. A --set on a searched key is a
@@ -138,8 +140,6 @@ def fixed_config(args: argparse.Namespace, data_dir: Path, synthetic: bool) -> d
     """
     searched = searched_keys(tuple(args.space), TrainConfig.epochs, teacher=args.teacher is not None)
     base: dict[str, Any] = dict(QUICK_PRESET) if synthetic else {}
-    if args.recipe is not None:
-        base["recipe"] = args.recipe
     if synthetic and args.epochs is not None:
         base["train.t_max"] = args.epochs  # the preset's cosine spans the whole budget
     if args.config is not None:
@@ -161,8 +161,8 @@ def fixed_config(args: argparse.Namespace, data_dir: Path, synthetic: bool) -> d
         raise UsageError("--set recipe=...: use --recipe")
     fixed.update(overrides)
     stage = args.stage if args.stage is not None else 3 if args.teacher is not None else None
-    flags = {"train.epochs": args.epochs, "data.n_folds": args.folds, "model.backbone": args.backbone,
-             "stage": stage}
+    flags = {"recipe": args.recipe, "train.epochs": args.epochs, "data.n_folds": args.folds,
+             "model.backbone": args.backbone, "stage": stage}
     fixed.update({key: value for key, value in flags.items() if value is not None})
     fixed["data_dir"] = str(data_dir.resolve())
     paths = {"cache_dir": args.cache_dir, "teacher_file": args.teacher}

@@ -11,13 +11,13 @@ the Optuna parameters that reproduce a recipe's config, so a search can evaluate
 
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import Any, Callable
 
 import optuna
 
-from fractions import Fraction
-
-from spaces.definitions import EPOCHS_ATTR, REFERENCE_WINDOWS, TEACHER_ATTR, WINDOWS_ATTR, crop, loss_weights, mixup, pseudo, scheduler, variants
+from spaces.definitions import (EPOCHS_ATTR, REFERENCE_WINDOWS, TEACHER_ATTR, WINDOWS_ATTR, crop, loss_weights, mixup,
+                                pseudo, scheduler, variants)
 from trainable.config import TrialConfig, flatten_dotted, to_dict
 
 Space = Callable[[optuna.Trial], dict[str, Any]]

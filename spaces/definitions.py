@@ -13,14 +13,14 @@ from typing import Any
 import optuna
 
 from trainable.config import (AUGMENT_POLICIES, CLASS_COUNTS, CROP_RULES, EVENT_FRAMES, FRAME_REDUCTIONS, INPUTS,
-                              MIXUP_TARGETS, ORIENTATIONS, PSEUDO_ON, SCHEDULES, UPSAMPLING)
+                              MIXUP_TARGETS, ORIENTATIONS, PSEUDO_ON, SCHEDULES, UPSAMPLING, DataConfig)
 
 DEFAULT_EPOCHS = 50  # the recipe's epoch budget, used when the search did not say its own
 # Trial user attributes the search sets before it calls a space: the epoch budget, whether the
 # trials have a teacher (stage 3), which adds the teacher's parameters to `pseudo`, and the
 # baseline's evaluation windows [crop_frames, valid_overlap, test_overlap], which `crop` scales.
 EPOCHS_ATTR, TEACHER_ATTR, WINDOWS_ATTR = "epochs", "teacher", "windows"
-REFERENCE_WINDOWS = (512, 51, 51)  # the reference's crop width and window overlaps
+REFERENCE_WINDOWS = (DataConfig.crop_frames, DataConfig.valid_overlap, DataConfig.test_overlap)  # 512, 51, 51
 
 CROP_WIDTHS = (256, 384, 512, 768)  # frames (4.1, 6.1, 8.2, 12.3 s); 512 is the recipe's
 # Offsets as fractions of the crop width: the recipe's {32, 64, 128, 256} of 512 is the first.

@@ -87,3 +87,19 @@ def test_trial_config_from_a_tune_dict_names_the_bad_key():
             from_dict(TrialConfig, nest_dotted({"data_dir": "d", **bad}))
     with pytest.raises(ConfigError, match="data_dir is required"):
         from_dict(TrialConfig, {})
+
+
+def test_a_config_is_its_recipes_defaults_under_its_own_keys():
+    from trainable.recipes import RECIPES, resolve
+
+    assert resolve({"data_dir": "d"}) == TrialConfig(data_dir="d")  # v1_7: the dataclass defaults
+    exp0109 = resolve({"data_dir": "d", "recipe": "exp0109", "loss.w_max": 0.25})
+    assert (exp0109.loss.w_max, exp0109.loss.w_pseudo, exp0109.augment.group_gamma) == (0.25, 0.0, 0.0)
+    assert from_dict(TrialConfig, {"data_dir": "d", "recipe": "fixed"}).model.input == "crop_unit"  # from_dict too
+    assert resolve(to_dict(resolve({"data_dir": "d", "recipe": "fixed"}))) == resolve({"data_dir": "d", "recipe": "fixed"})
+    for name in RECIPES:  # every recipe's values are valid keys and values
+        assert resolve({"data_dir": "d", "recipe": name}).recipe == name
+    with pytest.raises(ConfigError, match="unknown recipe 'v9' \\(known: v1_7, exp0109, fixed\\)"):
+        resolve({"data_dir": "d", "recipe": "v9"})
+    with pytest.raises(ConfigError, match="recipe must be one of v1_7, exp0109, fixed"):
+        TrialConfig(data_dir="d", recipe="v9")

@@ -40,6 +40,7 @@ def test_crop_start_puts_the_centre_at_the_offset_and_clips_at_the_edges():
     assert crop_start(centre=1000, offset=64, n_frames=3751, width=512) == 936
     assert crop_start(centre=3740, offset=32, n_frames=3751, width=512) == 3750 - 512
     assert crop_start(centre=50, offset=32, n_frames=300, width=512) == 0
+    assert crop_start(centre=200, offset=256, n_frames=3751, width=512) == 0  # a teacher's early crop (stage 3)
 
 
 def test_short_clip_is_padded_with_its_quietest_value():

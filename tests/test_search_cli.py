@@ -58,6 +58,8 @@ def test_bad_input_is_one_line_and_exit_code_2(capsys, cached_dir, tmp_path):
     assert "expected KEY=VALUE" in error_of(capsys, ["--space", "mixup", "--set", "train.lr", *data])
     assert "loss.w_max is searched by --space loss_weights" in error_of(
         capsys, ["--space", "loss_weights", "--set", "loss.w_max=0.3", *data])
+    assert "data.crop_frames is searched by --space crop" in error_of(  # even outside the space's choices
+        capsys, ["--space", "crop", "--set", "data.crop_frames=600", *data])
     assert "--grace-period must be in [1, epochs=3]" in error_of(
         capsys, ["--space", "mixup", "--epochs", "3", "--grace-period", "5", *data])
     assert "does not exist" in error_of(capsys, ["--space", "mixup", "--data-dir", str(tmp_path / "nope")])
@@ -81,6 +83,9 @@ def test_fixed_values_layer_preset_config_set_and_flags(cached_dir, tmp_path):
     assert fixed["train.epochs"] == 5  # the flag wins over --set and --config
     assert fixed["train.batch_size"] == 8  # the synthetic preset, not overridden
     assert fixed["data_dir"] == str(cached_dir.resolve())
+    config.write_text("recipe: v1_7\nloss:\n  w_max: 0.25\n")  # as a best_config.yaml names its recipe
+    args = run.parse_args(["--space", "mixup", "--config", str(config), "--recipe", "exp0109"])
+    assert run.fixed_config(args, cached_dir, synthetic=True)["recipe"] == "exp0109"  # the flag wins
 
 
 def test_hparams_show_list_parameters_as_text_and_keep_numbers():
@@ -203,3 +208,6 @@ def test_stage_teacher_and_init_errors_are_one_line(capsys, cached_dir, trained_
         capsys, [*small, "--init-from", f"{trained_experiment}:zzz"])
     assert "a mobilenetv2_100 checkpoint, this trial trains resnet18" in error_of(
         capsys, [*data, "--init-from", f"{trained_experiment}:abc"])
+    variants = [arg if arg != "pseudo" else "variants" for arg in small]
+    assert "--init-from starts every trial from one model, but --space variants searches model.head_bias" in error_of(
+        capsys, [*variants, "--init-from", f"{trained_experiment}:abc"])

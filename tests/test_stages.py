@@ -73,6 +73,8 @@ def test_a_stage_starts_from_the_same_folds_of_an_earlier_trial(tiny_trial, trai
     ({"model.backbone": "resnet18"}, "a mobilenetv2_100 checkpoint, this trial trains resnet18"),
     ({"data.fold_seed": 3}, "made with data.fold_seed = 0, this trial has 3 (another fold split would leak"),
     ({"data.fold_labels": "multi_hot"}, "made with data.fold_labels = single, this trial has multi_hot"),
+    ({"model.input": "crop_unit"}, "made with model.input = clip_image, this trial has crop_unit (the weights"),
+    ({"model.head_bias": True}, "made with model.head_bias = False, this trial has True"),
     ({"data.n_folds": 3}, "made with data.n_folds = 2, this trial has 3"),
 ])
 def test_an_init_checkpoint_of_another_model_or_split_is_refused(tiny_trial, trained_experiment, overrides, message):

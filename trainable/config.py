@@ -1,4 +1,5 @@
-"""Typed, frozen configuration with the seed recipe's defaults.
+"""Typed, frozen configuration: the reference recipe's values as the defaults, each former
+deviation from it a named switch (trainable.recipes names whole sets of values).
 
 Every default carries a comment with its unit or its source. `from_dict` turns a plain
 dict (a Ray Tune config, a YAML file, a manifest) into a config and fails loudly on an
@@ -110,6 +111,9 @@ class DataConfig:
         _require(self.n_folds >= 2, "n_folds must be >= 2")
 
 
+# What decides which weights a model has and what they mean: a checkpoint that starts a trial's
+# folds (init_from) must agree on every one.
+MODEL_KEYS = ("model.backbone", "model.input", "model.head_bias", "model.orientation")
 MIXUP_TARGETS = ("features", "input")  # where mixup applies: backbone feature map or model input
 INPUTS = ("clip_image", "crop_unit")  # see ModelConfig.input
 ORIENTATIONS = ("time_mel", "mel_time")  # see ModelConfig.orientation
@@ -294,6 +298,9 @@ class TrialConfig:
 
     def __post_init__(self) -> None:
         _require(bool(self.data_dir), "data_dir is required")
+        from trainable.recipes import RECIPES  # built from this module
+
+        _require(self.recipe in RECIPES, f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
         _require(self.stage in STAGES, f"stage must be one of {', '.join(map(str, STAGES))}, got {self.stage}")
         _require((self.stage == 3) == bool(self.teacher_file),
                  "stage 3 needs a teacher_file" if self.stage == 3 else

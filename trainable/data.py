@@ -32,7 +32,7 @@ from trainable.targets import Labels, Targets, event_frames
 from trainable.teacher import Teacher
 
 
-REFERENCE_VALID_OVERLAP = 51  # the reference's validation windows: each next start = previous end - 51
+REFERENCE_VALID_OVERLAP = DataConfig.valid_overlap  # the reference's: each next start = previous end - 51
 
 
 def centre_frames(rows: pd.DataFrame, frames_per_second: float) -> np.ndarray:
@@ -50,7 +50,9 @@ def crop_start(centre: int, offset: int, n_frames: int, width: int, rule: str = 
     if rule == "recording":
         start = centre - offset
         last = n_frames - 1  # the reference's MAX_SEQ = 3751 - 1
-        return int(max(last - width, 0) if start + width > last else start)
+        # Never before frame 0: the reference's offsets keep its own crops inside, a teacher's
+        # crop (stage 3) centred early in a clip would not be.
+        return int(max(last - width, 0) if start + width > last else max(start, 0))
     return int(np.clip(centre - offset, 0, max(n_frames - width, 0)))
 
 

@@ -25,8 +25,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from trainable.augment import _per_sample, jitter, spec_augment, to_device, unit_scale
-from trainable.cache import STD_EPS, clip_statistics  # noqa: F401 (clip_statistics: re-exported)
+from trainable.augment import _per_sample, augment_batch, to_device, unit_scale
+from trainable.cache import STD_EPS
 from trainable.config import AugmentConfig, ModelConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's Normalize of the reference
@@ -39,9 +39,7 @@ class Placement(NamedTuple):
     stats: torch.Tensor  # (4,) float64: the clip's mean, std, and min and max of its standardised values
     start: torch.Tensor  # () int64: the crop's first frame in the clip
     frames: torch.Tensor  # () int64: the clip's frames
-
-    def to(self, device: torch.device) -> Placement:
-        return Placement(*(t.to(device, non_blocking=True) for t in self))
+    # start and frames stay on the CPU (the mask draws need them there); stats go to the device.
 
 
 def placement(spectrogram: np.ndarray, stats: np.ndarray, start: int) -> Placement:
@@ -146,10 +144,9 @@ def reference_group(v: torch.Tensor, where: Placement, config: AugmentConfig,
     return torch.where(_per_sample(apply, v, torch.bool), out, v)
 
 
-def imagenet_normalise(v: torch.Tensor) -> torch.Tensor:
-    """(B, 1, M, W) in [0, 1] -> (B, 3, M, W): the gray image as RGB, ImageNet-normalised."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=v.dtype, device=v.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=v.dtype, device=v.device).view(1, 3, 1, 1)
+def imagenet_normalise(v: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """(B, 1, M, W) in [0, 1] -> (B, 3, M, W): the gray image as RGB, ImageNet-normalised with
+    `mean` and `std` (IMAGENET_MEAN, IMAGENET_STD as (1, 3, 1, 1) tensors on v's device)."""
     return (v.expand(-1, 3, -1, -1) - mean) / std
 
 
@@ -163,6 +160,7 @@ class InputPipeline:
 
     def __init__(self, model: ModelConfig, augment: AugmentConfig):
         self.input, self.augment = model.input, augment
+        self._imagenet: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # made once per device
 
     def unit(self, x: torch.Tensor, where: Placement) -> torch.Tensor:
         """(B, 1, M, W) crops -> [0, 1] (the clip image / 255, or each crop min-max scaled)."""
@@ -171,7 +169,12 @@ class InputPipeline:
         return unit_scale(x.float())
 
     def finish(self, v: torch.Tensor) -> torch.Tensor:
-        return imagenet_normalise(v) if self.input == "clip_image" else v
+        if self.input != "clip_image":
+            return v
+        if v.device not in self._imagenet:  # a copy to the GPU would make the host wait: once only
+            self._imagenet[v.device] = tuple(torch.tensor(values, dtype=torch.float32, device=v.device).view(1, 3, 1, 1)
+                                             for values in (IMAGENET_MEAN, IMAGENET_STD))
+        return imagenet_normalise(v, *self._imagenet[v.device])
 
     def evaluation(self, x: torch.Tensor, where: Placement) -> torch.Tensor:
         """(B, 1, M, W) -> (B, in_chans, M, W), no augmentation."""
@@ -183,5 +186,5 @@ class InputPipeline:
         if self.augment.policy == "reference":
             v = reference_group(brightness_contrast(v, self.augment, rng), where, self.augment, rng)
         else:
-            v = spec_augment(jitter(v, self.augment, rng), self.augment, rng)
+            v = augment_batch(v, self.augment, rng)
         return self.finish(v)

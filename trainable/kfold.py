@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from trainable.annotations import Annotations, load_annotations
 from trainable.cache import DEFAULT_CACHE_NAME, LogMelCache
-from trainable.config import ConfigError, TrainConfig, TrialConfig, flatten_dotted, to_dict
+from trainable.config import MODEL_KEYS, ConfigError, TrainConfig, TrialConfig, flatten_dotted, to_dict
 from trainable.data import (REFERENCE_VALID_OVERLAP, ClipWindows, TrainCrops, collate_windows, epoch_crops,
                             epoch_size, teacher_crops)
 from trainable.fit import LOSS_KEYS, Device, EpochStats, DivergedError, predict_clips, train_epoch
@@ -35,6 +35,7 @@ from trainable.inputs import InputPipeline
 from trainable.losses import SEDLoss, balanced_pos_weight
 from trainable.metrics import lwlrap, reference_lrap
 from trainable.model import SEDModel
+from trainable.recipes import DEFAULT_RECIPE, resolve
 from trainable.selection import Selection
 from trainable.targets import Labels, index_events
 from trainable.teacher import load_teacher
@@ -112,13 +113,18 @@ def check_init_source(checkpoint: Path, config: TrialConfig) -> None:
     the CV would be inflated.
 
     Raises:
-        CheckpointError: not a checkpoint, another backbone, another fold split, or folds missing.
+        CheckpointError: not a checkpoint, another model (MODEL_KEYS), another fold split, or
+            folds missing.
     """
     saved = read_trial_file(checkpoint)
     earlier, current = flatten_dotted(saved["config"]), flatten_dotted(to_dict(config))
     if earlier["model.backbone"] != config.model.backbone:
         raise CheckpointError(f"init_from {checkpoint}: a {earlier['model.backbone']} checkpoint, this trial"
                               f" trains {config.model.backbone}")
+    for key in MODEL_KEYS[1:]:
+        if earlier[key] != current[key]:
+            raise CheckpointError(f"init_from {checkpoint}: made with {key} = {earlier[key]}, this trial has"
+                                  f" {current[key]} (the weights belong to another model)")
     for key in FOLD_SPLIT_KEYS:
         if earlier[key] != current[key]:
             raise CheckpointError(f"init_from {checkpoint}: made with {key} = {earlier[key]}, this trial has"
@@ -331,8 +337,9 @@ class KFoldTraining:
         config's windows are others)."""
         data = self.config.data
         clips = self._predict_fold(run, data.window_rule, data.valid_overlap)
-        if (data.window_rule, data.valid_overlap) != ("reference", REFERENCE_VALID_OVERLAP):
-            reference = self._predict_fold(run, "reference", REFERENCE_VALID_OVERLAP)["att_max_mean"]
+        overlap = min(REFERENCE_VALID_OVERLAP, data.crop_frames - 1)  # the reference's windows, at this width
+        if (data.window_rule, data.valid_overlap) != ("reference", overlap):
+            reference = self._predict_fold(run, "reference", overlap)["att_max_mean"]
         else:
             reference = clips["att_max_mean"]
         return clips[data.window_score], reference_lrap(run.truth, reference)
@@ -388,10 +395,11 @@ def _check_same_recipe(saved: dict, current: dict, directory: Path) -> None:
     key existed) had its default."""
     free = {"data_dir", "cache_dir", "teacher_file", "init_from", "model.pretrained_file", "train.epochs",
             "train.folds", "train.loader_workers", "train.eval_recordings"}
-    defaults = flatten_dotted(to_dict(TrialConfig(data_dir=current["data_dir"])))
+    recipe = {"data_dir": current["data_dir"], "recipe": saved.get("recipe", DEFAULT_RECIPE)}
+    defaults = flatten_dotted(to_dict(resolve(recipe)))
     saved, current = {**defaults, **flatten_dotted(saved)}, flatten_dotted(current)
-    for key in sorted(set(saved) | set(current) - free):
-        if key not in free and saved.get(key) != current.get(key):
+    for key in sorted((set(saved) | set(current)) - free):
+        if saved.get(key) != current.get(key):
             raise ConfigError(f"checkpoint {directory} was made with {key} = {saved.get(key)!r},"
                               f" this trial has {current.get(key)!r}")
 

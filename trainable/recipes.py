@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from trainable.config import ConfigError, TrialConfig, from_dict, nest_dotted
+from trainable.config import ConfigError, TrialConfig, from_dict
 
 DEFAULT_RECIPE = "v1_7"
 
@@ -65,9 +65,10 @@ def recipe_values(name: str) -> dict[str, Any]:
 
 def resolve(values: dict[str, Any]) -> TrialConfig:
     """The TrialConfig of a (nested or dotted) dict: its recipe's defaults, then its own keys
-    (`from_dict(TrialConfig, ...)` lays every config over its recipe).
+    (`from_dict(TrialConfig, ...)` lays every config over its recipe; build configs with one of
+    the two, not with TrialConfig(...), which would take the reference's values under any name).
 
     Raises:
         ConfigError: an unknown recipe, key or value (the message names it).
     """
-    return from_dict(TrialConfig, nest_dotted(values))
+    return from_dict(TrialConfig, values)
