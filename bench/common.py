@@ -17,7 +17,8 @@ from typing import Callable
 import torch
 
 from search.default_data import default_data_dir, ensure_synthetic
-from trainable.config import TrialConfig, from_dict, merge
+from trainable.config import TrialConfig, from_dict
+from trainable.dotted import merge
 from trainable.fit import Device
 from trainable.kfold import KFoldTraining
 

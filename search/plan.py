@@ -17,7 +17,8 @@ import optuna
 from search.storage import is_remote, local_copy_dir, local_path, read_text, upload
 from spaces import REFERENCE_WINDOWS, combine, recipe_point, set_context, windows_of
 from trainable.atomic import atomic_write_text
-from trainable.config import MODEL_KEYS, ConfigError, TrialConfig, flatten_dotted, merge, to_dict
+from trainable.config import MODEL_KEYS, ConfigError, TrialConfig, to_dict
+from trainable.dotted import flatten_dotted, merge
 from trainable.recipes import resolve
 
 PLAN_FILE = "search_plan.json"  # in the experiment directory: the settings it was started with

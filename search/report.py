@@ -25,7 +25,8 @@ from ray import tune
 from search.holdout import HOLDOUT_FILE, cv_trust
 from trainable.tune import SCORE
 from trainable.atomic import TEMP_SUFFIX, atomic_write_text
-from trainable.config import flatten_dotted, nest_dotted, to_dict
+from trainable.config import to_dict
+from trainable.dotted import flatten_dotted, nest_dotted
 from trainable.recipes import resolve
 
 LEADERBOARD_MD, LEADERBOARD_CSV = "leaderboard.md", "leaderboard.csv"

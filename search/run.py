@@ -25,7 +25,8 @@ from search.plan import (PLAN_FILE, SearchPlan, check_plan, load_plan, param_nam
 from search.storage import DEFAULT_STORAGE, newest_with, normalise
 from spaces import SPACES
 from trainable.cache import DEFAULT_CACHE_NAME
-from trainable.config import STAGES, ConfigError, TrainConfig, TrialConfig, flatten_dotted, merge
+from trainable.config import STAGES, ConfigError, TrainConfig, TrialConfig
+from trainable.dotted import flatten_dotted, merge
 from trainable.recipes import DEFAULT_RECIPE, RECIPES, resolve
 
 DEFAULT_GRACE = 4  # epochs before ASHA may stop a trial

@@ -5,7 +5,7 @@
     recipe_point(["mixup"], 50)   -> {"augment.mixup_alpha": 0.1, "augment.mixup_on": "features"}
 
 A space's dict has TrialConfig dotted paths as keys; lay it over a base config with
-`trainable.config.merge` and build it with `trainable.recipes.resolve`. `recipe_point` gives
+`trainable.dotted.merge` and build it with `trainable.recipes.resolve`. `recipe_point` gives
 the Optuna parameters that reproduce a recipe's config, so a search can evaluate it first.
 """
 
@@ -18,7 +18,8 @@ import optuna
 
 from spaces.definitions import (EPOCHS_ATTR, REFERENCE_WINDOWS, TEACHER_ATTR, WINDOWS_ATTR, crop, loss_weights, mixup,
                                 pseudo, scheduler, variants)
-from trainable.config import TrialConfig, flatten_dotted, to_dict
+from trainable.config import TrialConfig, to_dict
+from trainable.dotted import flatten_dotted
 
 Space = Callable[[optuna.Trial], dict[str, Any]]
 

@@ -1,7 +1,7 @@
 """The search spaces themselves: one pure function of an `optuna.Trial` per space.
 
 Each function suggests its parameters and returns a flat dict keyed by TrialConfig dotted
-paths ("loss.w_max"), ready for `trainable.config.merge` and `from_dict`. Optuna parameter
+paths ("loss.w_max"), ready for `trainable.dotted.merge` and `from_dict`. Optuna parameter
 names are the same config paths, so the sampler's history reads like the config.
 """
 

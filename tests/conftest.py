@@ -79,7 +79,8 @@ def trained_experiment(tmp_path_factory, tiny_trial) -> Path:
     import torch
 
     from search.report import Row, frame
-    from trainable.config import TrialConfig, from_dict, merge
+    from trainable.config import TrialConfig, from_dict
+    from trainable.dotted import merge
     from trainable.fit import Device
     from trainable.kfold import KFoldTraining
 

@@ -1,7 +1,7 @@
 import pytest
 
-from trainable.config import (ConfigError, DataConfig, FeatureConfig, TrialConfig, flatten_dotted, from_dict, merge, nest_dotted,
-                              to_dict)
+from trainable.config import ConfigError, DataConfig, FeatureConfig, TrialConfig, from_dict, to_dict
+from trainable.dotted import flatten_dotted, merge, nest_dotted
 
 
 def test_defaults_are_the_seed_recipe():

@@ -18,7 +18,8 @@ from trainable.annotations import load_annotations
 from trainable.cache import LogMelCache
 from search.report import Row, frame
 from trainable import kfold
-from trainable.config import DataConfig, merge
+from trainable.config import DataConfig
+from trainable.dotted import merge
 from trainable.data import window_starts
 from trainable.fit import Device
 from trainable.folds import folds_of

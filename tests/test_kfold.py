@@ -11,7 +11,8 @@ import torch
 from torch.utils.data import TensorDataset
 
 from trainable.annotations import load_annotations
-from trainable.config import ConfigError, TrialConfig, from_dict, merge
+from trainable.config import ConfigError, TrialConfig, from_dict
+from trainable.dotted import merge
 from trainable.fit import Device, DivergedError
 from trainable.kfold import (BEST_OOF_FILE, TRIAL_FILE, KFoldTraining, batches_per_epoch, best_weights_file,
                              fold_file, step_clamped, training_loader)

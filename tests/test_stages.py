@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from trainable.annotations import load_annotations
-from trainable.config import ConfigError, TrialConfig, from_dict, merge
+from trainable.config import ConfigError, TrialConfig, from_dict
+from trainable.dotted import merge
 from trainable.fit import Device
 from trainable.kfold import CheckpointError, KFoldTraining, best_weights_file
 

@@ -26,7 +26,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from trainable.annotations import Annotations, load_annotations
 from trainable.cache import DEFAULT_CACHE_NAME, LogMelCache
-from trainable.config import MODEL_KEYS, ConfigError, TrainConfig, TrialConfig, flatten_dotted, to_dict
+from trainable.config import MODEL_KEYS, ConfigError, TrainConfig, TrialConfig, to_dict
+from trainable.dotted import flatten_dotted
 from trainable.data import (REFERENCE_VALID_OVERLAP, ClipWindows, TrainCrops, collate_windows, epoch_crops,
                             epoch_size, teacher_crops)
 from trainable.fit import LOSS_KEYS, Device, EpochStats, DivergedError, predict_clips, train_epoch
