@@ -126,7 +126,8 @@ def export(experiment: Path, trial: str, data_dir: Path | None = None, cache_dir
     truth = species_matrix(annotations.tp, list(oof.recording_id), n_species)
     score = lwlrap(truth, oof[species_columns(n_species)].to_numpy())
     epochs = ",".join(map(str, saved["best_epochs"]))
-    print(f"[rfcx-tune] {directory.name}, weights of epochs {epochs} (of {saved['epoch']}): oof lwlrap {score:.4f} over {len(oof)}"
+    print(f"[rfcx-tune] {directory.name}, weights of epochs {epochs} (of {saved['epoch']}):"
+          f" oof lwlrap {score:.4f} over {len(oof)}"
           f" recordings; {len(submission)} test recordings, the mean of {len(folds)} folds")
     hidden = load_truth(data)
     if hidden is not None:

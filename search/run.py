@@ -2,8 +2,9 @@
 spaces, or without a space the recipe's own configuration trained once.
 
 Every trial is the full k-fold training of one configuration (trainable.tune.train_sed) of
-a named recipe (--recipe; the reference's v1_7 by default). Results land in STORAGE/NAME: Ray's trial directories with TensorBoard files (scalars and
-the HParams table), leaderboard.md/.csv, best_config.yaml and study.db.
+a named recipe (--recipe; the reference's v1_7 by default). Results land in STORAGE/NAME:
+Ray's trial directories with TensorBoard files (scalars and the HParams table),
+leaderboard.md/.csv, best_config.yaml and study.db.
 """
 
 from __future__ import annotations

@@ -190,7 +190,8 @@ def batches_per_epoch(items: int, batch_size: int) -> int:
     return items // batch_size + (items % batch_size > 1)
 
 
-def cosine(optimizer: torch.optim.Optimizer, train: TrainConfig, batches: int) -> torch.optim.lr_scheduler.CosineAnnealingLR:
+def cosine(optimizer: torch.optim.Optimizer, train: TrainConfig,
+           batches: int) -> torch.optim.lr_scheduler.CosineAnnealingLR:
     """The cosine of TrainConfig.schedule: T_max = batches x t_max steps per batch (the
     reference's), or t_max per epoch."""
     steps = train.t_max * (batches if train.schedule == "cosine_per_batch" else 1)

@@ -40,7 +40,8 @@ class Events:
 REFERENCE_CLIP_SECONDS = 60  # the reference turned seconds into frames as 3751 frames per 60 s
 
 
-def event_frames(rows: pd.DataFrame, frames_per_second: float, rule: str = "reference") -> tuple[np.ndarray, np.ndarray]:
+def event_frames(rows: pd.DataFrame, frames_per_second: float,
+                 rule: str = "reference") -> tuple[np.ndarray, np.ndarray]:
     """(E,) start and (E,) exclusive end frames of annotation rows (DataConfig.event_frames).
 
     "reference": [int(t_min * r), int(t_max * r)) with r the frame rate of a 60 s clip
