@@ -87,8 +87,9 @@ def pseudo(trial: optuna.Trial) -> dict[str, Any]:
 
 
 def scheduler(trial: optuna.Trial) -> dict[str, Any]:
-    """The cosine's kind (per batch and unclamped, as the reference, or clamped per epoch) and
-    its period T_max, in epochs, up to the search's epoch budget.
+    """The cosine's kind (the reference's per-batch one, or clamped per epoch) and its T_max.
+
+    T_max is in epochs, up to the search's epoch budget.
 
     The budget is read from `trial.user_attrs["epochs"]` (EPOCHS_ATTR), which the search sets before it
     calls the space (a period past the last epoch would never finish its cosine); when it is
