@@ -37,8 +37,8 @@ def test_resumed_training_repeats_an_uninterrupted_one_exactly(tiny_trial, tmp_p
     # cv_lwlrap scores the pooled out-of-fold predictions, not the mean of the fold scores; the
     # checkpointed predictions are those of the selected epochs (each fold's best, v1_7).
     pooled_truth = np.concatenate([run.truth for run in straight.runs])
-    assert straight.best_cv_lwlrap == max(e["cv_lwlrap"] for e in epochs)
-    assert lwlrap(pooled_truth, straight.best_oof) == straight.selection.score == epochs[1]["cv_lwlrap_fold_best"]
+    assert straight.selection.common.score == max(e["cv_lwlrap"] for e in epochs)
+    assert lwlrap(pooled_truth, straight.selection.oof) == straight.selection.score == epochs[1]["cv_lwlrap_fold_best"]
     for index in (0, 1):  # each fold at the epoch of its best reference LRAP, the first of ties
         lraps = [e[f"fold/{index}/lrap_reference"] for e in epochs]
         assert epochs[1][f"fold/{index}/best_epoch"] == 1 + int(np.argmax(lraps))

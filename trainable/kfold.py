@@ -226,16 +226,6 @@ class KFoldTraining:
         self.epoch = 0  # epochs done on every fold
         self.selection = Selection(config.train.selection, config.fold_indices, [run.truth for run in self.runs])
 
-    @property
-    def best_cv_lwlrap(self) -> float:
-        """The best pooled cv_lwlrap of an epoch so far."""
-        return self.selection.common.score
-
-    @property
-    def best_oof(self) -> np.ndarray:
-        """(N, C) out-of-fold predictions of the selected weights, in fold order."""
-        return self.selection.oof
-
     def _labels(self) -> Labels:
         """What the crops are labelled from in this trial's stage.
 
