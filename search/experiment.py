@@ -8,12 +8,11 @@ checkpoints so a killed driver or node loses nothing.
 
 from __future__ import annotations
 
-import optuna
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
 from search.optuna_search import TruthfulOptunaSearch
-from search.plan import DefineByRun, SearchPlan, experiment_path, trial_resources
+from search.plan import DefineByRun, SearchPlan, experiment_path, optuna_sampler, trial_resources
 from search.tensorboard import HParamsLogger
 from spaces import recipe_point, windows_of
 from trainable.tune import METRIC, MODE, train_sed
@@ -27,7 +26,7 @@ def build_tuner(plan: SearchPlan) -> tune.Tuner:
     searcher = TruthfulOptunaSearch(
         space=DefineByRun(plan.spaces, epochs, plan.teacher, windows_of(plan.baseline)),
         metric=METRIC, mode=MODE,  # a define-by-run searcher does not take them from TuneConfig
-        sampler=optuna.samplers.TPESampler(seed=plan.seed),
+        sampler=optuna_sampler(plan),
         # The baseline (the recipe with the fixed values) runs first.
         points_to_evaluate=[recipe_point(list(plan.spaces), epochs, plan.teacher, plan.baseline)],
         max_iterations=epochs,

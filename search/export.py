@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 # Light imports only: --help and bad input answer at once; torch comes with the work.
-from search.holdout import HOLDOUT_FILE, PRIVATE, PUBLIC, HoldoutError, cv_trust, holdout_scores, load_truth
+from search.holdout import (HOLDOUT_FILE, PRIVATE, PUBLIC, HoldoutError, cv_trust, holdout_scores, load_truth,
+                            versus_recipe)
 from search.trials import LEADERBOARD_CSV, TrialNotFound, newest_checkpoint, scored_trials, trial_dir
 from trainable.annotations import SUBMISSION_FILE, AnnotationError, load_annotations
 from trainable.cache import DEFAULT_CACHE_NAME, CacheError, LogMelCache
@@ -53,6 +54,10 @@ class ExportError(Exception):
     """A problem with the experiment, the trial or its files: reported as one line, exit 2."""
 
 
+# What `export` raises on bad input, each with a one-line message.
+EXPORT_ERRORS = (ExportError, TrialNotFound, AnnotationError, CacheError, ConfigError, HoldoutError)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="search/export.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--experiment", type=Path, required=True, help="an experiment directory (STORAGE/NAME)")
@@ -74,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         for trial in trials:
             out = export(args.experiment, trial, args.data_dir, args.cache_dir, args.out)
             print(f"oof:        {out / OOF_FILE}\nsubmission: {out / SUBMISSION}\nwindows:    {out / WINDOWS}")
-    except (ExportError, TrialNotFound, AnnotationError, CacheError, ConfigError, HoldoutError) as error:
+    except EXPORT_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if (args.experiment / LEADERBOARD_CSV).is_file():
@@ -82,16 +87,16 @@ def main(argv: list[str] | None = None) -> int:
 
         rows = refresh_leaderboard(args.experiment)
         if any(row.holdout for row in rows):
-            trust = cv_trust(frame(rows))
-            print(f"leaderboard: {args.experiment / LEADERBOARD_MD} (with the holdout scores)"
-                  + (f"\n{trust}" if trust else ""))
+            board = frame(rows)
+            notes = [line for line in (versus_recipe(board), cv_trust(board)) if line]
+            print("\n".join([f"leaderboard: {args.experiment / LEADERBOARD_MD} (with the holdout scores)", *notes]))
     return 0
 
 
 def export(experiment: Path, trial: str, data_dir: Path | None = None, cache_dir: Path | None = None,
-           out: Path | None = None) -> Path:
+           out: Path | None = None, progress: bool = True) -> Path:
     """Write oof.csv, submission.csv, windows.csv and (with test_truth.csv) holdout.json of one trial;
-    returns their folder."""
+    returns their folder. `progress`: a progress bar per fold and split (on stderr)."""
     from search.report import EXPORTS
     from trainable.atomic import atomic_write_text
     from trainable.folds import folds_of, species_matrix
@@ -117,7 +122,7 @@ def export(experiment: Path, trial: str, data_dir: Path | None = None, cache_dir
     if sorted(saved["folds"]) != list(range(len(folds))):
         raise ExportError(f"{checkpoint} holds folds {saved['folds']} of {len(folds)}: out-of-fold predictions"
                           f" of every recording need all of them")
-    oof, submission, windows = predict_folds(checkpoint, config, annotations, cache, folds)
+    oof, submission, windows = predict_folds(checkpoint, config, annotations, cache, folds, progress)
 
     out = out or experiment / EXPORTS / directory.name
     for name, table in ((OOF_FILE, oof), (SUBMISSION, submission), (WINDOWS, windows)):
@@ -138,7 +143,7 @@ def export(experiment: Path, trial: str, data_dir: Path | None = None, cache_dir
 
 
 def predict_folds(checkpoint: Path, config: TrialConfig, annotations: Annotations, cache: LogMelCache,
-                  folds: list[Fold]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+                  folds: list[Fold], progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """oof.csv, submission.csv and windows.csv of a checkpoint's fold models, as tables."""
     import numpy as np
     import pandas as pd
@@ -150,7 +155,7 @@ def predict_folds(checkpoint: Path, config: TrialConfig, annotations: Annotation
     from trainable.model import SEDModel
 
     device = Device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    windows_of = WindowPredictor(InputPipeline(config.model, config.augment), config.data, device)
+    windows_of = WindowPredictor(InputPipeline(config.model, config.augment), config.data, device, progress)
     columns, test_ids = species_columns(annotations.n_species), annotations.test_ids
     oof_parts, oof_windows, test_windows, test_clips = [], [], [], []
     for fold in folds:
@@ -184,6 +189,7 @@ class WindowPredictor:
     pipeline: InputPipeline
     data: DataConfig
     device: Device
+    progress: bool = True  # a progress bar per call, on stderr
 
     def __call__(self, model: SEDModel, cache: LogMelCache, split: str, ids: tuple[str, ...], overlap: int,
                  label: str) -> tuple[pd.DataFrame, np.ndarray]:
@@ -200,8 +206,8 @@ class WindowPredictor:
         width = self.data.crop_frames
         dataset = ClipWindows(cache, split, ids, width, overlap, n_species=model.n_species, rule=self.data.window_rule)
         loader = torch.utils.data.DataLoader(dataset, batch_size=RECORDINGS_PER_BATCH, collate_fn=collate_windows)
-        scores, counts = predict_windows(model, tqdm(loader, desc=label, unit="batch", file=sys.stderr), self.pipeline,
-                                         self.device)
+        batches = tqdm(loader, desc=label, unit="batch", file=sys.stderr, disable=not self.progress)
+        scores, counts = predict_windows(model, batches, self.pipeline, self.device)
         probabilities = scores[self.data.window_score]
         fps = cache.features.frames_per_second
         rows = []

@@ -66,6 +66,8 @@ def _lwlrap_or_nan(truth: np.ndarray, scores: np.ndarray) -> float:
 def cv_trust(board: pd.DataFrame) -> str | None:
     """How well the trials' CV ranks them as the holdout does: Spearman's rank correlation of
     score with each half's score, beside the mean fold std; None below 3 trials."""
+    if PUBLIC not in board:
+        return None
     scored = board.dropna(subset=["score", PUBLIC, PRIVATE])
     if len(scored) < 3:
         return None
@@ -73,3 +75,24 @@ def cv_trust(board: pd.DataFrame) -> str | None:
     private = scored.score.corr(scored[PRIVATE], method="spearman")
     return (f"CV vs holdout over {len(scored)} trials: Spearman {public:+.2f} (public), {private:+.2f} (private);"
             f" mean fold std {scored.fold_std.mean():.4f}")
+
+
+def versus_recipe(board: pd.DataFrame) -> str | None:
+    """Whether the best trial (the board's first) beats the recipe point on the holdout, and
+    by how much: the mean of the two halves' differences, then each half; None when either
+    trial has no holdout score."""
+    if PUBLIC not in board or "recipe_point" not in board:
+        return None
+    scored = board.dropna(subset=[PUBLIC, PRIVATE]).set_index("trial")
+    recipe = board.trial[board.recipe_point.astype(bool)]
+    best = board.trial.iloc[0] if len(board) else None
+    if recipe.empty or best not in scored.index or recipe.iloc[0] not in scored.index:
+        return None
+    ours, theirs = scored.loc[best], scored.loc[recipe.iloc[0]]
+    halves = f"public {ours[PUBLIC]:.4f}, private {ours[PRIVATE]:.4f}"
+    if best == recipe.iloc[0]:
+        return f"holdout: the best trial {best} is the recipe point ({halves})"
+    margin = ((ours[PUBLIC] - theirs[PUBLIC]) + (ours[PRIVATE] - theirs[PRIVATE])) / 2
+    verdict = "beats" if margin > 0 else "does not beat"
+    return (f"holdout: the best trial {best} {verdict} the recipe point {recipe.iloc[0]}: {margin:+.4f} on the mean"
+            f" of the halves ({halves}; the recipe point public {theirs[PUBLIC]:.4f}, private {theirs[PRIVATE]:.4f})")

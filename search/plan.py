@@ -22,6 +22,10 @@ from trainable.dotted import flatten_dotted, merge
 from trainable.recipes import resolve
 
 PLAN_FILE = "search_plan.json"  # in the experiment directory: the settings it was started with
+SAMPLERS = ("tpe", "random")  # Optuna's TPESampler, or its RandomSampler as the baseline to beat
+# TPE proposes at random until this many trials have finished (Optuna's default, 10, which a
+# search of 8 trials never reaches); at most half of the budget, so TPE guides the rest.
+TPE_STARTUP_TRIALS = 10
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,7 @@ class SearchPlan:
     name: str
     seed: int
     max_failures: int
+    sampler: str = "tpe"  # search.experiment.SAMPLERS; an experiment from before this field used TPE
 
     @property
     def epochs(self) -> int:
@@ -62,6 +67,14 @@ class SearchPlan:
     def baseline(self) -> dict[str, Any]:
         """The config the search starts from (its recipe with the fixed values), dotted."""
         return flatten_dotted(to_dict(resolve(self.fixed)))
+
+
+def optuna_sampler(plan: SearchPlan) -> optuna.samplers.BaseSampler:
+    """The plan's sampler, seeded."""
+    if plan.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=plan.seed)
+    startup = max(1, min(TPE_STARTUP_TRIALS, plan.num_samples // 2))
+    return optuna.samplers.TPESampler(seed=plan.seed, n_startup_trials=startup)
 
 
 def trial_resources(plan: SearchPlan) -> dict[str, float]:

@@ -22,7 +22,7 @@ import pandas as pd
 import yaml
 from ray import tune
 
-from search.holdout import HOLDOUT_FILE, cv_trust
+from search.holdout import HOLDOUT_FILE, cv_trust, versus_recipe
 from trainable.tune import SCORE
 from trainable.atomic import TEMP_SUFFIX, atomic_write_text
 from trainable.config import to_dict
@@ -55,15 +55,19 @@ class Row:
     holdout: dict[str, float] = field(default_factory=dict)  # once exported: search/export.py
     cvs: dict[str, float] = field(default_factory=dict)  # CV_COLUMNS' values
     best_epochs: str = ""  # the epoch of each fold's selected weights, "7,5,9"
+    recipe_point: bool = False  # the trial of the search's baseline (the recipe with the fixed values)
 
 
-def leaderboard(results: tune.ResultGrid, epochs: int, param_names: list[str]) -> list[Row]:
-    """Rows of every trial, best first (trials without a score last)."""
-    rows = [_row(result, epochs, param_names) for result in results]
+def leaderboard(results: tune.ResultGrid, epochs: int, param_names: list[str],
+                recipe: dict[str, Any] | None = None) -> list[Row]:
+    """Rows of every trial, best first (trials without a score last); the trial whose config
+    has the `recipe` values (dotted keys; {} for a search of one configuration) is marked as the
+    recipe point."""
+    rows = [_row(result, epochs, param_names, recipe) for result in results]
     return sorted(rows, key=lambda row: -row.score if math.isfinite(row.score) else math.inf)
 
 
-def _row(result: tune.Result, epochs: int, param_names: list[str]) -> Row:
+def _row(result: tune.Result, epochs: int, param_names: list[str], recipe: dict[str, Any] | None) -> Row:
     metrics = result.metrics or {}
     done = int(metrics.get("epoch", 0))
     config = nest_dotted(result.config or {})
@@ -90,7 +94,17 @@ def _row(result: tune.Result, epochs: int, param_names: list[str]) -> Row:
                    key=lambda key: int(key.split("/")[1]))
     return Row(trial, status, float(metrics.get(SCORE, math.nan)), fold_std, done, params,
                float(metrics.get("time_total_s", 0.0)), cvs=cvs,
-               best_epochs=",".join(str(int(metrics[key])) for key in folds))
+               best_epochs=",".join(str(int(metrics[key])) for key in folds),
+               recipe_point=recipe is not None and all(_same(flat.get(key), value) for key, value in recipe.items()))
+
+
+def _same(value: Any, expected: Any) -> bool:
+    """Config values equal, floats up to rounding (a value may have passed through JSON)."""
+    if isinstance(expected, float) and isinstance(value, (int, float)):
+        return math.isclose(value, expected, rel_tol=1e-9, abs_tol=1e-12)
+    if isinstance(expected, (list, tuple)):
+        return isinstance(value, (list, tuple)) and list(value) == list(expected)
+    return value == expected
 
 
 def _last_line(error: BaseException) -> str:
@@ -108,9 +122,10 @@ def frame(rows: list[Row]) -> pd.DataFrame:
                 **{name: row.cvs.get(name, math.nan) for name in CV_COLUMNS.values()},
                 "best_epochs": row.best_epochs, "fold_std": row.fold_std,
                 **{name: row.holdout.get(name, math.nan) for name in holdout},
-                "epochs": row.epochs, **row.params, "wall_s": round(row.wall_s, 1)}
+                "epochs": row.epochs, **row.params, "wall_s": round(row.wall_s, 1), "recipe_point": row.recipe_point}
                for i, row in enumerate(rows)]
-    columns = ["rank", "trial", "status", SCORE, *CV_COLUMNS.values(), "best_epochs", "fold_std", "epochs", "wall_s"]
+    columns = ["rank", "trial", "status", SCORE, *CV_COLUMNS.values(), "best_epochs", "fold_std", "epochs", "wall_s",
+               "recipe_point"]
     return pd.DataFrame.from_records(records) if records else pd.DataFrame(columns=columns)
 
 
@@ -119,15 +134,17 @@ def markdown(rows: list[Row], title: str, importances: dict[str, float] | None) 
     if not rows:
         return f"# {title}\n\nNo trial has run yet.\n"
     table = frame(rows)
-    trust = cv_trust(table) if any(row.holdout for row in rows) else None
-    table["LB"], table["memo"] = "", ""
+    held = any(row.holdout for row in rows)
+    notes = [line for line in (versus_recipe(table), cv_trust(table)) if line] if held else []
+    table["LB"] = ""
+    table["memo"] = table.pop("recipe_point").map(lambda recipe: "recipe point" if recipe else "")
     for name in (SCORE, *CV_COLUMNS.values(), "fold_std", *{name for row in rows for name in row.holdout}):
         table[name] = table[name].map(lambda v: f"{v:.4f}" if math.isfinite(v) else "-")
     for name in (rows[0].params if rows else {}):  # searched values, short enough to read
         table[name] = table[name].map(_short)
     lines = [f"# {title}", "", _markdown_table(table)]
-    if trust:
-        lines += ["", trust]
+    for note in notes:
+        lines += ["", note]
     if importances:
         lines += ["", "Parameter importance (Optuna, completed trials):", "",
                   _markdown_table(pd.DataFrame({"parameter": list(importances),
@@ -161,12 +178,13 @@ def importances(study: optuna.Study) -> dict[str, float] | None:
 
 
 def write_reports(directory: Path, results: tune.ResultGrid, study: optuna.Study | None, epochs: int,
-                  param_names: list[str], title: str) -> list[Row]:
-    """Write the leaderboard and the best config into `directory`; return the rows.
+                  param_names: list[str], title: str, recipe: dict[str, Any] | None = None) -> list[Row]:
+    """Write the leaderboard and the best config into `directory`; return the rows. `recipe`:
+    the values of the search's recipe point, which marks its trial.
 
     The study itself is exported by the searcher after every trial (search.optuna_search).
     """
-    rows = with_holdout(leaderboard(results, epochs, param_names), directory)
+    rows = with_holdout(leaderboard(results, epochs, param_names, recipe), directory)
     best = _best_result(results)
     if best is not None:
         config = to_dict(resolve(best.config))
@@ -182,7 +200,8 @@ def refresh_leaderboard(directory: Path) -> list[Row]:
     params = list(table.columns[table.columns.get_loc("epochs") + 1:table.columns.get_loc("wall_s")])
     rows = with_holdout([Row(r.trial, r.status, r[SCORE], r.fold_std, int(r.epochs), {name: r[name] for name in params},
                              r.wall_s, cvs={name: r[name] for name in CV_COLUMNS.values()},
-                             best_epochs="" if pd.isna(r.best_epochs) else r.best_epochs)
+                             best_epochs="" if pd.isna(r.best_epochs) else r.best_epochs,
+                             recipe_point=bool(r.get("recipe_point", False)))
                          for _, r in table.iterrows()], directory)
     old = (directory / LEADERBOARD_MD).read_text().splitlines() if (directory / LEADERBOARD_MD).exists() else []
     title = old[0].removeprefix("# ") if old else directory.name

@@ -21,7 +21,7 @@ import yaml
 # Light imports only: --help and argument errors must answer at once. Ray, torch and timm are
 # imported by the functions that need them (search.experiment, search.session).
 from search.default_data import QUICK_PRESET, default_data_dir, ensure_synthetic
-from search.plan import (PLAN_FILE, SearchPlan, check_plan, load_plan, param_names, plan_difference,
+from search.plan import (PLAN_FILE, SAMPLERS, SearchPlan, check_plan, load_plan, param_names, plan_difference,
                          searched_keys)
 from search.storage import DEFAULT_STORAGE, newest_with, normalise
 from spaces import SPACES
@@ -33,12 +33,14 @@ from trainable.recipes import DEFAULT_RECIPE, RECIPES, resolve
 DEFAULT_GRACE = 4  # epochs before ASHA may stop a trial
 # max_failures: a reclaimed spot node is one failure for each trial it held, and a retry costs at
 # most the epoch in flight.
-DEFAULTS = {"num_samples": 8, "reduction_factor": 2, "cpus_per_trial": 1.0, "gpus_per_trial": 0.0, "seed": 0,
+# reduction_factor: ASHA keeps the best third of the trials at each rung (Hyperband's eta = 3);
+# halving (2) lets too many weak trials run on when only a few have reached a rung.
+DEFAULTS = {"num_samples": 8, "reduction_factor": 3, "cpus_per_trial": 1.0, "gpus_per_trial": 0.0, "seed": 0,
             "max_failures": 5}
 # Flags that define a search; resuming takes them from the experiment itself.
 SEARCH_FLAGS = ("space", "recipe", "data_dir", "cache_dir", "num_samples", "max_concurrent", "epochs", "grace_period",
                 "reduction_factor", "folds", "backbone", "cpus_per_trial", "gpus_per_trial", "seed", "set",
-                "config", "max_failures", "stage", "teacher", "init_from")
+                "config", "max_failures", "stage", "teacher", "init_from", "sampler")
 # Paths of this machine: given by their own flags, never taken from --config or --set.
 PATH_FLAGS = {"data_dir": "--data-dir", "cache_dir": "--cache-dir", "teacher_file": "--teacher",
               "init_from": "--init-from"}
@@ -74,7 +76,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"ASHA keeps 1/factor of the trials at each rung (default: {DEFAULTS['reduction_factor']})")
     add("--folds", type=int, help="number of CV folds (default: the recipe's 5;"
                                   f" {QUICK_PRESET['data.n_folds']} on the synthetic data)")
-    add("--backbone", help="timm backbone (default: the recipe's resnet18)")
+    add("--backbone", help="timm backbone (default: the recipe's resnet18;"
+                           f" {QUICK_PRESET['model.backbone']} on the synthetic data)")
     add("--stage", type=int, choices=STAGES, help="1: the recipe; 2: loss only on labelled frames (tp positive, fp"
                                                   " negative); 3: stage 2 plus a teacher's labels (default: 1, or 3"
                                                   " with --teacher)")
@@ -95,6 +98,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--name", help="experiment name (default: SPACES-DATE-TIME); an existing one is resumed")
     add("--resume", action="store_true", help="continue the experiment --name (default: the newest)")
     add("--seed", type=int, help=f"Optuna sampler seed (default: {DEFAULTS['seed']})")
+    add("--sampler", choices=SAMPLERS, help="how Optuna proposes: tpe (TPE, after random proposals for half the"
+                                            " trials, at most 10) or random (default: tpe)")
     add("--set", action="append", default=[], metavar="KEY=VALUE",
         help="fix any config value, e.g. --set loss.pseudo_threshold=0.6 --set train.lr=5e-4")
     add("--config", type=Path, help="YAML config with fixed values, e.g. a best_config.yaml (its data paths"
@@ -306,7 +311,8 @@ def new_plan(args: argparse.Namespace, storage: str, name: str) -> SearchPlan:
                       max_concurrent=args.max_concurrent, grace_period=grace,
                       reduction_factor=_value(args, "reduction_factor"),
                       cpus_per_trial=_value(args, "cpus_per_trial"), gpus_per_trial=_value(args, "gpus_per_trial"),
-                      storage=storage, name=name, seed=_value(args, "seed"), max_failures=_value(args, "max_failures"))
+                      storage=storage, name=name, seed=_value(args, "seed"), max_failures=_value(args, "max_failures"),
+                      sampler=args.sampler or SAMPLERS[0])
     check_plan(plan)
     if trial.model.pretrained:  # last: every cheap check answers first
         check_weights(trial)

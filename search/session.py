@@ -11,15 +11,17 @@ import optuna
 import ray
 
 from search.cluster import autoscaler_nodes, trials_at_once, unfit_request
-from search.default_data import default_data_dir
+from search.default_data import default_data_dir, preset_note
 from search.experiment import build_tuner, can_resume, restore_tuner
+from search.holdout import TRUTH_FILE, cv_trust, load_truth, versus_recipe
 from search.optuna_search import STUDY_EXPORT_ENV
-from search.plan import (SearchPlan, experiment_path, local_experiment_dir, param_names, report_dir, save_plan,
-                         trial_resources)
-from search.report import BEST_CONFIG, LEADERBOARD_MD, STUDY_DB, Row, frame, load_study, write_reports
+from search.plan import (SearchPlan, experiment_path, local_experiment_dir, param_names, recipe_config, report_dir,
+                         save_plan, trial_resources)
+from search.report import (BEST_CONFIG, LEADERBOARD_MD, STUDY_DB, Row, frame, load_study, refresh_leaderboard,
+                           write_reports)
 from search.storage import DEFAULT_STORAGE, download, is_remote, normalise, shared_storage_problem, upload
 
-TOP_ROWS = 5  # leaderboard rows printed at the end
+TOP_ROWS = 5  # leaderboard rows printed at the end, and scored on the holdout with the recipe point
 
 
 def stage_note(plan: SearchPlan) -> str:
@@ -62,10 +64,13 @@ def run_search(plan: SearchPlan, address: str | None) -> int:
         capacity = trials_at_once(alive + coming, trial_resources(plan))
         os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(capacity))
     resuming = can_resume(plan)
-    spaces = f"spaces {', '.join(plan.spaces)}" if plan.spaces else "no space (the recipe's own configuration)"
+    spaces = (f"spaces {', '.join(plan.spaces)} (sampler {plan.sampler})" if plan.spaces
+              else "no space (the recipe's own configuration)")
     print(f"[rfcx-tune] {'resuming' if resuming else 'starting'} experiment {experiment_path(plan)}:"
           f" recipe {plan.baseline['recipe']}, {spaces}; {plan.num_samples} trials of {plan.epochs} epochs;"
           f" ASHA grace {plan.grace_period}, reduction {plan.reduction_factor}{stage_note(plan)}", flush=True)
+    if builtin_data(plan):
+        print(f"[rfcx-tune] {preset_note(plan.baseline)}", flush=True)
     directory = report_dir(plan)
     try:
         if not resuming:
@@ -80,7 +85,10 @@ def run_search(plan: SearchPlan, address: str | None) -> int:
     results = tuner.fit()
     study = load_study(directory, plan.name)
     rows = write_reports(directory, results, study, plan.epochs, param_names(plan.spaces, plan.epochs, plan.teacher),
-                         title=f"{plan.name}: recipe {plan.baseline['recipe']}, {', '.join(plan.spaces) or 'no space'}")
+                         title=f"{plan.name}: recipe {plan.baseline['recipe']}, {', '.join(plan.spaces) or 'no space'}",
+                         recipe=recipe_config(plan.spaces, plan.epochs, plan.teacher, plan.baseline))
+    if score_on_holdout(plan, rows):
+        rows = refresh_leaderboard(directory)
     if is_remote(plan.storage):
         try:
             upload(directory, experiment_path(plan))
@@ -94,12 +102,50 @@ def run_search(plan: SearchPlan, address: str | None) -> int:
     return 0 if any(math.isfinite(row.score) for row in rows) else 1
 
 
+def builtin_data(plan: SearchPlan) -> bool:
+    return Path(plan.fixed["data_dir"]) == default_data_dir()
+
+
+def score_on_holdout(plan: SearchPlan, rows: list[Row]) -> bool:
+    """Export the top TOP_ROWS trials and the recipe point when the data have test_truth.csv
+    (search/export.py: their predictions, and holdout.json); returns whether any was scored.
+
+    Runs in the driver, after the trials: predicting is a small part of training, and a
+    failure here costs the search nothing (the trial keeps its checkpoints; export it by hand).
+    """
+    from search.export import EXPORT_ERRORS, export  # torch: only once there is something to score
+
+    experiment = local_experiment_dir(plan)
+    truth = load_truth(Path(plan.fixed["data_dir"]))
+    if truth is None:
+        return False
+    if experiment is None:
+        print(f"[rfcx-tune] holdout: the trials are in {plan.storage}; score them with search/export.py on a"
+              f" local copy", flush=True)
+        return False
+    scored = [row for row in rows if math.isfinite(row.score)]
+    chosen = list(dict.fromkeys([row.trial for row in scored[:TOP_ROWS]]
+                                + [row.trial for row in scored if row.recipe_point]))
+    if not chosen:
+        return False
+    print(f"[rfcx-tune] scoring {len(chosen)} trials on the holdout ({len(truth)} test recordings with their"
+          f" {TRUTH_FILE}): the top {min(TOP_ROWS, len(scored))} by score and the recipe point", flush=True)
+    done = False
+    for trial in chosen:
+        try:
+            export(experiment, trial, progress=False)
+            done = True
+        except EXPORT_ERRORS as error:  # one trial's missing checkpoint must not cost the others' scores
+            print(f"warning: trial {trial} not scored on the holdout: {str(error).splitlines()[0]}", file=sys.stderr)
+    return done
+
+
 def cluster_problem(plan: SearchPlan, alive: list[dict[str, float]], coming: list[dict[str, float]]) -> str | None:
     """Why this search cannot run on a cluster of the `alive` nodes and those the autoscaler
     may add (`coming`), or None: no node fits a trial, or some node could not reach the
     storage or the data."""
     multi_node = len(alive) > 1 or bool(coming)
-    if multi_node and Path(plan.fixed["data_dir"]) == default_data_dir():
+    if multi_node and builtin_data(plan):
         return ("the built-in synthetic data are on this node only; on a multi-node cluster give --data-dir"
                 " with data at the same path on every node (cluster.yaml pulls them to /home/ray/rfcx-data)")
     return (unfit_request(trial_resources(plan), alive + coming)
@@ -107,9 +153,14 @@ def cluster_problem(plan: SearchPlan, alive: list[dict[str, float]], coming: lis
 
 
 def summary(rows: list[Row], directory: Path, experiment: str) -> str:
-    top = frame(rows).head(TOP_ROWS).to_string(index=False)
+    """The top of the leaderboard (with the holdout columns once scored), whether the best
+    trial beats the recipe point on the holdout, how well the CV ranks as the holdout does,
+    and where everything is."""
+    board = frame(rows)
+    top = board.drop(columns="recipe_point").head(TOP_ROWS).to_string(index=False)
+    notes = "".join(f"{line}\n" for line in (versus_recipe(board), cv_trust(board)) if line)
     best = directory / BEST_CONFIG
     reuse = f"best config: {best} (reuse: --config {best})\n" if best.exists() else ""
-    return (f"\n{top}\n\nleaderboard: {directory / LEADERBOARD_MD}\n{reuse}"
+    return (f"\n{top}\n\n{notes}leaderboard: {directory / LEADERBOARD_MD}\n{reuse}"
             f"review:      tensorboard --logdir {experiment}\n"
             f"resume:      the same command again (finished trials are kept)\n")

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from search.holdout import PRIVATE, PUBLIC, HoldoutError, cv_trust, holdout_scores, is_public
+from search.holdout import PRIVATE, PUBLIC, HoldoutError, cv_trust, holdout_scores, is_public, versus_recipe
 from trainable.metrics import lwlrap
 
 
@@ -46,3 +46,27 @@ def test_cv_trust_is_the_rank_correlation_of_cv_and_holdout():
     assert cv_trust(board) == ("CV vs holdout over 4 trials: Spearman +1.00 (public), -1.00 (private);"
                                " mean fold std 0.0200")
     assert cv_trust(board.iloc[:2]) is None  # too few trials to rank
+
+
+def board_of(trials: list[str], recipe: str, public: list[float], private: list[float]) -> pd.DataFrame:
+    return pd.DataFrame({"trial": trials, "score": np.linspace(0.9, 0.6, len(trials)),
+                         "recipe_point": [trial == recipe for trial in trials], PUBLIC: public, PRIVATE: private})
+
+
+def test_the_best_trial_is_measured_against_the_recipe_point_on_the_holdout():
+    board = board_of(["best", "mid", "recipe"], "recipe", [0.80, 0.70, 0.75], [0.70, 0.60, 0.61])
+    assert versus_recipe(board) == ("holdout: the best trial best beats the recipe point recipe: +0.0700 on the mean"
+                                    " of the halves (public 0.8000, private 0.7000; the recipe point public 0.7500,"
+                                    " private 0.6100)")
+    worse = board_of(["best", "recipe"], "recipe", [0.70, 0.75], [0.60, 0.61])
+    assert versus_recipe(worse).startswith("holdout: the best trial best does not beat the recipe point recipe: -0.0300")
+    same = board_of(["recipe", "other"], "recipe", [0.70, 0.75], [0.60, 0.61])
+    assert versus_recipe(same) == "holdout: the best trial recipe is the recipe point (public 0.7000, private 0.6000)"
+
+
+def test_no_comparison_without_both_holdout_scores():
+    unscored_recipe = board_of(["best", "recipe"], "recipe", [0.8, math.nan], [0.7, math.nan])
+    assert versus_recipe(unscored_recipe) is None
+    assert versus_recipe(board_of(["best", "other"], "nobody", [0.8, 0.7], [0.7, 0.6])) is None  # no recipe trial
+    no_holdout = board_of(["best", "recipe"], "recipe", [0.8, 0.7], [0.7, 0.6]).drop(columns=[PUBLIC, PRIVATE])
+    assert versus_recipe(no_holdout) is None and cv_trust(no_holdout) is None

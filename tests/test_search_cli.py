@@ -7,14 +7,18 @@ import shutil
 import pytest
 
 from search import run
+from search.default_data import FEATURES, QUICK_PRESET, preset_note
+from search.plan import searched_keys
 from spaces import SPACES
 from tests.helpers import NO_HUB
-from trainable.recipes import RECIPES
+from trainable.config import to_dict
+from trainable.dotted import flatten_dotted
+from trainable.recipes import RECIPES, resolve
 
 FLAGS = ("--space", "--data-dir", "--num-samples", "--max-concurrent", "--epochs", "--grace-period",
          "--reduction-factor", "--folds", "--backbone", "--cpus-per-trial", "--gpus-per-trial", "--address",
          "--storage", "--name", "--resume", "--seed", "--set", "--config", "--list-spaces", "--stage", "--teacher",
-         "--init-from", "--recipe", "--list-recipes")
+         "--init-from", "--recipe", "--list-recipes", "--sampler")
 
 
 def test_help_explains_every_flag(capsys):
@@ -81,7 +85,7 @@ def test_fixed_values_layer_preset_config_set_and_flags(cached_dir, tmp_path):
     assert fixed["train.lr"] == 0.002 and fixed["loss.w_max"] == 0.25  # from --config
     assert fixed["data.fp_per_epoch"] == 3  # --set
     assert fixed["train.epochs"] == 5  # the flag wins over --set and --config
-    assert fixed["train.batch_size"] == 8  # the synthetic preset, not overridden
+    assert fixed["train.batch_size"] == QUICK_PRESET["train.batch_size"]  # the synthetic preset, not overridden
     assert fixed["data_dir"] == str(cached_dir.resolve())
     config.write_text("recipe: v1_7\nloss:\n  w_max: 0.25\n")  # as a best_config.yaml names its recipe
     args = run.parse_args(["--space", "mixup", "--config", str(config), "--recipe", "exp0109"])
@@ -96,9 +100,21 @@ def test_hparams_show_list_parameters_as_text_and_keep_numbers():
     assert _hparam(0.5) == 0.5 and _hparam("features") == "features" and _hparam(True) is True
 
 
-def test_the_synthetic_preset_leaves_searched_parameters_to_the_search(cached_dir):
-    fixed = run.fixed_config(run.parse_args(["--space", "scheduler"]), cached_dir, synthetic=True)
-    assert "train.t_max" not in fixed and fixed["train.epochs"] == 8
+@pytest.mark.parametrize("space", list(SPACES))
+def test_the_synthetic_preset_leaves_searched_parameters_to_the_search(cached_dir, space):
+    fixed = run.fixed_config(run.parse_args(["--space", space]), cached_dir, synthetic=True)
+    searched = searched_keys((space,), QUICK_PRESET["train.epochs"])
+    assert searched and not searched & set(fixed)
+    assert {key: fixed[key] for key in set(QUICK_PRESET) - searched} == {
+        key: value for key, value in QUICK_PRESET.items() if key not in searched}  # the rest of the preset stays
+
+
+def test_the_banner_says_what_the_quick_preset_is(cached_dir):
+    plan_fixed = run.fixed_config(run.parse_args(["--space", "mixup"]), cached_dir, synthetic=True)
+    baseline = flatten_dotted(to_dict(resolve(plan_fixed)))
+    assert preset_note(baseline) == (f"quick preset for the built-in data: test_resnet, {FEATURES['n_mels']} mels,"
+                                     f" 256-frame crops; not the recipe's model")
+    assert "resnet18" in preset_note(baseline | {"model.backbone": "resnet18"})  # what the search runs
 
 
 def test_a_best_config_fixes_everything_but_what_the_new_search_searches(cached_dir, tmp_path):
@@ -159,6 +175,32 @@ def test_an_existing_experiment_resumes_only_with_its_own_settings(capsys, cache
                                                 "--epochs", "2"])
     err = error_of(capsys, [*command[:-1], "2"])
     assert "exists with other settings (train.epochs: 3 there, 2 here)" in err and "--resume --name exp" in err
+
+
+def test_the_sampler_is_part_of_the_plan_and_tpe_learns_from_half_the_budget(capsys, cached_dir, tmp_path):
+    import dataclasses
+    import json
+
+    import optuna
+
+    from search.plan import PLAN_FILE, load_plan, optuna_sampler, save_plan
+
+    command = ["--space", "mixup", "--data-dir", str(cached_dir), "--storage", str(tmp_path), *NO_HUB, "--name", "s"]
+    random = run.make_plan(run.parse_args([*command, "--sampler", "random", "--seed", "3"]))
+    assert random.sampler == "random" and isinstance(optuna_sampler(random), optuna.samplers.RandomSampler)
+    tpe = run.make_plan(run.parse_args(command))
+    assert tpe.sampler == "tpe" and optuna_sampler(tpe)._n_startup_trials == 4  # 8 trials: half at random
+    assert optuna_sampler(dataclasses.replace(tpe, num_samples=64))._n_startup_trials == 10  # Optuna's default
+    (tmp_path / "s").mkdir()
+    save_plan(random)
+    assert "sampler: 'random' there, 'tpe' here" in error_of(capsys, [*command, "--seed", "3"])  # it keeps its sampler
+    saved = json.loads((tmp_path / "s" / PLAN_FILE).read_text())
+    del saved["sampler"]  # a plan written before samplers could be chosen searched with TPE
+    (tmp_path / "s" / PLAN_FILE).write_text(json.dumps(saved))
+    assert load_plan(str(tmp_path), "s").sampler == "tpe"
+    with pytest.raises(SystemExit):
+        run.parse_args([*command, "--sampler", "grid"])
+    assert "invalid choice: 'grid'" in capsys.readouterr().err
 
 
 def test_the_presets_cosine_follows_a_new_epoch_budget_and_data_paths_have_their_flags(capsys, cached_dir):

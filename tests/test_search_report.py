@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
+from types import SimpleNamespace
 
 import optuna
 
-from search.report import Row, export_study, importances, markdown
+from search.report import Row, export_study, frame, importances, leaderboard, markdown, refresh_leaderboard
 
 
 def study_with(trials: int) -> optuna.Study:
@@ -47,7 +49,31 @@ def test_study_export_is_a_sqlite_study_optuna_can_load(tmp_path):
 
 
 def test_an_empty_search_still_gets_a_leaderboard():
-    from search.report import frame
-
     assert "No trial has run yet" in markdown([], "empty", None)
     assert {"score", "cv_lwlrap", "cv_lwlrap_fold_best", "cv_lrap_reference"} <= set(frame([]).columns)
+
+
+def result_of(trial: str, score: float, config: dict) -> SimpleNamespace:
+    """What leaderboard() reads of a ray.tune.Result."""
+    return SimpleNamespace(metrics={"trial_id": trial, "score": score, "epoch": 4, "done": True}, config=config,
+                           error=None, path=f"/x/trial_{trial}", metrics_dataframe=None)
+
+
+def test_the_trial_with_the_recipe_values_is_marked_and_its_memo_says_so(tmp_path):
+    recipe = {"loss.w_max": 0.5, "data.crop_offsets": [16, 32]}
+    results = [result_of("a", 0.7, {"loss": {"w_max": 0.9}, "data.crop_offsets": [16, 32]}),
+               result_of("r", 0.6, {"loss.w_max": 0.5 + 1e-15, "data": {"crop_offsets": [16, 32]}}),
+               result_of("c", 0.5, {"loss.w_max": 0.5, "data.crop_offsets": [16, 64]})]
+    rows = leaderboard(results, 4, ["loss.w_max"], recipe)
+    assert [(row.trial, row.recipe_point) for row in rows] == [("a", False), ("r", True), ("c", False)]
+    assert not any(row.recipe_point for row in leaderboard(results, 4, ["loss.w_max"], None))
+    assert all(row.recipe_point for row in leaderboard(results, 4, ["loss.w_max"], {}))  # one configuration
+
+    held = [replace(row, holdout={"holdout_public": 0.8 - i / 10, "holdout_private": 0.7 - i / 20}) for i, row in enumerate(rows)]
+    text = markdown(held, "demo", None)
+    assert "| 2 | r | completed | 0.6000 |" in text and text.count("recipe point |") == 1
+    assert "holdout: the best trial a beats the recipe point r: +0.0750" in text
+    assert "CV vs holdout over 3 trials" in text
+
+    (tmp_path / "leaderboard.csv").write_text(frame(held).to_csv(index=False))
+    assert [row.recipe_point for row in refresh_leaderboard(tmp_path)] == [False, True, False]  # kept in the csv

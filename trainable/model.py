@@ -71,7 +71,10 @@ class SEDModel(nn.Module):
         super().__init__()
         self.config, self.n_species = config, n_species
         self.backbone = create_backbone(config)
-        width = self.backbone.num_features
+        # The width of what the backbone's forward gives: for backbones with a conv head after
+        # the pooling (mobilenetv3, lcnet), timm applies it to the unpooled map, so the map has
+        # head_hidden_size channels, not num_features.
+        width = getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features
         self.cla = nn.Conv1d(width, n_species, kernel_size=1, bias=config.head_bias)
         self.att = nn.Conv1d(width, n_species, kernel_size=1, bias=config.head_bias)
 
