@@ -13,6 +13,7 @@ import ray
 from search.cluster import autoscaler_nodes, trials_at_once, unfit_request
 from search.default_data import default_data_dir, preset_note
 from search.experiment import build_tuner, can_resume, restore_tuner
+from search.export import EXPORT_ERRORS, export
 from search.holdout import TRUTH_FILE, cv_trust, load_truth, versus_recipe
 from search.optuna_search import STUDY_EXPORT_ENV
 from search.plan import (SearchPlan, experiment_path, local_experiment_dir, param_names, recipe_config, report_dir,
@@ -87,7 +88,8 @@ def run_search(plan: SearchPlan, address: str | None) -> int:
     rows = write_reports(directory, results, study, plan.epochs, param_names(plan.spaces, plan.epochs, plan.teacher),
                          title=f"{plan.name}: recipe {plan.baseline['recipe']}, {', '.join(plan.spaces) or 'no space'}",
                          recipe=recipe_config(plan.spaces, plan.epochs, plan.teacher, plan.baseline))
-    if score_on_holdout(plan, rows):
+    interrupted = any(row.status.startswith(("interrupted", "not started")) for row in rows)
+    if not interrupted and score_on_holdout(plan, rows):  # after Ctrl-C, stop at once
         rows = refresh_leaderboard(directory)
     if is_remote(plan.storage):
         try:
@@ -95,7 +97,7 @@ def run_search(plan: SearchPlan, address: str | None) -> int:
         except OSError as error:  # the local copy stays; the trials' results are already there
             print(f"warning: could not copy the reports to {experiment_path(plan)}: {error}", file=sys.stderr)
     print(summary(rows, directory, experiment_path(plan)))
-    if any(row.status.startswith(("interrupted", "not started")) for row in rows):
+    if interrupted:
         where = "" if plan.storage == normalise(DEFAULT_STORAGE) else f" --storage {plan.storage}"
         print(f"interrupted: continue with python search/run.py --resume --name {plan.name}{where}")
         return 130
@@ -113,8 +115,6 @@ def score_on_holdout(plan: SearchPlan, rows: list[Row]) -> bool:
     Runs in the driver, after the trials: predicting is a small part of training, and a
     failure here costs the search nothing (the trial keeps its checkpoints; export it by hand).
     """
-    from search.export import EXPORT_ERRORS, export  # torch: only once there is something to score
-
     experiment = local_experiment_dir(plan)
     truth = load_truth(Path(plan.fixed["data_dir"]))
     if truth is None:
@@ -124,12 +124,15 @@ def score_on_holdout(plan: SearchPlan, rows: list[Row]) -> bool:
               f" local copy", flush=True)
         return False
     scored = [row for row in rows if math.isfinite(row.score)]
-    chosen = list(dict.fromkeys([row.trial for row in scored[:TOP_ROWS]]
-                                + [row.trial for row in scored if row.recipe_point]))
+    top = [row.trial for row in scored[:TOP_ROWS]]
+    recipe = next((row.trial for row in scored if row.recipe_point), None)
+    chosen = top + [recipe] if recipe is not None and recipe not in top else top
     if not chosen:
         return False
+    which = (f"the top {len(top)} by score" + ("" if recipe is None else " (the recipe point among them)"
+                                                if recipe in top else " and the recipe point"))
     print(f"[rfcx-tune] scoring {len(chosen)} trials on the holdout ({len(truth)} test recordings with their"
-          f" {TRUTH_FILE}): the top {min(TOP_ROWS, len(scored))} by score and the recipe point", flush=True)
+          f" {TRUTH_FILE}): {which}", flush=True)
     done = False
     for trial in chosen:
         try:
