@@ -28,7 +28,8 @@ ATTENTION = "attention"  # (B, C, T') attention logits (before the softmax over 
 ATTENTION_WEIGHTS = "attention_weights"  # (B, C, T') softmax over time of the attention logits
 OUTPUTS = (CLIP_ATT, CLIP_MAX, SEGMENT, FRAME, ATTENTION, ATTENTION_WEIGHTS)
 
-BACKBONES = ("resnet18", "densenet121", "efficientnet_b0", "resnest50d", "mobilenetv2_100")  # tested
+BACKBONES = ("resnet18", "densenet121", "efficientnet_b0", "resnest50d", "mobilenetv2_100", "test_resnet",
+             "mobilenetv3_small_050")  # tested; mobilenetv3 has a conv head after its pooling
 
 
 def create_backbone(config: ModelConfig) -> nn.Module:
