@@ -44,7 +44,7 @@ class SearchPlan:
     name: str
     seed: int
     max_failures: int
-    sampler: str = "tpe"  # search.experiment.SAMPLERS; an experiment from before this field used TPE
+    sampler: str = "tpe"  # one of SAMPLERS; an experiment from before this field used TPE
 
     @property
     def epochs(self) -> int:
