@@ -23,10 +23,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from bench.common import header, verdict
+from bench.common import header, synthetic_data, verdict
 from search.default_data import FEATURES, QUICK_PRESET, SYNTHETIC
 from search.holdout import PRIVATE, PUBLIC
-from trainable.config import ModelConfig
+from trainable.config import ModelConfig, TrialConfig, from_dict
+from trainable.dotted import merge
+from trainable.fit import Device
+from trainable.kfold import KFoldTraining
 from trainable.model import CLIP_ATT, SEDModel
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,12 +77,6 @@ def bare_speed(backbone: str, seconds: float = 3.0) -> float:
 
 def recipe_point_trial(backbone: str) -> tuple[float, float]:
     """(cv_lwlrap after the preset's epochs, seconds) of the recipe point with `backbone`, on one core."""
-    from bench.common import synthetic_data
-    from trainable.config import TrialConfig, from_dict
-    from trainable.dotted import merge
-    from trainable.fit import Device
-    from trainable.kfold import KFoldTraining
-
     torch.set_num_threads(1)
     config = from_dict(TrialConfig, merge({**QUICK_PRESET, "data_dir": str(synthetic_data())},
                                           {"model.backbone": backbone}))

@@ -88,6 +88,8 @@ def run_search(plan: SearchPlan, address: str | None) -> int:
     rows = write_reports(directory, results, study, plan.epochs, param_names(plan.spaces, plan.epochs, plan.teacher),
                          title=f"{plan.name}: recipe {plan.baseline['recipe']}, {', '.join(plan.spaces) or 'no space'}",
                          recipe=recipe_config(plan.spaces, plan.epochs, plan.teacher, plan.baseline))
+    # The reports are written before the holdout scoring, which rewrites them with its scores:
+    # a failure or a kill while predicting leaves a complete leaderboard.
     interrupted = any(row.status.startswith(("interrupted", "not started")) for row in rows)
     if not interrupted and score_on_holdout(plan, rows):  # after Ctrl-C, stop at once
         rows = refresh_leaderboard(directory)

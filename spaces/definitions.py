@@ -13,7 +13,8 @@ from typing import Any
 import optuna
 
 from trainable.config import (AUGMENT_POLICIES, CLASS_COUNTS, CROP_RULES, EVENT_FRAMES, FRAME_REDUCTIONS, INPUTS,
-                              MIXUP_TARGETS, ORIENTATIONS, PSEUDO_ON, SCHEDULES, UPSAMPLING, DataConfig)
+                              MIXUP_TARGETS, ORIENTATIONS, PSEUDO_ON, SCHEDULES, UPSAMPLING, DataConfig,
+                              scaled_overlap)
 
 DEFAULT_EPOCHS = 50  # the recipe's epoch budget, used when the search did not say its own
 # Trial user attributes the search sets before it calls a space: the epoch budget, whether the
@@ -70,8 +71,8 @@ def crop(trial: optuna.Trial) -> dict[str, Any]:
     return {
         "data.crop_frames": crop_frames,
         "data.crop_offsets": offsets_in_frames(fractions, crop_frames),
-        "data.valid_overlap": min(round(crop_frames * valid / width), crop_frames - 1),
-        "data.test_overlap": min(round(crop_frames * test / width), crop_frames - 1),
+        "data.valid_overlap": scaled_overlap(valid, width, crop_frames),
+        "data.test_overlap": scaled_overlap(test, width, crop_frames),
     }
 
 

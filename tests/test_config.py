@@ -103,3 +103,11 @@ def test_a_config_is_its_recipes_defaults_under_its_own_keys():
         resolve({"data_dir": "d", "recipe": "v9"})
     with pytest.raises(ConfigError, match="recipe must be one of v1_7, exp0109, fixed"):
         TrialConfig(data_dir="d", recipe="v9")
+
+
+def test_an_overlap_keeps_its_share_of_the_window_at_another_width():
+    from trainable.config import scaled_overlap
+
+    assert scaled_overlap(51, 512, 512) == 51
+    assert scaled_overlap(51, 512, 256) == 26 and scaled_overlap(51, 512, 768) == 77  # 25.5 and 76.5, rounded
+    assert scaled_overlap(511, 512, 8) == 7  # always less than the new width

@@ -109,6 +109,12 @@ class DataConfig:
         _require(self.n_folds >= 2, "n_folds must be >= 2")
 
 
+def scaled_overlap(overlap: int, width: int, new_width: int) -> int:
+    """A window overlap at another window width: the same share of the width, in whole frames,
+    and less than the new width (26 of 256 for the reference's 51 of 512)."""
+    return min(round(new_width * overlap / width), new_width - 1)
+
+
 # What decides which weights a model has and what they mean: a checkpoint that starts a trial's
 # folds (init_from) must agree on every one.
 MODEL_KEYS = ("model.backbone", "model.input", "model.head_bias", "model.orientation")
