@@ -109,5 +109,5 @@ def test_an_overlap_keeps_its_share_of_the_window_at_another_width():
     from trainable.config import scaled_overlap
 
     assert scaled_overlap(51, 512, 512) == 51
-    assert scaled_overlap(51, 512, 256) == 26 and scaled_overlap(51, 512, 768) == 77  # 25.5 and 76.5, rounded
+    assert scaled_overlap(51, 512, 256) == 26 and scaled_overlap(51, 512, 768) == 76  # 25.5, 76.5: half to even
     assert scaled_overlap(511, 512, 8) == 7  # always less than the new width
