@@ -8,12 +8,17 @@ checkpoints so a killed driver or node loses nothing.
 
 from __future__ import annotations
 
+import os
+import sys
+
 from ray import tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 
 from search.optuna_search import TruthfulOptunaSearch
 from search.plan import DefineByRun, SearchPlan, experiment_path, optuna_sampler, trial_resources
-from search.tensorboard import HParamsLogger
+from search import review_logger
+from search.review_logger import ReviewLogger
 from spaces import recipe_point, windows_of
 from trainable.tune import METRIC, MODE, train_sed
 
@@ -52,12 +57,29 @@ def trial_dirname(trial) -> str:
 def restore_tuner(plan: SearchPlan) -> tune.Tuner:
     """The interrupted experiment `plan.name`: finished trials stay, unfinished ones resume
     from their last checkpoints, and the searcher goes on with its study."""
-    return tune.Tuner.restore(experiment_path(plan), trainable(plan), resume_unfinished=True,
-                              resume_errored=False, restart_errored=False)
+    # Experiments started before ReviewLogger pickled search.tensorboard.HParamsLogger (a
+    # module name that shadowed the tensorboard package for scripts in search/).
+    sys.modules.setdefault("search.tensorboard", review_logger)
+    tuner = tune.Tuner.restore(experiment_path(plan), trainable(plan), resume_unfinished=True,
+                               resume_errored=False, restart_errored=False)
+    # Ray restores the callbacks that were pickled with the experiment; run with today's.
+    tuner._local_tuner.get_run_config().callbacks = logger_callbacks()
+    return tuner
 
 
 def trainable(plan: SearchPlan):
     return tune.with_resources(train_sed, trial_resources(plan))
+
+
+def logger_callbacks() -> list:
+    """Ray's CSV and JSON loggers (the results Ray reads back) and our TensorBoard logger.
+
+    Ray would add its own TensorBoard logger beside ours (every value again under ray/tune/,
+    and a start-up line pointing at a driver-artifacts directory): its automatic loggers are
+    switched off, so the others are named here.
+    """
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    return [CSVLoggerCallback(), JsonLoggerCallback(), ReviewLogger()]
 
 
 def run_config(plan: SearchPlan) -> tune.RunConfig:
@@ -66,7 +88,7 @@ def run_config(plan: SearchPlan) -> tune.RunConfig:
         storage_path=plan.storage,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
         failure_config=tune.FailureConfig(max_failures=plan.max_failures),
-        callbacks=[HParamsLogger()],
+        callbacks=logger_callbacks(),
     )
 
 

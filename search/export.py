@@ -28,8 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 # Light imports only: --help and bad input answer at once; torch comes with the work.
-from search.holdout import (HOLDOUT_FILE, PRIVATE, PUBLIC, HoldoutError, cv_trust, holdout_scores, load_truth,
-                            versus_recipe)
+from search.holdout import HOLDOUT_FILE, PRIVATE, PUBLIC, HoldoutError, holdout_scores, load_truth, notes
 from search.trials import LEADERBOARD_CSV, TrialNotFound, newest_checkpoint, scored_trials, trial_dir
 from trainable.annotations import SUBMISSION_FILE, AnnotationError, load_annotations
 from trainable.cache import DEFAULT_CACHE_NAME, CacheError, LogMelCache
@@ -47,6 +46,7 @@ if TYPE_CHECKING:
     from trainable.model import SEDModel
 
 OOF_FILE, SUBMISSION, WINDOWS = "oof.csv", "submission.csv", "windows.csv"
+COMPETITION = "rfcx-species-audio-detection"  # Kaggle's name of the competition
 RECORDINGS_PER_BATCH = 4  # whole clips per forward pass: their windows are batched together
 
 
@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ExportError("--out takes one trial; --trial all writes into EXPERIMENT/exports")
         for trial in trials:
             out = export(args.experiment, trial, args.data_dir, args.cache_dir, args.out)
-            print(f"oof:        {out / OOF_FILE}\nsubmission: {out / SUBMISSION}\nwindows:    {out / WINDOWS}")
+            print(f"oof:        {out / OOF_FILE}\nsubmission: {out / SUBMISSION}\nwindows:    {out / WINDOWS}\n"
+                  f"submit:     {submit_command(args.experiment, trial_dir(args.experiment, trial).name, out)}")
     except EXPORT_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -87,10 +88,16 @@ def main(argv: list[str] | None = None) -> int:
 
         rows = refresh_leaderboard(args.experiment)
         if any(row.holdout for row in rows):
-            board = frame(rows)
-            notes = [line for line in (versus_recipe(board), cv_trust(board)) if line]
-            print("\n".join([f"leaderboard: {args.experiment / LEADERBOARD_MD} (with the holdout scores)", *notes]))
+            print("\n".join([f"leaderboard: {args.experiment / LEADERBOARD_MD} (with the holdout scores)",
+                             *notes(frame(rows))]))
     return 0
+
+
+def submit_command(experiment: Path, trial_dirname: str, out: Path) -> str:
+    """The Kaggle command that submits a trial's predictions, its description naming the
+    trial: search/lb.py --submissions matches the scores back by it."""
+    description = f"rfcx-tune {experiment.resolve().name} {trial_dirname.removeprefix('trial_')}"
+    return f'kaggle competitions submit -c {COMPETITION} -f {out / SUBMISSION} -m "{description}"'
 
 
 def export(experiment: Path, trial: str, data_dir: Path | None = None, cache_dir: Path | None = None,

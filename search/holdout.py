@@ -15,11 +15,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from search.lb_scores import LB_PRIVATE, LB_PUBLIC
 from trainable.metrics import lwlrap
 
 TRUTH_FILE = "test_truth.csv"
 HOLDOUT_FILE = "holdout.json"  # next to a trial's exported submission.csv
 PUBLIC, PRIVATE = "holdout_public", "holdout_private"  # leaderboard columns
+MIN_RANKED = 3  # a rank correlation over fewer trials says nothing
 
 
 class HoldoutError(ValueError):
@@ -66,15 +68,44 @@ def _lwlrap_or_nan(truth: np.ndarray, scores: np.ndarray) -> float:
 def cv_trust(board: pd.DataFrame) -> str | None:
     """How well the trials' CV ranks them as the holdout does: Spearman's rank correlation of
     score with each half's score, beside the mean fold std; None below 3 trials."""
-    if PUBLIC not in board:
+    return _cv_versus(board, "holdout", PUBLIC, PRIVATE)
+
+
+def cv_versus_lb(board: pd.DataFrame) -> str | None:
+    """The same against the leaderboard scores recorded with search/lb.py (lb_public, and
+    lb_private where recorded); None below 3 trials with a public score."""
+    return _cv_versus(board, "LB", LB_PUBLIC, LB_PRIVATE)
+
+
+def spearman(board: pd.DataFrame, column: str) -> tuple[float, int]:
+    """Spearman's rank correlation of the score with `column` over the trials that have both,
+    and their number; nan below MIN_RANKED trials or when either side is all one value."""
+    if column not in board:
+        return math.nan, 0
+    both = board.dropna(subset=["score", column])
+    return (both.score.corr(both[column], method="spearman") if len(both) >= MIN_RANKED else math.nan), len(both)
+
+
+def _cv_versus(board: pd.DataFrame, what: str, public: str, private: str) -> str | None:
+    public_rho, count = spearman(board, public)
+    if count < MIN_RANKED:
         return None
-    scored = board.dropna(subset=["score", PUBLIC, PRIVATE])
-    if len(scored) < 3:
-        return None
-    public = scored.score.corr(scored[PUBLIC], method="spearman")
-    private = scored.score.corr(scored[PRIVATE], method="spearman")
-    return (f"CV vs holdout over {len(scored)} trials: Spearman {public:+.2f} (public), {private:+.2f} (private);"
-            f" mean fold std {scored.fold_std.mean():.4f}")
+    private_rho, private_count = spearman(board, private)
+    halves = f"Spearman {rho_text(public_rho)} (public)"
+    if private_count >= MIN_RANKED:
+        halves += f", {rho_text(private_rho)} (private" + ("" if private_count == count else f", {private_count} trials") + ")"
+    std = board.dropna(subset=["score", public]).fold_std.mean()
+    return f"CV vs {what} over {count} trials: {halves}; mean fold std {std:.4f}"
+
+
+def rho_text(value: float) -> str:
+    return f"{value:+.2f}" if math.isfinite(value) else "undefined (tied scores)"
+
+
+def notes(board: pd.DataFrame) -> list[str]:
+    """The lines that go below a leaderboard: the best trial against the recipe point on the
+    holdout, and how well the CV ranks as the holdout and the LB do (each when known)."""
+    return [line for line in (versus_recipe(board), cv_trust(board), cv_versus_lb(board)) if line]
 
 
 def versus_recipe(board: pd.DataFrame) -> str | None:

@@ -5,6 +5,7 @@ In the experiment directory:
                             table users keep by hand, filled in)
     best_config.yaml        the best trial's full resolved config, reusable with --config
     study.db                the Optuna study in sqlite, for Optuna's own tools
+    report.html             the same with figures, one self-contained page (search.report_page)
 Every file is written atomically: a report cut short never replaces a good one.
 """
 
@@ -22,7 +23,8 @@ import pandas as pd
 import yaml
 from ray import tune
 
-from search.holdout import HOLDOUT_FILE, cv_trust, versus_recipe
+from search.holdout import HOLDOUT_FILE, notes
+from search.lb_scores import LB_MEMO, LB_PRIVATE, LB_PUBLIC, load_lb
 from trainable.tune import SCORE
 from trainable.atomic import TEMP_SUFFIX, atomic_write_text
 from trainable.config import to_dict
@@ -32,7 +34,7 @@ from trainable.recipes import resolve
 LEADERBOARD_MD, LEADERBOARD_CSV = "leaderboard.md", "leaderboard.csv"
 BEST_CONFIG, STUDY_DB = "best_config.yaml", "study.db"
 EXPORTS = "exports"  # EXPERIMENT/exports/trial_<id>/: what search/export.py writes
-MIN_COMPLETED_FOR_IMPORTANCE = 4  # fANOVA on fewer finished trials is noise
+MIN_TRIALS_FOR_IMPORTANCE = 4  # fANOVA on fewer trials is noise
 
 
 # Reported metric -> leaderboard column: the three CVs side by side, so a user can line the
@@ -56,6 +58,24 @@ class Row:
     cvs: dict[str, float] = field(default_factory=dict)  # CV_COLUMNS' values
     best_epochs: str = ""  # the epoch of each fold's selected weights, "7,5,9"
     recipe_point: bool = False  # the trial of the search's baseline (the recipe with the fixed values)
+    fold_scores: str = ""  # each fold's LWLRAP at the best common epoch, "0.912,0.874"
+    lb: dict[str, Any] = field(default_factory=dict)  # recorded leaderboard scores: search/lb.py
+
+
+def trial_budget(config: dict[str, Any], epochs: int) -> int:
+    """A trial's epoch budget: its own train.epochs (a space may search it), else the search's."""
+    return int(nest_dotted(config or {}).get("train", {}).get("epochs", epochs))
+
+
+def trial_status(done: int, budget: int, finished: bool, error: str | None = None) -> str:
+    """What the leaderboard and TensorBoard say of a trial that ran `done` of `budget` epochs:
+    errored: ... / completed / stopped by ASHA at epoch n, or, before it finished, interrupted
+    at epoch n."""
+    if error is not None:
+        return f"errored: {error}"
+    if not finished:
+        return f"interrupted at epoch {done}"
+    return "completed" if done >= budget else f"stopped by ASHA at epoch {done}"
 
 
 def leaderboard(results: tune.ResultGrid, epochs: int, param_names: list[str],
@@ -70,31 +90,28 @@ def leaderboard(results: tune.ResultGrid, epochs: int, param_names: list[str],
 def _row(result: tune.Result, epochs: int, param_names: list[str], recipe: dict[str, Any] | None) -> Row:
     metrics = result.metrics or {}
     done = int(metrics.get("epoch", 0))
-    config = nest_dotted(result.config or {})
-    budget = config.get("train", {}).get("epochs", epochs)  # the trial's own budget
-    if result.error is not None:
-        status = f"errored: {_last_line(result.error)}"
-    elif not metrics:
+    if result.error is None and not metrics:
         status = "not started"
-    elif not metrics.get("done", False):  # Ray marks a finished or scheduler-stopped trial done
-        status = f"interrupted at epoch {done}"
-    elif done >= budget:
-        status = "completed"
-    else:
-        status = f"stopped by ASHA at epoch {done}"
-    flat = flatten_dotted(config)
+    else:  # Ray marks a finished or scheduler-stopped trial done
+        status = trial_status(done, trial_budget(result.config, epochs), finished=bool(metrics.get("done", False)),
+                              error=None if result.error is None else last_line(result.error))
+    flat = flatten_dotted(nest_dotted(result.config or {}))
     params = {name: _display(flat.get(name)) for name in param_names}
     history = result.metrics_dataframe
-    fold_std = math.nan
+    fold_std, fold_scores = math.nan, ""
     if history is not None and "cv_lwlrap" in history:
-        fold_std = float(history.loc[history.cv_lwlrap.idxmax(), "fold_lwlrap_std"])
+        best = history.loc[history.cv_lwlrap.idxmax()]
+        fold_std = float(best["fold_lwlrap_std"])
+        columns = sorted((c for c in history.columns if c.startswith("fold/") and c.endswith("/lwlrap")),
+                         key=lambda c: int(c.split("/")[1]))
+        fold_scores = ",".join(f"{best[c]:.4f}" for c in columns)
     trial = metrics.get("trial_id") or Path(result.path).name
     cvs = {column: float(metrics.get(key, math.nan)) for key, column in CV_COLUMNS.items()}
     folds = sorted((key for key in metrics if key.startswith("fold/") and key.endswith("/best_epoch")),
                    key=lambda key: int(key.split("/")[1]))
     return Row(trial, status, float(metrics.get(SCORE, math.nan)), fold_std, done, params,
                float(metrics.get("time_total_s", 0.0)), cvs=cvs,
-               best_epochs=",".join(str(int(metrics[key])) for key in folds),
+               best_epochs=",".join(str(int(metrics[key])) for key in folds), fold_scores=fold_scores,
                recipe_point=recipe is not None and all(_same(flat.get(key), value) for key, value in recipe.items()))
 
 
@@ -107,7 +124,7 @@ def _same(value: Any, expected: Any) -> bool:
     return value == expected
 
 
-def _last_line(error: BaseException) -> str:
+def last_line(error: BaseException) -> str:
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     return lines[-1] if lines else type(error).__name__
 
@@ -117,15 +134,19 @@ def _display(value: Any) -> Any:
 
 
 def frame(rows: list[Row]) -> pd.DataFrame:
+    """The leaderboard as a table (leaderboard.csv): the LB columns once a score was recorded."""
     holdout = sorted({name for row in rows for name in row.holdout}, reverse=True)  # public, private
+    lb = [LB_PUBLIC, LB_PRIVATE, LB_MEMO] if any(row.lb for row in rows) else []
     records = [{"rank": i + 1, "trial": row.trial, "status": row.status, SCORE: row.score,
                 **{name: row.cvs.get(name, math.nan) for name in CV_COLUMNS.values()},
                 "best_epochs": row.best_epochs, "fold_std": row.fold_std,
                 **{name: row.holdout.get(name, math.nan) for name in holdout},
-                "epochs": row.epochs, **row.params, "wall_s": round(row.wall_s, 1), "recipe_point": row.recipe_point}
+                **{name: row.lb.get(name, "" if name == LB_MEMO else math.nan) for name in lb},
+                "epochs": row.epochs, **row.params, "wall_s": round(row.wall_s, 1), "recipe_point": row.recipe_point,
+                "fold_scores": row.fold_scores}
                for i, row in enumerate(rows)]
     columns = ["rank", "trial", "status", SCORE, *CV_COLUMNS.values(), "best_epochs", "fold_std", "epochs", "wall_s",
-               "recipe_point"]
+               "recipe_point", "fold_scores"]
     return pd.DataFrame.from_records(records) if records else pd.DataFrame(columns=columns)
 
 
@@ -133,23 +154,30 @@ def markdown(rows: list[Row], title: str, importances: dict[str, float] | None) 
     """The leaderboard as the markdown table users keep, with LB and memo left to fill."""
     if not rows:
         return f"# {title}\n\nNo trial has run yet.\n"
-    table = frame(rows)
-    held = any(row.holdout for row in rows)
-    notes = [line for line in (versus_recipe(table), cv_trust(table)) if line] if held else []
-    table["LB"] = ""
-    table["memo"] = table.pop("recipe_point").map(lambda recipe: "recipe point" if recipe else "")
+    table = frame(rows).drop(columns="fold_scores")
+    lines_below = notes(table)
+    table["LB"] = [_lb_cell(row.lb) for row in rows]
+    table["memo"] = ["; ".join(part for part in ("recipe point" if row.recipe_point else "", row.lb.get(LB_MEMO, ""))
+                               if part) for row in rows]
+    table = table.drop(columns=[c for c in ("recipe_point", LB_PUBLIC, LB_PRIVATE, LB_MEMO) if c in table])
     for name in (SCORE, *CV_COLUMNS.values(), "fold_std", *{name for row in rows for name in row.holdout}):
         table[name] = table[name].map(lambda v: f"{v:.4f}" if math.isfinite(v) else "-")
     for name in (rows[0].params if rows else {}):  # searched values, short enough to read
         table[name] = table[name].map(_short)
     lines = [f"# {title}", "", _markdown_table(table)]
-    for note in notes:
+    for note in lines_below:
         lines += ["", note]
     if importances:
         lines += ["", "Parameter importance (Optuna, completed trials):", "",
                   _markdown_table(pd.DataFrame({"parameter": list(importances),
                                                 "importance": [f"{v:.3f}" for v in importances.values()]}))]
     return "\n".join(lines) + "\n"
+
+
+def _lb_cell(lb: dict[str, Any]) -> str:
+    """"0.912 / 0.905" (public / private), "0.912" without a private score, "" without any."""
+    scores = [lb.get(name) for name in (LB_PUBLIC, LB_PRIVATE)]
+    return " / ".join(f"{v:.4f}" for v in scores if isinstance(v, float) and math.isfinite(v))
 
 
 def _short(value: Any) -> Any:
@@ -169,7 +197,7 @@ def _markdown_table(table: pd.DataFrame) -> str:
 def importances(study: optuna.Study) -> dict[str, float] | None:
     """Optuna's parameter importances, once enough trials completed to mean something."""
     completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if len(completed) < MIN_COMPLETED_FOR_IMPORTANCE:
+    if len(completed) < MIN_TRIALS_FOR_IMPORTANCE:
         return None
     try:
         return optuna.importance.get_param_importances(study)
@@ -184,7 +212,7 @@ def write_reports(directory: Path, results: tune.ResultGrid, study: optuna.Study
 
     The study itself is exported by the searcher after every trial (search.optuna_search).
     """
-    rows = with_holdout(leaderboard(results, epochs, param_names, recipe), directory)
+    rows = with_scores(leaderboard(results, epochs, param_names, recipe), directory)
     best = _best_result(results)
     if best is not None:
         config = to_dict(resolve(best.config))
@@ -194,15 +222,16 @@ def write_reports(directory: Path, results: tune.ResultGrid, study: optuna.Study
 
 
 def refresh_leaderboard(directory: Path) -> list[Row]:
-    """Rewrite the leaderboard of `directory` with the holdout scores exported since; its
-    rows, title and importances come from the files the search wrote."""
-    table = pd.read_csv(directory / LEADERBOARD_CSV, dtype={"trial": str, "best_epochs": str})
+    """Rewrite the leaderboard of `directory` (and its report.html) with the holdout and LB
+    scores recorded since; its rows, title and importances come from the files the search wrote."""
+    table = pd.read_csv(directory / LEADERBOARD_CSV, dtype={"trial": str, "best_epochs": str, "fold_scores": str})
     params = list(table.columns[table.columns.get_loc("epochs") + 1:table.columns.get_loc("wall_s")])
-    rows = with_holdout([Row(r.trial, r.status, r[SCORE], r.fold_std, int(r.epochs), {name: r[name] for name in params},
-                             r.wall_s, cvs={name: r[name] for name in CV_COLUMNS.values()},
-                             best_epochs="" if pd.isna(r.best_epochs) else r.best_epochs,
-                             recipe_point=bool(r.get("recipe_point", False)))
-                         for _, r in table.iterrows()], directory)
+    text = lambda value: "" if pd.isna(value) else value  # noqa: E731
+    rows = with_scores([Row(r.trial, r.status, r[SCORE], r.fold_std, int(r.epochs), {name: r[name] for name in params},
+                            r.wall_s, cvs={name: r[name] for name in CV_COLUMNS.values()},
+                            best_epochs=text(r.best_epochs), recipe_point=bool(r.get("recipe_point", False)),
+                            fold_scores=text(r.get("fold_scores", "")))
+                        for _, r in table.iterrows()], directory)
     old = (directory / LEADERBOARD_MD).read_text().splitlines() if (directory / LEADERBOARD_MD).exists() else []
     title = old[0].removeprefix("# ") if old else directory.name
     study = load_study(directory, directory.name)
@@ -216,18 +245,23 @@ def load_study(directory: Path, name: str) -> optuna.Study | None:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{path}") if path.exists() else None
 
 
-def with_holdout(rows: list[Row], directory: Path) -> list[Row]:
-    """The rows with the holdout scores of the trials exported so far (search/export.py)."""
-    def scores(trial: str) -> dict[str, float]:
+def with_scores(rows: list[Row], directory: Path) -> list[Row]:
+    """The rows with the holdout scores of the trials exported so far (search/export.py) and
+    the leaderboard scores recorded so far (search/lb.py)."""
+    def holdout(trial: str) -> dict[str, float]:
         path = directory / EXPORTS / f"trial_{trial}" / HOLDOUT_FILE
         return json.loads(path.read_text()) if path.is_file() else {}
 
-    return [replace(row, holdout=scores(row.trial)) for row in rows]
+    recorded = load_lb(directory)
+    return [replace(row, holdout=holdout(row.trial), lb=recorded.get(row.trial, {})) for row in rows]
 
 
 def _write_leaderboard(directory: Path, rows: list[Row], title: str, found: dict[str, float] | None) -> None:
+    from search.report_page import write_report_page  # matplotlib, only once there is a leaderboard
+
     atomic_write_text(directory / LEADERBOARD_CSV, frame(rows).to_csv(index=False))
     atomic_write_text(directory / LEADERBOARD_MD, markdown(rows, title, found))
+    write_report_page(directory, title)
 
 
 def _best_result(results: tune.ResultGrid) -> tune.Result | None:

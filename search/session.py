@@ -14,12 +14,13 @@ from search.cluster import autoscaler_nodes, trials_at_once, unfit_request
 from search.default_data import default_data_dir, preset_note
 from search.experiment import build_tuner, can_resume, restore_tuner
 from search.export import EXPORT_ERRORS, export
-from search.holdout import TRUTH_FILE, cv_trust, load_truth, versus_recipe
+from search.holdout import TRUTH_FILE, load_truth, notes
 from search.optuna_search import STUDY_EXPORT_ENV
 from search.plan import (SearchPlan, experiment_path, local_experiment_dir, param_names, recipe_config, report_dir,
                          save_plan, trial_resources)
 from search.report import (BEST_CONFIG, LEADERBOARD_MD, STUDY_DB, Row, frame, load_study, refresh_leaderboard,
                            write_reports)
+from search.report_page import REPORT_HTML
 from search.storage import DEFAULT_STORAGE, download, is_remote, normalise, shared_storage_problem, upload
 
 TOP_ROWS = 5  # leaderboard rows printed at the end, and scored on the holdout with the recipe point
@@ -162,10 +163,11 @@ def summary(rows: list[Row], directory: Path, experiment: str) -> str:
     trial beats the recipe point on the holdout, how well the CV ranks as the holdout does,
     and where everything is."""
     board = frame(rows)
-    top = board.drop(columns="recipe_point").head(TOP_ROWS).to_string(index=False)
-    notes = "".join(f"{line}\n" for line in (versus_recipe(board), cv_trust(board)) if line)
+    top = board.drop(columns=["recipe_point", "fold_scores"]).head(TOP_ROWS).to_string(index=False)
+    below = "".join(f"{line}\n" for line in notes(board))
     best = directory / BEST_CONFIG
     reuse = f"best config: {best} (reuse: --config {best})\n" if best.exists() else ""
-    return (f"\n{top}\n\n{notes}leaderboard: {directory / LEADERBOARD_MD}\n{reuse}"
+    return (f"\n{top}\n\n{below}leaderboard: {directory / LEADERBOARD_MD}\n"
+            f"report:      {directory / REPORT_HTML}\n{reuse}"
             f"review:      tensorboard --logdir {experiment}\n"
             f"resume:      the same command again (finished trials are kept)\n")

@@ -93,7 +93,7 @@ def test_fixed_values_layer_preset_config_set_and_flags(cached_dir, tmp_path):
 
 
 def test_hparams_show_list_parameters_as_text_and_keep_numbers():
-    from search.tensorboard import _hparam
+    from search.review_logger import _hparam
 
     assert _hparam([32, 64, 128]) == "32,64,128"  # the crop offsets, instead of an empty cell
     assert _hparam(512) == 512 and isinstance(_hparam(512), int)

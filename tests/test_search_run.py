@@ -3,11 +3,18 @@ Optuna study's truth about stopped trials, TensorBoard files, and resuming a kil
 
 from __future__ import annotations
 
+import base64
+import html
+import io
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
+import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import optuna
@@ -15,16 +22,25 @@ import pandas as pd
 import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tensorboard.plugins.hparams import plugin_data_pb2
+from matplotlib.image import imread
+from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
+from search.export import submit_command
 from search.optuna_search import TruthfulOptunaSearch
 from spaces import recipe_point
-from tests.helpers import ENV, tiny_search
+from tests.helpers import ENV, REPO, colours, screenshot, tiny_search
 from trainable.config import TrialConfig, from_dict
 
 SEARCHED = ["loss.w_max", "loss.w_pseudo", "loss.w_frame"]
 
 
+def hparams_records(events: EventAccumulator) -> dict:
+    """A run's HParams records by kind (experiment, session_start_info, session_end_info)."""
+    records = {}
+    for raw in events.PluginTagToContent("hparams").values():
+        data = plugin_data_pb2.HParamsPluginData.FromString(raw)
+        records[data.WhichOneof("data")] = getattr(data, data.WhichOneof("data"))
+    return records
 
 
 def test_a_stopped_trial_is_pruned_in_optuna_with_its_intermediate_values():
@@ -57,9 +73,13 @@ def test_a_search_leaves_a_leaderboard_a_study_a_config_and_tensorboard_files(ca
     assert (experiment / "leaderboard.md").read_text().count("\n| ") >= 5
 
     # Optuna is told the truth: a trial ASHA stopped is PRUNED with one value per epoch it ran.
-    study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{experiment / 'study.db'}")
-    assert study.trials[0].params == recipe_point(["loss_weights"], 3)  # the recipe runs first
-    by_params = {tuple(round(t.params[k], 6) for k in SEARCHED): t for t in study.trials}
+    # Read with Optuna's storage API, as optuna-dashboard does.
+    storage = optuna.storages.RDBStorage(f"sqlite:///{experiment / 'study.db'}")
+    [summary] = storage.get_all_studies()
+    assert summary.study_name == "e2e"
+    trials = storage.get_all_trials(summary._study_id)
+    assert len(trials) == 4 and trials[0].params == recipe_point(["loss_weights"], 3)  # the recipe runs first
+    by_params = {tuple(round(t.params[k], 6) for k in SEARCHED): t for t in trials}
     for row in board.itertuples():
         trial = by_params[tuple(round(board.loc[row.Index, k], 6) for k in SEARCHED)]
         if row.status == "completed":
@@ -73,19 +93,27 @@ def test_a_search_leaves_a_leaderboard_a_study_a_config_and_tensorboard_files(ca
     best = from_dict(TrialConfig, yaml.safe_load((experiment / "best_config.yaml").read_text()))
     assert best.loss.w_max == pytest.approx(board.loc[0, "loss.w_max"])
 
-    trial_dirs = sorted(experiment.glob("trial_*"))
-    assert len(trial_dirs) == 4
-    events = EventAccumulator(str(trial_dirs[0]), size_guidance={"scalars": 0})
-    events.Reload()
-    scalars = set(events.Tags()["scalars"])
-    assert {"ray/tune/cv_lwlrap", "ray/tune/best_cv_lwlrap", "ray/tune/cv_lrap_reference", "ray/tune/score",
-            "ray/tune/fold/0/lwlrap", "ray/tune/loss/att", "ray/tune/loss/frame", "ray/tune/lr"} <= scalars
-    hparams = {}
-    for raw in events.PluginTagToContent("hparams").values():
-        data = plugin_data_pb2.HParamsPluginData.FromString(raw)
-        if data.HasField("session_start_info"):
-            hparams = dict(data.session_start_info.hparams)
-    assert set(SEARCHED) <= set(hparams)
+    # TensorBoard, read back with its own reader: clear tags, no Ray bookkeeping, every trial in
+    # HParams with its searched values, its status in words, and one chart over all trials.
+    assert "driver_artifacts" not in done.stdout and "To visualize your results" not in done.stdout
+    for row in board.itertuples():
+        events = EventAccumulator(str(experiment / f"trial_{row.trial}"), size_guidance={"scalars": 0, "tensors": 0})
+        events.Reload()
+        scalars = set(events.Tags()["scalars"])
+        assert {"cv/lwlrap", "cv/best", "cv/score", "cv/lrap_reference", "fold/0", "fold/1", "loss/att",
+                "loss/frame", "lr", "throughput", "status/epochs"} <= scalars
+        assert not {tag for tag in scalars if tag.startswith(("ray/", "config/"))}
+        assert not scalars & {"done", "iterations_since_restore", "time_total_s", "timestamp"}
+        assert [e.step for e in events.Scalars("cv/lwlrap")] == list(range(1, row.epochs + 1))
+        hparams = hparams_records(events)
+        assert set(SEARCHED) <= set(hparams["session_start_info"].hparams)
+        assert hparams["session_end_info"].status == api_pb2.STATUS_SUCCESS
+        assert "cv/score" in {info.name.tag for info in hparams["experiment"].metric_infos}
+        statuses = [e.tensor_proto.string_val[0].decode() for e in events.Tensors("status/text_summary")]
+        assert statuses[0] == "running: epoch 1 of 3" and statuses[-1] == row.status
+    layout = EventAccumulator(str(experiment), size_guidance={"tensors": 0})
+    layout.Reload()
+    assert layout.Tags()["tensors"] == ["custom_scalars__config__"]
 
     # The search scores its top trials and the recipe point on the holdout itself (the data have
     # test_truth.csv), with the predictions beside: the summary says whether the best trial beats
@@ -104,6 +132,40 @@ def test_a_search_leaves_a_leaderboard_a_study_a_config_and_tensorboard_files(ca
     assert "CV vs holdout over 4 trials: Spearman" in summary
     text = (experiment / "leaderboard.md").read_text()
     assert "CV vs holdout" in text and text.count("| recipe point |") == 1
+
+    # report.html: one page that needs no network, every figure drawn, the trial count said.
+    page = (experiment / "report.html").read_text()
+    assert f"report:      {experiment / 'report.html'}" in done.stdout
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page) and "<script" not in page
+    images = dict(re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([^"]+)"', page))
+    assert set(images) == {"Optimisation history", "Learning curves", "Parallel coordinates", "Parameter importance",
+                           "Per-fold spread of the top trials", "CV vs holdout"}  # CV vs LB: no score recorded yet
+    for name, data in images.items():
+        assert colours(imread(io.BytesIO(base64.b64decode(data)), format="png")) > 10, name
+    stopped = int(board.status.str.startswith("stopped").sum())
+    for caption in ("4 trials: each one's best cv_lwlrap", f"{stopped} stopped by ASHA", "4 trials: cv_lwlrap after",
+                    "4 trials with a score", "all 4 trials reached at the grace-period rung (epoch 1)",
+                    "4 trials with a holdout score", "no LB score yet"):
+        assert caption in html.unescape(page), caption
+    shot = screenshot((experiment / "report.html").as_uri(), tmp_path / "report.png", height=2400)
+    assert colours(shot) > 50  # a rendered page, not a blank one
+
+    # The real leaderboard's scores, as `kaggle competitions submissions --csv` lists them, matched
+    # by the description of export's submit command; the report gains the CV-vs-LB figure.
+    submissions = tmp_path / "submissions.csv"
+    lines = ["fileName,date,description,status,publicScore,privateScore"]
+    for k, trial in enumerate(board.trial):
+        description = submit_command(experiment, f"trial_{trial}", Path("x")).split(' -m "')[1].rstrip('"')
+        lines.append(f"submission.csv,2026-12-01 10:0{k}:00,{description},complete,0.{80 + k},0.{70 + k}")
+    submissions.write_text("\n".join(lines) + "\n")
+    recorded = subprocess.run([sys.executable, str(REPO / "search/lb.py"), str(experiment), "--submissions",
+                               str(submissions)], capture_output=True, text=True, timeout=120)
+    assert recorded.returncode == 0, recorded.stderr
+    assert "CV vs LB over 4 trials: Spearman" in recorded.stdout
+    board = pd.read_csv(experiment / "leaderboard.csv", dtype={"trial": str})
+    assert list(board.lb_public) == pytest.approx([0.80 + k / 100 for k in range(4)])
+    assert "CV vs LB over 4 trials" in (experiment / "leaderboard.md").read_text()
+    assert '<img alt="CV vs LB"' in (experiment / "report.html").read_text()
 
     # Stage 3: the best trial's window predictions teach a new search, whose folds start from
     # the best trial's fold models; the pseudo space now also searches the teacher.
@@ -184,3 +246,59 @@ def test_a_killed_driver_resumes_without_losing_trials_or_checkpoints(cached_dir
             # the end of the driver's step that recorded a result: the kill may fall in between,
             # so the last recorded epoch may be trained again, beside the one in flight.
             assert last["training_iteration"] - last["iterations_since_restore"] >= recorded[trial] - 1
+
+
+def test_tensorboard_shows_a_running_trial_in_hparams(cached_dir, tmp_path):
+    command = tiny_search(cached_dir, tmp_path, "live")
+    command[command.index("--num-samples") + 1], command[command.index("--epochs") + 1] = "1", "30"
+    driver = subprocess.Popen(command, env=ENV, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    board = None
+    try:
+        deadline = time.time() + 300
+        while max(results_recorded(tmp_path / "live").values(), default=0) < 1:  # the trial's first epoch
+            assert time.time() < deadline and driver.poll() is None, "no epoch was recorded"
+            time.sleep(0.5)
+        port = free_port()
+        board = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(tmp_path / "live"),
+                                  "--host", "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+        groups = []
+        while not groups:  # TensorBoard answers before it has read the logdir
+            assert time.time() < deadline, "TensorBoard never listed the trial in HParams"
+            groups = session_groups(port)
+            time.sleep(0.5)
+        [group] = groups
+        assert f"trial_{group['name']}" == next((tmp_path / "live").glob("trial_*")).name
+        values = {metric["name"]["tag"]: metric["value"] for metric in group["metricValues"]}
+        assert values["status/epochs"] >= 1 and 0 < values["cv/lwlrap"] <= 1
+        # No end record yet: TensorBoard's status "Unknown", the trial still running.
+        assert group["sessions"][0].get("status", "STATUS_UNKNOWN") == "STATUS_UNKNOWN"
+        assert driver.poll() is None  # the search was running all along
+        shot = screenshot(f"http://127.0.0.1:{port}/#hparams", tmp_path / "hparams.png")
+        assert colours(shot) > 20  # TensorBoard's HParams table, not a blank page
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+        if board is not None:
+            board.kill()
+            board.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def session_groups(port: int) -> list[dict]:
+    """TensorBoard's HParams table, as its page asks for it; [] until TensorBoard answers."""
+    request = {"experimentName": "", "colParams": [], "startIndex": 0, "sliceSize": 100,
+               "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(
+                f"http://127.0.0.1:{port}/data/plugin/hparams/session_groups", data=json.dumps(request).encode(),
+                headers={"Content-Type": "application/json"}), timeout=10) as reply:
+            return json.loads(reply.read())["sessionGroups"]
+    except (OSError, ValueError, KeyError):
+        return []

@@ -1,0 +1,222 @@
+"""report.html: an experiment's leaderboard and figures on one self-contained page.
+
+Built from the files the experiment directory already has (leaderboard.csv, study.db,
+search_plan.json), so it is refreshed wherever they change: at the end of a search, after
+an export and after an LB score is recorded. The figures are PNGs embedded in the page
+(base64): it opens from disk, offline, and can be mailed or attached as one file.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import pandas as pd
+
+from search import figures
+from search.holdout import MIN_RANKED, PRIVATE, PUBLIC, notes, rho_text, spearman
+from search.lb_scores import LB_PRIVATE, LB_PUBLIC
+from search.plan import PLAN_FILE, load_plan
+from search.report import LEADERBOARD_CSV, MIN_TRIALS_FOR_IMPORTANCE, STUDY_DB
+from trainable.atomic import atomic_write_text
+from trainable.tune import METRIC, SCORE
+
+REPORT_HTML = "report.html"
+TOP_FOLDS = 5  # trials in the per-fold figure
+STOPPED = (optuna.trial.TrialState.PRUNED,)
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One figure of the page, or why it is not there yet."""
+
+    title: str
+    caption: str
+    png: bytes | None = None
+
+
+def write_report_page(directory: Path, title: str) -> Path:
+    """Write DIRECTORY/report.html (atomically) from its leaderboard, study and plan."""
+    board = pd.read_csv(directory / LEADERBOARD_CSV, dtype={"trial": str, "fold_scores": str})
+    study = _study(directory)
+    trials = [] if study is None else study.get_trials(deepcopy=False)
+    panels = [history_panel(trials), curves_panel(trials, _rungs(directory)), parallel_panel(board),
+              importance_panel(study, _grace(directory)), folds_panel(board),
+              versus_panel(board, "holdout", PUBLIC, PRIVATE, "when the data have test_truth.csv, the search"
+                           " scores its top trials on the holdout (search/export.py scores any)"),
+              versus_panel(board, "LB", LB_PUBLIC, LB_PRIVATE, "record real leaderboard scores with"
+                           " python search/lb.py EXPERIMENT TRIAL --public S")]
+    path = directory / REPORT_HTML
+    atomic_write_text(path, page(title, board, panels))
+    return path
+
+
+def history_panel(trials: list[optuna.trial.FrozenTrial]) -> Panel:
+    shown = [t for t in trials if _best(t) is not None]
+    stopped = sum(t.state in STOPPED for t in shown)
+    failed = sum(t.state == optuna.trial.TrialState.FAIL for t in trials)
+    caption = (f"{len(shown)} trials: each one's best {METRIC} over its epochs, in the order Optuna proposed them;"
+               f" {stopped} stopped by ASHA (crosses), {failed} errored (not shown). The red line is the best so far.")
+    figure = figures.history([t.number for t in shown], [_best(t) for t in shown], [t.state in STOPPED for t in shown],
+                             METRIC)
+    return _panel("Optimisation history", caption, figure)
+
+
+def curves_panel(trials: list[optuna.trial.FrozenTrial], rungs: list[int]) -> Panel:
+    shown = [t for t in trials if t.intermediate_values]
+    stopped = sum(t.state in STOPPED for t in shown)
+    at = f"ASHA's rungs at epoch {', '.join(map(str, rungs))} (dotted)" if rungs else "no ASHA rung below the budget"
+    caption = (f"{len(shown)} trials: {METRIC} after every epoch; {len(shown) - stopped} ran on (solid),"
+               f" {stopped} were stopped by ASHA (dashed, cross at the last epoch); {at}.")
+    figure = figures.learning_curves([(dict(t.intermediate_values), t.state in STOPPED) for t in shown], rungs, METRIC)
+    return _panel("Learning curves", caption, figure)
+
+
+def parallel_panel(board: pd.DataFrame) -> Panel:
+    params = board[_param_columns(board)]
+    count = int(board[SCORE].notna().sum())
+    caption = (f"{count} trials with a score: one line each across the searched parameters and the score"
+               f" (yellow: the best, purple: the worst); stopped trials count with the score of the epochs they ran.")
+    return _panel("Parallel coordinates", caption, figures.parallel_coordinates(params, board[SCORE], SCORE))
+
+
+def importance_panel(study: optuna.Study | None, grace: int | None) -> Panel:
+    """fANOVA on the value every trial reached at the grace-period rung (stopped trials
+    included), beside the same on the completed trials' scores when there are enough."""
+    title = "Parameter importance"
+    if study is None or grace is None:
+        return Panel(title, "no study or plan yet: importances come once trials have finished")
+    trials = study.get_trials(deepcopy=False)
+    at_rung = [(t, t.intermediate_values[grace]) for t in trials if grace in t.intermediate_values]
+    completed = [(t, t.value) for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    # A trial ASHA stopped before the grace period (none with Ray's ASHA) has no value there.
+    panels = [(f"{METRIC} at epoch {grace}, {len(at_rung)} trials", _importances(at_rung)),
+              (f"{SCORE}, {len(completed)} completed trials", _importances(completed))]
+    on_completed = (f" Right: on the {len(completed)} completed trials' scores, which under ASHA are the survivors"
+                    f" only." if panels[1][1] else f" The completed trials alone ({len(completed)}) are too few"
+                    f" (fANOVA needs {MIN_TRIALS_FOR_IMPORTANCE} with varied values).")
+    caption = (f"Optuna's fANOVA importances. Left: on the {METRIC} that all {len(at_rung)} trials reached at the"
+               f" grace-period rung (epoch {grace}), those ASHA stopped included.{on_completed}")
+    return _panel(title, caption, figures.importance_bars(panels))
+
+
+def folds_panel(board: pd.DataFrame) -> Panel:
+    top = board[board[SCORE].notna()].head(TOP_FOLDS)
+    folds = [[float(v) for v in str(s).split(",")] if isinstance(s, str) and s else [] for s in top.get(
+        "fold_scores", pd.Series([""] * len(top)))]
+    caption = (f"The top {len(top)} trials by score: each fold's LWLRAP at the trial's best common epoch and their"
+               f" mean. A trial whose folds spread widely has a CV to trust less.")
+    return _panel("Per-fold spread of the top trials", caption, figures.fold_spread(list(top.trial), folds))
+
+
+def versus_panel(board: pd.DataFrame, what: str, public: str, private: str, how: str) -> Panel:
+    title = f"CV vs {what}"
+    if public not in board or board[public].isna().all():
+        return Panel(title, f"no {what} score yet: {how}.")
+    rho_public, count = spearman(board, public)
+    rho_private, private_count = spearman(board, private)
+    rhos = (f"public {rho_text(rho_public)}" + (f", private {rho_text(rho_private)}" if private_count >= MIN_RANKED
+                                                else "")) if count >= MIN_RANKED else f"needs {MIN_RANKED} trials"
+    caption = (f"{count} trials with a {what} score: the CV score against it, with the line of equality;"
+               f" Spearman {rhos}. Points below the line: the CV promised more than the {what} gave.")
+    figure = figures.cv_versus(board[SCORE], board[public], board[private] if private in board else None, what)
+    return _panel(title, caption, figure)
+
+
+def page(title: str, board: pd.DataFrame, panels: list[Panel]) -> str:
+    table = board.drop(columns=[c for c in ("fold_scores",) if c in board]).to_html(
+        index=False, na_rep="-", float_format=lambda v: f"{v:.4f}", border=0, classes="board")
+    lines = "".join(f"<p>{html.escape(line)}</p>" for line in notes(board))
+    sections = "".join(_section(panel) for panel in panels)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; background: #fff; }}
+table.board {{ border-collapse: collapse; font-size: 12px; display: block; overflow-x: auto; }}
+table.board th, table.board td {{ padding: 3px 8px; border-bottom: 1px solid #ddd; text-align: right; }}
+figure {{ margin: 1.5em 0; }} figcaption {{ color: #555; font-size: 13px; max-width: 800px; }}
+img {{ max-width: 100%; }}
+</style></head><body>
+<h1>{html.escape(title)}</h1>
+<h2>Leaderboard ({len(board)} trials)</h2>
+{table}
+{lines}
+{sections}
+</body></html>
+"""
+
+
+def _section(panel: Panel) -> str:
+    image = (f'<img alt="{html.escape(panel.title)}" src="data:image/png;base64,'
+             f'{base64.b64encode(panel.png).decode()}">' if panel.png else "")
+    return (f"<h2>{html.escape(panel.title)}</h2>\n<figure>{image}"
+            f"<figcaption>{html.escape(panel.caption)}</figcaption></figure>\n")
+
+
+def _panel(title: str, caption: str, figure) -> Panel:
+    return Panel(title, caption if figure is not None else f"nothing to draw yet ({caption})",
+                 None if figure is None else figures.png(figure))
+
+
+def _best(trial: optuna.trial.FrozenTrial) -> float | None:
+    values = [v for v in trial.intermediate_values.values() if math.isfinite(v)]
+    return max(values) if values else None
+
+
+def _importances(pairs: list[tuple[optuna.trial.FrozenTrial, float]]) -> dict[str, float]:
+    """fANOVA importances of the trials' parameters for the given values ({} when too few)."""
+    pairs = [(t, v) for t, v in pairs if v is not None and math.isfinite(v) and t.params]
+    if len(pairs) < MIN_TRIALS_FOR_IMPORTANCE:
+        return {}
+    study = optuna.create_study(direction="maximize")
+    study.add_trials([optuna.trial.create_trial(params=t.params, distributions=t.distributions, value=v)
+                      for t, v in pairs])
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return optuna.importance.get_param_importances(
+                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    except (RuntimeError, ValueError):  # e.g. every trial had the same values
+        return {}
+
+
+def _param_columns(board: pd.DataFrame) -> list[str]:
+    """The searched parameters: the leaderboard's columns between epochs and wall_s."""
+    columns = list(board.columns)
+    return columns[columns.index("epochs") + 1:columns.index("wall_s")]
+
+
+def _study(directory: Path) -> optuna.Study | None:
+    path = directory / STUDY_DB
+    if not path.is_file():
+        return None
+    storage = f"sqlite:///{path}"
+    return optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
+
+
+def _plan(directory: Path):
+    if not (directory / PLAN_FILE).is_file():
+        return None
+    return load_plan(str(directory.parent), directory.name)
+
+
+def _grace(directory: Path) -> int | None:
+    plan = _plan(directory)
+    return None if plan is None else plan.grace_period
+
+
+def _rungs(directory: Path) -> list[int]:
+    """The epochs at which ASHA compares trials (Ray's milestones below the budget)."""
+    plan = _plan(directory)
+    if plan is None:
+        return []
+    rungs, epoch = [], plan.grace_period
+    while epoch < plan.epochs:
+        rungs.append(epoch)
+        epoch *= plan.reduction_factor
+    return rungs
