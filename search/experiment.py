@@ -23,6 +23,7 @@ from spaces import recipe_point, windows_of
 from trainable.tune import METRIC, MODE, train_sed
 
 CHECKPOINTS_KEPT = 2  # per trial: the latest and the one before, in case a write was cut
+NO_AUTO_LOGGERS = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"
 
 
 def build_tuner(plan: SearchPlan) -> tune.Tuner:
@@ -72,14 +73,25 @@ def trainable(plan: SearchPlan):
 
 
 def logger_callbacks() -> list:
-    """Ray's CSV and JSON loggers (the results Ray reads back) and our TensorBoard logger.
-
-    Ray would add its own TensorBoard logger beside ours (every value again under ray/tune/,
-    and a start-up line pointing at a driver-artifacts directory): its automatic loggers are
-    switched off, so the others are named here.
-    """
-    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    """Ray's CSV and JSON loggers (the results Ray reads back) and our TensorBoard logger,
+    named because `fit` switches Ray's automatic loggers off."""
     return [CSVLoggerCallback(), JsonLoggerCallback(), ReviewLogger()]
+
+
+def fit(tuner: tune.Tuner) -> tune.ResultGrid:
+    """Run the experiment without Ray's automatic loggers: Ray would add its own TensorBoard
+    logger beside ours (every value again under ray/tune/, and a start-up line sending users
+    to a driver-artifacts directory). Ray reads the switch from the environment when the run
+    starts; it is set for the run only, so a Tuner of the caller's own keeps its loggers."""
+    before = os.environ.get(NO_AUTO_LOGGERS)
+    os.environ[NO_AUTO_LOGGERS] = "1"
+    try:
+        return tuner.fit()
+    finally:
+        if before is None:
+            del os.environ[NO_AUTO_LOGGERS]
+        else:
+            os.environ[NO_AUTO_LOGGERS] = before
 
 
 def run_config(plan: SearchPlan) -> tune.RunConfig:

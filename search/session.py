@@ -12,7 +12,7 @@ import ray
 
 from search.cluster import autoscaler_nodes, trials_at_once, unfit_request
 from search.default_data import default_data_dir, preset_note
-from search.experiment import build_tuner, can_resume, restore_tuner
+from search.experiment import build_tuner, can_resume, fit, restore_tuner
 from search.export import EXPORT_ERRORS, export
 from search.holdout import TRUTH_FILE, load_truth, notes
 from search.optuna_search import STUDY_EXPORT_ENV
@@ -84,7 +84,7 @@ def run_search(plan: SearchPlan, address: str | None) -> int:
         return 2
     os.environ[STUDY_EXPORT_ENV] = str(directory / STUDY_DB)
     tuner = restore_tuner(plan) if resuming else build_tuner(plan)
-    results = tuner.fit()
+    results = fit(tuner)
     study = load_study(directory, plan.name)
     rows = write_reports(directory, results, study, plan.epochs, param_names(plan.spaces, plan.epochs, plan.teacher),
                          title=f"{plan.name}: recipe {plan.baseline['recipe']}, {', '.join(plan.spaces) or 'no space'}",

@@ -117,7 +117,7 @@ def test_fractional_gpus_pack_trials_on_every_gpu_of_both_nodes(start_cluster, c
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import tests/
     barrier = Barrier.options(name=BARRIER).remote(capacity)
     monkeypatch.setattr(experiment, "train_sed", where_am_i)  # the search's own Tuner, a stand-in trial
-    results = [result.metrics for result in experiment.build_tuner(plan).fit()]
+    results = [result.metrics for result in experiment.fit(experiment.build_tuner(plan))]
     ray.kill(barrier)
 
     assert len(results) == capacity and all(result["packed"] for result in results)
