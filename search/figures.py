@@ -143,7 +143,7 @@ def fold_spread(trials: Sequence[str], folds: Sequence[Sequence[float]]) -> Figu
     axes.set_xticks(range(len(pairs)), [trial for trial, _ in pairs], rotation=15, fontsize=8)
     axes.set(ylabel="fold LWLRAP at the best epoch", xlim=(-0.6, len(pairs) - 0.4))
     axes.plot([], [], color=BEST, label="mean of the folds")
-    axes.legend(loc="lower right")
+    axes.legend(loc="best")
     axes.grid(alpha=0.3, axis="y")
     return figure
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -261,7 +262,10 @@ def _write_leaderboard(directory: Path, rows: list[Row], title: str, found: dict
 
     atomic_write_text(directory / LEADERBOARD_CSV, frame(rows).to_csv(index=False))
     atomic_write_text(directory / LEADERBOARD_MD, markdown(rows, title, found))
-    write_report_page(directory, title)
+    try:
+        write_report_page(directory, title)
+    except Exception as error:  # the figures are extra: never lose the search's end over them
+        print(f"warning: report.html not written: {type(error).__name__}: {error}", file=sys.stderr)
 
 
 def _best_result(results: tune.ResultGrid) -> tune.Result | None:

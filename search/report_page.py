@@ -138,7 +138,8 @@ def page(title: str, board: pd.DataFrame, panels: list[Panel]) -> str:
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; background: #fff; }}
 table.board {{ border-collapse: collapse; font-size: 12px; display: block; overflow-x: auto; }}
-table.board th, table.board td {{ padding: 3px 8px; border-bottom: 1px solid #ddd; text-align: right; }}
+table.board th, table.board td {{ padding: 3px 8px; border-bottom: 1px solid #ddd; text-align: right;
+                                  white-space: nowrap; }}
 figure {{ margin: 1.5em 0; }} figcaption {{ color: #555; font-size: 13px; max-width: 800px; }}
 img {{ max-width: 100%; }}
 </style></head><body>

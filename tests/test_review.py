@@ -173,3 +173,16 @@ def test_tensorboard_tags_are_grouped_and_ray_bookkeeping_is_left_out():
         "time/epoch_s"]
     assert {tag(key) for key in ("done", "iterations_since_restore", "time_total_s", "timestamp", "pid",
                                  "training_iteration", "epoch", "trial_id")} == {None}
+
+
+def test_a_failing_figure_costs_the_report_page_only(experiment, monkeypatch, capsys):
+    import search.report_page
+
+    def broken(directory, title):
+        raise ValueError("no fonts")
+
+    monkeypatch.setattr(search.report_page, "write_report_page", broken)
+    (experiment / "leaderboard.md").write_text("# exp: recipe v1_7, loss_weights\n")
+    refresh_leaderboard(experiment)
+    assert "warning: report.html not written: ValueError: no fonts" in capsys.readouterr().err
+    assert "| aa_00000 |" in (experiment / "leaderboard.md").read_text()
