@@ -116,7 +116,7 @@ def test_bad_trials_and_checkpoints_are_one_line_errors(experiment, tmp_path, ca
     other = KFoldTraining(resolve(merge(tiny_trial, {"model.backbone": "resnet18"})), Device(torch.device("cpu")))
     torch.save(other.runs[0].model.state_dict(), checkpoint / best_weights_file(0))  # another backbone's weights
     error = error_of(capsys, ["--experiment", str(broken), "--trial", "abc"])
-    assert error.endswith("holds another model than model.backbone=mobilenetv2_100 with 6 species")
+    assert error.endswith("holds another model than model.backbone=test_resnet with 6 species")
 
     torch.save({"conv": export.ExportError("an object, not weights")}, checkpoint / best_weights_file(0))
     assert "holds objects other than weights: not loaded" in error_of(capsys, ["--experiment", str(broken), "--trial", "abc"])

@@ -84,7 +84,7 @@ def test_checkpoint_holds_every_fold_and_the_best_out_of_fold_predictions(tiny_t
     trial.save(tmp_path)
     saved = json.loads((tmp_path / TRIAL_FILE).read_text())
     assert saved["epoch"] == 1 and saved["score"] == metrics["score"] and saved["best_epochs"] == [1, 1]
-    assert saved["config"]["model"]["backbone"] == "mobilenetv2_100" and saved["config"]["recipe"] == "v1_7"
+    assert saved["config"]["model"]["backbone"] == "test_resnet" and saved["config"]["recipe"] == "v1_7"
     for index in (0, 1):
         state = torch.load(tmp_path / fold_file(index), weights_only=True)  # safe to load
         assert set(state) == {"model", "optimizer", "scheduler", "scaler", "rng"}

@@ -226,7 +226,7 @@ def teacher(cached_dir, tmp_path):
 
 def test_a_stage_3_search_takes_its_teacher_and_init_checkpoint(cached_dir, trained_experiment, teacher, tmp_path):
     args = ["--space", "pseudo", "--data-dir", str(cached_dir), "--storage", str(trained_experiment.parent), *NO_HUB,
-            "--folds", "2", "--backbone", "mobilenetv2_100", "--teacher", str(teacher), "--init-from", "exp"]
+            "--folds", "2", "--backbone", "test_resnet", "--teacher", str(teacher), "--init-from", "exp"]
     plan = run.make_plan(run.parse_args(args))
     assert plan.fixed["stage"] == 3 and plan.fixed["teacher_file"] == str(teacher.resolve()) and plan.teacher
     assert plan.fixed["init_from"] == str(trained_experiment / "trial_abc" / "checkpoint_000000")  # the best trial
@@ -236,7 +236,7 @@ def test_a_stage_3_search_takes_its_teacher_and_init_checkpoint(cached_dir, trai
 
 def test_stage_teacher_and_init_errors_are_one_line(capsys, cached_dir, trained_experiment, teacher, tmp_path):
     data = ["--space", "pseudo", "--data-dir", str(cached_dir), "--storage", str(tmp_path), "--folds", "2", *NO_HUB]
-    small = [*data, "--backbone", "mobilenetv2_100"]
+    small = [*data, "--backbone", "test_resnet"]
     assert "stage 3 learns from a teacher: give --teacher FILE" in error_of(capsys, [*small, "--stage", "3"])
     bad = tmp_path / "bad.csv"
     bad.write_text("recording_id,s0\nx,0.5\n")
@@ -248,7 +248,7 @@ def test_stage_teacher_and_init_errors_are_one_line(capsys, cached_dir, trained_
     assert "--init-from nope: no experiment directory nope" in error_of(capsys, [*small, "--init-from", "nope"])
     assert f"--init-from {trained_experiment}:zzz: no trial 'zzz'" in error_of(
         capsys, [*small, "--init-from", f"{trained_experiment}:zzz"])
-    assert "a mobilenetv2_100 checkpoint, this trial trains resnet18" in error_of(
+    assert "a test_resnet checkpoint, this trial trains resnet18" in error_of(
         capsys, [*data, "--init-from", f"{trained_experiment}:abc"])
     variants = [arg if arg != "pseudo" else "variants" for arg in small]
     assert "--init-from starts every trial from one model, but --space variants searches model.head_bias" in error_of(

@@ -71,7 +71,7 @@ def test_a_stage_starts_from_the_same_folds_of_an_earlier_trial(tiny_trial, trai
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"model.backbone": "resnet18"}, "a mobilenetv2_100 checkpoint, this trial trains resnet18"),
+    ({"model.backbone": "resnet18"}, "a test_resnet checkpoint, this trial trains resnet18"),
     ({"data.fold_seed": 3}, "made with data.fold_seed = 0, this trial has 3 (another fold split would leak"),
     ({"data.fold_labels": "multi_hot"}, "made with data.fold_labels = single, this trial has multi_hot"),
     ({"model.input": "crop_unit"}, "made with model.input = clip_image, this trial has crop_unit (the weights"),
