@@ -16,9 +16,8 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 
 from search.optuna_search import TruthfulOptunaSearch
-from search.plan import DefineByRun, SearchPlan, experiment_path, optuna_sampler, trial_resources
 from search import review_logger
-from search.review_logger import ReviewLogger
+from search.plan import DefineByRun, SearchPlan, experiment_path, optuna_sampler, trial_resources
 from spaces import recipe_point, windows_of
 from trainable.tune import METRIC, MODE, train_sed
 
@@ -75,7 +74,7 @@ def trainable(plan: SearchPlan):
 def logger_callbacks() -> list:
     """Ray's CSV and JSON loggers (the results Ray reads back) and our TensorBoard logger,
     named because `fit` switches Ray's automatic loggers off."""
-    return [CSVLoggerCallback(), JsonLoggerCallback(), ReviewLogger()]
+    return [CSVLoggerCallback(), JsonLoggerCallback(), review_logger.ReviewLogger()]
 
 
 def fit(tuner: tune.Tuner) -> tune.ResultGrid:

@@ -49,7 +49,8 @@ def history(numbers: Sequence[int], best: Sequence[float], stopped: Sequence[boo
     return figure
 
 
-def learning_curves(curves: Sequence[tuple[dict[int, float], bool]], rungs: Sequence[int], metric: str) -> Figure | None:
+def learning_curves(curves: Sequence[tuple[dict[int, float], bool]], rungs: Sequence[int],
+                    metric: str) -> Figure | None:
     """`metric` per epoch of every trial (dict epoch -> value, whether ASHA stopped it), with
     ASHA's rungs as vertical lines."""
     if not any(values for values, _ in curves):

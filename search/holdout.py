@@ -93,7 +93,8 @@ def _cv_versus(board: pd.DataFrame, what: str, public: str, private: str) -> str
     private_rho, private_count = spearman(board, private)
     halves = f"Spearman {rho_text(public_rho)} (public)"
     if private_count >= MIN_RANKED:
-        halves += f", {rho_text(private_rho)} (private" + ("" if private_count == count else f", {private_count} trials") + ")"
+        other = "" if private_count == count else f", {private_count} trials"
+        halves += f", {rho_text(private_rho)} (private{other})"
     std = board.dropna(subset=["score", public]).fold_std.mean()
     return f"CV vs {what} over {count} trials: {halves}; mean fold std {std:.4f}"
 

@@ -40,7 +40,8 @@ def scored(tmp_path_factory) -> Path:
 
 
 def make_experiment(tmp_path: Path) -> Path:
-    plan = SearchPlan(spaces=("loss_weights",), fixed={"recipe": "v1_7", "train.epochs": EPOCHS, "data_dir": str(tmp_path)}, num_samples=5,
+    fixed = {"recipe": "v1_7", "train.epochs": EPOCHS, "data_dir": str(tmp_path)}
+    plan = SearchPlan(spaces=("loss_weights",), fixed=fixed, num_samples=5,
                       max_concurrent=None, grace_period=1, reduction_factor=3, cpus_per_trial=1, gpus_per_trial=0,
                       storage=str(tmp_path), name="exp", seed=0, max_failures=0)
     save_plan(plan)
@@ -56,7 +57,8 @@ def make_experiment(tmp_path: Path) -> Path:
             intermediate_values={e: score - 0.05 * (epochs - e) for e in range(1, epochs + 1)}))
     export_study(study, tmp_path / "exp" / "study.db")
     rows = [Row(trial, f"stopped by ASHA at epoch {STOPPED_AT[trial]}" if trial in STOPPED_AT else "completed",
-                score, 0.01 * (k + 1), STOPPED_AT.get(trial, EPOCHS), {"loss.w_max": 0.4 * k, "loss.w_frame": 1.5 - 0.3 * k},
+                score, 0.01 * (k + 1), STOPPED_AT.get(trial, EPOCHS),
+                {"loss.w_max": 0.4 * k, "loss.w_frame": 1.5 - 0.3 * k},
                 10.0, fold_scores=f"{score + 0.01:.4f},{score - 0.01:.4f}", recipe_point=k == 1)
             for k, (trial, score) in enumerate(zip(TRIALS, SCORES))]
     (tmp_path / "exp" / "leaderboard.csv").write_text(frame(rows).to_csv(index=False))
