@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from search import export
+from search import export, lb
 from search.holdout import PRIVATE, PUBLIC, holdout_scores, load_truth
 from trainable.annotations import load_annotations
 from trainable.cache import LogMelCache
@@ -92,9 +92,15 @@ def test_windows_hold_every_window_the_clip_predictions_are_the_max_of(exported,
         assert (rows.t_min.iloc[1:].to_numpy() < rows.t_max.iloc[:-1].to_numpy()).all()
 
 
-def test_a_named_trial_and_an_output_folder(experiment, tmp_path):
+def test_a_named_trial_and_an_output_folder(experiment, tmp_path, capsys):
     assert export.main(["--experiment", str(experiment), "--trial", "abc", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "submission.csv").is_file() and (tmp_path / "oof.csv").is_file()
+    # The submit command it prints names the trial, so search/lb.py matches Kaggle's score back.
+    submit = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("submit:"))
+    assert submit == ("submit:     kaggle competitions submit -c rfcx-species-audio-detection"
+                      f' -f {tmp_path / "submission.csv"} -m "rfcx-tune exp abc"')
+    listed = {"fileName": "submission.csv", "description": "rfcx-tune exp abc", "publicScore": "0.8", "privateScore": ""}
+    assert list(lb.from_submissions([listed], ["abc", "empty"])[0]) == ["abc"]
 
 
 def error_of(capsys, argv: list[str]) -> str:
