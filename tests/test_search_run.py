@@ -170,12 +170,12 @@ def test_a_search_leaves_a_leaderboard_a_study_a_config_and_tensorboard_files(ca
     # Stage 3: the best trial's window predictions teach a new search, whose folds start from
     # the best trial's fold models; the pseudo space now also searches the teacher.
     windows = experiment / "exports" / f"trial_{board.trial[0]}" / "windows.csv"
-    stage3 = subprocess.run([*tiny_search(cached_dir, tmp_path, "stage3"), "--space", "pseudo", "--num-samples", "2",
-                             "--epochs", "2", "--teacher", str(windows), "--init-from", "e2e"],
+    stage3 = subprocess.run([*tiny_search(cached_dir, tmp_path, "stage3"), "--space", "pseudo", "--num-samples", "1",
+                             "--epochs", "1", "--teacher", str(windows), "--init-from", "e2e"],
                             capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=600)
     assert stage3.returncode == 0, stage3.stderr[-3000:]
     taught = pd.read_csv(tmp_path / "stage3" / "leaderboard.csv")
-    assert len(taught) == 2 and taught.score.notna().all()
+    assert len(taught) == 1 and taught.score.notna().all()
     assert {"loss.teacher_threshold", "loss.teacher_weight"} <= set(taught.columns)
     config = from_dict(TrialConfig, yaml.safe_load((tmp_path / "stage3" / "best_config.yaml").read_text()))
     assert config.stage == 3 and config.teacher_file == str(windows)
