@@ -4,7 +4,7 @@ Drawn here rather than with optuna.visualization.matplotlib, whose plots leave o
 search under ASHA is about: its optimisation history and parallel coordinates show completed
 trials only (under ASHA the few survivors), nothing marks a stopped trial, and its
 importances cannot be computed on the value every trial reached at a rung. Optuna still
-computes the importances (search.report_page).
+computes the importances (search.report.importances_for).
 
 Each function returns a Figure or None when there is nothing to draw yet.
 """

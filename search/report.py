@@ -15,6 +15,7 @@ import json
 import math
 import os
 import sys
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -196,13 +197,28 @@ def _markdown_table(table: pd.DataFrame) -> str:
 
 
 def importances(study: optuna.Study) -> dict[str, float] | None:
-    """Optuna's parameter importances, once enough trials completed to mean something."""
+    """Optuna's parameter importances for the completed trials' scores, once enough trials
+    completed to mean something."""
     completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if len(completed) < MIN_TRIALS_FOR_IMPORTANCE:
+    return importances_for([(trial, trial.value) for trial in completed])
+
+
+def importances_for(pairs: list[tuple[optuna.trial.FrozenTrial, float]]) -> dict[str, float] | None:
+    """Optuna's fANOVA importances (seeded) of the trials' parameters for the values paired
+    with them (a trial's score, or the value it reached at a rung); None below
+    MIN_TRIALS_FOR_IMPORTANCE trials with a value."""
+    pairs = [(t, v) for t, v in pairs if v is not None and math.isfinite(v) and t.params]
+    if len(pairs) < MIN_TRIALS_FOR_IMPORTANCE:
         return None
+    study = optuna.create_study(direction="maximize")
+    study.add_trials([optuna.trial.create_trial(params=t.params, distributions=t.distributions, value=v)
+                      for t, v in pairs])
     try:
-        return optuna.importance.get_param_importances(study)
-    except Exception:  # e.g. every completed trial had the same values; never lose the report over it
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return optuna.importance.get_param_importances(
+                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    except Exception:  # e.g. every trial had the same values; never lose the report over it
         return None
 
 
@@ -226,7 +242,7 @@ def refresh_leaderboard(directory: Path) -> list[Row]:
     """Rewrite the leaderboard of `directory` (and its report.html) with the holdout and LB
     scores recorded since; its rows, title and importances come from the files the search wrote."""
     table = pd.read_csv(directory / LEADERBOARD_CSV, dtype={"trial": str, "best_epochs": str, "fold_scores": str})
-    params = list(table.columns[table.columns.get_loc("epochs") + 1:table.columns.get_loc("wall_s")])
+    params = param_columns(table)
     text = lambda value: "" if pd.isna(value) else value  # noqa: E731
     rows = with_scores([Row(r.trial, r.status, r[SCORE], r.fold_std, int(r.epochs), {name: r[name] for name in params},
                             r.wall_s, cvs={name: r[name] for name in CV_COLUMNS.values()},
@@ -235,15 +251,25 @@ def refresh_leaderboard(directory: Path) -> list[Row]:
                         for _, r in table.iterrows()], directory)
     old = (directory / LEADERBOARD_MD).read_text().splitlines() if (directory / LEADERBOARD_MD).exists() else []
     title = old[0].removeprefix("# ") if old else directory.name
-    study = load_study(directory, directory.name)
+    study = load_study(directory)
     _write_leaderboard(directory, rows, title, importances(study) if study else None)
     return rows
 
 
-def load_study(directory: Path, name: str) -> optuna.Study | None:
-    """The study the searcher exported into `directory` (study.db), or None before any export."""
+def param_columns(table: pd.DataFrame) -> list[str]:
+    """The searched parameters of a leaderboard table: its columns between epochs and wall_s."""
+    columns = list(table.columns)
+    return columns[columns.index("epochs") + 1:columns.index("wall_s")]
+
+
+def load_study(directory: Path) -> optuna.Study | None:
+    """The study the searcher exported into `directory` (study.db, which holds that one study),
+    or None before any export."""
     path = directory / STUDY_DB
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{path}") if path.exists() else None
+    if not path.exists():
+        return None
+    storage = f"sqlite:///{path}"
+    return optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
 
 
 def with_scores(rows: list[Row], directory: Path) -> list[Row]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import html
 import math
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,8 +20,8 @@ import pandas as pd
 from search import figures
 from search.holdout import MIN_RANKED, PRIVATE, PUBLIC, notes, rho_text, spearman
 from search.lb_scores import LB_PRIVATE, LB_PUBLIC
-from search.plan import PLAN_FILE, load_plan
-from search.report import LEADERBOARD_CSV, MIN_TRIALS_FOR_IMPORTANCE, STUDY_DB
+from search.plan import PLAN_FILE, SearchPlan, load_plan
+from search.report import LEADERBOARD_CSV, MIN_TRIALS_FOR_IMPORTANCE, importances_for, load_study, param_columns
 from trainable.atomic import atomic_write_text
 from trainable.tune import METRIC, SCORE
 
@@ -43,10 +42,12 @@ class Panel:
 def write_report_page(directory: Path, title: str) -> Path:
     """Write DIRECTORY/report.html (atomically) from its leaderboard, study and plan."""
     board = pd.read_csv(directory / LEADERBOARD_CSV, dtype={"trial": str, "fold_scores": str})
-    study = _study(directory)
+    study = load_study(directory)
     trials = [] if study is None else study.get_trials(deepcopy=False)
-    panels = [history_panel(trials), curves_panel(trials, _rungs(directory)), parallel_panel(board),
-              importance_panel(study, _grace(directory)), folds_panel(board),
+    plan = load_plan(str(directory.parent), directory.name) if (directory / PLAN_FILE).is_file() else None
+    panels = [history_panel(trials), curves_panel(trials, [] if plan is None else asha_rungs(plan)),
+              parallel_panel(board), importance_panel(trials, None if plan is None else plan.grace_period),
+              folds_panel(board),
               versus_panel(board, "holdout", PUBLIC, PRIVATE, "when the data have test_truth.csv, the search"
                            " scores its top trials on the holdout (search/export.py scores any)"),
               versus_panel(board, "LB", LB_PUBLIC, LB_PRIVATE, "record real leaderboard scores with"
@@ -78,30 +79,30 @@ def curves_panel(trials: list[optuna.trial.FrozenTrial], rungs: list[int]) -> Pa
 
 
 def parallel_panel(board: pd.DataFrame) -> Panel:
-    params = board[_param_columns(board)]
+    params = board[param_columns(board)]
     count = int(board[SCORE].notna().sum())
     caption = (f"{count} trials with a score: one line each across the searched parameters and the score"
                f" (yellow: the best, purple: the worst); stopped trials count with the score of the epochs they ran.")
     return _panel("Parallel coordinates", caption, figures.parallel_coordinates(params, board[SCORE], SCORE))
 
 
-def importance_panel(study: optuna.Study | None, grace: int | None) -> Panel:
+def importance_panel(trials: list[optuna.trial.FrozenTrial], grace: int | None) -> Panel:
     """fANOVA on the value every trial reached at the grace-period rung (stopped trials
     included), beside the same on the completed trials' scores when there are enough."""
     title = "Parameter importance"
-    if study is None or grace is None:
+    if not trials or grace is None:
         return Panel(title, "no study or plan yet: importances come once trials have finished")
-    trials = study.get_trials(deepcopy=False)
+    # A trial ASHA stopped before the grace period (none with Ray's ASHA) has no value there.
     at_rung = [(t, t.intermediate_values[grace]) for t in trials if grace in t.intermediate_values]
     completed = [(t, t.value) for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    # A trial ASHA stopped before the grace period (none with Ray's ASHA) has no value there.
-    panels = [(f"{METRIC} at epoch {grace}, {len(at_rung)} trials", _importances(at_rung)),
-              (f"{SCORE}, {len(completed)} completed trials", _importances(completed))]
-    on_completed = (f" Right: on the {len(completed)} completed trials' scores, which under ASHA are the survivors"
-                    f" only." if panels[1][1] else f" The completed trials alone ({len(completed)}) are too few"
-                    f" (fANOVA needs {MIN_TRIALS_FOR_IMPORTANCE} with varied values).")
+    on_rung, on_completed = importances_for(at_rung), importances_for(completed)
+    panels = [(f"{METRIC} at epoch {grace}, {len(at_rung)} trials", on_rung),
+              (f"{SCORE}, {len(completed)} completed trials", on_completed)]
+    right = (f" Right: on the {len(completed)} completed trials' scores, which under ASHA are the survivors"
+             f" only." if on_completed else f" The completed trials alone ({len(completed)}) are too few"
+             f" (fANOVA needs {MIN_TRIALS_FOR_IMPORTANCE} with varied values).")
     caption = (f"Optuna's fANOVA importances. Left: on the {METRIC} that all {len(at_rung)} trials reached at the"
-               f" grace-period rung (epoch {grace}), those ASHA stopped included.{on_completed}")
+               f" grace-period rung (epoch {grace}), those ASHA stopped included.{right}")
     return _panel(title, caption, figures.importance_bars(panels))
 
 
@@ -169,53 +170,8 @@ def _best(trial: optuna.trial.FrozenTrial) -> float | None:
     return max(values) if values else None
 
 
-def _importances(pairs: list[tuple[optuna.trial.FrozenTrial, float]]) -> dict[str, float]:
-    """fANOVA importances of the trials' parameters for the given values ({} when too few)."""
-    pairs = [(t, v) for t, v in pairs if v is not None and math.isfinite(v) and t.params]
-    if len(pairs) < MIN_TRIALS_FOR_IMPORTANCE:
-        return {}
-    study = optuna.create_study(direction="maximize")
-    study.add_trials([optuna.trial.create_trial(params=t.params, distributions=t.distributions, value=v)
-                      for t, v in pairs])
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return optuna.importance.get_param_importances(
-                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
-    except (RuntimeError, ValueError):  # e.g. every trial had the same values
-        return {}
-
-
-def _param_columns(board: pd.DataFrame) -> list[str]:
-    """The searched parameters: the leaderboard's columns between epochs and wall_s."""
-    columns = list(board.columns)
-    return columns[columns.index("epochs") + 1:columns.index("wall_s")]
-
-
-def _study(directory: Path) -> optuna.Study | None:
-    path = directory / STUDY_DB
-    if not path.is_file():
-        return None
-    storage = f"sqlite:///{path}"
-    return optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
-
-
-def _plan(directory: Path):
-    if not (directory / PLAN_FILE).is_file():
-        return None
-    return load_plan(str(directory.parent), directory.name)
-
-
-def _grace(directory: Path) -> int | None:
-    plan = _plan(directory)
-    return None if plan is None else plan.grace_period
-
-
-def _rungs(directory: Path) -> list[int]:
+def asha_rungs(plan: SearchPlan) -> list[int]:
     """The epochs at which ASHA compares trials (Ray's milestones below the budget)."""
-    plan = _plan(directory)
-    if plan is None:
-        return []
     rungs, epoch = [], plan.grace_period
     while epoch < plan.epochs:
         rungs.append(epoch)

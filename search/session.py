@@ -85,7 +85,7 @@ def run_search(plan: SearchPlan, address: str | None) -> int:
     os.environ[STUDY_EXPORT_ENV] = str(directory / STUDY_DB)
     tuner = restore_tuner(plan) if resuming else build_tuner(plan)
     results = fit(tuner)
-    study = load_study(directory, plan.name)
+    study = load_study(directory)
     rows = write_reports(directory, results, study, plan.epochs, param_names(plan.spaces, plan.epochs, plan.teacher),
                          title=f"{plan.name}: recipe {plan.baseline['recipe']}, {', '.join(plan.spaces) or 'no space'}",
                          recipe=recipe_config(plan.spaces, plan.epochs, plan.teacher, plan.baseline))
