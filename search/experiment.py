@@ -17,7 +17,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from search.optuna_search import TruthfulOptunaSearch
 from search import review_logger
-from search.plan import DefineByRun, SearchPlan, experiment_path, optuna_sampler, trial_resources
+from search.plan import DefineByRun, SearchPlan, asha_rungs, experiment_path, optuna_sampler, trial_resources
 from spaces import recipe_point, windows_of
 from trainable.tune import METRIC, MODE, train_sed
 
@@ -41,12 +41,18 @@ def build_tuner(plan: SearchPlan) -> tune.Tuner:
                               reduction_factor=plan.reduction_factor)
     return tune.Tuner(
         trainable(plan),
-        param_space=dict(plan.fixed),
+        param_space=trial_space(plan),
         tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=searcher, scheduler=scheduler,
                                     num_samples=plan.num_samples, max_concurrent_trials=plan.max_concurrent,
                                     trial_dirname_creator=trial_dirname),
         run_config=run_config(plan),
     )
+
+
+def trial_space(plan: SearchPlan) -> dict:
+    """The fixed config of every trial, with ASHA's rungs among the epochs it checkpoints."""
+    rungs = set(asha_rungs(plan)) | set(plan.trial_config({}).train.checkpoint_epochs)
+    return {**plan.fixed, "train.checkpoint_epochs": sorted(rungs)}
 
 
 def trial_dirname(trial) -> str:

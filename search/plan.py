@@ -69,6 +69,17 @@ class SearchPlan:
         return flatten_dotted(to_dict(resolve(self.fixed)))
 
 
+def asha_rungs(plan: SearchPlan) -> list[int]:
+    """The epochs at which ASHA compares trials (Ray's milestones below the budget). The trials
+    checkpoint there (TrainConfig.checkpoint_epochs), so a stopped trial's last checkpoint holds
+    the state its last result reports."""
+    rungs, epoch = [], plan.grace_period
+    while epoch < plan.epochs:
+        rungs.append(epoch)
+        epoch *= plan.reduction_factor
+    return rungs
+
+
 def optuna_sampler(plan: SearchPlan) -> optuna.samplers.BaseSampler:
     """The plan's sampler, seeded."""
     if plan.sampler == "random":

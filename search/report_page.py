@@ -20,7 +20,7 @@ import pandas as pd
 from search import figures
 from search.holdout import MIN_RANKED, PRIVATE, PUBLIC, notes, rho_text, spearman
 from search.lb_scores import LB_PRIVATE, LB_PUBLIC
-from search.plan import PLAN_FILE, SearchPlan, load_plan
+from search.plan import PLAN_FILE, asha_rungs, load_plan
 from search.report import LEADERBOARD_CSV, MIN_TRIALS_FOR_IMPORTANCE, importances_for, load_study, param_columns
 from trainable.atomic import atomic_write_text
 from trainable.tune import METRIC, SCORE
@@ -168,12 +168,3 @@ def _panel(title: str, caption: str, figure) -> Panel:
 def _best(trial: optuna.trial.FrozenTrial) -> float | None:
     values = [v for v in trial.intermediate_values.values() if math.isfinite(v)]
     return max(values) if values else None
-
-
-def asha_rungs(plan: SearchPlan) -> list[int]:
-    """The epochs at which ASHA compares trials (Ray's milestones below the budget)."""
-    rungs, epoch = [], plan.grace_period
-    while epoch < plan.epochs:
-        rungs.append(epoch)
-        epoch *= plan.reduction_factor
-    return rungs

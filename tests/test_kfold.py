@@ -8,14 +8,15 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader
 
 from trainable.annotations import load_annotations
 from trainable.config import ConfigError, TrialConfig, from_dict
 from trainable.dotted import merge
 from trainable.fit import Device, DivergedError
 from trainable.kfold import (BEST_OOF_FILE, TRIAL_FILE, KFoldTraining, batches_per_epoch, best_weights_file,
-                             fold_file, step_clamped, training_loader)
+                             fold_file, step_clamped)
+from trainable.data import shuffled_batches
 from trainable.metrics import lwlrap
 
 CPU = Device(torch.device("cpu"))
@@ -157,9 +158,16 @@ def test_cosine_schedule_stays_at_its_floor_after_t_max():
 
 @pytest.mark.parametrize("size, batch, expected", [(21, 20, [20]), (5, 20, [5]), (41, 20, [20, 20]), (40, 20, [20, 20])])
 def test_training_batches_never_end_with_a_lone_sample(size, batch, expected):
-    loader = training_loader(TensorDataset(torch.arange(size)), batch, torch.Generator().manual_seed(0), 0, False)
-    assert [len(x) for (x,) in loader] == expected
+    batches = shuffled_batches(list(range(size)), batch, torch.Generator().manual_seed(0))
+    assert [len(b) for b in batches] == expected
     assert batches_per_epoch(size, batch) == len(expected)  # what the per-batch cosine's T_max counts
+
+
+def test_training_batches_are_drawn_as_torchs_random_sampler_draws_them():
+    items = list(range(45))
+    ours = shuffled_batches(items, 8, torch.Generator().manual_seed(3))
+    loader = DataLoader(items, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(3))
+    assert ours == [batch.tolist() for batch in loader]  # the order of the loaders before this one
 
 
 @pytest.mark.parametrize("recipe", ["v1_7", "exp0109", "fixed"])

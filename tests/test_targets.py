@@ -67,7 +67,8 @@ def test_stage_3_adds_teacher_positives_to_unlabelled_species_only():
 
 
 def test_unlabelled_entries_do_not_move_the_loss():
-    targets = Targets(*(t[None] for t in labels(2).crop("train", "a", 0, WIDTH, C)))  # a batch of one
+    crop = labels(2).crop("train", "a", 0, WIDTH, C)
+    targets = Targets(*(t[None] for t in crop)).to(torch.device("cpu"))  # a batch of one, as the device gets it
     g = torch.Generator().manual_seed(0)
     logits = {key: torch.randn(1, C, generator=g) for key in ("clip_att", "clip_max")}
     logits.update(segment=torch.randn(1, C, 5, generator=g), attention=torch.randn(1, C, 5, generator=g),
@@ -131,8 +132,8 @@ def test_teacher_crops_cover_a_positive_window_of_each_pseudo_labelled_test_reco
     for _ in range(20):
         specs = teacher_crops(teacher, frames, config, 0.5, rng)
         assert [s.recording_id for s in specs] == sorted(frames) and {s.split for s in specs} == {"test"}
-        dataset = TrainCrops(cache, specs, stage3, annotations.n_species, config)
-        for spec, (x, targets, _) in zip(specs, dataset):
+        dataset = TrainCrops(cache, stage3, annotations.n_species, config)
+        for spec, (x, targets, _) in zip(specs, map(dataset.__getitem__, specs)):
             assert x.shape == (1, 128, 128)
             species = 3 if spec.recording_id == positive else 1
             start = crop_start(spec.centre, spec.offset, frames[spec.recording_id], 128, config.crop_rule)

@@ -262,7 +262,14 @@ class TrainConfig:
     folds: tuple[int, ...] = ()  # folds to train; () = all n_folds
     seed: int = 416  # model init, crops, augmentation (v1_7's seed); the same seed repeats a trial on CPU
     eval_recordings: int = 8  # recordings per evaluation forward (all their windows at once)
-    loader_workers: int = 0  # DataLoader worker processes for training crops (0: main thread)
+    # DataLoader worker processes for training crops; -1: on CUDA the assigned CPUs but one, on
+    # the CPU none (trainable.kfold.loader_workers); 0: in the trial's process.
+    loader_workers: int = -1
+    # When a trial checkpoints (trainable.checkpoints): at the end of an epoch once this many
+    # seconds have passed since its previous checkpoint (0: every epoch), at checkpoint_epochs
+    # (a search sets ASHA's rungs) and at the last epoch.
+    checkpoint_seconds: float = 60.0
+    checkpoint_epochs: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1")
@@ -272,8 +279,10 @@ class TrainConfig:
         _choice("selection", self.selection, SELECTIONS)
         _require(len(set(self.folds)) == len(self.folds) and all(f >= 0 for f in self.folds),
                  "folds must be distinct fold numbers >= 0")
-        _require(self.eval_recordings >= 1 and self.loader_workers >= 0,
-                 "need eval_recordings >= 1 and loader_workers >= 0")
+        _require(self.eval_recordings >= 1 and self.loader_workers >= -1,
+                 "need eval_recordings >= 1 and loader_workers >= -1")
+        _require(self.checkpoint_seconds >= 0 and all(e >= 1 for e in self.checkpoint_epochs),
+                 "need checkpoint_seconds >= 0 and checkpoint_epochs >= 1")
 
 
 STAGES = (1, 2, 3)  # the seed's stages; see TrialConfig.stage

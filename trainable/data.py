@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 
 from trainable.cache import LogMelCache
 from trainable.config import DataConfig
@@ -69,12 +69,14 @@ def crop(spectrogram: np.ndarray, start: int, width: int) -> np.ndarray:
     Padding uses the clip's minimum (its quietest value), not zero: 0 dB would be loud.
 
     Returns:
-        (n_mels, width) float32.
+        (n_mels, width) in the cache's dtype (float16), a copy. Crops travel as float16 and
+        become float32 on the device: half the bytes to collate and copy, and numpy's float16
+        conversion would cost more than everything else an item does.
     """
-    window = np.asarray(spectrogram[:, start:start + width], dtype=np.float32)  # (M, <=W)
+    window = np.array(spectrogram[:, start:start + width])  # (M, <=W)
     if window.shape[1] == width:
         return window
-    floor = float(np.min(spectrogram)) if spectrogram.size else 0.0
+    floor = np.min(spectrogram) if spectrogram.size else 0
     return np.pad(window, ((0, 0), (0, width - window.shape[1])), constant_values=floor)
 
 
@@ -172,25 +174,22 @@ def teacher_crops(teacher: Teacher, clip_frames: dict[str, int], config: DataCon
 
 
 class TrainCrops(Dataset):
-    """Training crops with their targets, read from the memory-mapped cache.
+    """Training crops with their targets, read from the memory-mapped cache, keyed by their
+    CropSpec: the loader's batches are lists of specs (`shuffled_batches`), so one loader and
+    its worker processes serve every fold and epoch of a trial.
 
-    Item i is `(x, targets, placement)`:
-        x: (1, n_mels, crop_frames) float32 log-mel.
+    Item `spec` is `(x, targets, placement)`:
+        x: (1, n_mels, crop_frames) float16 log-mel.
         targets: the crop's Targets in its stage (clip (C,), frame (C, crop_frames), and
             their weights).
         placement: where the crop lies in its clip, and the clip's statistics.
     """
 
-    def __init__(self, cache: LogMelCache, crops: list[CropSpec], labels: Labels, n_species: int,
-                 config: DataConfig):
-        self.cache, self.crops, self.labels = cache, crops, labels
+    def __init__(self, cache: LogMelCache, labels: Labels, n_species: int, config: DataConfig):
+        self.cache, self.labels = cache, labels
         self.n_species, self.crop_frames, self.crop_rule = n_species, config.crop_frames, config.crop_rule
 
-    def __len__(self) -> int:
-        return len(self.crops)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, Targets, Placement]:
-        spec = self.crops[i]
+    def __getitem__(self, spec: CropSpec) -> tuple[torch.Tensor, Targets, Placement]:
         spectrogram = self.cache.load(spec.split, spec.recording_id)  # (M, T) memory-mapped
         start = crop_start(spec.centre, spec.offset, spectrogram.shape[1], self.crop_frames, self.crop_rule)
         x = crop(spectrogram, start, self.crop_frames)[None]  # (1, M, W)
@@ -200,11 +199,39 @@ class TrainCrops(Dataset):
         return torch.from_numpy(x), targets, where
 
 
+def shuffled_batches(crops: list[CropSpec], batch_size: int, generator: torch.Generator) -> list[list[CropSpec]]:
+    """An epoch's crops in random order, in batches, never a last batch of one sample.
+
+    The order is the one a shuffling DataLoader drew from `generator` before trials kept one
+    loader (its iterator takes a base seed first, then RandomSampler a permutation), so trials
+    and their checkpoints go on with the numbers they had. A batch of one breaks BatchNorm in
+    training mode (resnest's split attention pools to 1x1), so only such a lone sample is
+    dropped; a dataset smaller than a batch still trains.
+    """
+    torch.empty((), dtype=torch.int64).random_(generator=generator)  # the loader iterator's base seed
+    order = torch.randperm(len(crops), generator=generator).tolist()
+    batches = [[crops[i] for i in order[start:start + batch_size]] for start in range(0, len(order), batch_size)]
+    return batches[:-1] if batches and len(batches[-1]) == 1 else batches
+
+
+class EpochBatches(Sampler):
+    """The batches of the loader's next pass, set before each pass (see TrainCrops)."""
+
+    def __init__(self):
+        self.batches: list[list[CropSpec]] = []
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
 class ClipWindows(Dataset):
     """Whole clips cut into overlapping windows, for validation and test.
 
     Item i is `(windows, truth, placements)`:
-        windows: (W, 1, n_mels, crop_frames) float32, covering recording i.
+        windows: (W, 1, n_mels, crop_frames) float16, covering recording i.
         truth: (n_species,) float32 clip labels (all zero when no labels are given).
         placements: each window's Placement, batched: stats (W, 4), start (W,), frames (W,).
     """

@@ -49,6 +49,7 @@ class Device:
     """Where a trial computes, and the CUDA-only speed-ups that go with it."""
 
     torch: torch.device
+    cpus: int = 1  # the CPUs Ray assigned the trial (trainable.kfold.loader_workers)
 
     @property
     def cuda(self) -> bool:

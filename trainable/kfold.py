@@ -22,14 +22,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from trainable.annotations import Annotations, load_annotations
 from trainable.cache import DEFAULT_CACHE_NAME, LogMelCache
 from trainable.config import MODEL_KEYS, ConfigError, TrainConfig, TrialConfig, to_dict
 from trainable.dotted import flatten_dotted
-from trainable.data import (REFERENCE_VALID_OVERLAP, ClipWindows, TrainCrops, collate_windows, epoch_crops,
-                            epoch_size, teacher_crops)
+from trainable.data import (REFERENCE_VALID_OVERLAP, ClipWindows, EpochBatches, TrainCrops, collate_windows,
+                            epoch_crops, epoch_size, shuffled_batches, teacher_crops)
 from trainable.fit import LOSS_KEYS, Device, EpochStats, DivergedError, predict_clips, train_epoch
 from trainable.folds import Fold, folds_of, species_matrix
 from trainable.inputs import InputPipeline
@@ -164,15 +164,23 @@ class FoldRun:
         self.rng.bit_generator.state = json.loads(state["rng"])
 
 
-def training_loader(dataset: Dataset, batch_size: int, generator: torch.Generator, workers: int,
-                    pin_memory: bool) -> DataLoader:
-    """Shuffled batches of `dataset`, never a last batch of one sample.
+PREFETCH_BATCHES = 2  # per loader worker: batches ready while the device trains on this one
 
-    A batch of one breaks BatchNorm in training mode (resnest's split attention pools to
-    1x1), so only such a lone sample is dropped; a dataset smaller than a batch still trains.
-    """
-    return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator,
-                      drop_last=len(dataset) % batch_size == 1, num_workers=workers, pin_memory=pin_memory)
+
+def loader_workers(train: TrainConfig, device: Device) -> int:
+    """TrainConfig.loader_workers, or for -1 the assigned CPUs beyond the one that drives the
+    device on CUDA; on the CPU the model's compute needs every core and the data path is a few
+    per cent of a step, so none there."""
+    if train.loader_workers >= 0:
+        return train.loader_workers
+    return max(device.cpus - 1, 0) if device.cuda else 0
+
+
+def training_loader(dataset: TrainCrops, batches: EpochBatches, workers: int, pin_memory: bool) -> DataLoader:
+    """One loader for every fold and epoch of a trial: its batches are set before each pass,
+    and its workers persist, so no epoch pays for starting processes."""
+    return DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=pin_memory,
+                      persistent_workers=workers > 0, prefetch_factor=PREFETCH_BATCHES if workers else None)
 
 
 def step_clamped(scheduler: torch.optim.lr_scheduler.CosineAnnealingLR, t_max: int) -> None:
@@ -186,7 +194,7 @@ def step_clamped(scheduler: torch.optim.lr_scheduler.CosineAnnealingLR, t_max: i
 
 
 def batches_per_epoch(items: int, batch_size: int) -> int:
-    """Batches of `training_loader` over `items` crops."""
+    """Batches of `shuffled_batches` over `items` crops."""
     return items // batch_size + (items % batch_size > 1)
 
 
@@ -223,6 +231,9 @@ class KFoldTraining:
         self.class_counts = np.bincount(self.annotations.tp.species_id, minlength=self.annotations.n_species)
         folds = folds_of(self.annotations, config.data)
         self.runs = [self._fold_run(folds[index]) for index in config.fold_indices]
+        self.batches = EpochBatches()
+        self.loader = training_loader(TrainCrops(self.cache, self.labels, self.annotations.n_species, config.data),
+                                      self.batches, loader_workers(config.train, device), device.cuda)
         self.epoch = 0  # epochs done on every fold
         self.selection = Selection(config.train.selection, config.fold_indices, [run.truth for run in self.runs])
 
@@ -311,13 +322,11 @@ class KFoldTraining:
         if self.test_frames:
             crops += teacher_crops(self.labels.teacher, self.test_frames, self.config.data,
                                    self.config.loss.teacher_threshold, run.rng)
-        dataset = TrainCrops(self.cache, crops, self.labels, self.annotations.n_species, self.config.data)
         shuffle = torch.Generator().manual_seed(int(run.rng.integers(2**62)))
         torch.manual_seed(int(run.rng.integers(2**62)))  # layers that draw from torch's RNG (dropout)
-        loader = training_loader(dataset, self.config.train.batch_size, shuffle,
-                                 self.config.train.loader_workers, self.device.cuda)
+        self.batches.batches = shuffled_batches(crops, self.config.train.batch_size, shuffle)
         per_batch = self.config.train.schedule == "cosine_per_batch"
-        stats = train_epoch(run.model, loader, run.loss_fn, run.optimizer, run.scaler, self.pipeline,
+        stats = train_epoch(run.model, self.loader, run.loss_fn, run.optimizer, run.scaler, self.pipeline,
                             self.config.augment, run.rng, self.device, run.scheduler if per_batch else None)
         if not per_batch:
             step_clamped(run.scheduler, self.config.train.t_max)
@@ -339,8 +348,10 @@ class KFoldTraining:
     def _predict_fold(self, run: FoldRun, rule: str, overlap: int) -> dict[str, np.ndarray]:
         windows = ClipWindows.validation(self.cache, run.fold, self.annotations.tp, self.annotations.n_species,
                                          self.config.data, rule=rule, overlap=overlap)
+        # In this process: its windows come at ~18,000 per second per core (docs/benchmarks.md),
+        # and workers would start anew for every fold and epoch.
         loader = DataLoader(windows, batch_size=self.config.train.eval_recordings, collate_fn=collate_windows,
-                            num_workers=self.config.train.loader_workers, pin_memory=self.device.cuda)
+                            pin_memory=self.device.cuda)
         return predict_clips(run.model, loader, self.pipeline, self.device)
 
     def save(self, directory: Path) -> None:
@@ -386,7 +397,8 @@ def _check_same_recipe(saved: dict, current: dict, directory: Path) -> None:
     only matters before the first checkpoint. A key the checkpoint lacks (it was made before the
     key existed) had its default."""
     free = {"data_dir", "cache_dir", "teacher_file", "init_from", "model.pretrained_file", "train.epochs",
-            "train.folds", "train.loader_workers", "train.eval_recordings"}
+            "train.folds", "train.loader_workers", "train.eval_recordings", "train.checkpoint_seconds",
+            "train.checkpoint_epochs"}
     recipe = {"data_dir": current["data_dir"], "recipe": saved.get("recipe", DEFAULT_RECIPE)}
     defaults = flatten_dotted(to_dict(resolve(recipe)))
     saved, current = {**defaults, **flatten_dotted(saved)}, flatten_dotted(current)

@@ -179,6 +179,15 @@ def plan(rng: Rng, species: Sequence[CallSpec], n_train: int, n_test: int, n: in
             sorted(recs[n_train:], key=lambda r: r.rec_id))
 
 
+def planned(recordings: int, test_recordings: int, species: int, duration: float, sample_rate: int,
+            seed: int) -> tuple[list[CallSpec], list[Recording], list[Recording]]:
+    """The species and the recordings `generate` writes with these arguments, without audio."""
+    species_seed, plan_seed, _ = np.random.SeedSequence(seed).spawn(3)
+    specs = make_species(np.random.default_rng(species_seed), species, sample_rate)
+    n = max(1, int(round(duration * sample_rate)))
+    return (specs, *plan(np.random.default_rng(plan_seed), specs, recordings, test_recordings, n, sample_rate))
+
+
 # ---- audio ------------------------------------------------------------------------------------
 def render(rec: Recording, n: int, sr: int, rng: Rng) -> np.ndarray:
     """Mix one recording: background plus each event at its band SNR; (n,) float32."""
@@ -193,7 +202,7 @@ def render(rec: Recording, n: int, sr: int, rng: Rng) -> np.ndarray:
 
 
 # ---- files ------------------------------------------------------------------------------------
-def _annotations(recs: Sequence[Recording], role: str, sr: int) -> pd.DataFrame:
+def annotations(recs: Sequence[Recording], role: str, sr: int) -> pd.DataFrame:
     """One row per `role` event in the real CSV columns, sorted like the real files."""
     rows = [(r.rec_id, e.species, e.songtype, round(e.start / sr, 4), round(e.call.f_lo, 4),
              round((e.start + e.length) / sr, 4), round(e.call.f_hi, 4))
@@ -269,15 +278,12 @@ def generate(out_dir: Path, recordings: int = 120, test_recordings: int = 30, sp
         raise ValueError(problem)
     _claim(out_dir, params)
     # Independent streams for the species, the plan and each recording's audio.
-    species_seed, plan_seed, audio_seed = np.random.SeedSequence(seed).spawn(3)
-    specs = make_species(np.random.default_rng(species_seed), species, sample_rate)
+    _, train, test = planned(recordings, test_recordings, species, duration, sample_rate, seed)
     n = max(1, int(round(duration * sample_rate)))
-    train, test = plan(np.random.default_rng(plan_seed), specs, recordings, test_recordings, n,
-                       sample_rate)
-    seeds = audio_seed.spawn(recordings + test_recordings)
+    seeds = np.random.SeedSequence(seed).spawn(3)[2].spawn(recordings + test_recordings)
     _write_audio(out_dir / "train", train, seeds[:recordings], n, sample_rate, progress)
     _write_audio(out_dir / "test", test, seeds[recordings:], n, sample_rate, progress)
-    tp, fp = _annotations(train, "tp", sample_rate), _annotations(train, "fp", sample_rate)
+    tp, fp = annotations(train, "tp", sample_rate), annotations(train, "fp", sample_rate)
     truth = _truth(test, species)
     zeros = truth.assign(**{c: 0 for c in truth.columns[1:]})
     for df, name in zip((tp, fp, zeros, truth), CSV_NAMES):

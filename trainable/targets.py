@@ -69,22 +69,25 @@ def frame_targets(events: Events | None, start: int, width: int, n_species: int)
     """Frames of a crop covered by the intervals overlapping it.
 
     Returns:
-        (n_species, width) float32, 1 where a species' annotated interval covers the frame.
+        (n_species, width) uint8, 1 where a species' annotated interval covers the frame:
+        frame labels and weights are 0 or 1, so they travel through the loader in a quarter of
+        float32's bytes and become float32 on the device (Targets.to).
     """
-    targets = np.zeros((n_species, width), dtype=np.float32)
+    targets = np.zeros((n_species, width), dtype=np.uint8)
     if events is None:
         return targets
     first = np.clip(events.start - start, 0, width)
     last = np.clip(events.end - start, 0, width)
     for species, lo, hi in zip(events.species, first, last):  # E is 1-3 per recording
-        targets[species, lo:hi] = 1.0
+        targets[species, lo:hi] = 1
     return targets
 
 
 class Targets(NamedTuple):
     """Labels and their loss weights; a NamedTuple, so DataLoader batches it field by field.
 
-    Shapes are per crop, (B, ...) once batched.
+    Shapes are per crop, (B, ...) once batched. On the host the frame fields may be uint8;
+    on the device every field is float32.
     """
 
     clip: torch.Tensor  # (C,) labels in [0, 1]
@@ -96,10 +99,12 @@ class Targets(NamedTuple):
     def from_frames(cls, frame: torch.Tensor) -> Targets:
         """Stage 1's targets of crops with these tp frames (..., C, T): every clip label
         counts, only the positive frames do."""
-        return cls(frame.amax(dim=-1), torch.ones_like(frame[..., 0]), frame, frame)
+        clip = frame.amax(dim=-1).float()
+        return cls(clip, torch.ones_like(clip), frame, frame)
 
     def to(self, device: torch.device) -> Targets:
-        return Targets(*(t.to(device, non_blocking=True) for t in self))
+        """On `device`, every field float32."""
+        return Targets(*(t.to(device, non_blocking=True).float() for t in self))
 
     def mixed(self, mix: Mixup) -> Targets:
         """The targets of a mixup batch, such that the loss is exactly the mixture of the two
@@ -143,7 +148,7 @@ class Labels:
             return Targets.from_frames(torch.from_numpy(positive))
         negative = frame_targets(self.negatives.get(recording_id) if train else None, start, width, n_species)
         frame_weight = np.maximum(positive, negative)  # a frame both tp and fp is a positive
-        clip, clip_weight = positive.max(axis=1), frame_weight.max(axis=1)  # (C,) each
+        clip, clip_weight = (frames.max(axis=1).astype(np.float32) for frames in (positive, frame_weight))  # (C,)
         if self.teacher is not None:
             self._add_teacher(clip, clip_weight, split, recording_id, start, width)
         return _tensors(clip, clip_weight, positive, frame_weight)
@@ -164,4 +169,4 @@ class Labels:
 
 
 def _tensors(*arrays: np.ndarray) -> Targets:
-    return Targets(*(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) for a in arrays))
+    return Targets(*(torch.from_numpy(np.ascontiguousarray(a)) for a in arrays))

@@ -1,0 +1,58 @@
+"""A dataset of the real competition's size for the host-side benchmarks, without audio.
+
+The host side of a trial reads the log-mel cache and the annotations only, so this writes
+exactly those: the synthetic generator's annotations (trainable.synth, its real statistics) for
+60 s clips, and a cache of random log-mel arrays of the real shape (128 mels x 3751 frames,
+float16, about 1 MB each). 2,200 train recordings give the real 1,100 tp recordings, with their
+fp recordings beside them; about 2.1 GB, written once (about 20 s) into the user's cache.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from search.default_data import default_data_dir
+from trainable import synth
+from trainable.annotations import FP_FILE, TP_FILE
+from trainable.atomic import atomic_write_text
+from trainable.cache import DEFAULT_CACHE_NAME, LogMelCache
+from trainable.config import FeatureConfig
+
+NAME = "host-bench-v1"  # change when what is written changes
+RECORDINGS = 2200  # train recordings: half with tp rows, as the real 1,132
+SPECIES, SECONDS = 24, 60.0
+DONE = ".complete"
+
+
+def real_sized_data(progress: bool = True) -> Path:
+    """The dataset's directory (the RFCx layout's CSVs and DATA/logmel), made on first use.
+
+    It is built in a temporary directory and renamed into place, so a killed build leaves
+    nothing that looks complete.
+    """
+    root = default_data_dir().parent / NAME
+    if (root / DONE).is_file():
+        return root
+    if progress:
+        print(f"# writing the real-sized benchmark data to {root} (once; about 2.1 GB)", flush=True)
+    building = root.with_name(root.name + ".building")
+    shutil.rmtree(building, ignore_errors=True)
+    features = FeatureConfig()
+    _, train, _ = synth.planned(RECORDINGS, 0, SPECIES, SECONDS, features.sample_rate, seed=0)
+    building.mkdir(parents=True)
+    for role, name in (("tp", TP_FILE), ("fp", FP_FILE)):
+        atomic_write_text(building / name, synth.annotations(train, role, features.sample_rate).to_csv(index=False))
+    cache = LogMelCache.create(building / DEFAULT_CACHE_NAME, features)
+    cache.path("train", "x").parent.mkdir(parents=True)
+    frames = int(SECONDS * features.frames_per_second) + 1  # 3751, as the real clips
+    rng = np.random.default_rng(0)
+    for recording in train:  # log-mel-like values in dB; their content does not matter here
+        np.save(cache.path("train", recording.rec_id),
+                rng.normal(-50.0, 12.0, size=(features.n_mels, frames)).astype(np.float16))
+    (building / DONE).touch()
+    shutil.rmtree(root, ignore_errors=True)
+    building.rename(root)
+    return root
