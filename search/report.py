@@ -27,7 +27,7 @@ from ray import tune
 
 from search.holdout import HOLDOUT_FILE, notes
 from search.lb_scores import LB_MEMO, LB_PRIVATE, LB_PUBLIC, load_lb
-from trainable.tune import SCORE
+from trainable.tune import OUT_OF_MEMORY_ADVICE, SCORE, OutOfGPUMemoryError
 from trainable.atomic import TEMP_SUFFIX, atomic_write_text
 from trainable.config import to_dict
 from trainable.dotted import flatten_dotted, nest_dotted
@@ -50,7 +50,7 @@ class Row:
     """One trial on the leaderboard."""
 
     trial: str
-    status: str  # completed / stopped by ASHA at epoch n / errored: ...
+    status: str  # completed / stopped by ASHA at epoch n / out of GPU memory at ... / errored: ...
     score: float  # the trial's score by its recipe's selection (trainable.tune.SCORE)
     fold_std: float  # std of the fold scores at the best common epoch
     epochs: int
@@ -71,13 +71,22 @@ def trial_budget(config: dict[str, Any], epochs: int) -> int:
 
 def trial_status(done: int, budget: int, finished: bool, error: str | None = None) -> str:
     """What the leaderboard and TensorBoard say of a trial that ran `done` of `budget` epochs:
-    errored: ... / completed / stopped by ASHA at epoch n, or, before it finished, interrupted
-    at epoch n."""
+    out of GPU memory at ... / errored: ... / completed / stopped by ASHA at epoch n, or, before
+    it finished, interrupted at epoch n."""
     if error is not None:
-        return f"errored: {error}"
+        return out_of_memory_status(error) or f"errored: {error}"
     if not finished:
         return f"interrupted at epoch {done}"
     return "completed" if done >= budget else f"stopped by ASHA at epoch {done}"
+
+
+def out_of_memory_status(error: str) -> str | None:
+    """"out of GPU memory at 0.25 GPU per trial with train.batch_size 64 (...)" when the error's
+    line is an OutOfGPUMemoryError, else None: the trainable's own line, which names the share
+    and the batch sizes, without its advice (the same for every such trial; the printed
+    summary says it once)."""
+    _, name, message = error.partition(f"{OutOfGPUMemoryError.__name__}: ")
+    return message.removesuffix(f": {OUT_OF_MEMORY_ADVICE}") if name else None
 
 
 def leaderboard(results: tune.ResultGrid, epochs: int, param_names: list[str],

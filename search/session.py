@@ -22,6 +22,7 @@ from search.report import (BEST_CONFIG, LEADERBOARD_MD, STUDY_DB, Row, frame, lo
                            write_reports)
 from search.report_page import REPORT_HTML
 from search.storage import DEFAULT_STORAGE, download, is_remote, normalise, shared_storage_problem, upload
+from trainable.tune import OUT_OF_MEMORY, OUT_OF_MEMORY_ADVICE
 
 TOP_ROWS = 5  # leaderboard rows printed at the end, and scored on the holdout with the recipe point
 
@@ -161,13 +162,24 @@ def cluster_problem(plan: SearchPlan, alive: list[dict[str, float]], coming: lis
 def summary(rows: list[Row], directory: Path, experiment: str) -> str:
     """The top of the leaderboard (with the holdout columns once scored), whether the best
     trial beats the recipe point on the holdout, how well the CV ranks as the holdout does,
-    and where everything is."""
+    which trials ran out of GPU memory, and where everything is."""
     board = frame(rows)
     top = board.drop(columns=["recipe_point", "fold_scores"]).head(TOP_ROWS).to_string(index=False)
-    below = "".join(f"{line}\n" for line in notes(board))
+    below = "".join(f"{line}\n" for line in [*notes(board), *out_of_memory_lines(rows)])
     best = directory / BEST_CONFIG
     reuse = f"best config: {best} (reuse: --config {best})\n" if best.exists() else ""
     return (f"\n{top}\n\n{below}leaderboard: {directory / LEADERBOARD_MD}\n"
             f"report:      {directory / REPORT_HTML}\n{reuse}"
             f"review:      tensorboard --logdir {experiment}\n"
             f"resume:      the same command again (finished trials are kept)\n")
+
+
+def out_of_memory_lines(rows: list[Row]) -> list[str]:
+    """One line per share and batch size that ran out of GPU memory, naming its trials (they
+    have no score, so they rank below the rows the summary prints) and what to change."""
+    trials_by_status: dict[str, list[str]] = {}
+    for row in rows:
+        if row.status.startswith(OUT_OF_MEMORY):
+            trials_by_status.setdefault(row.status, []).append(row.trial)
+    return [f"{status} (trial{'s' if len(trials) > 1 else ''} {', '.join(trials)}): {OUT_OF_MEMORY_ADVICE}"
+            for status, trials in trials_by_status.items()]

@@ -66,40 +66,46 @@ def test_trials_report_every_metric_and_bad_trials_fail_alone(local_ray, tiny_tr
     assert "unknown config key train.lrr" in str(results[json.dumps(misspelt, sort_keys=True)].error)
 
 
-class KillAfterFirstCheckpoint(tune.Callback):
-    """Kills one trial's worker process (as a lost node would) once its epoch-1 checkpoint is
-    saved, and records every result the driver receives: (trial id, epoch, process id)."""
+class KillAfterEpoch(tune.Callback):
+    """Kills one trial's worker process (as a lost node would) once the driver has its result
+    of `epoch`, and records every result the driver receives: (trial id, epoch, process id)."""
 
-    def __init__(self):
+    def __init__(self, epoch: int):
+        self.epoch = epoch
         self.killed: str | None = None
         self.reports: list[tuple[str, int, int]] = []
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.reports.append((trial.trial_id, result["epoch"], result["pid"]))
-
-    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
-        if self.killed is None and trial.last_result.get("training_iteration") == 1:
+        if self.killed is None and result["epoch"] == self.epoch:
             self.killed = trial.trial_id
-            os.kill(trial.last_result["pid"], signal.SIGKILL)
+            os.kill(result["pid"], signal.SIGKILL)
 
 
-def test_a_killed_trial_resumes_from_its_checkpoint_and_ends_like_an_uninterrupted_one(
+def test_a_killed_trial_repeats_only_the_epochs_since_its_checkpoint_and_ends_like_an_uninterrupted_one(
         local_ray, tiny_trial, tmp_path):
-    """Two identical trials; one is killed after epoch 1 and retried by Ray from its checkpoint."""
-    killer = KillAfterFirstCheckpoint()
-    results = fit(tiny_trial, tmp_path, "resume", num_samples=2, max_failures=1, callbacks=(killer,))
+    """Two identical trials of 4 epochs that checkpoint at epoch 2 and at the end only (the
+    clock never triggers); one is killed once it reported epoch 3, and Ray retries it from its
+    epoch-2 checkpoint. The README's bound: a killed trial repeats the epochs since its last
+    checkpoint, here epoch 3 (reported) and 4 (in flight)."""
+    trial = {**tiny_trial, "train": {**tiny_trial["train"], "epochs": 4, "checkpoint_seconds": 1e9,
+                                      "checkpoint_epochs": [2]}}
+    killer = KillAfterEpoch(3)
+    results = fit(trial, tmp_path, "resume", num_samples=2, max_failures=1, callbacks=(killer,))
     assert killer.killed is not None
     interrupted = next(r for r in results if r.metrics["trial_id"] == killer.killed)
     straight = next(r for r in results if r.metrics["trial_id"] != killer.killed)
     assert interrupted.error is None and straight.error is None
 
     reports = [(epoch, pid) for trial_id, epoch, pid in killer.reports if trial_id == killer.killed]
-    # Epoch 2 ran in a new process, which went on from the checkpoint instead of from zero.
-    assert [epoch for epoch, _ in reports] == [1, 2]
-    assert reports[0][1] != reports[1][1]
+    # A new process went on from the epoch-2 checkpoint: epoch 3 again, then 4; not from zero.
+    assert [epoch for epoch, _ in reports] == [1, 2, 3, 3, 4]
+    assert len({pid for _, pid in reports[:3]}) == 1 and reports[3][1] != reports[0][1]
     assert {"cv_lwlrap", "loss/total", "fold/0/lwlrap", "fold/1/lwlrap"} <= set(ours(straight.metrics))
     assert ours(interrupted.metrics) == ours(straight.metrics)
-    assert interrupted.metrics["training_iteration"] == 2
+    assert interrupted.metrics["training_iteration"] == 4
+    checkpointed = sorted(int(path.name.split("_")[-1]) for path in (tmp_path / "resume").glob("*/checkpoint_*"))
+    assert len(checkpointed) == 4  # per trial: epoch 2 and the end, and no other epoch
 
 
 def ours(metrics: dict) -> dict:

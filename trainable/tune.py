@@ -3,7 +3,8 @@
 The only module of `trainable` that imports Ray. Everything else a trial does lives in
 Ray-free modules (kfold, fit, ...), so it can be tested, benchmarked and exported without a
 cluster. One `training_iteration` = one epoch on every fold; every iteration reports the
-metrics and a checkpoint, so ASHA can stop the trial at any epoch and Ray can resume it.
+metrics, and a checkpoint when `trainable.checkpoints` says so (by the clock, at ASHA's rungs
+and at the end), so ASHA can stop the trial at its rungs and Ray can resume it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import ray
 import torch
 from ray import tune
 
-from trainable.config import ConfigError
+from trainable.checkpoints import CheckpointCadence
+from trainable.config import ConfigError, TrainConfig
 from trainable.recipes import resolve
 from trainable.fit import Device, DivergedError
 from trainable.kfold import KFoldTraining
@@ -26,6 +28,20 @@ METRIC, MODE = "cv_lwlrap", "max"  # what ASHA compares at each epoch
 # completed trial, what the leaderboard ranks, and the weights export and --init-from use.
 SCORE = "score"
 DIVERGED_FILE = "diverged.txt"  # in the trial directory: why the trial diverged
+OUT_OF_MEMORY_FILE = "out_of_gpu_memory.txt"  # in the trial directory: the line the trial ended with
+OUT_OF_MEMORY = "out of GPU memory"  # how that line starts, and the trial's status on the leaderboard
+OUT_OF_MEMORY_ADVICE = ("give each trial more of a GPU (--gpus-per-trial) or lower train.batch_size"
+                        " or train.eval_recordings")
+
+
+class OutOfGPUMemoryError(RuntimeError):
+    """The trial's batches do not fit in its share of the GPU; the message says what to change."""
+
+
+def out_of_memory_message(gpu_share: float, train: TrainConfig) -> str:
+    """The one line a trial that ran out of GPU memory ends with: its share and its batch sizes."""
+    return (f"{OUT_OF_MEMORY} at {gpu_share:g} GPU per trial with train.batch_size {train.batch_size}"
+            f" (train.eval_recordings {train.eval_recordings}): {OUT_OF_MEMORY_ADVICE}")
 
 
 def train_sed(config: dict[str, Any]) -> None:
@@ -41,6 +57,8 @@ def train_sed(config: dict[str, Any]) -> None:
             checkpoint of another model or fold split; TeacherError: a bad teacher file.
         DivergedError: the loss or the predictions became NaN or infinite (the trial
             ends; the others go on).
+        OutOfGPUMemoryError: training or evaluation ran out of GPU memory at the trial's
+            share (the trial ends; the others go on).
     """
     trial = resolve(config)
     for key in ("data_dir", "cache_dir", "teacher_file", "init_from"):
@@ -48,11 +66,21 @@ def train_sed(config: dict[str, Any]) -> None:
         if path and not os.path.isabs(path):
             raise ConfigError(f"{key} must be an absolute path, got {path!r}: a trial runs in its own"
                               f" working directory, maybe on another node")
-    diverged = os.path.join(tune.get_context().get_trial_dir(), DIVERGED_FILE)
+    trial_dir = tune.get_context().get_trial_dir()
+    diverged = os.path.join(trial_dir, DIVERGED_FILE)
     if os.path.exists(diverged):
         # Ray retries failed trials (FailureConfig); a divergence would only repeat itself.
         with open(diverged) as marker:
             raise DivergedError(f"{marker.read()} (an earlier attempt diverged; not retried)")
+    out_of_memory = os.path.join(trial_dir, OUT_OF_MEMORY_FILE)
+    if os.path.exists(out_of_memory):
+        # The same share and batch size would only run out of memory again. Ray 2.60 offers no
+        # cleaner way: FailureConfig retries every trial error alike (Trial.should_recover
+        # only counts them), and a trial that returned instead of raising would be a success
+        # to Ray's results, ASHA, Optuna and TensorBoard. So each retry fails here at once,
+        # with the first attempt's line, in seconds and without training.
+        with open(out_of_memory) as marker:
+            raise OutOfGPUMemoryError(marker.read())
     training = KFoldTraining(trial, assigned_device())
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -60,6 +88,7 @@ def train_sed(config: dict[str, Any]) -> None:
             training.load(directory)
     elif trial.init_from:  # a later stage starts from an earlier trial's fold models
         training.initialise_from(trial.init_from)
+    cadence = CheckpointCadence(trial.train)
     while training.epoch < trial.train.epochs:
         try:
             metrics = training.run_epoch()
@@ -67,22 +96,43 @@ def train_sed(config: dict[str, Any]) -> None:
             with open(diverged, "w") as marker:
                 marker.write(str(error))
             raise
-        with tempfile.TemporaryDirectory(prefix="rfcx-checkpoint-") as directory:
-            training.save(directory)
-            # Ray copies the directory to the experiment's storage before report returns.
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+        except torch.OutOfMemoryError:  # torch.cuda.OutOfMemoryError is the same class
+            message = out_of_memory_message(gpu_share(), trial.train)
+            with open(out_of_memory, "w") as marker:
+                marker.write(message)
+            # One line that says what to change; CUDA's allocator report would only bury it.
+            raise OutOfGPUMemoryError(message) from None
+        if cadence.due(training.epoch):
+            report_with_checkpoint(training, metrics)
+            cadence.saved()
+        else:
+            tune.report(metrics)
+
+
+def report_with_checkpoint(training: KFoldTraining, metrics: dict[str, float]) -> None:
+    """Report the epoch's metrics with a checkpoint of the trial's state."""
+    with tempfile.TemporaryDirectory(prefix="rfcx-checkpoint-") as directory:
+        training.save(directory)
+        # Ray copies the directory to the experiment's storage before report returns.
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+
+
+def gpu_share() -> float:
+    """The fraction of a GPU (or the GPUs) Ray assigned this trial: --gpus-per-trial."""
+    return ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0)
 
 
 def assigned_device() -> Device:
     """The GPU when Ray assigned this trial one (a fraction counts), else the CPU; torch
     gets one thread per assigned CPU, so packed trials do not oversubscribe the cores."""
     resources = ray.get_runtime_context().get_assigned_resources()
-    torch.set_num_threads(max(1, int(resources.get("CPU", 1))))
+    cpus = max(1, int(resources.get("CPU", 1)))
+    torch.set_num_threads(cpus)
     if resources.get("GPU", 0) == 0:
-        return Device(torch.device("cpu"))
+        return Device(torch.device("cpu"), cpus)
     if not torch.cuda.is_available():
         # Training on the CPU of a GPU node would be ~100x slower without a word.
         raise RuntimeError("Ray assigned this trial a GPU but CUDA is not available here"
                            " (driver or CUDA build of torch missing on this node)")
     torch.backends.cudnn.benchmark = True  # crops and windows have fixed shapes
-    return Device(torch.device("cuda"))  # Ray's CUDA_VISIBLE_DEVICES maps it to cuda:0
+    return Device(torch.device("cuda"), cpus)  # Ray's CUDA_VISIBLE_DEVICES maps it to cuda:0
