@@ -141,14 +141,16 @@ def parent_pid(pid: int) -> int | None:
 
 
 def test_a_search_survives_the_death_of_a_worker_node(start_cluster, cached_dir, tmp_path):
-    """Two trials, one per node; the worker node dies once its trial has a recorded checkpoint."""
+    """Two trials, one per node, checkpointing every epoch; the worker node dies once its trial
+    has a recorded checkpoint."""
     epochs = 5
     cluster, (worker,) = start_cluster({"num_cpus": 1}, {"num_cpus": 1})
     raylet = worker.all_processes["raylet"][0].process.pid  # the parent of the worker's trial processes
     storage, experiment_dir = f"file://{tmp_path}/shared", tmp_path / "shared" / "spot"
     command = tiny_search(cached_dir, storage, "spot") + [
         "--address", cluster.address, "--num-samples", "2", "--epochs", str(epochs),
-        "--grace-period", str(epochs)]  # ASHA stops no one: every trial must finish
+        "--grace-period", str(epochs),  # ASHA stops no one: every trial must finish
+        "--set", "train.checkpoint_seconds=0"]  # every epoch: only the one in flight may be lost
     driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
                               cwd=tmp_path)
     killed: dict[str, tuple[int, int]] = {}  # the worker's trial -> (epochs recorded, pid) when its node died
