@@ -26,6 +26,7 @@ checkpoints <= 5% of a trial's wall time at GPU speed.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -141,10 +142,16 @@ def with_recipe_state(training: KFoldTraining, backbone: str = "resnet18") -> No
 
 def checkpoint_cost(training: KFoldTraining) -> tuple[int, float, float]:
     """Bytes, seconds to write, seconds of Ray's copy to storage (pyarrow.fs.copy_files with the
-    chunk size Ray uses), of one checkpoint; the median of 3."""
+    chunk size Ray uses), of one checkpoint; the median of 3.
+
+    Each starts from a synced disk, as in a trial, whose checkpoints are epochs apart: the
+    kernel has written the previous one out by then. Back to back, the later ones would wait for
+    the disk to take the earlier ones' dirty pages.
+    """
     local = pyarrow.fs.LocalFileSystem()
     runs = []
     for _ in range(3):
+        os.sync()
         with tempfile.TemporaryDirectory(prefix="rfcx-bench-ckpt-") as scratch:
             source, storage = Path(scratch) / "checkpoint", Path(scratch) / "storage"
             _, write = timed(lambda: training.save(source) or 0)
@@ -207,12 +214,13 @@ def main(argv: list[str] | None = None) -> None:
 
     print("training data path (crops, targets, statistics, collation; per core: the workers, or the trial's process):")
     for workers, (samples, rate) in rates.items():
-        print(f"  {workers} loader workers: {rate:,.0f} samples/s per core ({samples} crops of fold 0)"
+        where = f"{workers} loader worker{'s' if workers > 1 else ''}" if workers else "in the trial's process"
+        print(f"  {where}: {rate:,.0f} samples/s per core ({samples} crops of fold 0)"
               f" (target >= {TRAIN_TARGET:,.0f}: {verdict(rate, TRAIN_TARGET)})")
     print(f"evaluation path (validation windows of fold 0, in the trial's process): {eval_rate:,.0f} windows/s per"
           f" core ({fold_windows} windows) (target >= {EVAL_TARGET:,.0f}: {verdict(eval_rate, EVAL_TARGET)})")
     print(f"checkpoint of the recipe's state (resnet18, {folds} folds): {size / 1e6:,.0f} MB, write {write_s:.2f} s,"
-          f" Ray's copy to local storage {copy_s:.2f} s")
+          f" Ray's copy to local storage {copy_s:.2f} s (from a synced disk)")
 
     per_checkpoint = write_s + copy_s
     data_s, eval_s = crops / rates[min(rates)][1], windows / eval_rate
