@@ -11,11 +11,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from trainable.annotations import load_annotations
-from trainable.config import ConfigError, TrialConfig, from_dict
+from trainable.config import ConfigError, TrainConfig, TrialConfig, from_dict
 from trainable.dotted import merge
 from trainable.fit import Device, DivergedError
 from trainable.kfold import (BEST_OOF_FILE, TRIAL_FILE, KFoldTraining, batches_per_epoch, best_weights_file,
-                             fold_file, step_clamped)
+                             fold_file, loader_workers, step_clamped)
 from trainable.data import shuffled_batches
 from trainable.metrics import lwlrap
 
@@ -188,3 +188,20 @@ def test_the_per_batch_cosine_steps_through_each_epochs_batches(tiny_trial):
     assert run.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)  # the reference's eta_min
     trial.run_epoch()
     assert run.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)  # never clamped: back up at 2 t_max
+
+
+def test_loader_workers_default_to_the_assigned_cpus_but_one_on_cuda_and_none_on_the_cpu():
+    auto = TrainConfig()  # loader_workers -1
+    assert loader_workers(auto, Device(torch.device("cuda"), cpus=4)) == 3
+    assert loader_workers(auto, Device(torch.device("cuda"), cpus=1)) == 0
+    assert loader_workers(auto, Device(torch.device("cpu"), cpus=4)) == 0  # the model needs every core
+    assert loader_workers(TrainConfig(loader_workers=2), Device(torch.device("cpu"))) == 2
+
+
+def test_persistent_loader_workers_serve_every_fold_and_epoch_with_the_same_numbers(tiny_trial):
+    """One loader per trial, its worker processes started once: the crops they cut for fold 1
+    and for epoch 2 are the ones the trial's own process would cut."""
+    in_process, with_workers = training(tiny_trial), training(tiny_trial, **{"train.loader_workers": 1})
+    assert with_workers.loader.num_workers == 1 and with_workers.loader.persistent_workers
+    for _ in range(2):
+        assert same_numbers(in_process.run_epoch(), with_workers.run_epoch())
