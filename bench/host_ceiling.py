@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader
 
 from bench.common import cores, header, verdict
 from bench.real_sized import real_sized_data
+from search.plan import rungs_of
 from search.run import DEFAULT_GRACE, DEFAULTS
 from trainable.checkpoints import CheckpointCadence
 from trainable.config import ModelConfig, TrainConfig, TrialConfig, from_dict
@@ -178,14 +179,6 @@ def checkpoints_in_a_trial(train: TrainConfig, epoch_s: float, checkpoint_s: flo
     return count
 
 
-def asha_rungs(epochs: int, grace: int, factor: int) -> tuple[int, ...]:
-    rungs, epoch = [], grace
-    while epoch < epochs:
-        rungs.append(epoch)
-        epoch *= factor
-    return tuple(rungs)
-
-
 def epoch_items(training: KFoldTraining) -> tuple[int, int]:
     """Training crops and validation windows of one epoch over all folds."""
     data, tp = training.config.data, training.annotations.tp
@@ -234,8 +227,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"at GPU speed ({GPU_EPOCH_S:g} s of GPU work per epoch, assumed), the host's parts in one core:"
           f" {data_s + eval_s:.2f} s of data per epoch, {(data_s + eval_s) / GPU_EPOCH_S:.0%} of the GPU's time")
 
-    rungs = asha_rungs(train.epochs, DEFAULT_GRACE, DEFAULTS["reduction_factor"])
-    policy = TrainConfig(epochs=train.epochs, checkpoint_epochs=rungs)
+    rungs = rungs_of(train.epochs, DEFAULT_GRACE, DEFAULTS["reduction_factor"])
+    policy = TrainConfig(epochs=train.epochs, checkpoint_epochs=tuple(rungs))
     every = TrainConfig(epochs=train.epochs, checkpoint_seconds=0)
     for name, config in ((f"the policy (every {policy.checkpoint_seconds:.0f} s, ASHA's rungs {list(rungs)}, the end)",
                           policy), ("every epoch (before the policy)", every)):

@@ -70,13 +70,18 @@ class SearchPlan:
 
 
 def asha_rungs(plan: SearchPlan) -> list[int]:
-    """The epochs at which ASHA compares trials (Ray's milestones below the budget). The trials
-    checkpoint there (TrainConfig.checkpoint_epochs), so a stopped trial's last checkpoint holds
-    the state its last result reports."""
-    rungs, epoch = [], plan.grace_period
-    while epoch < plan.epochs:
+    """The epochs at which ASHA compares the plan's trials. The trials checkpoint there
+    (TrainConfig.checkpoint_epochs), so a stopped trial's last checkpoint holds the state its
+    last result reports."""
+    return rungs_of(plan.epochs, plan.grace_period, plan.reduction_factor)
+
+
+def rungs_of(epochs: int, grace_period: int, reduction_factor: int) -> list[int]:
+    """ASHA's milestones below the budget: grace_period x reduction_factor^k < epochs."""
+    rungs, epoch = [], grace_period
+    while epoch < epochs:
         rungs.append(epoch)
-        epoch *= plan.reduction_factor
+        epoch *= reduction_factor
     return rungs
 
 
