@@ -348,8 +348,8 @@ class KFoldTraining:
     def _predict_fold(self, run: FoldRun, rule: str, overlap: int) -> dict[str, np.ndarray]:
         windows = ClipWindows.validation(self.cache, run.fold, self.annotations.tp, self.annotations.n_species,
                                          self.config.data, rule=rule, overlap=overlap)
-        # In this process: its windows come at ~18,000 per second per core (docs/benchmarks.md),
-        # and workers would start anew for every fold and epoch.
+        # In this process: windows come at over 10,000 per second per core (docs/benchmarks.md,
+        # section 9), enough for a GPU, and workers would start anew for every fold and epoch.
         loader = DataLoader(windows, batch_size=self.config.train.eval_recordings, collate_fn=collate_windows,
                             pin_memory=self.device.cuda)
         return predict_clips(run.model, loader, self.pipeline, self.device)
