@@ -66,7 +66,9 @@ def train_sed(config: dict[str, Any]) -> None:
         if path and not os.path.isabs(path):
             raise ConfigError(f"{key} must be an absolute path, got {path!r}: a trial runs in its own"
                               f" working directory, maybe on another node")
-    trial_dir = tune.get_context().get_trial_dir()
+    # The trial's working directory: the same for every attempt of the trial. Ray's get_trial_dir()
+    # names another folder in a process reused from a finished trial than in a fresh one.
+    trial_dir = tune.get_context().get_storage().trial_working_directory
     diverged = os.path.join(trial_dir, DIVERGED_FILE)
     if os.path.exists(diverged):
         # Ray retries failed trials (FailureConfig); a divergence would only repeat itself.
