@@ -205,49 +205,6 @@ def results_recorded(experiment: Path) -> dict[str, int]:
     return {path.parent.name: len(path.read_text().splitlines()) for path in experiment.glob("trial_*/result.json")}
 
 
-def checkpoints(experiment: Path) -> dict[str, int]:
-    """Trial directory -> its newest checkpoint number."""
-    found: dict[str, int] = {}
-    for path in experiment.glob("trial_*/checkpoint_*"):
-        found[path.parent.name] = max(found.get(path.parent.name, -1), int(path.name.split("_")[-1]))
-    return found
-
-
-def test_a_killed_driver_resumes_without_losing_trials_or_checkpoints(cached_dir, tmp_path):
-    experiment = tmp_path / "killed"
-    driver = subprocess.Popen(tiny_search(cached_dir, tmp_path, "killed"), env=ENV, cwd=tmp_path,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    # Kill once a trial has recorded epoch 2: its epoch-1 checkpoint is in the saved state by then.
-    while max(results_recorded(experiment).values(), default=0) < 2 and time.time() < deadline \
-            and driver.poll() is None:
-        time.sleep(0.2)
-    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started, as a lost terminal
-    driver.wait()
-    recorded, on_disk = results_recorded(experiment), checkpoints(experiment)
-    assert on_disk, "no checkpoint appeared before the kill"
-
-    done = subprocess.run(tiny_search(cached_dir, tmp_path, "killed"), capture_output=True,  # the same command
-                          text=True, env=ENV, cwd=tmp_path, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "resuming experiment" in done.stdout
-    board = pd.read_csv(experiment / "leaderboard.csv", dtype={"trial": str})
-    assert len(board) == 4 and board.status.str.match(r"completed|stopped by ASHA at epoch \d").all()
-    study = optuna.load_study(study_name="killed", storage=f"sqlite:///{experiment / 'study.db'}")
-    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    assert len(study.trials) == 4 and all(trial.state in finished for trial in study.trials)
-    after = checkpoints(experiment)
-    for trial, newest in on_disk.items():
-        assert after[trial] >= newest  # nothing checkpointed before the kill was lost
-        last = json.loads((experiment / trial / "result.json").read_text().strip().splitlines()[-1])
-        assert last["epoch"] == last["training_iteration"]  # the trainable's epochs count on, none twice
-        if last["training_iteration"] > recorded.get(trial, 0):  # it trained after the kill...
-            # ...from its last checkpoint in the saved state, not from zero. The state is saved at
-            # the end of the driver's step that recorded a result: the kill may fall in between,
-            # so the last recorded epoch may be trained again, beside the one in flight.
-            assert last["training_iteration"] - last["iterations_since_restore"] >= recorded[trial] - 1
-
-
 def test_tensorboard_shows_a_running_trial_in_hparams(cached_dir, tmp_path):
     command = tiny_search(cached_dir, tmp_path, "live")
     command[command.index("--num-samples") + 1], command[command.index("--epochs") + 1] = "1", "30"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,13 +86,13 @@ class KillAfterEpoch(tune.Callback):
 
 def test_a_killed_trial_repeats_only_the_epochs_since_its_checkpoint_and_ends_like_an_uninterrupted_one(
         local_ray, tiny_trial, tmp_path):
-    """Two identical trials of 4 epochs that checkpoint at epoch 2 and at the end only (the
-    clock never triggers); one is killed once it reported epoch 3, and Ray retries it from its
-    epoch-2 checkpoint. The README's bound: a killed trial repeats the epochs since its last
-    checkpoint, here epoch 3 (reported) and 4 (in flight)."""
-    trial = {**tiny_trial, "train": {**tiny_trial["train"], "epochs": 4, "checkpoint_seconds": 1e9,
-                                      "checkpoint_epochs": [2]}}
-    killer = KillAfterEpoch(3)
+    """Two identical trials of 3 epochs that checkpoint at epoch 1 and at the end only (the
+    clock never triggers); one is killed once it reported epoch 2, and Ray retries it from its
+    epoch-1 checkpoint. The README's bound: a killed trial repeats the epochs since its last
+    checkpoint, here epoch 2 (reported) and 3 (in flight)."""
+    trial = {**tiny_trial, "train": {**tiny_trial["train"], "epochs": 3, "checkpoint_seconds": 1e9,
+                                      "checkpoint_epochs": [1]}}
+    killer = KillAfterEpoch(2)
     results = fit(trial, tmp_path, "resume", num_samples=2, max_failures=1, callbacks=(killer,))
     assert killer.killed is not None
     interrupted = next(r for r in results if r.metrics["trial_id"] == killer.killed)
@@ -98,14 +100,14 @@ def test_a_killed_trial_repeats_only_the_epochs_since_its_checkpoint_and_ends_li
     assert interrupted.error is None and straight.error is None
 
     reports = [(epoch, pid) for trial_id, epoch, pid in killer.reports if trial_id == killer.killed]
-    # A new process went on from the epoch-2 checkpoint: epoch 3 again, then 4; not from zero.
-    assert [epoch for epoch, _ in reports] == [1, 2, 3, 3, 4]
-    assert len({pid for _, pid in reports[:3]}) == 1 and reports[3][1] != reports[0][1]
+    # A new process went on from the epoch-1 checkpoint: epoch 2 again, then 3; not from zero.
+    assert [epoch for epoch, _ in reports] == [1, 2, 2, 3]
+    assert len({pid for _, pid in reports[:2]}) == 1 and reports[2][1] != reports[0][1]
     assert {"cv_lwlrap", "loss/total", "fold/0/lwlrap", "fold/1/lwlrap"} <= set(ours(straight.metrics))
     assert ours(interrupted.metrics) == ours(straight.metrics)
-    assert interrupted.metrics["training_iteration"] == 4
-    checkpointed = sorted(int(path.name.split("_")[-1]) for path in (tmp_path / "resume").glob("*/checkpoint_*"))
-    assert len(checkpointed) == 4  # per trial: epoch 2 and the end, and no other epoch
+    assert interrupted.metrics["training_iteration"] == 3
+    checkpointed = list((tmp_path / "resume").glob("*/checkpoint_*"))
+    assert len(checkpointed) == 4  # per trial: epoch 1 and the end, and no other epoch
 
 
 def ours(metrics: dict) -> dict:
@@ -122,3 +124,55 @@ def test_relative_data_paths_are_refused_before_any_work():
         train_sed({"data_dir": "data/synthetic"})
     with pytest.raises(ConfigError, match="cache_dir must be an absolute path"):
         train_sed({"data_dir": "/data", "cache_dir": "logmel"})
+
+
+# Trial processes reused between trials (TuneConfig(reuse_actors=True), as searches run).
+def fit_in_turn(param_space: dict, storage: Path, name: str, reuse: bool, max_failures: int = 0) -> tune.ResultGrid:
+    """The trials one at a time, each in the process of the one before when `reuse`."""
+    tuner = tune.Tuner(
+        tune.with_resources(train_sed, {"cpu": 1}),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, max_concurrent_trials=1, reuse_actors=reuse),
+        run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=max_failures)),
+    )
+    return tuner.fit()
+
+
+def by_seed(results: tune.ResultGrid) -> dict[int, tune.Result]:
+    return {result.config["train"]["seed"]: result for result in results}
+
+
+def scores(metrics: dict) -> dict:
+    """What the trial computed, without timings and Ray's bookkeeping."""
+    return {key: value for key, value in metrics.items()
+            if key in ("epoch", "cv_lwlrap", "cv_lrap_reference", "score", "lr") or key.startswith(("fold/", "loss/"))}
+
+
+def test_a_trial_in_a_reused_process_trains_as_in_a_fresh_one(local_ray, tiny_trial, tmp_path):
+    first = {**tiny_trial["train"], "seed": 1, "lr": 3e-3, "epochs": 1}  # leaves other weights and RNG states
+    second = {**tiny_trial["train"], "seed": 2, "epochs": 1}
+    reused = by_seed(fit_in_turn({**tiny_trial, "train": tune.grid_search([first, second])}, tmp_path, "reused",
+                                 reuse=True))
+    [fresh] = fit_in_turn({**tiny_trial, "train": second}, tmp_path, "fresh", reuse=False)
+    assert reused[2].metrics["pid"] == reused[1].metrics["pid"] != fresh.metrics["pid"]
+    assert reused[2].error is None and scores(reused[2].metrics) == scores(fresh.metrics)
+
+
+def failure_pids(error_file: Path) -> list[int]:
+    """The process of each failed attempt, in order, from Ray's error.txt of a trial."""
+    return [int(pid) for pid in re.findall(r"Failure # \d+.*?\(pid=(\d+)", error_file.read_text(), re.DOTALL)]
+
+
+def test_a_trial_that_diverged_in_a_reused_process_is_not_trained_again_in_a_fresh_one(local_ray, tiny_trial,
+                                                                                       tmp_path):
+    """The divergence marker must be where every attempt of the trial looks: Ray's
+    get_trial_dir() names another folder in a reused process than in a fresh one, and the retry
+    of a failed trial runs in a fresh process."""
+    good = {**tiny_trial["train"], "seed": 1, "epochs": 1}
+    diverging = {**tiny_trial["train"], "seed": 2, "epochs": 1, "lr": 1e30, "min_lr": 0.0}
+    results = by_seed(fit_in_turn({**tiny_trial, "train": tune.grid_search([good, diverging])}, tmp_path,
+                                  "diverged", reuse=True, max_failures=1))
+    first_attempt, retry = failure_pids(Path(results[2].path) / "error.txt")
+    assert first_attempt == results[1].metrics["pid"] != retry  # diverged in the good trial's process
+    assert "an earlier attempt diverged; not retried" in str(results[2].error)
