@@ -30,22 +30,22 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import pyarrow.fs
 import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
-from bench.common import cores, header, verdict
+from bench.common import cores, header, timed, verdict
 from bench.real_sized import real_sized_data
 from search.plan import rungs_of
 from search.run import DEFAULT_GRACE, DEFAULTS
 from trainable.checkpoints import CheckpointCadence
 from trainable.config import ModelConfig, TrainConfig, TrialConfig, from_dict
-from trainable.data import (ClipWindows, EpochBatches, TrainCrops, collate_windows, epoch_crops, epoch_size,
-                            shuffled_batches, window_starts)
+from trainable.data import (ClipWindows, EpochBatches, TrainCrops, epoch_crops, epoch_size, shuffled_batches,
+                            window_starts)
 from trainable.fit import Device
 from trainable.kfold import KFoldTraining, training_loader
 from trainable.model import SEDModel
@@ -89,10 +89,11 @@ def stub_trial(data: Path) -> KFoldTraining:
     return KFoldTraining(config, Device(torch.device("cpu")))
 
 
-def timed(work) -> tuple[int, float]:
+def elapsed(work: Callable[[], object]) -> float:
+    """Seconds `work` takes."""
     started = time.perf_counter()
-    items = work()
-    return items, time.perf_counter() - started
+    work()
+    return time.perf_counter() - started
 
 
 def training_data_rate(training: KFoldTraining, workers: int) -> tuple[int, float]:
@@ -108,9 +109,8 @@ def training_data_rate(training: KFoldTraining, workers: int) -> tuple[int, floa
         batches.batches = shuffled_batches(crops, config.train.batch_size, torch.Generator().manual_seed(0))
         return sum(len(x) for x, _, _ in loader)
 
-    one_pass()  # workers started, every map opened and every clip's statistics known, as from epoch 2 on
-    samples, seconds = timed(one_pass)
-    return samples, samples / seconds / max(workers, 1)
+    samples = one_pass()  # workers started, maps opened, clip statistics known: as from epoch 2 on
+    return samples, timed(one_pass) / max(workers, 1)
 
 
 def evaluation_rate(training: KFoldTraining) -> tuple[int, float]:
@@ -118,14 +118,12 @@ def evaluation_rate(training: KFoldTraining) -> tuple[int, float]:
     run, config = training.runs[0], training.config
     windows = ClipWindows.validation(training.cache, run.fold, training.annotations.tp, training.annotations.n_species,
                                      config.data)
-    loader = DataLoader(windows, batch_size=config.train.eval_recordings, collate_fn=collate_windows)
+    loader = windows.batches(config.train.eval_recordings)
 
     def one_pass() -> int:
         return sum(len(x) for x, _, _, _ in loader)
 
-    one_pass()
-    count, seconds = timed(one_pass)
-    return count, count / seconds
+    return one_pass(), timed(one_pass)
 
 
 def with_recipe_state(training: KFoldTraining, backbone: str = "resnet18") -> None:
@@ -155,12 +153,11 @@ def checkpoint_cost(training: KFoldTraining) -> tuple[int, float, float]:
         os.sync()
         with tempfile.TemporaryDirectory(prefix="rfcx-bench-ckpt-") as scratch:
             source, storage = Path(scratch) / "checkpoint", Path(scratch) / "storage"
-            _, write = timed(lambda: training.save(source) or 0)
+            write = elapsed(lambda: training.save(source))
             size = sum(path.stat().st_size for path in source.iterdir())
             storage.mkdir()
-            _, copy = timed(lambda: pyarrow.fs.copy_files(str(source), str(storage), source_filesystem=local,
-                                                           destination_filesystem=local,
-                                                           chunk_size=64 * 1024 * 1024) or 0)
+            copy = elapsed(lambda: pyarrow.fs.copy_files(str(source), str(storage), source_filesystem=local,
+                                                        destination_filesystem=local, chunk_size=64 * 1024 * 1024))
             runs.append((size, write, copy))
     return sorted(runs, key=lambda run: run[1] + run[2])[1]
 
@@ -194,11 +191,12 @@ def main(argv: list[str] | None = None) -> None:
     data = real_sized_data()
     training = stub_trial(data)
     folds, train = len(training.runs), training.config.train
+    tp_recordings = training.annotations.tp.recording_id.nunique()
     header(f"host ceiling: the recipe's trial ({folds} folds, batch {train.batch_size}, 128 x"
-           f" {training.config.data.crop_frames}) with a stub backbone, {training.annotations.tp.recording_id.nunique()}"
-           f" tp recordings of 60 s, 1 torch thread")
+           f" {training.config.data.crop_frames}) with a stub backbone, {tp_recordings} tp recordings of 60 s,"
+           f" 1 torch thread")
     for _ in range(args.epochs):
-        _, epoch_s = timed(lambda: training.run_epoch() and 0)
+        epoch_s = elapsed(training.run_epoch)
     crops, windows = epoch_items(training)
     rates = {workers: training_data_rate(training, workers) for workers in args.workers}
     fold_windows, eval_rate = evaluation_rate(training)
@@ -217,8 +215,8 @@ def main(argv: list[str] | None = None) -> None:
 
     per_checkpoint = write_s + copy_s
     data_s, eval_s = crops / rates[min(rates)][1], windows / eval_rate
-    print(f"\nthe stub epoch: {crops} crops and {windows} windows in {epoch_s:.1f} s on this CPU, where the CPU also does"
-          f" the device's work; its parts:")
+    print(f"\nthe stub epoch: {crops} crops and {windows} windows in {epoch_s:.1f} s on this CPU, where the CPU"
+          f" also does the device's work; its parts:")
     parts = {"training data path": data_s, "evaluation path": eval_s,
              "device work here (clip image, augmentation, mixup, stub, loss, Adam, scores)": epoch_s - data_s - eval_s,
              "a checkpoint every epoch (write + copy)": per_checkpoint}
@@ -234,8 +232,8 @@ def main(argv: list[str] | None = None) -> None:
                           policy), ("every epoch (before the policy)", every)):
         count = checkpoints_in_a_trial(config, GPU_EPOCH_S, per_checkpoint)
         share = count * per_checkpoint / (train.epochs * GPU_EPOCH_S + count * per_checkpoint)
-        print(f"checkpoints of a {train.epochs}-epoch trial at GPU speed ({GPU_EPOCH_S:g} s per epoch, assumed), {name}:"
-              f" {count}, {share:.1%} of its wall time (target <= {CHECKPOINT_TARGET:.0%}:"
+        print(f"checkpoints of a {train.epochs}-epoch trial at GPU speed ({GPU_EPOCH_S:g} s per epoch, assumed),"
+              f" {name}: {count}, {share:.1%} of its wall time (target <= {CHECKPOINT_TARGET:.0%}:"
               f" {verdict(share, CHECKPOINT_TARGET, higher_is_better=False)})")
 
 

@@ -46,12 +46,11 @@ def real_sized_data(progress: bool = True) -> Path:
     for role, name in (("tp", TP_FILE), ("fp", FP_FILE)):
         atomic_write_text(building / name, synth.annotations(train, role, features.sample_rate).to_csv(index=False))
     cache = LogMelCache.create(building / DEFAULT_CACHE_NAME, features)
-    cache.path("train", "x").parent.mkdir(parents=True)
     frames = int(SECONDS * features.frames_per_second) + 1  # 3751, as the real clips
     rng = np.random.default_rng(0)
     for recording in train:  # log-mel-like values in dB; their content does not matter here
-        np.save(cache.path("train", recording.rec_id),
-                rng.normal(-50.0, 12.0, size=(features.n_mels, frames)).astype(np.float16))
+        log_mel = rng.normal(-50.0, 12.0, size=(features.n_mels, frames)).astype(np.float16)
+        cache.save("train", recording.rec_id, log_mel)
     (building / DONE).touch()
     shutil.rmtree(root, ignore_errors=True)
     building.rename(root)

@@ -204,16 +204,15 @@ class WindowPredictor:
         seconds, s0..), and their clip probabilities (N, C): the max over each one's windows."""
         import numpy as np
         import pandas as pd
-        import torch
         from tqdm import tqdm
 
-        from trainable.data import ClipWindows, collate_windows
+        from trainable.data import ClipWindows
         from trainable.fit import clips_of_windows, predict_windows
 
         width = self.data.crop_frames
         dataset = ClipWindows(cache, split, ids, width, overlap, n_species=model.n_species, rule=self.data.window_rule)
-        loader = torch.utils.data.DataLoader(dataset, batch_size=RECORDINGS_PER_BATCH, collate_fn=collate_windows)
-        batches = tqdm(loader, desc=label, unit="batch", file=sys.stderr, disable=not self.progress)
+        batches = tqdm(dataset.batches(RECORDINGS_PER_BATCH), desc=label, unit="batch", file=sys.stderr,
+                       disable=not self.progress)
         scores, counts = predict_windows(model, batches, self.pipeline, self.device)
         probabilities = scores[self.data.window_score]
         fps = cache.features.frames_per_second

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from trainable.cache import LogMelCache
 from trainable.config import DataConfig
@@ -258,6 +258,12 @@ class ClipWindows(Dataset):
 
     def starts(self, n_frames: int) -> np.ndarray:
         return window_starts(n_frames, self.crop_frames, self.overlap, self.rule)
+
+    def batches(self, recordings: int, pin_memory: bool = False) -> DataLoader:
+        """The windows of `recordings` recordings at a time (`collate_windows`), cut in this
+        process: over 10,000 windows per second per core (docs/benchmarks.md, section 9) keep up
+        with a GPU, and loader workers would start anew for every pass."""
+        return DataLoader(self, batch_size=recordings, collate_fn=collate_windows, pin_memory=pin_memory)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, Placement]:
         rid = self.recording_ids[i]

@@ -28,8 +28,8 @@ from trainable.annotations import Annotations, load_annotations
 from trainable.cache import DEFAULT_CACHE_NAME, LogMelCache
 from trainable.config import MODEL_KEYS, ConfigError, TrainConfig, TrialConfig, to_dict
 from trainable.dotted import flatten_dotted
-from trainable.data import (REFERENCE_VALID_OVERLAP, ClipWindows, EpochBatches, TrainCrops, collate_windows,
-                            epoch_crops, epoch_size, shuffled_batches, teacher_crops)
+from trainable.data import (REFERENCE_VALID_OVERLAP, ClipWindows, EpochBatches, TrainCrops, epoch_crops,
+                            epoch_size, shuffled_batches, teacher_crops)
 from trainable.fit import LOSS_KEYS, Device, EpochStats, DivergedError, predict_clips, train_epoch
 from trainable.folds import Fold, folds_of, species_matrix
 from trainable.inputs import InputPipeline
@@ -348,11 +348,8 @@ class KFoldTraining:
     def _predict_fold(self, run: FoldRun, rule: str, overlap: int) -> dict[str, np.ndarray]:
         windows = ClipWindows.validation(self.cache, run.fold, self.annotations.tp, self.annotations.n_species,
                                          self.config.data, rule=rule, overlap=overlap)
-        # In this process: windows come at over 10,000 per second per core (docs/benchmarks.md,
-        # section 9), enough for a GPU, and workers would start anew for every fold and epoch.
-        loader = DataLoader(windows, batch_size=self.config.train.eval_recordings, collate_fn=collate_windows,
-                            pin_memory=self.device.cuda)
-        return predict_clips(run.model, loader, self.pipeline, self.device)
+        return predict_clips(run.model, windows.batches(self.config.train.eval_recordings, self.device.cuda),
+                             self.pipeline, self.device)
 
     def save(self, directory: Path) -> None:
         """Write a checkpoint of the current state into `directory` (created if needed)."""
