@@ -79,7 +79,10 @@ def ensure_synthetic(directory: Path, workers: int) -> Path:
     if not (directory / "train_tp.csv").exists():
         generate(directory, **SYNTHETIC)
     features = [arg for name, value in FEATURES.items() for arg in (f"--{name.replace('_', '-')}", str(value))]
-    if prepare.main(["--data-dir", str(directory), "--workers", str(workers), *features]) != 0:
+    code = prepare.main(["--data-dir", str(directory), "--workers", str(workers), *features])
+    if code == 130:  # prepare answered Ctrl-C (its exit code); the search stops too
+        raise KeyboardInterrupt
+    if code != 0:
         raise RuntimeError(f"building the log-mel cache of {directory} failed")
     (directory / READY).touch()
     return directory

@@ -2,8 +2,9 @@
 
 One trial = `trainable.tune.train_sed` with the fixed config of the search and the
 parameters that Optuna suggests from the chosen spaces. OptunaSearch (seeded, the recipe
-first) proposes, ASHA stops weak trials on `training_iteration`, and every trial keeps its
-checkpoints so a killed driver or node loses nothing.
+first) proposes, ASHA stops weak trials on `training_iteration` (search.scheduler: with its rungs
+rebuilt on a resume), and every trial keeps its checkpoints so a killed driver or node loses
+nothing. A resumed search runs the plan's trial count, which `--resume --num-samples` may raise.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import pickle
 import sys
 import uuid
 
@@ -20,11 +22,13 @@ from pyarrow import PythonFile
 from ray import tune
 from ray.tune.execution.tune_controller import TuneController
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import ConcurrencyLimiter, SearchGenerator, Searcher
 
 from search.optuna_search import TruthfulOptunaSearch
 from search import review_logger
-from search.plan import DefineByRun, SearchPlan, asha_rungs, experiment_path, optuna_sampler, trial_resources
+from search.plan import (DefineByRun, SearchPlan, asha_rungs, experiment_path, optuna_sampler, save_plan,
+                         trial_resources)
+from search.scheduler import asha
 from spaces import recipe_point, windows_of
 from trainable.tune import METRIC, MODE, train_sed
 
@@ -45,12 +49,10 @@ def build_tuner(plan: SearchPlan) -> tune.Tuner:
         max_iterations=epochs,
         study_name=plan.name,
     )
-    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=plan.grace_period,
-                              reduction_factor=plan.reduction_factor)
     return tune.Tuner(
         trainable(plan),
         param_space=trial_space(plan),
-        tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=searcher, scheduler=scheduler,
+        tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=searcher, scheduler=asha(plan),
                                     num_samples=plan.num_samples, max_concurrent_trials=plan.max_concurrent,
                                     trial_dirname_creator=trial_dirname,
                                     # A new trial runs in the process of a finished one: it skips the
@@ -75,7 +77,8 @@ def trial_dirname(trial) -> str:
 
 def restore_tuner(plan: SearchPlan) -> tune.Tuner:
     """The interrupted experiment `plan.name`: finished trials stay, unfinished ones resume
-    from their last checkpoints, and the searcher goes on with its study."""
+    from their last checkpoints, the searcher goes on with its study up to the plan's trial
+    count, and ASHA's rungs hold the trials that reported before."""
     # Experiments started before ReviewLogger pickled search.tensorboard.HParamsLogger (a
     # module name that shadowed the tensorboard package for scripts in search/).
     sys.modules.setdefault("search.tensorboard", review_logger)
@@ -90,7 +93,50 @@ def restore_tuner(plan: SearchPlan) -> tune.Tuner:
     # get Optuna's suggestions alone, no data_dir. Set after restore(), not through it: that
     # insists on the experiment's own keys, and older experiments lack train.checkpoint_epochs.
     tuner._local_tuner.param_space = trial_space(plan)
+    continue_search(tuner._local_tuner._tune_config, plan)
+    save_plan(plan)  # its trial count may have grown (--resume --num-samples)
     return tuner
+
+
+def continue_search(config: tune.TuneConfig, plan: SearchPlan) -> None:
+    """Set a restored experiment's searcher and scheduler up to go on with the plan.
+
+    Ray restores the search generator's own trial count (search_gen_state-*.json), not the
+    Tuner's num_samples (tuner.pkl), so a search extended with --resume --num-samples would stop
+    at its old count: PlannedSearch holds the plan's. The searcher in tuner.pkl is the one Ray
+    restores the study into (its state file), so the study goes on. A fresh RememberingASHA
+    rebuilds its rungs from the trials' results; it also replaces the stock ASHAScheduler that
+    experiments from before it pickled."""
+    config.search_alg = PlannedSearch(limited(config.search_alg, plan.max_concurrent), plan.num_samples)
+    # Ray applies max_concurrent_trials to a Searcher only (warning otherwise): applied above.
+    config.max_concurrent_trials = None
+    config.num_samples = plan.num_samples
+    config.scheduler = asha(plan)
+
+
+def limited(searcher: Searcher, max_concurrent: int | None) -> Searcher:
+    """The searcher as Ray wraps it for max_concurrent_trials, so its saved state (the
+    ConcurrencyLimiter's, by class name) is restored into the same wrapper."""
+    return searcher if not max_concurrent else ConcurrencyLimiter(searcher, max_concurrent=max_concurrent)
+
+
+class PlannedSearch(SearchGenerator):
+    """Ray's SearchGenerator that creates `num_samples` trials in all, also when its state is
+    restored from an experiment started with fewer (Ray's would keep the saved count), and
+    when Ray starts an unsaved experiment over (its Tuner.restore passes no num_samples, so
+    Ray's would create one trial)."""
+
+    def __init__(self, searcher: Searcher, num_samples: int):
+        super().__init__(searcher)
+        self.num_samples = num_samples
+
+    def add_configurations(self, experiments) -> None:
+        super().add_configurations(experiments)
+        self._total_samples = self.num_samples
+
+    def set_state(self, state: dict) -> None:
+        super().set_state(state)
+        self._total_samples = self.num_samples
 
 
 def trainable(plan: SearchPlan):
@@ -156,7 +202,9 @@ class WholeFiles(pyarrow.fs.FSSpecHandler):
         super().__init__(LocalFileSystem())
 
     def open_output_stream(self, path, metadata):
-        whole = JsonRenamedOnClose if fnmatch.fnmatch(os.path.basename(path), EXPERIMENT_STATE) else RenamedOnClose
+        name = os.path.basename(path)
+        whole = (JsonRenamedOnClose if fnmatch.fnmatch(name, EXPERIMENT_STATE)
+                 else PickleRenamedOnClose if name.endswith(".pkl") else RenamedOnClose)
         return PythonFile(whole(path), mode="w")
 
 
@@ -189,6 +237,19 @@ class RenamedOnClose:
 
     def complete(self) -> bool:
         return True
+
+
+class PickleRenamedOnClose(RenamedOnClose):
+    """RenamedOnClose for a pickle (tuner.pkl, the searcher's state): Ray writes one inside a
+    `with` block, whose exit closes the file even when Ctrl-C came before the write, which left
+    a 0-byte tuner.pkl that no resume could read. A whole pickle ends with its STOP opcode."""
+
+    def complete(self) -> bool:
+        if os.path.getsize(self.partial.name) == 0:
+            return False
+        with open(self.partial.name, "rb") as written:
+            written.seek(-1, os.SEEK_END)
+            return written.read(1) == pickle.STOP
 
 
 class JsonRenamedOnClose(RenamedOnClose):

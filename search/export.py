@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -112,6 +113,8 @@ def export(experiment: Path, trial: str, data_dir: Path | None = None, cache_dir
     from trainable.recipes import resolve
 
     directory = trial_dir(experiment, trial)
+    out = out or experiment / EXPORTS / directory.name
+    check_writable(out)  # before the inference, which takes minutes on real data
     checkpoint = newest_checkpoint(directory)
     saved = read_trial_file(checkpoint)
     config_dict = saved["config"]
@@ -131,7 +134,6 @@ def export(experiment: Path, trial: str, data_dir: Path | None = None, cache_dir
                           f" of every recording need all of them")
     oof, submission, windows = predict_folds(checkpoint, config, annotations, cache, folds, progress)
 
-    out = out or experiment / EXPORTS / directory.name
     for name, table in ((OOF_FILE, oof), (SUBMISSION, submission), (WINDOWS, windows)):
         atomic_write_text(out / name, table.to_csv(index=False))
     n_species = annotations.n_species
@@ -147,6 +149,24 @@ def export(experiment: Path, trial: str, data_dir: Path | None = None, cache_dir
         atomic_write_text(out / HOLDOUT_FILE, json.dumps(holdout))
         print(f"[rfcx-tune] holdout lwlrap: public {holdout[PUBLIC]:.4f}, private {holdout[PRIVATE]:.4f}")
     return out
+
+
+def check_writable(out: Path) -> None:
+    """`out` is a folder this process can write files into, or can be created as one; nothing
+    is created here (a later failure leaves no empty folder).
+
+    Raises:
+        ExportError: one line: a file where the folder would be, or no permission.
+    """
+    existing = next(path for path in (out, *out.parents) if path.exists() or path == Path(path.anchor))
+    if not existing.is_dir():
+        what = "is a file" if existing == out else f"is under {existing}, a file"
+        raise ExportError(f"--out {out} {what}, not a folder")
+    try:  # a real write: permissions, read-only mounts and ACLs all answer, as root too
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise ExportError(f"--out {out}: cannot write into {existing} ({error.strerror or error})") from None
 
 
 def predict_folds(checkpoint: Path, config: TrialConfig, annotations: Annotations, cache: LogMelCache,

@@ -118,6 +118,26 @@ def load_plan(storage: str, name: str) -> SearchPlan | None:
     return SearchPlan(**{**saved, "spaces": tuple(saved["spaces"]), "storage": storage, "name": name})
 
 
+def extended(plan: SearchPlan, num_samples: int | None) -> SearchPlan:
+    """The plan with `num_samples` trials in all (None: as it is). The searcher goes on with
+    its study, so the new trials learn from those that ran; fewer trials than planned would
+    leave trials that ran (or were promised) out of the plan, so they are refused.
+
+    Raises:
+        ConfigError: the count is below the plan's, or the plan has no space to search.
+    """
+    if num_samples is None or num_samples == plan.num_samples:
+        return plan
+    if not plan.spaces:
+        raise ConfigError(f"--num-samples {num_samples}: {plan.name} trains the recipe's one configuration"
+                          f" (no --space); there is nothing to extend")
+    if num_samples < plan.num_samples:
+        raise ConfigError(f"--num-samples {num_samples}: {plan.name} has {plan.num_samples} trials planned"
+                          f" and a resume only adds trials (--num-samples {plan.num_samples + 1} or more, or"
+                          f" none to keep {plan.num_samples})")
+    return dataclasses.replace(plan, num_samples=num_samples)
+
+
 def plan_difference(stored: SearchPlan, plan: SearchPlan) -> str | None:
     """The first setting in which two plans differ (paths and name aside), as text."""
     old, new = (json.loads(json.dumps(dataclasses.asdict(p))) for p in (stored, plan))

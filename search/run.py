@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -18,12 +20,26 @@ from typing import Any
 
 import yaml
 
+STARTED_NOTHING = "interrupted before the search started; the same command starts it"
+
+
+def _exit_interrupted(signum: int, frame) -> None:
+    print(STARTED_NOTHING, file=sys.stderr)
+    sys.exit(130)
+
+
+if __name__ == "__main__":  # Ctrl-C or SIGTERM during the imports below (seconds): one line, no traceback
+    signal.signal(signal.SIGINT, _exit_interrupted)
+    signal.signal(signal.SIGTERM, _exit_interrupted)
+
 # Light imports only: --help and argument errors must answer at once. Ray, torch and timm are
 # imported by the functions that need them (search.experiment, search.session).
 from search.default_data import QUICK_PRESET, default_data_dir, ensure_synthetic
-from search.plan import (PLAN_FILE, SAMPLERS, SearchPlan, check_plan, load_plan, param_names, plan_difference,
-                         searched_keys)
-from search.storage import DEFAULT_STORAGE, newest_with, normalise
+from search.plan import (PLAN_FILE, SAMPLERS, SearchPlan, check_plan, extended, load_plan, param_names,
+                         plan_difference, report_dir, searched_keys)
+from search.signals import stop_on_sigterm_like_ctrl_c
+from search.storage import (DEFAULT_STORAGE, REMOTE_TIMEOUT_ENV, StorageError, check_storage, newest_with, normalise,
+                            remote_timeout)
 from spaces import SPACES
 from trainable.cache import DEFAULT_CACHE_NAME
 from trainable.config import STAGES, ConfigError, TrainConfig, TrialConfig
@@ -66,7 +82,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--data-dir", type=Path, help="RFCx data with its log-mel cache (default: the built-in synthetic"
                                       f" dataset in {default_data_dir()}, generated on first use)")
     add("--cache-dir", type=Path, help=f"log-mel cache (default: DATA_DIR/{DEFAULT_CACHE_NAME})")
-    add("--num-samples", type=int, help=f"trials to run (default: {DEFAULTS['num_samples']})")
+    add("--num-samples", type=int, help=f"trials to run (default: {DEFAULTS['num_samples']}); with --resume, a"
+                                        " larger count extends the search (its study goes on)")
     add("--max-concurrent", type=int, help="trials at once (default: as many as the resources allow)")
     add("--epochs", type=int, help="epochs per trial = ASHA's max_t (default: the recipe's 50;"
                                    f" {QUICK_PRESET['train.epochs']} on the synthetic data)")
@@ -91,7 +108,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"CPUs per trial = its torch threads (default: {DEFAULTS['cpus_per_trial']:g})")
     add("--gpus-per-trial", type=float, help="GPUs per trial; a fraction (0.25, 0.5) packs trials on one GPU"
                                              f" (default: {DEFAULTS['gpus_per_trial']:g})")
-    add("--address", help="join a running Ray cluster (e.g. auto); default: start a local Ray")
+    add("--address", help="join a running Ray cluster (e.g. auto); default: the cluster of the Ray job this runs"
+                          " in (RAY_ADDRESS), else start a local Ray")
     add("--storage", default=DEFAULT_STORAGE, help="where experiments go: a path, or s3://bucket/prefix or"
                                                    " gs://...; on a multi-node cluster, one every node reaches"
                                                    f" (default: {DEFAULT_STORAGE})")
@@ -150,10 +168,7 @@ def fixed_config(args: argparse.Namespace, data_dir: Path, synthetic: bool) -> d
     if synthetic and args.epochs is not None:
         base["train.t_max"] = args.epochs  # the preset's cosine spans the whole budget
     if args.config is not None:
-        try:
-            loaded = yaml.safe_load(args.config.read_text())
-        except (OSError, yaml.YAMLError) as error:
-            raise UsageError(f"--config {args.config}: {error}") from None
+        loaded = read_config(args.config)
         if not isinstance(loaded, dict):
             raise UsageError(f"--config {args.config}: expected a mapping of config keys")
         # The data (and teacher and init checkpoint) come from their flags, never from a config
@@ -182,6 +197,25 @@ def fixed_config(args: argparse.Namespace, data_dir: Path, synthetic: bool) -> d
     return fixed
 
 
+def read_config(path: Path) -> Any:
+    """The YAML of --config; a problem is one line (PyYAML's messages span several, with the
+    offending text quoted and a caret under it)."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except IsADirectoryError:
+        raise UsageError(f"--config {path} is a directory, not a YAML file") from None
+    except OSError as error:
+        raise UsageError(f"--config {path}: cannot read it ({error.strerror or error})") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"--config {path}: not a text file") from None
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        raise UsageError(f"--config {path}: {where}{error.problem or error.context}") from None
+    except yaml.YAMLError as error:
+        raise UsageError(f"--config {path}: {str(error).splitlines()[0]}") from None
+
+
 def init_checkpoint(reference: str, storage: str) -> Path:
     """The checkpoint directory --init-from EXPERIMENT[:TRIAL] names: the trial's newest checkpoint."""
     from search.storage import local_path
@@ -203,24 +237,80 @@ def init_checkpoint(reference: str, storage: str) -> Path:
     return checkpoint
 
 
-def check_data(fixed: dict[str, Any]) -> int:
-    """The data, the cache and a teacher file, checked against each other; returns the
+def check_data(trial: TrialConfig) -> int:
+    """The data, the cache, the folds and a teacher file, checked against each other before Ray
+    starts (each would fail only inside every trial, retried --max-failures times); returns the
     number of species."""
     from trainable.annotations import AnnotationError, load_annotations
     from trainable.cache import CacheError, LogMelCache
+    from trainable.folds import folds_of
     from trainable.teacher import TeacherError, load_teacher
 
-    data_dir = Path(fixed["data_dir"])
-    if not data_dir.is_dir():
-        raise UsageError(f"--data-dir {data_dir} does not exist")
+    data_dir = Path(trial.data_dir)
+    cache_dir = Path(trial.cache_dir or data_dir / DEFAULT_CACHE_NAME)
+    check_directory("--data-dir", data_dir)
+    if trial.cache_dir:
+        check_directory("--cache-dir", cache_dir, may_be_missing=True)
     try:
         annotations = load_annotations(data_dir)
-        cache = LogMelCache.open(Path(fixed.get("cache_dir") or data_dir / DEFAULT_CACHE_NAME))
-        if fixed.get("teacher_file"):
-            load_teacher(Path(fixed["teacher_file"]), annotations, cache.features.frames_per_second)
+        if not cache_dir.is_dir():
+            raise UsageError(f"no log-mel cache at {cache_dir}; build it: {prepare_command(trial)}")
+        cache = LogMelCache.open(cache_dir)
+        check_cached(annotations, cache, data_dir, prepare_command(trial, cache.features))
+        if trial.teacher_file:
+            load_teacher(Path(trial.teacher_file), annotations, cache.features.frames_per_second)
     except (AnnotationError, CacheError, TeacherError) as error:
         raise UsageError(str(error)) from None
+    try:
+        folds_of(annotations, trial.data)  # the trials' own split, so whatever it refuses is refused here
+    except ValueError as error:  # fewer tp recordings than folds
+        raise UsageError(f"data.n_folds {trial.data.n_folds} (--folds): {error} in {data_dir}") from None
     return annotations.n_species
+
+
+def check_directory(flag: str, path: Path, may_be_missing: bool = False) -> None:
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{flag} {path} is not a directory")
+    if not path.exists() and not may_be_missing:
+        raise UsageError(f"{flag} {path} does not exist")
+
+
+MISSING_SHOWN = 3  # recordings a missing-array message names
+
+
+def check_cached(annotations, cache, data_dir: Path, command: str) -> None:
+    """Every annotated recording and every test recording of the submission has its array, computed
+    from its audio as it is now (a cache that prepare left incomplete, e.g. after it exited 1, or one
+    whose audio was regenerated since, is refused here)."""
+    from trainable.annotations import AUDIO_SUFFIX
+
+    wanted = [("train", rid) for rid in annotations.train_ids] + [("test", rid) for rid in annotations.test_ids]
+    stale = [f"{split}/{rid}" for split, rid in wanted
+             if cache.stale(split, rid, data_dir / split / f"{rid}{AUDIO_SUFFIX}")]
+    if stale:
+        missing = sum(not cache.has(*name.split("/")) for name in stale)
+        changed = len(stale) - missing
+        what = " and ".join(part for count, part in ((missing, f"lacks {missing}"),
+                                                      (changed, f"has stale arrays of {changed}")) if count)
+        more = f" and {len(stale) - MISSING_SHOWN} more" if len(stale) > MISSING_SHOWN else ""
+        raise UsageError(f"the log-mel cache {cache.root} {what} of the {len(wanted)} recordings the search"
+                         f" reads ({', '.join(stale[:MISSING_SHOWN])}{more}); update it: {command}")
+
+
+def prepare_command(trial: TrialConfig, features=None) -> str:
+    """The command that builds (or completes) the trial's cache, with the cache's own feature
+    parameters where they are not prepare's defaults (prepare refuses a cache of others)."""
+    from trainable.config import FeatureConfig
+    from trainable.prepare import FEATURE_FLAGS
+
+    command = f"python -m trainable.prepare --data-dir {trial.data_dir}"
+    if trial.cache_dir:
+        command += f" --cache-dir {trial.cache_dir}"
+    if features is not None:
+        defaults = FeatureConfig()
+        command += "".join(f" --{name.replace('_', '-')} {getattr(features, name)}" for name in FEATURE_FLAGS
+                           if getattr(features, name) != getattr(defaults, name))
+    return command
 
 
 def check_init_from(trial: TrialConfig, n_species: int) -> None:
@@ -254,10 +344,16 @@ def check_weights(trial: TrialConfig) -> None:
         raise UsageError(str(error)) from None
 
 
+MAX_NAME_BYTES = 255  # a file name on Linux and macOS file systems (NAME_MAX), and a folder of an object store's key
+
+
 def experiment_name(args: argparse.Namespace, storage: str) -> str:
     if args.name:
         if Path(args.name).name != args.name or args.name in (".", ".."):
             raise UsageError(f"--name {args.name!r}: a plain name, without '/'")
+        if len(args.name.encode()) > MAX_NAME_BYTES:
+            raise UsageError(f"--name is {len(args.name.encode())} bytes long; the experiment's folder name can"
+                             f" have at most {MAX_NAME_BYTES}")
         return args.name
     if args.resume:
         newest = newest_with(storage, PLAN_FILE)
@@ -297,8 +393,8 @@ def new_plan(args: argparse.Namespace, storage: str, name: str) -> SearchPlan:
     synthetic = args.data_dir is None
     data_dir = ensure_synthetic(default_data_dir(), workers=os.cpu_count() or 1) if synthetic else args.data_dir
     fixed = fixed_config(args, data_dir, synthetic)
-    n_species = check_data(fixed)
     trial = resolve(fixed)  # a bad fixed value fails here, with its key
+    n_species = check_data(trial)
     import timm
 
     if not timm.is_model(trial.model.backbone):
@@ -319,11 +415,66 @@ def new_plan(args: argparse.Namespace, storage: str, name: str) -> SearchPlan:
     return plan
 
 
+def check_address(address: str | None) -> None:
+    """The Ray cluster this run joins (--address, else RAY_ADDRESS as `ray job submit` sets it)
+    answers within the remote timeout. Ray itself would retry for minutes, printing warnings:
+    a TCP connect says at once whether anything listens, and gRPC's channel readiness (the GCS
+    is a gRPC server) whether what listens answers."""
+    import grpc  # Ray's own RPC library
+
+    given = address or os.environ.get("RAY_ADDRESS")  # as search.session.run_search joins
+    if not given or given == "local":
+        return
+    flag = f"--address {address}" if address else f"RAY_ADDRESS={given}"
+    if given.startswith(("http://", "https://")):
+        raise UsageError(f"{flag} is a dashboard address (for ray job submit); join a cluster by its GCS"
+                         f" address (host:6379, or auto)")
+    try:
+        timeout = remote_timeout()
+        host, port = gcs_host_port(given)
+    except (StorageError, ValueError, ConnectionError) as error:
+        raise UsageError(f"{flag}: {error}") from None
+    # Ray connects to the address resolved (127.0.0.1 becomes this node's IP): so does the probe.
+    where = f"{host}:{port}"
+    flag += "" if where in given else f" ({where})"
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as error:
+        reason = f"no answer in {timeout:g} s" if isinstance(error, TimeoutError) else error.strerror or error
+        raise UsageError(f"{flag}: no Ray cluster there ({reason})") from None
+    channel = grpc.insecure_channel(where)
+    try:
+        grpc.channel_ready_future(channel).result(timeout=timeout)
+    except grpc.FutureTimeoutError:
+        raise UsageError(f"{flag}: it accepts connections but did not answer as a Ray cluster in {timeout:g} s"
+                         f" (set {REMOTE_TIMEOUT_ENV} to wait longer)") from None
+    finally:
+        channel.close()
+
+
+def gcs_host_port(address: str) -> tuple[str, int]:
+    """Host and port of a Ray address, `auto` resolved as Ray resolves it (the last `ray start`)."""
+    from ray._private.services import canonicalize_bootstrap_address  # what ray.init uses
+
+    client = address.startswith("ray://")  # Ray Client: its own gRPC server, at the address as given
+    resolved = address.removeprefix("ray://") if client else canonicalize_bootstrap_address(address)
+    host, sep, port = (resolved or "").rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError("not a Ray address (expected HOST:PORT, ray://HOST:PORT or auto)")
+    return host.strip("[]"), int(port)
+
+
 def make_plan(args: argparse.Namespace) -> SearchPlan:
     """Resolve and check everything before Ray starts. An existing experiment is resumed
-    with its own settings: `--resume` takes them as they are, and repeating the command that
-    started it is fine, but other settings under its name are refused (they would be ignored)."""
+    with its own settings: `--resume` takes them as they are (`--num-samples` may raise the trial
+    count: the search is extended), and repeating the command that started it is fine, but other
+    settings under its name are refused (they would be ignored)."""
+    check_address(args.address)
     storage = normalise(args.storage)
+    try:
+        check_storage(storage)  # a remote store is asked once, with a timeout, before anything reads it
+    except StorageError as error:
+        raise UsageError(str(error)) from None
     try:
         name = experiment_name(args, storage)
         stored = load_plan(storage, name)
@@ -331,11 +482,13 @@ def make_plan(args: argparse.Namespace) -> SearchPlan:
         raise UsageError(f"--storage {storage}: cannot read it: {str(error).splitlines()[0]}") from None
     if args.resume:
         given = [flag for flag in SEARCH_FLAGS if getattr(args, flag) not in (None, [])]
-        if stored is not None and given:
+        # --num-samples alone may extend the search: its searcher goes on with the study.
+        fixed_flags = [flag for flag in given if flag != "num_samples"]
+        if stored is not None and fixed_flags:
             raise UsageError(f"--resume continues {name} with its own settings; drop"
-                             f" --{given[0].replace('_', '-')} (see {storage}/{name}/{PLAN_FILE})")
+                             f" --{fixed_flags[0].replace('_', '-')} (see {storage}/{name}/{PLAN_FILE})")
         if stored is not None:
-            return stored
+            return extended(stored, args.num_samples)
         if not given:
             raise UsageError(f"--resume: no experiment to resume at {storage}/{name}")
     plan = new_plan(args, storage, name)
@@ -358,14 +511,36 @@ def main(argv: list[str] | None = None) -> int:
     if args.list_recipes:
         print(list_recipes())
         return 0
+    plan = None
     try:
         plan = make_plan(args)
+        from search.session import run_search  # starts Ray: only once the input is known to be good
+        return run_search(plan, address=args.address)
     except (UsageError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    from search.session import run_search  # starts Ray: only once the input is known to be good
-    return run_search(plan, address=args.address)
+    except KeyboardInterrupt:
+        # Before the search, while Ray starts or the Tuner is built, or a second Ctrl-C while Tune
+        # stops: whatever was recorded is whole (atomic writes, search.experiment.WholeFiles).
+        print(interrupted_line(plan), file=sys.stderr)
+        return 130
+
+
+def interrupted_line(plan: SearchPlan | None) -> str:
+    """The one line an interrupted run ends with: what the next command finds."""
+    if plan is None:
+        return STARTED_NOTHING
+    if not (report_dir(plan) / PLAN_FILE).exists():
+        return f"interrupted before experiment {plan.name} was created; the same command starts it"
+    return f"interrupted: continue with {resume_command(plan)}"
+
+
+def resume_command(plan: SearchPlan) -> str:
+    where = "" if plan.storage == normalise(DEFAULT_STORAGE) else f" --storage {plan.storage}"
+    return f"python search/run.py --resume --name {plan.name}{where}"
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on, KeyboardInterrupt
+    stop_on_sigterm_like_ctrl_c()
     sys.exit(main())

@@ -21,6 +21,7 @@ from search.plan import (SearchPlan, experiment_path, local_experiment_dir, para
 from search.report import (BEST_CONFIG, LEADERBOARD_MD, STUDY_DB, Row, frame, load_study, refresh_leaderboard,
                            write_reports)
 from search.report_page import REPORT_HTML
+from search.signals import stop_on_sigterm_like_ctrl_c
 from search.storage import DEFAULT_STORAGE, download, is_remote, normalise, shared_storage_problem, upload
 from trainable.tune import OUT_OF_MEMORY, OUT_OF_MEMORY_ADVICE
 
@@ -49,13 +50,31 @@ def run_search(plan: SearchPlan, address: str | None) -> int:
         # Save the experiment state after every controller step instead of every >= 10 s, so
         # a killed driver loses no registered checkpoint (the state is small and local).
         os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    # Every storage check before Ray starts (search/run.py asked a remote store once, with a timeout).
+    directory = report_dir(plan)
     try:
-        ray.init(address=address or "local", configure_logging=False)
-    except (ConnectionError, RuntimeError, ValueError) as error:
-        print(f"error: cannot start or join Ray at {address or 'local'}: {error}", file=sys.stderr)
+        resuming = can_resume(plan)
+        if not resuming:
+            save_plan(plan)  # also the check that the experiment can be written
+        elif is_remote(plan.storage):  # the reports so far, wherever this search ran before
+            download(experiment_path(plan), directory)
+    except OSError as error:
+        print(f"error: cannot use {experiment_path(plan)}: {str(error).splitlines()[0]}", file=sys.stderr)
         return 2
+    # Inside a Ray job (`ray job submit` sets RAY_ADDRESS) the search joins the job's cluster;
+    # otherwise "local", never None: ray.init(None) would join any cluster `ray start` left here.
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    try:
+        if address == "local":
+            ray.init(address="local", configure_logging=False, include_dashboard=False)  # it slows the start
+        else:
+            ray.init(address=address, configure_logging=False)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        print(f"error: cannot start or join Ray at {address}: {error}", file=sys.stderr)
+        return 2
+    stop_on_sigterm_like_ctrl_c()  # again: ray.init replaced it with Ray's, which exits at once
     alive = [node["Resources"] for node in ray.nodes() if node["Alive"]]
-    coming = autoscaler_nodes() if address is not None else []  # a local Ray has no autoscaler
+    coming = autoscaler_nodes() if address != "local" else []  # a local Ray has no autoscaler
     problem = cluster_problem(plan, alive, coming)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
@@ -66,7 +85,6 @@ def run_search(plan: SearchPlan, address: str | None) -> int:
         # other. Let as many trials wait as the whole cluster can run, so it scales up at once.
         capacity = trials_at_once(alive + coming, trial_resources(plan))
         os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(capacity))
-    resuming = can_resume(plan)
     spaces = (f"spaces {', '.join(plan.spaces)} (sampler {plan.sampler})" if plan.spaces
               else "no space (the recipe's own configuration)")
     print(f"[rfcx-tune] {'resuming' if resuming else 'starting'} experiment {experiment_path(plan)}:"
@@ -74,15 +92,6 @@ def run_search(plan: SearchPlan, address: str | None) -> int:
           f" ASHA grace {plan.grace_period}, reduction {plan.reduction_factor}{stage_note(plan)}", flush=True)
     if builtin_data(plan):
         print(f"[rfcx-tune] {preset_note(plan.baseline)}", flush=True)
-    directory = report_dir(plan)
-    try:
-        if not resuming:
-            save_plan(plan)
-        elif is_remote(plan.storage):  # the reports so far, wherever this search ran before
-            download(experiment_path(plan), directory)
-    except OSError as error:
-        print(f"error: cannot use {experiment_path(plan)}: {str(error).splitlines()[0]}", file=sys.stderr)
-        return 2
     os.environ[STUDY_EXPORT_ENV] = str(directory / STUDY_DB)
     tuner = restore_tuner(plan) if resuming else build_tuner(plan)
     results = fit(tuner)

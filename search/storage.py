@@ -4,18 +4,102 @@
 Tune's `storage_path` takes it. On a multi-node cluster every trial writes its checkpoints
 there from whichever node runs it, so a directory on the head's own disk breaks the first
 checkpoint taken on a worker: `shared_storage_problem` says so before anything starts.
+
+`check_storage` refuses a scheme pyarrow (and so Ray) is not used with here, and asks an object
+store once, with a timeout, before anything else reads it: pyarrow itself has none that
+covers a silent endpoint or a bucket GCS keeps retrying (its retry limit is 15 minutes).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 DEFAULT_STORAGE = "experiments"  # relative to the working directory
 # File systems that other machines mount too (fuse covers s3fs, gcsfuse, sshfs, ...).
 NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "lustre", "ceph", "glusterfs", "gpfs", "beegfs",
                        "fuse")
+SCHEMES = ("s3", "gs", "gcs", "file")  # the URIs --storage takes (pyarrow's S3 and GCS, and local paths)
+REMOTE_TIMEOUT_ENV = "RFCX_TUNE_REMOTE_TIMEOUT_S"  # how long a remote call before the search may take
+DEFAULT_REMOTE_TIMEOUT_S = 30.0
+# Run in a child process: a pyarrow call stuck on a silent store cannot be cancelled, and a
+# thread left in one keeps the process from exiting (pyarrow's S3 finaliser waits for it).
+PROBE = """
+import sys
+import pyarrow.fs
+try:
+    filesystem, path = pyarrow.fs.FileSystem.from_uri(sys.argv[1])
+    filesystem.get_file_info(path)
+except Exception as error:
+    print(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
+    sys.exit(1)
+"""
+
+
+class StorageError(Exception):
+    """--storage cannot be used: one line naming the problem."""
+
+
+def remote_timeout() -> float:
+    """Seconds a remote call before the search may take (REMOTE_TIMEOUT_ENV, else the default).
+
+    Raises:
+        StorageError: the variable is not a positive number.
+    """
+    text = os.environ.get(REMOTE_TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_REMOTE_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise StorageError(f"{REMOTE_TIMEOUT_ENV}={text!r}: expected a positive number of seconds")
+    return value
+
+
+def check_storage(storage: str) -> None:
+    """A supported scheme and, for an object store, one that answers within `remote_timeout()`.
+
+    Raises:
+        StorageError: an unsupported scheme, a store that did not answer, or its error.
+    """
+    scheme = storage.partition("://")[0] if "://" in storage else ""
+    if scheme and scheme not in SCHEMES:
+        raise StorageError(f"--storage {storage}: {scheme}:// is not supported; give a path, or"
+                           f" {', '.join(f'{s}://' for s in SCHEMES if s != 'file')} or file://")
+    local = local_path(storage)
+    if local is not None:
+        existing = next(path for path in (local, *local.parents) if path.exists() or path == path.parent)
+        if not existing.is_dir():
+            raise StorageError(f"--storage {storage}: {existing} is a file, not a folder")
+    else:
+        probe_store(storage, remote_timeout())
+
+
+def probe_store(storage: str, timeout: float) -> None:
+    """Ask the object store for the storage's root once, in a child process killed after `timeout` s."""
+    try:
+        done = subprocess.run([sys.executable, "-c", PROBE, storage], capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise StorageError(f"--storage {storage}: {store_name(storage)} did not answer in {timeout:g} s"
+                           f" (set {REMOTE_TIMEOUT_ENV} to wait longer)") from None
+    if done.returncode != 0:
+        problem = (done.stdout.strip() or done.stderr.strip() or "failed").splitlines()[-1]
+        raise StorageError(f"--storage {storage}: cannot read it: {problem}")
+
+
+def store_name(storage: str) -> str:
+    """The object store a URI names, for messages: its endpoint when the URI overrides it."""
+    parts = urlsplit(storage)
+    endpoint = parse_qs(parts.query).get("endpoint_override")
+    kind = {"s3": "S3", "gs": "Google Cloud Storage", "gcs": "Google Cloud Storage"}.get(parts.scheme, parts.scheme)
+    return f"{kind} at {endpoint[0]}" if endpoint else f"{kind} (bucket {parts.netloc})"
 
 
 def normalise(storage: str) -> str:

@@ -66,7 +66,8 @@ def local_ray():
     multi-node tests connect this process to clusters of their own)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    # "local": a new Ray even where a cluster of `ray start` runs on this machine (tests/test_jobs.py)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
     yield ray
     ray.shutdown()
 

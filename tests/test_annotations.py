@@ -92,3 +92,11 @@ def test_submission_species_columns_must_be_in_order(data_copy):
     text[0] = text[0].replace("s1,s2", "s2,s1")
     path.write_text("\n".join(text) + "\n")
     assert load_error(data_copy).startswith("sample_submission.csv line 1: species columns")
+
+
+def test_a_first_row_with_a_field_too_many_names_its_line_not_shifted_columns(data_copy):
+    path = data_copy / "train_tp.csv"
+    lines = path.read_text().splitlines()
+    lines[1] += ",extra"  # pandas took the first column as the index and blamed every line
+    path.write_text("\n".join(lines) + "\n")
+    assert load_error(data_copy) == "train_tp.csv line 2: 8 fields, the header has 7 (a comma too many?)"

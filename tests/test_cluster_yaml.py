@@ -121,17 +121,15 @@ def uncommented_keys(text: str) -> list[str]:
 
 
 def documented_search(text: str) -> list[str]:
-    """The arguments of the `python search/run.py ...` that the header comment tells users to run."""
+    """The arguments of the search that the header comment tells users to submit as a Ray Job
+    (`ray job submit ... -- python /home/ray/rfcx-tune/search/run.py ...`)."""
     lines = [line.lstrip("# ").strip() for line in text.splitlines()
-             if line.lstrip().startswith("#") and "python search/run.py" in line]
+             if line.lstrip().startswith("#") and f"python {PROJECT_DIR}/search/run.py" in line]
     assert len(lines) == 1, "the header documents exactly one search command"
-    exec_args = shlex.split(lines[0])
-    assert exec_args[:3] == ["ray", "exec", "cluster.yaml"], lines[0]
-    remote = exec_args[3]
-    workdir, _, command = remote.partition(" && ")
-    assert workdir == f"cd {Path(PROJECT_DIR).name}", "ray exec starts in /home/ray; the project is one level down"
+    submit, _, command = lines[0].partition(" -- ")
+    assert shlex.split(submit)[:3] == ["ray", "job", "submit"], lines[0]
     argv = shlex.split(command)
-    assert argv[:2] == ["python", "search/run.py"], command
+    assert argv[:2] == ["python", f"{PROJECT_DIR}/search/run.py"], "a job starts where Ray started: an absolute path"
     return argv[2:]
 
 
@@ -275,7 +273,7 @@ def test_every_node_type_declares_its_resources(config):
 
 def test_the_documented_search_fills_a_worker_exactly(config, text):
     args = parse_args(documented_search(text))
-    assert args.address == "auto"
+    assert args.address is None  # a job joins its cluster through the RAY_ADDRESS the job sets
     for name, node in worker_types(config).items():
         by_gpu = node["resources"]["GPU"] / args.gpus_per_trial
         by_cpu = node["resources"]["CPU"] / args.cpus_per_trial

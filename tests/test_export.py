@@ -4,6 +4,7 @@ format, from real fold checkpoints of a tiny trial."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -186,3 +187,23 @@ def test_export_predicts_with_the_selected_epochs_weights_not_the_last(tiny_tria
     assert trial.selection.epochs == [best, best]
     saved = np.load(experiment / "trial_sel" / "checkpoint_000002" / BEST_OOF_FILE)
     np.testing.assert_allclose(saved["scores"], np.concatenate([seen[run.fold.index, best] for run in trial.runs]))
+
+
+def test_an_out_folder_that_cannot_be_written_is_refused_before_any_inference(experiment, tmp_path, capsys,
+                                                                              monkeypatch):
+    def no_inference(*args, **kwargs):
+        raise AssertionError("predicted before --out was checked")
+
+    monkeypatch.setattr(export, "predict_folds", no_inference)
+    command = ["--experiment", str(experiment), "--trial", "abc", "--out"]
+    a_file = tmp_path / "taken.csv"
+    a_file.write_text("kept")
+    assert error_of(capsys, [*command, str(a_file)]) == f"error: --out {a_file} is a file, not a folder"
+    assert error_of(capsys, [*command, str(a_file / "sub")]) == (f"error: --out {a_file / 'sub'} is under {a_file},"
+                                                                 f" a file, not a folder")
+    assert a_file.read_text() == "kept"
+    read_only = tmp_path / "read_only"
+    read_only.mkdir(mode=0o500)
+    # root writes through permissions; /proc/self takes no new files, for root too
+    unwritable = Path("/proc/self") if os.geteuid() == 0 else read_only
+    assert f"cannot write into {unwritable}" in error_of(capsys, [*command, str(unwritable / "exports")])

@@ -253,3 +253,21 @@ def test_stage_teacher_and_init_errors_are_one_line(capsys, cached_dir, trained_
     variants = [arg if arg != "pseudo" else "variants" for arg in small]
     assert "--init-from starts every trial from one model, but --space variants searches model.head_bias" in error_of(
         capsys, [*variants, "--init-from", f"{trained_experiment}:abc"])
+
+
+def test_names_data_dirs_and_configs_are_blamed_for_what_is_wrong_with_them(capsys, cached_dir, tmp_path):
+    data = ["--space", "mixup", "--data-dir", str(cached_dir), "--storage", str(tmp_path / "x"), *NO_HUB]
+    err = error_of(capsys, [*data, "--name", "n" * 300])
+    assert "--name is 300 bytes long" in err and "at most 255" in err and "--storage" not in err
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    assert error_of(capsys, ["--space", "mixup", "--data-dir", str(a_file)]) == (
+        f"error: --data-dir {a_file} is not a directory")
+    assert "--cache-dir" in error_of(capsys, [*data, "--cache-dir", str(a_file)])
+    config = tmp_path / "bad.yaml"
+    config.write_text("train:\n  lr: 0.1\n  epochs: 3: 4\n")
+    assert error_of(capsys, [*data, "--config", str(config)]) == (
+        f"error: --config {config}: line 3: mapping values are not allowed here")
+    assert error_of(capsys, [*data, "--config", str(tmp_path)]) == (
+        f"error: --config {tmp_path} is a directory, not a YAML file")
+    assert not (tmp_path / "x").exists()

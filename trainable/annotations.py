@@ -6,6 +6,7 @@ it: the header is line 1) and what is wrong, so a user can fix the CSV at once.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,11 +78,16 @@ def _read_csv(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise AnnotationError(f"{path.name}: not found in {path.parent}")
     try:
-        # Blank lines are kept (then dropped) so that `line` matches what an editor shows.
-        frame = pd.read_csv(path, dtype=str, skip_blank_lines=False, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        # Blank lines are kept (then dropped) so that `line` matches what an editor shows. The
+        # header is read as a row: with header=0, a first data row with one field more than the
+        # header made pandas take the first column as the index and shift every column.
+        frame = pd.read_csv(path, dtype=str, header=None, skip_blank_lines=False, keep_default_na=False)
+    except pd.errors.ParserError as error:
+        raise AnnotationError(f"{path.name}{_parser_problem(error)}") from None
+    except (pd.errors.EmptyDataError, UnicodeDecodeError) as error:
         raise AnnotationError(f"{path.name}: cannot be parsed as CSV ({_first_line(error)})") from None
-    frame.columns = [str(c).strip() for c in frame.columns]
+    frame.columns = [str(c).strip() for c in frame.iloc[0]]
+    frame = frame.iloc[1:].reset_index(drop=True)
     frame.insert(0, "line", np.arange(2, len(frame) + 2))
     blank = (frame.drop(columns="line") == "").all(axis=1)
     return frame[~blank].reset_index(drop=True)
@@ -177,6 +183,15 @@ def _duration(path: Path, file_name: str, frame: pd.DataFrame, recording_id: str
         return sf.info(str(path)).duration
     except (sf.LibsndfileError, RuntimeError):
         return float("inf")  # unreadable: reported by the cache build, not here
+
+
+def _parser_problem(error: Exception) -> str:
+    """" line N: M fields, the header has K" from pandas' "Expected K fields in line N, saw M"."""
+    found = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(error))
+    if found is None:
+        return f": cannot be parsed as CSV ({_first_line(error)})"
+    header, line, fields = found.groups()
+    return f" line {line}: {fields} fields, the header has {header} (a comma too many?)"
 
 
 def _first_line(error: Exception) -> str:

@@ -12,6 +12,9 @@ trial checkpoints by the clock, and always where its state must be on disk:
 - at `checkpoint_epochs`: a search sets ASHA's rungs, where the scheduler may stop the trial,
   so a stopped trial's last checkpoint is the state of its last result;
 - at the last epoch.
+
+A process that is ending (SIGTERM: a draining or reclaimed node) does not lose the epoch in
+flight: it checkpoints at the next batch boundary (trainable.preemption), outside this cadence.
 """
 
 from __future__ import annotations

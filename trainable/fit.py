@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -87,23 +88,51 @@ class EpochStats:
     seconds: float
 
 
+def no_boundary() -> None:
+    """The default `at_boundary`: nothing to do between batches."""
+
+
+@dataclass
+class PassProgress:
+    """A fold's training pass so far: what a checkpoint taken between two of its batches holds."""
+
+    batches: int = 0  # batches done
+    sums: torch.Tensor | None = None  # (K,) their losses summed over samples, on the device; None: none yet
+    samples: int = 0
+    seconds: float = 0.0  # of training before this process (a resumed pass)
+    started: float = field(default_factory=time.perf_counter)
+
+    def elapsed(self) -> float:
+        """Seconds of the pass, those before a resume included."""
+        return self.seconds + time.perf_counter() - self.started
+
+
 def train_epoch(model: nn.Module, loader: DataLoader, loss_fn: SEDLoss, optimizer: torch.optim.Optimizer,
                 scaler: torch.amp.GradScaler, pipeline: InputPipeline, augment: AugmentConfig,
                 rng: np.random.Generator, device: Device,
-                batch_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> EpochStats:
+                batch_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+                progress: PassProgress | None = None,
+                at_boundary: Callable[[], None] = no_boundary) -> EpochStats:
     """One pass over `loader` (items: x (B, 1, M, T), the batch's Targets and Placements).
 
     Augmentation and mixup draw from `rng`, the fold's generator, so a resumed fold
     repeats exactly what an uninterrupted one would do. A `batch_scheduler` is stepped after
     every batch (the reference's cosine).
 
+    Args:
+        progress: the pass so far, updated after every batch: a pass resumed from a mid-epoch
+            checkpoint passes the saved one, and `loader` yields the batches it had left.
+        at_boundary: called after every batch, once `progress` says where the pass is
+            (trainable.preemption: a process that must exit checkpoints there).
+
     Raises:
         DivergedError: the mean loss of the epoch is NaN or infinite.
     """
     model.train()
-    started = time.perf_counter()
-    sums = torch.zeros(len(LOSS_KEYS), device=device.torch)  # (K,) summed over samples
-    samples = 0
+    progress = progress if progress is not None else PassProgress()
+    if progress.sums is None:
+        progress.sums = torch.zeros(len(LOSS_KEYS), device=device.torch)  # (K,) summed over samples
+    progress.sums = progress.sums.to(device.torch)
     for x, targets, where in loader:
         x = device.layout(pipeline.training(device.batch(x), where, rng))  # (B, in_chans, M, T)
         targets = targets.to(device.torch)  # clip (B, C), frame (B, C, T) and their weights
@@ -122,19 +151,21 @@ def train_epoch(model: nn.Module, loader: DataLoader, loss_fn: SEDLoss, optimize
         scaler.update()
         if batch_scheduler is not None:
             batch_scheduler.step()
-        sums += torch.stack([terms[key].detach() for key in LOSS_KEYS]) * len(x)
-        samples += len(x)
-    means = (sums / max(samples, 1)).tolist()  # the epoch's one host sync
+        progress.sums += torch.stack([terms[key].detach() for key in LOSS_KEYS]) * len(x)
+        progress.samples += len(x)
+        progress.batches += 1
+        at_boundary()
+    means = (progress.sums / max(progress.samples, 1)).tolist()  # the epoch's one host sync
     losses = dict(zip(LOSS_KEYS, means))
     if not all(math.isfinite(value) for value in means):
         raise DivergedError("the loss is not finite (" + ", ".join(
             f"{key} {value:.4g}" for key, value in losses.items()) + "); lower train.lr or check the data")
-    return EpochStats(losses, samples, time.perf_counter() - started)
+    return EpochStats(losses, progress.samples, progress.elapsed())
 
 
 @torch.no_grad()
-def predict_windows(model: nn.Module, loader: DataLoader, pipeline: InputPipeline,
-                    device: Device) -> tuple[dict[str, np.ndarray], list[int]]:
+def predict_windows(model: nn.Module, loader: DataLoader, pipeline: InputPipeline, device: Device,
+                    at_boundary: Callable[[], None] = no_boundary) -> tuple[dict[str, np.ndarray], list[int]]:
     """Window probabilities of whole recordings cut into windows, by every window score
     (WINDOW_SCORES: the reference's mean of the attention and max clip probabilities, and the
     max over time of the segment probability), from one forward pass.
@@ -142,6 +173,8 @@ def predict_windows(model: nn.Module, loader: DataLoader, pipeline: InputPipelin
     Args:
         loader: batches from `data.collate_windows`: windows (sum W, 1, M, T), window
             counts per recording, truth (unused here), placements.
+        at_boundary: called after every batch (trainable.preemption; a checkpoint taken there
+            repeats the whole prediction).
 
     Returns:
         {score name: (sum W, C) float64 probabilities in the loader's order}, and each
@@ -159,6 +192,7 @@ def predict_windows(model: nn.Module, loader: DataLoader, pipeline: InputPipelin
         for name, score in WINDOW_SCORES.items():
             parts[name].append(score(logits))  # (sum W, C)
         counts.extend(batch_counts)
+        at_boundary()
     if not counts:
         return {name: np.zeros((0, 0)) for name in WINDOW_SCORES}, counts
     probabilities = {name: torch.cat(p).cpu().numpy() for name, p in parts.items()}
@@ -174,8 +208,8 @@ def clips_of_windows(windows: np.ndarray, counts: list[int]) -> np.ndarray:
     return np.maximum.reduceat(windows, np.cumsum([0, *counts[:-1]]), axis=0)
 
 
-def predict_clips(model: nn.Module, loader: DataLoader, pipeline: InputPipeline,
-                  device: Device) -> dict[str, np.ndarray]:
+def predict_clips(model: nn.Module, loader: DataLoader, pipeline: InputPipeline, device: Device,
+                  at_boundary: Callable[[], None] = no_boundary) -> dict[str, np.ndarray]:
     """Clip probabilities of whole recordings by every window score: the max over each
     recording's windows of `predict_windows` (the reference's evaluation).
 
@@ -185,5 +219,5 @@ def predict_clips(model: nn.Module, loader: DataLoader, pipeline: InputPipeline,
     Raises:
         DivergedError: a probability is NaN.
     """
-    windows, counts = predict_windows(model, loader, pipeline, device)
+    windows, counts = predict_windows(model, loader, pipeline, device, at_boundary)
     return {name: clips_of_windows(p, counts) for name, p in windows.items()}

@@ -2,7 +2,10 @@
 
 This is a trial without Ray: `trainable.tune` reports its metrics and stores its
 checkpoints. Each fold has its own model, optimiser, scheduler and random generator, and
-a checkpoint holds all of them, so a resumed trial goes on exactly where it stopped.
+a checkpoint holds all of them, so a resumed trial goes on exactly where it stopped. A
+checkpoint can also be taken between two batches of a fold (trainable.preemption: the
+process is ending); it then holds the epoch's progress too, and a trial loaded from it
+goes on from the next batch, or repeats the validation of the fold it was taken in.
 
 Checkpoint layout:
 
@@ -11,13 +14,19 @@ Checkpoint layout:
     best_fold_<k>.pt fold k's weights at its selected epoch (export, --init-from, the teacher)
     best_oof.npz     recording_ids, fold, scores (N, C): the selected weights' out-of-fold
                      predictions; fold_best_scores, common_best_scores: those of both rules
+                     (NaN for folds not evaluated yet: a checkpoint within the first epoch)
+    epoch.json       only within an epoch: the fold in flight, whether its training pass is
+                     done, its batch order and batches done, the results of the folds done
+    epoch.npz        their out-of-fold scores; epoch.pt: the pass's loss sums, torch's RNG
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +37,10 @@ from trainable.annotations import Annotations, load_annotations
 from trainable.cache import DEFAULT_CACHE_NAME, LogMelCache
 from trainable.config import MODEL_KEYS, ConfigError, TrainConfig, TrialConfig, to_dict
 from trainable.dotted import flatten_dotted
-from trainable.data import (REFERENCE_VALID_OVERLAP, ClipWindows, EpochBatches, TrainCrops, epoch_crops,
+from trainable.data import (REFERENCE_VALID_OVERLAP, ClipWindows, CropSpec, EpochBatches, TrainCrops, epoch_crops,
                             epoch_size, shuffled_batches, teacher_crops)
-from trainable.fit import LOSS_KEYS, Device, EpochStats, DivergedError, predict_clips, train_epoch
+from trainable.fit import (LOSS_KEYS, Device, EpochStats, DivergedError, PassProgress, no_boundary, predict_clips,
+                           train_epoch)
 from trainable.folds import Fold, folds_of, species_matrix
 from trainable.inputs import InputPipeline
 from trainable.losses import SEDLoss, balanced_pos_weight
@@ -47,6 +57,7 @@ CHECKPOINT_FORMAT = 2
 TRIAL_FILE = "trial.json"
 BEST_OOF_FILE = "best_oof.npz"
 FOLD_SPLIT_KEYS = ("data.n_folds", "data.fold_seed", "data.fold_labels")  # what decides the folds
+EPOCH_FILE, EPOCH_ARRAYS, EPOCH_TENSORS = "epoch.json", "epoch.npz", "epoch.pt"  # a checkpoint within an epoch
 
 
 class CheckpointError(ConfigError):
@@ -164,6 +175,50 @@ class FoldRun:
         self.rng.bit_generator.state = json.loads(state["rng"])
 
 
+@dataclass
+class FoldResult:
+    """One fold's evaluation in the epoch in flight."""
+
+    lwlrap: float
+    lrap: float
+    scores: np.ndarray  # (V, C) its out-of-fold clip scores
+    stats: EpochStats
+
+
+@dataclass
+class EpochProgress:
+    """How far the epoch in flight has got, beyond what the folds' states hold."""
+
+    lr: float  # fold 0's learning rate at the epoch's start (what the epoch reports)
+    position: int = 0  # the fold in flight, as an index into KFoldTraining.runs
+    batches: list[list[CropSpec]] | None = None  # its batch order; None: its crops are not drawn yet
+    passed: PassProgress = field(default_factory=PassProgress)  # its training pass so far
+    stats: EpochStats | None = None  # its training pass once done (its validation pending)
+    done: list[FoldResult] = field(default_factory=list)  # the folds before it
+
+    def fold_done(self, result: FoldResult) -> None:
+        self.done.append(result)
+        self.position, self.batches, self.passed, self.stats = self.position + 1, None, PassProgress(), None
+
+    def to_json(self) -> dict:
+        stats = dataclasses.asdict(self.stats) if self.stats else None
+        return {"lr": self.lr, "position": self.position, "stats": stats,
+                "batches": None if self.batches is None else [[dataclasses.asdict(c) for c in b] for b in self.batches],
+                "passed": {"batches": self.passed.batches, "samples": self.passed.samples,
+                           "seconds": self.passed.elapsed()},
+                "done": [{"lwlrap": r.lwlrap, "lrap": r.lrap, "stats": dataclasses.asdict(r.stats)} for r in self.done]}
+
+    @classmethod
+    def from_json(cls, saved: dict, scores: list[np.ndarray], sums: torch.Tensor | None) -> EpochProgress:
+        batches = saved["batches"]
+        return cls(saved["lr"], saved["position"],
+                   None if batches is None else [[CropSpec(**c) for c in b] for b in batches],
+                   PassProgress(sums=sums, **saved["passed"]),
+                   EpochStats(**saved["stats"]) if saved["stats"] else None,
+                   [FoldResult(r["lwlrap"], r["lrap"], s, EpochStats(**r["stats"]))
+                    for r, s in zip(saved["done"], scores)])
+
+
 PREFETCH_BATCHES = 2  # per loader worker: batches ready while the device trains on this one
 
 
@@ -235,6 +290,8 @@ class KFoldTraining:
         self.loader = training_loader(TrainCrops(self.cache, self.labels, self.annotations.n_species, config.data),
                                       self.batches, loader_workers(config.train, device), device.cuda)
         self.epoch = 0  # epochs done on every fold
+        self.progress: EpochProgress | None = None  # the epoch in flight, once begun
+        self.at_boundary: Callable[[], None] = no_boundary  # called between batches (trainable.preemption)
         self.selection = Selection(config.train.selection, config.fold_indices, [run.truth for run in self.runs])
 
     def _labels(self) -> Labels:
@@ -283,23 +340,30 @@ class KFoldTraining:
         return [rid for run in self.runs for rid in run.fold.valid_ids]
 
     def run_epoch(self) -> dict[str, float]:
-        """Train one epoch on every fold, evaluate each, and return the epoch's metrics.
+        """Train one epoch on every fold, evaluate each, and return the epoch's metrics; or go
+        on with the epoch a mid-epoch checkpoint was taken in.
 
         Raises:
             DivergedError: naming the fold and the epoch.
         """
-        lr = self.runs[0].optimizer.param_groups[0]["lr"]
-        fold_scores, fold_lraps, oof, losses = {}, {}, [], []
-        for position, run in enumerate(self.runs):
+        if self.progress is None:
+            self.progress = EpochProgress(lr=self.runs[0].optimizer.param_groups[0]["lr"])
+        progress = self.progress
+        while progress.position < len(self.runs):
+            position = progress.position
+            run = self.runs[position]
             try:
-                stats = self._train_fold(run)
+                if progress.stats is None:
+                    progress.stats = self._train_fold(run, progress)
                 scores, lrap = self._evaluate_fold(run)
             except DivergedError as error:
                 raise DivergedError(f"fold {run.fold.index}, epoch {self.epoch + 1}: {error}") from None
-            fold_scores[run.fold.index], fold_lraps[run.fold.index] = lwlrap(run.truth, scores), lrap
             self.selection.fold_epoch(position, self.epoch + 1, lrap, scores, run.model)
-            oof.append(scores)
-            losses.append(stats)
+            progress.fold_done(FoldResult(lwlrap(run.truth, scores), lrap, scores, progress.stats))
+        lr, oof, losses = progress.lr, [r.scores for r in progress.done], [r.stats for r in progress.done]
+        fold_scores = {run.fold.index: r.lwlrap for run, r in zip(self.runs, progress.done)}
+        fold_lraps = {run.fold.index: r.lrap for run, r in zip(self.runs, progress.done)}
+        self.progress = None
         self.epoch += 1
         cv = lwlrap(np.concatenate([run.truth for run in self.runs]), np.concatenate(oof))
         cv_lrap = float(np.mean(list(fold_lraps.values())))
@@ -316,18 +380,21 @@ class KFoldTraining:
                         for key in LOSS_KEYS})
         return metrics
 
-    def _train_fold(self, run: FoldRun) -> EpochStats:
-        crops = epoch_crops(run.fold, self.annotations.tp, self.annotations.fp, self.config.data,
-                            self.frames_per_second, run.rng)
-        if self.test_frames:
-            crops += teacher_crops(self.labels.teacher, self.test_frames, self.config.data,
-                                   self.config.loss.teacher_threshold, run.rng)
-        shuffle = torch.Generator().manual_seed(int(run.rng.integers(2**62)))
-        torch.manual_seed(int(run.rng.integers(2**62)))  # layers that draw from torch's RNG (dropout)
-        self.batches.batches = shuffled_batches(crops, self.config.train.batch_size, shuffle)
+    def _train_fold(self, run: FoldRun, progress: EpochProgress) -> EpochStats:
+        if progress.batches is None:  # the fold's pass begins (else it goes on from a mid-epoch checkpoint)
+            crops = epoch_crops(run.fold, self.annotations.tp, self.annotations.fp, self.config.data,
+                                self.frames_per_second, run.rng)
+            if self.test_frames:
+                crops += teacher_crops(self.labels.teacher, self.test_frames, self.config.data,
+                                       self.config.loss.teacher_threshold, run.rng)
+            shuffle = torch.Generator().manual_seed(int(run.rng.integers(2**62)))
+            torch.manual_seed(int(run.rng.integers(2**62)))  # layers that draw from torch's RNG (dropout)
+            progress.batches = shuffled_batches(crops, self.config.train.batch_size, shuffle)
+        self.batches.batches = progress.batches[progress.passed.batches:]
         per_batch = self.config.train.schedule == "cosine_per_batch"
         stats = train_epoch(run.model, self.loader, run.loss_fn, run.optimizer, run.scaler, self.pipeline,
-                            self.config.augment, run.rng, self.device, run.scheduler if per_batch else None)
+                            self.config.augment, run.rng, self.device, run.scheduler if per_batch else None,
+                            progress.passed, self.at_boundary)
         if not per_batch:
             step_clamped(run.scheduler, self.config.train.t_max)
         return stats
@@ -349,7 +416,7 @@ class KFoldTraining:
         windows = ClipWindows.validation(self.cache, run.fold, self.annotations.tp, self.annotations.n_species,
                                          self.config.data, rule=rule, overlap=overlap)
         return predict_clips(run.model, windows.batches(self.config.train.eval_recordings, self.device.cuda),
-                             self.pipeline, self.device)
+                             self.pipeline, self.device, self.at_boundary)
 
     def save(self, directory: Path) -> None:
         """Write a checkpoint of the current state into `directory` (created if needed)."""
@@ -357,10 +424,13 @@ class KFoldTraining:
         directory.mkdir(parents=True, exist_ok=True)
         for run in self.runs:
             torch.save(run.state_dict(), directory / fold_file(run.fold.index))
-            torch.save(self.selection.weights[run.fold.index], directory / best_weights_file(run.fold.index))
+            if run.fold.index in self.selection.weights:  # not before the fold's first evaluation
+                torch.save(self.selection.weights[run.fold.index], directory / best_weights_file(run.fold.index))
         np.savez(directory / BEST_OOF_FILE, recording_ids=np.asarray(self.oof_ids),
                  fold=np.concatenate([[run.fold.index] * len(run.fold.valid_ids) for run in self.runs]),
-                 **self.selection.arrays())
+                 **self._selection_arrays())
+        if self.progress is not None:
+            self._save_progress(directory)
         trial = {"format": CHECKPOINT_FORMAT, "epoch": self.epoch, "score": self.selection.score,
                  "best_epochs": self.selection.epochs, "selection": self.selection.state(),
                  "folds": list(self.config.fold_indices), "config": to_dict(self.config)}
@@ -384,7 +454,42 @@ class KFoldTraining:
             run.load_state_dict(load(fold_file(run.fold.index)))
         self.epoch = trial["epoch"]
         self.selection.restore(trial["selection"], dict(np.load(directory / BEST_OOF_FILE)),
-                               {run.fold.index: load(best_weights_file(run.fold.index)) for run in self.runs})
+                               {run.fold.index: load(best_weights_file(run.fold.index)) for run in self.runs
+                                if (directory / best_weights_file(run.fold.index)).exists()})
+        self.progress = self._load_progress(directory) if (directory / EPOCH_FILE).exists() else None
+
+    def _selection_arrays(self) -> dict[str, np.ndarray]:
+        """Selection.arrays, with NaN for the folds not evaluated yet (only within the first epoch)."""
+        selection = self.selection
+        if all(best.oof for best in selection.per_fold) and selection.common.oof:
+            return selection.arrays()
+        blank = [np.full(truth.shape, np.nan) for truth in selection.truth]
+        fold_best = np.concatenate([best.oof[0] if best.oof else empty
+                                    for best, empty in zip(selection.per_fold, blank)])
+        common = np.concatenate(selection.common.oof or blank)
+        return {"scores": fold_best if selection.rule == "fold" else common, "fold_best_scores": fold_best,
+                "common_best_scores": common}
+
+    def _save_progress(self, directory: Path) -> None:
+        """The epoch in flight (a checkpoint between two batches), with torch's RNG as it is there."""
+        progress = self.progress
+        (directory / EPOCH_FILE).write_text(json.dumps(progress.to_json()))
+        np.savez(directory / EPOCH_ARRAYS, *[result.scores for result in progress.done])
+        rng = {"cpu": torch.get_rng_state()}
+        if self.device.cuda:
+            rng["cuda"] = torch.cuda.get_rng_state()
+        sums = progress.passed.sums
+        torch.save({"rng": rng, "sums": None if sums is None else sums.detach().cpu()}, directory / EPOCH_TENSORS)
+
+    def _load_progress(self, directory: Path) -> EpochProgress:
+        saved = json.loads((directory / EPOCH_FILE).read_text())
+        with np.load(directory / EPOCH_ARRAYS) as arrays:
+            scores = [arrays[f"arr_{i}"] for i in range(len(saved["done"]))]
+        tensors = torch.load(directory / EPOCH_TENSORS, map_location="cpu", weights_only=True)
+        torch.set_rng_state(tensors["rng"]["cpu"])  # dropout goes on drawing where it was
+        if "cuda" in tensors["rng"] and self.device.cuda:
+            torch.cuda.set_rng_state(tensors["rng"]["cuda"])
+        return EpochProgress.from_json(saved, scores, tensors["sums"])
 
 
 def _check_same_recipe(saved: dict, current: dict, directory: Path) -> None:

@@ -2,10 +2,12 @@
 
     python -m trainable.prepare --data-dir DATA [--cache-dir DATA/logmel] [--workers N]
 
-It validates the annotations first (a bad CSV fails in a second, not after an hour),
-then turns every train/*.flac and test/*.flac into one float16 log-mel array. A second
-run does only what is missing, so a killed run is finished by running it again. Exit
-codes: 0 done, 1 some recordings failed (listed), 2 bad input, 130 interrupted.
+It checks that the cache directory is writable and validates the annotations first (a bad
+CSV fails in a second, not after an hour), then turns every train/*.flac and test/*.flac
+into one float16 log-mel array and records the audio it came from. A second run does only
+what is missing or stale (audio changed or replaced since), so a killed run is finished by
+running it again. Exit codes: 0 done, 1 some recordings failed (listed), 2 bad input,
+130 interrupted.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -22,7 +25,8 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from trainable.annotations import AUDIO_SUFFIX, AnnotationError, check_audio, load_annotations
-from trainable.cache import DEFAULT_CACHE_NAME, SPLITS, CacheError, LogMelCache
+from trainable.cache import (CHANGED, DEFAULT_CACHE_NAME, FRESH, MISSING, SPLITS, AudioSource, CacheError,
+                             LogMelCache, source_key)
 from trainable.config import ConfigError, FeatureConfig
 from trainable.features import file_log_mel, warm_up
 
@@ -34,6 +38,8 @@ FEATURE_FLAGS = {  # FeatureConfig field -> --help text of its flag
     "fmin": "lowest mel frequency, Hz",
     "fmax": "highest mel frequency, Hz",
 }
+FLUSH_SECONDS = 5.0  # records of finished arrays are merged into sources.json this often, and at the end
+REASONS = {MISSING: "not cached yet", CHANGED: "changed since they were cached"}
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,10 @@ class Job:
     recording_id: str
     audio: Path
 
+    @property
+    def key(self) -> str:
+        return source_key(self.split, self.recording_id)
+
 
 def find_recordings(data_dir: Path) -> list[Job]:
     """Every train and test audio file of a data directory, in a stable order."""
@@ -52,17 +62,50 @@ def find_recordings(data_dir: Path) -> list[Job]:
             for path in sorted((data_dir / split).glob(f"*{AUDIO_SUFFIX}"))]
 
 
-def cache_recording(cache: LogMelCache, job: Job) -> str | None:
-    """Compute and save one recording; returns None, or why it failed (one line).
+@dataclass(frozen=True)
+class Outcome:
+    """What a worker made of one job: the source its array was computed from, or why it failed."""
+
+    source: AudioSource | None
+    error: str | None  # one line
+
+
+def cache_recording(cache: LogMelCache, job: Job) -> Outcome:
+    """Compute and save one recording, with the source it was computed from.
 
     Runs in a worker process. Audio errors are returned, not raised, so one corrupt
-    file does not stop the others.
+    file does not stop the others; the recording's old array, stale since it is here,
+    is removed so no trial reads it.
     """
     try:
+        # Before reading: audio rewritten while it is read then differs from its record.
+        source = AudioSource.of(job.audio)
         cache.save(job.split, job.recording_id, file_log_mel(job.audio, cache.features))
     except (RuntimeError, ValueError, OSError) as error:  # LibsndfileError is a RuntimeError
-        return " ".join(str(error).split()) or type(error).__name__
-    return None
+        cache.path(job.split, job.recording_id).unlink(missing_ok=True)
+        return Outcome(None, " ".join(str(error).split()) or type(error).__name__)
+    return Outcome(source, None)
+
+
+class SourceRecords:
+    """Sources of finished arrays, merged into the cache's sources.json every FLUSH_SECONDS and at
+    the end (Ctrl-C included), so a killed run loses the records of a few seconds at most (and
+    those arrays, newer than their audio, are adopted by the next run)."""
+
+    def __init__(self, cache: LogMelCache):
+        self.cache = cache
+        self.pending: dict[str, AudioSource | None] = {}
+        self.flushed_at = time.monotonic()
+
+    def add(self, job: Job, outcome: Outcome) -> None:
+        self.pending[job.key] = outcome.source  # None: failed, its array is gone, so is its record
+        if time.monotonic() - self.flushed_at >= FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        self.cache.record_sources(self.pending)
+        self.pending = {}
+        self.flushed_at = time.monotonic()
 
 
 def _one_thread_each() -> None:
@@ -72,26 +115,39 @@ def _one_thread_each() -> None:
 
 
 def build_cache(cache: LogMelCache, jobs: list[Job], workers: int) -> dict[Job, str]:
-    """Cache `jobs` with `workers` processes and a progress bar; returns failures by job."""
+    """Cache `jobs` with `workers` processes and a progress bar, recording each array's source;
+    returns failures by job."""
     failures: dict[Job, str] = {}
+    records = SourceRecords(cache)
     warm_up(cache.features)  # once here, inherited by the forked workers
     progress = tqdm(total=len(jobs), unit="rec", desc="log-mel", file=sys.stderr, dynamic_ncols=True)
     # Processes, not threads: STFT and mel projection hold the GIL for much of their time.
     with ProcessPoolExecutor(max_workers=workers, initializer=_one_thread_each) as pool:
         futures = {pool.submit(cache_recording, cache, job): job for job in jobs}
+        seen = set()
         try:
             for future in as_completed(futures):
-                error = future.result()
-                if error is not None:
-                    failures[futures[future]] = error
-                    progress.write(f"FAILED {futures[future].audio}: {error}", file=sys.stderr)
+                seen.add(future)
+                job, outcome = futures[future], future.result()
+                records.add(job, outcome)
+                if outcome.error is not None:
+                    failures[job] = outcome.error
+                    progress.write(f"FAILED {job.audio}: {outcome.error}", file=sys.stderr)
                 progress.update()
         except KeyboardInterrupt:
             pool.shutdown(wait=True, cancel_futures=True)
+            for future in finished(futures.keys() - seen):  # those that ended while we stopped
+                records.add(futures[future], future.result())
             raise
         finally:
             progress.close()
+            records.flush()
     return failures
+
+
+def finished(futures):
+    """The futures that ran to the end without raising."""
+    return [f for f in futures if f.done() and not f.cancelled() and f.exception() is None]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -121,8 +177,46 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def check_cache_dir(cache_dir: Path) -> None:
+    """Refuse a cache directory that is a file or cannot be written, before any work.
+
+    Raises:
+        CacheError: naming the path and why.
+    """
+    existing = next(p for p in (cache_dir, *cache_dir.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        where = "is a file" if existing == cache_dir else f"is under {existing}, which is a file"
+        raise CacheError(f"cache directory {cache_dir} {where}, not a directory")
+    try:
+        # A real directory made and removed: os.access says yes to root on read-only or
+        # virtual file systems (/proc), where only trying tells.
+        os.rmdir(tempfile.mkdtemp(prefix=".writable-", dir=existing))
+    except OSError as error:
+        raise CacheError(f"cache directory {cache_dir} cannot be written: creating a directory in"
+                         f" {existing} failed ({error.strerror})") from None
+
+
+def triage(cache: LogMelCache, jobs: list[Job]) -> tuple[dict[str, list[Job]], dict[str, AudioSource | None]]:
+    """The jobs to do by why (MISSING, CHANGED), and the records to write for fresh arrays that
+    had none or an out-of-date one."""
+    todo: dict[str, list[Job]] = {MISSING: [], CHANGED: []}
+    adopted: dict[str, AudioSource | None] = {}
+    for job in jobs:
+        verdict, record = cache.freshness(job.split, job.recording_id, job.audio)
+        if verdict != FRESH:
+            todo[verdict].append(job)
+        elif record is not None:
+            adopted[job.key] = record
+    return todo, adopted
+
+
+def recordings(count: int) -> str:
+    return f"{count} recording{'' if count == 1 else 's'}"
+
+
 def prepare(data_dir: Path, cache_dir: Path, features: FeatureConfig, workers: int) -> int:
-    """Validate, then cache what is missing; returns the exit code."""
+    """Validate, then cache what is missing or stale; returns the exit code."""
+    check_cache_dir(cache_dir)
     annotations = load_annotations(data_dir)
     check_audio(annotations, data_dir)
     jobs = find_recordings(data_dir)
@@ -130,13 +224,19 @@ def prepare(data_dir: Path, cache_dir: Path, features: FeatureConfig, workers: i
         raise AnnotationError(f"no {AUDIO_SUFFIX} files in {data_dir / 'train'} or {data_dir / 'test'}")
     cache = LogMelCache.create(cache_dir, features)
     cache.remove_partial_files()
-    todo = [job for job in jobs if not cache.has(job.split, job.recording_id)]
+    by_reason, adopted = triage(cache, jobs)
+    if adopted:
+        cache.record_sources(adopted)
+        print(f"adopted {recordings(len(adopted))} already cached from their current audio (by an"
+              f" earlier version or a killed run, or the same samples copied or rewritten)")
+    todo = [job for reason in by_reason.values() for job in reason]
     counts = ", ".join(f"{sum(j.split == s for j in jobs)} {s}" for s in SPLITS)
     if not todo:
         print(f"cache up to date: {len(jobs)} recordings ({counts}) in {cache.root}; nothing to do")
         return 0
+    why = ", ".join(f"{recordings(len(group))} {REASONS[reason]}" for reason, group in by_reason.items() if group)
     print(f"caching {len(todo)} of {len(jobs)} recordings ({counts}) into {cache.root}"
-          f" with {min(workers, len(todo))} workers")
+          f" with {min(workers, len(todo))} workers: {why}")
     started = time.perf_counter()
     failures = build_cache(cache, todo, min(workers, len(todo)))
     elapsed = time.perf_counter() - started

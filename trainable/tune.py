@@ -4,13 +4,17 @@ The only module of `trainable` that imports Ray. Everything else a trial does li
 Ray-free modules (kfold, fit, ...), so it can be tested, benchmarked and exported without a
 cluster. One `training_iteration` = one epoch on every fold; every iteration reports the
 metrics, and a checkpoint when `trainable.checkpoints` says so (by the clock, at ASHA's rungs
-and at the end), so ASHA can stop the trial at its rungs and Ray can resume it.
+and at the end), so ASHA can stop the trial at its rungs and Ray can resume it. A process that
+exits mid-epoch (SIGTERM: a draining or reclaimed node) checkpoints at the next batch boundary
+into the trial's storage folder (`trainable.preemption`), and the retry goes on from there.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -22,6 +26,7 @@ from trainable.config import ConfigError, TrainConfig
 from trainable.recipes import resolve
 from trainable.fit import Device, DivergedError
 from trainable.kfold import KFoldTraining
+from trainable import preemption
 
 METRIC, MODE = "cv_lwlrap", "max"  # what ASHA compares at each epoch
 # The trial's score by its recipe's selection (trainable.selection): what Optuna is told of a
@@ -29,6 +34,7 @@ METRIC, MODE = "cv_lwlrap", "max"  # what ASHA compares at each epoch
 SCORE = "score"
 DIVERGED_FILE = "diverged.txt"  # in the trial directory: why the trial diverged
 OUT_OF_MEMORY_FILE = "out_of_gpu_memory.txt"  # in the trial directory: the line the trial ended with
+PREEMPTIONS_FILE = "preemptions.txt"  # in the trial directory: where each exit checkpointed, where each retry resumed
 OUT_OF_MEMORY = "out of GPU memory"  # how that line starts, and the trial's status on the leaderboard
 OUT_OF_MEMORY_ADVICE = ("give each trial more of a GPU (--gpus-per-trial) or lower train.batch_size"
                         " or train.eval_recordings")
@@ -90,25 +96,105 @@ def train_sed(config: dict[str, Any]) -> None:
             training.load(directory)
     elif trial.init_from:  # a later stage starts from an earlier trial's fold models
         training.initialise_from(trial.init_from)
+    # Taken here: the exit function runs in the main thread, outside the trial's session.
+    storage = tune.get_context().get_storage()
+    since = resume_preempted(training, storage, trial_dir)
     cadence = CheckpointCadence(trial.train)
-    while training.epoch < trial.train.epochs:
-        try:
-            metrics = training.run_epoch()
-        except DivergedError as error:
-            with open(diverged, "w") as marker:
-                marker.write(str(error))
-            raise
-        except torch.OutOfMemoryError:  # torch.cuda.OutOfMemoryError is the same class
-            message = out_of_memory_message(gpu_share(), trial.train)
-            with open(out_of_memory, "w") as marker:
-                marker.write(message)
-            # One line that says what to change; CUDA's allocator report would only bury it.
-            raise OutOfGPUMemoryError(message) from None
-        if cadence.due(training.epoch):
-            report_with_checkpoint(training, metrics)
-            cadence.saved()
-        else:
-            tune.report(metrics)
+    with preemption.ExitCheckpoint(lambda: save_preempted(training, since, storage, trial_dir)) as on_exit:
+        training.at_boundary = on_exit.at_boundary
+        while training.epoch < trial.train.epochs:
+            metrics = run_epoch(training, trial.train, diverged, out_of_memory)
+            with on_exit.idle():  # reporting changes nothing a checkpoint holds
+                if cadence.due(training.epoch):
+                    report_with_checkpoint(training, metrics)
+                    cadence.saved()
+                    since.checkpointed(training.epoch)
+                else:
+                    tune.report(metrics)
+                    since.reports.append(dict(metrics))
+
+
+def run_epoch(training: KFoldTraining, train: TrainConfig, diverged: str, out_of_memory: str) -> dict[str, float]:
+    """One epoch of `training`, its metrics; a divergence or running out of GPU memory leaves
+    its marker in the trial directory, so the retries fail at once."""
+    try:
+        return training.run_epoch()
+    except DivergedError as error:
+        with open(diverged, "w") as marker:
+            marker.write(str(error))
+        raise
+    except torch.OutOfMemoryError:  # torch.cuda.OutOfMemoryError is the same class
+        message = out_of_memory_message(gpu_share(), train)
+        with open(out_of_memory, "w") as marker:
+            marker.write(message)
+        # One line that says what to change; CUDA's allocator report would only bury it.
+        raise OutOfGPUMemoryError(message) from None
+
+
+@dataclass
+class SinceCheckpoint:
+    """What a mid-epoch checkpoint must add to Ray's latest: the results reported since then."""
+
+    storage: Any  # the trial's ray.train._internal.storage.StorageContext
+    base_epoch: int  # the epoch of Ray's latest checkpoint (0: none)
+    reports: list[dict[str, Any]] = field(default_factory=list)
+    stored: bool = False  # a mid-epoch checkpoint of this trial is in the storage
+
+    def checkpointed(self, epoch: int) -> None:
+        """Ray holds a checkpoint of `epoch` now: a stored mid-epoch checkpoint is older."""
+        self.base_epoch, self.reports = epoch, []
+        if self.stored:
+            preemption.discard(self.storage.storage_filesystem, self.storage.trial_fs_path)
+            self.stored = False
+
+
+def where(training: KFoldTraining) -> str:
+    """Where a mid-epoch checkpoint of `training` stands, in words (for PREEMPTIONS_FILE)."""
+    progress, epoch = training.progress, training.epoch + 1
+    if progress is None:
+        return f"epoch {epoch} not begun"
+    fold = training.runs[min(progress.position, len(training.runs) - 1)].fold.index
+    if progress.stats is not None:
+        return f"epoch {epoch}, fold {fold} trained, its validation to do"
+    total = "?" if progress.batches is None else len(progress.batches)
+    return f"epoch {epoch}, fold {fold}, after batch {progress.passed.batches} of {total}"
+
+
+def log_preemption(trial_dir: str, line: str) -> None:
+    with open(os.path.join(trial_dir, PREEMPTIONS_FILE), "a") as log:
+        log.write(f"pid {os.getpid()}: {line}\n")
+
+
+def save_preempted(training: KFoldTraining, since: SinceCheckpoint, storage: Any, trial_dir: str) -> None:
+    """The process is exiting mid-training: store the state between two batches (see
+    trainable.preemption), with the results reported since Ray's latest checkpoint."""
+    with preemption.local_folder() as local:
+        training.save(Path(local))
+        since.stored = True
+        preemption.upload(Path(local), storage.storage_filesystem, storage.trial_fs_path, since.base_epoch,
+                          since.reports)
+    log_preemption(trial_dir, f"exiting: checkpointed at {where(training)}")
+
+
+def resume_preempted(training: KFoldTraining, storage: Any, trial_dir: str) -> SinceCheckpoint:
+    """Go on from the trial's mid-epoch checkpoint when it is newer than Ray's (loaded into
+    `training`), reporting again the results it saw since Ray's, so that Ray's iteration
+    count is the epoch again. What is still to be reported since Ray's checkpoint."""
+    since = SinceCheckpoint(storage, training.epoch)
+    with preemption.local_folder() as local:
+        saved = preemption.download(storage.storage_filesystem, storage.trial_fs_path, Path(local))
+        if saved is None:
+            return since
+        since.stored = True
+        if saved["base_epoch"] != training.epoch:  # Ray holds a newer checkpoint (or lost the one it was made on)
+            since.checkpointed(training.epoch)
+            return since
+        training.load(Path(local))
+    log_preemption(trial_dir, f"resumed at {where(training)}")
+    for metrics in saved["reports"]:
+        tune.report(dict(metrics))  # a copy: what Ray adds to a result is not ours to store
+    since.reports = list(saved["reports"])
+    return since
 
 
 def report_with_checkpoint(training: KFoldTraining, metrics: dict[str, float]) -> None:

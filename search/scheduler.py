@@ -1,0 +1,93 @@
+"""ASHA that remembers its rungs across a resume.
+
+Ray does not save a scheduler's state with the experiment (ray#30838). When an experiment is
+restored, Ray's TuneController adds every saved trial to the scheduler again (on_trial_add:
+finished trials as TERMINATED, errored ones as ERROR, unfinished ones as PENDING), but never
+passes their results on, so the stock ASHA starts with empty rungs: a trial that reaches a rung
+after the resume is compared only with the trials that reached it since.
+
+RememberingASHA rebuilds the rungs there: when a trial that already has results is added for the
+first time, it replays the results the trial recorded (its result.json, read through the trial's
+storage file system, so an s3:// experiment works too) into the trial's bracket, as ASHA recorded
+them when they came in. An unfinished trial goes on from its last checkpoint and reports the
+epochs after it again, so only its results up to that checkpoint are replayed (none without
+one: it starts over), and ASHA decides on the repeated epochs as it would have.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+from ray.air.constants import EXPR_RESULT_FILE
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.utils import flatten_dict
+
+from search.plan import SearchPlan
+
+logger = logging.getLogger(__name__)
+
+
+class RememberingASHA(ASHAScheduler):
+    """ASHAScheduler whose rungs hold the results of the trials restored with the experiment."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._added: set[str] = set()  # trial ids added before: a failed trial is added again
+
+    def on_trial_add(self, tune_controller, trial: Trial) -> None:
+        super().on_trial_add(tune_controller, trial)
+        # A trial reported before it was ever added here: it comes from the saved experiment.
+        # (run_metadata: Trial.last_result makes up a result for a trial that has none.)
+        restored = trial.trial_id not in self._added and self._time_attr in trial.run_metadata.last_result
+        self._added.add(trial.trial_id)
+        if restored:
+            self._replay(trial)
+
+    def _replay(self, trial: Trial) -> None:
+        """Record the trial's saved results in its bracket; ASHA's decisions on them were
+        taken before the resume, so they are not taken again."""
+        bracket = self._trial_info[trial.trial_id]
+        until = self._resumes_after(trial)
+        for result in recorded_results(trial):
+            time, metric = result.get(self._time_attr), result.get(self._metric)
+            if time is not None and metric is not None and time <= until:
+                bracket.on_result(trial, time, self._metric_op * metric)
+
+    def _resumes_after(self, trial: Trial) -> float:
+        """The time (time_attr) after which the trial reports again: never for a finished or
+        errored trial, its last checkpoint's for an unfinished one (0 without one)."""
+        if trial.status in (Trial.TERMINATED, Trial.ERROR):
+            return math.inf
+        checkpointed = trial.latest_checkpoint_result
+        return checkpointed.metrics.get(self._time_attr, 0) if checkpointed else 0
+
+
+def recorded_results(trial: Trial) -> list[dict]:
+    """The results the driver recorded for the trial (flattened, as schedulers see them), from
+    the result.json in its directory on the experiment's storage; [] when there is none or it
+    cannot be read (the search goes on, comparing with fewer trials, rather than fail)."""
+    path = f"{trial.storage.trial_fs_path}/{EXPR_RESULT_FILE}"
+    try:
+        with trial.storage.storage_filesystem.open_input_stream(path) as stream:
+            text = stream.readall().decode()
+    except FileNotFoundError:
+        return []
+    except OSError as error:
+        logger.warning("ASHA cannot read the results of trial %s (%s): %s", trial.trial_id, path, error)
+        return []
+    results = []
+    for line in text.splitlines():
+        try:
+            results.append(flatten_dict(json.loads(line)))
+        except ValueError:  # a last line cut by a killed copy: the lines before it are whole
+            continue
+    return results
+
+
+def asha(plan: SearchPlan) -> RememberingASHA:
+    """The plan's scheduler: trials compared on their epochs (training_iteration)."""
+    return RememberingASHA(time_attr="training_iteration", max_t=plan.epochs, grace_period=plan.grace_period,
+                           reduction_factor=plan.reduction_factor)
