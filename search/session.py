@@ -50,27 +50,15 @@ def run_search(plan: SearchPlan, address: str | None) -> int:
         # Save the experiment state after every controller step instead of every >= 10 s, so
         # a killed driver loses no registered checkpoint (the state is small and local).
         os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
-    # Every storage check before Ray starts (search/run.py asked a remote store once, with a timeout).
     directory = report_dir(plan)
-    try:
+    try:  # read before Ray starts; search/run.py asked a remote store already, with a timeout
         resuming = can_resume(plan)
-        if not resuming:
-            save_plan(plan)  # also the check that the experiment can be written
-        elif is_remote(plan.storage):  # the reports so far, wherever this search ran before
-            download(experiment_path(plan), directory)
     except OSError as error:
-        print(f"error: cannot use {experiment_path(plan)}: {str(error).splitlines()[0]}", file=sys.stderr)
-        return 2
+        return storage_error(plan, error)
     # Inside a Ray job (`ray job submit` sets RAY_ADDRESS) the search joins the job's cluster;
     # otherwise "local", never None: ray.init(None) would join any cluster `ray start` left here.
     address = address or os.environ.get("RAY_ADDRESS") or "local"
-    try:
-        if address == "local":
-            ray.init(address="local", configure_logging=False, include_dashboard=False)  # it slows the start
-        else:
-            ray.init(address=address, configure_logging=False)
-    except (ConnectionError, RuntimeError, ValueError) as error:
-        print(f"error: cannot start or join Ray at {address}: {error}", file=sys.stderr)
+    if not start_ray(address):
         return 2
     stop_on_sigterm_like_ctrl_c()  # again: ray.init replaced it with Ray's, which exits at once
     alive = [node["Resources"] for node in ray.nodes() if node["Alive"]]
@@ -85,6 +73,13 @@ def run_search(plan: SearchPlan, address: str | None) -> int:
         # other. Let as many trials wait as the whole cluster can run, so it scales up at once.
         capacity = trials_at_once(alive + coming, trial_resources(plan))
         os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(capacity))
+    try:  # after the cluster's checks, so a refused search leaves nothing behind
+        if not resuming:
+            save_plan(plan)
+        elif is_remote(plan.storage):  # the reports so far, wherever this search ran before
+            download(experiment_path(plan), directory)
+    except OSError as error:
+        return storage_error(plan, error)
     spaces = (f"spaces {', '.join(plan.spaces)} (sampler {plan.sampler})" if plan.spaces
               else "no space (the recipe's own configuration)")
     print(f"[rfcx-tune] {'resuming' if resuming else 'starting'} experiment {experiment_path(plan)}:"
@@ -115,6 +110,25 @@ def run_search(plan: SearchPlan, address: str | None) -> int:
         print(f"interrupted: continue with python search/run.py --resume --name {plan.name}{where}")
         return 130
     return 0 if any(math.isfinite(row.score) for row in rows) else 1
+
+
+def start_ray(address: str) -> bool:
+    """Start a local Ray ("local"; without the dashboard, which slows the start) or join the
+    cluster at `address`; False (and one line) when that fails."""
+    try:
+        if address == "local":
+            ray.init(address="local", configure_logging=False, include_dashboard=False)
+        else:
+            ray.init(address=address, configure_logging=False)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        print(f"error: cannot start or join Ray at {address}: {error}", file=sys.stderr)
+        return False
+    return True
+
+
+def storage_error(plan: SearchPlan, error: OSError) -> int:
+    print(f"error: cannot use {experiment_path(plan)}: {str(error).splitlines()[0]}", file=sys.stderr)
+    return 2
 
 
 def builtin_data(plan: SearchPlan) -> bool:
