@@ -14,6 +14,11 @@ from trainable import prepare
 # of retrying for half a minute (subprocesses inherit it). Tests train with model.pretrained
 # false and load weights from local files.
 os.environ["HF_HUB_OFFLINE"] = "1"
+# Ray 2.60's first local ray.init() in a process sets RAY_AUTH_MODE=token in its environment, so
+# every cluster the process starts after it requires the token, and the subprocesses that tests
+# started with an environment copied before it (tests.helpers.ENV) are refused. Tests run their
+# clusters on 127.0.0.1 without token authentication, whatever ran before them.
+os.environ["RAY_AUTH_MODE"] = "disabled"
 
 # Small enough for seconds on 2 cores, large enough for 3 stratified folds over 6 species.
 SYNTH = dict(recordings=40, test_recordings=6, species=6, duration=12.0, sample_rate=16000, seed=7)
