@@ -21,8 +21,8 @@ INTERRUPTED = 130
 
 
 def small_search(cached_dir: Path, storage: Path, name: str) -> list[str]:
-    """tiny_search with 2 trials of 2 epochs (argparse keeps a repeated flag's last value)."""
-    return [*tiny_search(cached_dir, storage, name), "--num-samples", "2", "--epochs", "2"]
+    """tiny_search with one trial of 2 epochs (argparse keeps a repeated flag's last value)."""
+    return [*tiny_search(cached_dir, storage, name), "--num-samples", "1", "--epochs", "2"]
 
 
 def test_a_pickle_that_ray_did_not_write_whole_never_replaces_the_file(tmp_path):
@@ -95,6 +95,6 @@ def test_interrupts_while_the_tuner_is_built_and_during_the_reports_leave_a_resu
     finished = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stdout + finished.stderr
     board = pd.read_csv(experiment / "leaderboard.csv")
-    assert len(board) == 2 and not board.status.str.startswith(("interrupted", "not started")).any(), board
+    assert len(board) == 1 and board.status[0] == "completed" and board.epochs[0] == 2, board
     reported = [path.parent.name.removeprefix("trial_") for path in experiment.glob("trial_*/result.json")]
     assert sorted(reported) == sorted(board.trial)
