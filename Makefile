@@ -18,9 +18,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# --no-compile: pip would byte-compile every file of torch, Ray and the rest (about 100 s on 2
-	# cores); Python compiles the modules it imports, once, on first use.
-	$(PY) -m pip install --quiet --no-compile -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
 # search/run.py generates its synthetic dataset on first use (in ~/.cache/rfcx-tune).
