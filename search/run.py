@@ -24,8 +24,10 @@ STARTED_NOTHING = "interrupted before the search started; the same command start
 
 
 def _exit_interrupted(signum: int, frame) -> None:
-    print(STARTED_NOTHING, file=sys.stderr)
-    sys.exit(130)
+    # os._exit, not an exception: one raised inside a C extension's import (torch's pybind11
+    # modules) aborts the interpreter with a C++ trace instead. Nothing has started to clean up.
+    print(STARTED_NOTHING, file=sys.stderr, flush=True)
+    os._exit(130)
 
 
 if __name__ == "__main__":  # Ctrl-C or SIGTERM during the imports below (seconds): one line, no traceback
