@@ -16,6 +16,8 @@ DIR/exports/trial_<id>/:
     holdout.json     with the data's test_truth.csv (the synthetic data have it): the
                      submission's LWLRAP on the public and the private half of the test set,
                      which the experiment's leaderboard then shows beside the CV
+    export.json      the checkpoint the files came from, written last (search/ensemble.py
+                     exports a trial again once it has trained on)
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ if TYPE_CHECKING:
     from trainable.model import SEDModel
 
 OOF_FILE, SUBMISSION, WINDOWS = "oof.csv", "submission.csv", "windows.csv"
+EXPORT_RECORD = "export.json"
 COMPETITION = "rfcx-species-audio-detection"  # Kaggle's name of the competition
 RECORDINGS_PER_BATCH = 4  # whole clips per forward pass: their windows are batched together
 
@@ -148,7 +151,19 @@ def export(experiment: Path, trial: str, data_dir: Path | None = None, cache_dir
         holdout = holdout_scores(submission, hidden)
         atomic_write_text(out / HOLDOUT_FILE, json.dumps(holdout))
         print(f"[rfcx-tune] holdout lwlrap: public {holdout[PUBLIC]:.4f}, private {holdout[PRIVATE]:.4f}")
+    atomic_write_text(out / EXPORT_RECORD, json.dumps({"checkpoint": checkpoint.name, "epoch": saved["epoch"],
+                                                       "best_epochs": saved["best_epochs"], "oof_lwlrap": score}))
     return out
+
+
+def is_fresh(trial: Path, out: Path) -> bool:
+    """Whether `out` holds an export of the trial directory's newest checkpoint."""
+    try:
+        record = json.loads((out / EXPORT_RECORD).read_text())
+    except (OSError, ValueError):
+        return False
+    files = all((out / name).is_file() for name in (OOF_FILE, SUBMISSION, WINDOWS))
+    return files and record.get("checkpoint") == newest_checkpoint(trial).name
 
 
 def check_writable(out: Path) -> None:

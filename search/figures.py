@@ -169,6 +169,29 @@ def cv_versus(score: pd.Series, public: pd.Series, private: pd.Series | None, wh
               label="equality")
     axes.set(xlabel="CV (score)", ylabel=what, xlim=(low - pad, high + pad), ylim=(low - pad, high + pad))
     axes.set_aspect("equal")
-    axes.legend(loc="upper left", fontsize=8)
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)  # beside: the curve fills the plot
+    axes.grid(alpha=0.3)
+    return figure
+
+
+def hill_climbing(trials: Sequence[str], scores: Sequence[float], nested: float, nested_single: float) -> Figure | None:
+    """The OOF score of an ensemble after each step of its selection, each point labelled with
+    the trial it added, beside the nested scores of the selection and of choosing one trial."""
+    if not scores:
+        return None
+    figure = Figure(figsize=SIZE)
+    axes = figure.subplots()
+    steps = np.arange(len(scores))
+    axes.plot(steps, scores, marker="o", color=COMPLETED, label="in-sample OOF LWLRAP")
+    for step, trial, score in zip(steps, trials, scores):
+        axes.annotate(trial if step == 0 else f"+{trial}", (step, score), textcoords="offset points", xytext=(0, 6),
+                      ha="center", fontsize=7)
+    axes.axhline(nested, color=BEST, linestyle="--", label="nested CV of the ensemble")
+    axes.axhline(nested_single, color=PRIVATE_COLOUR, linestyle="-.", label="nested CV of choosing one trial")
+    axes.axhline(scores[0], color=STOPPED, linestyle=":", label="the best single trial (in-sample)")
+    axes.set(xlabel="step (0: the best single trial)", ylabel="OOF LWLRAP")
+    axes.margins(x=0.08, y=0.15)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)  # beside: the curve fills the plot
     axes.grid(alpha=0.3)
     return figure

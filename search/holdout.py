@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from search.lb_scores import LB_PRIVATE, LB_PUBLIC
+from search.trials import ENSEMBLE
 from trainable.metrics import lwlrap
 
 TRUTH_FILE = "test_truth.csv"
@@ -105,8 +106,32 @@ def rho_text(value: float) -> str:
 
 def notes(board: pd.DataFrame) -> list[str]:
     """The lines that go below a leaderboard: the best trial against the recipe point on the
-    holdout, and how well the CV ranks as the holdout and the LB do (each when known)."""
-    return [line for line in (versus_recipe(board), cv_trust(board), cv_versus_lb(board)) if line]
+    holdout, the ensemble against the best trial, and how well the CV ranks trials as the
+    holdout and the LB do (each when known)."""
+    trials = trial_rows(board)
+    return [line for line in (versus_recipe(trials), versus_ensemble(board), cv_trust(trials), cv_versus_lb(trials))
+            if line]
+
+
+def trial_rows(board: pd.DataFrame) -> pd.DataFrame:
+    """The leaderboard without the ensemble's row: the trials, each one configuration."""
+    return board[board.trial != ENSEMBLE].reset_index(drop=True) if "trial" in board else board
+
+
+def versus_ensemble(board: pd.DataFrame) -> str | None:
+    """The ensemble's two CVs against the best trial's, and on the holdout when both have a
+    score there; None without an ensemble."""
+    ensemble, trials = board[board.trial == ENSEMBLE], trial_rows(board)
+    if ensemble.empty or trials.empty:
+        return None
+    ours, best = ensemble.iloc[0], trials.iloc[0]
+    line = (f"ensemble: {ours.status}, nested CV {ours.score:.4f} (in-sample {ours.cv_lwlrap:.4f}), the best trial"
+            f" {best.trial} {best.score:.4f}")
+    if PUBLIC in board and not pd.isna([ours[PUBLIC], ours[PRIVATE], best[PUBLIC], best[PRIVATE]]).any():
+        margin = ((ours[PUBLIC] - best[PUBLIC]) + (ours[PRIVATE] - best[PRIVATE])) / 2
+        line += (f"; holdout public {ours[PUBLIC]:.4f}, private {ours[PRIVATE]:.4f}: {margin:+.4f} on the mean of the"
+                 f" halves over the best trial")
+    return line
 
 
 def versus_recipe(board: pd.DataFrame) -> str | None:

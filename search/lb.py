@@ -22,7 +22,7 @@ from pathlib import Path
 
 # Light imports only: --help and bad input answer at once.
 from search.lb_scores import LB_MEMO, LB_PRIVATE, LB_PUBLIC, load_lb, save_lb
-from search.trials import LEADERBOARD_CSV
+from search.trials import ENSEMBLE, LEADERBOARD_CSV
 
 SUBMISSION_COLUMNS = ("fileName", "date", "description", "status", "publicScore", "privateScore")
 
@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="search/lb.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("experiment", type=Path, help="an experiment directory (STORAGE/NAME, or the local copy of"
                                                       " the reports of an s3:// experiment)")
-    parser.add_argument("trial", nargs="?", help="a trial id on the leaderboard, or best")
+    parser.add_argument("trial", nargs="?", help="a trial id on the leaderboard, best, or ensemble")
     parser.add_argument("--public", type=float, help="the public leaderboard score, in [0, 1]")
     parser.add_argument("--private", type=float, help="the private leaderboard score, in [0, 1] (once known)")
     parser.add_argument("--memo", default="", help="a note for the leaderboard's memo column")
@@ -97,7 +97,7 @@ def which_trial(trial: str | None, trials: list[str]) -> str:
     if not trial:
         raise LBError("name a TRIAL (an id on the leaderboard, or best), or give --submissions FILE")
     if trial == "best" and trials:
-        return trials[0]
+        return next((t for t in trials if t != ENSEMBLE), trials[0])  # the best trial, as search/export.py's
     trial = trial.removeprefix("trial_")
     if trial not in trials:
         raise LBError(f"no trial {trial!r} on the leaderboard (trials: {', '.join(trials) or 'none'})")

@@ -27,6 +27,7 @@ from ray import tune
 
 from search.holdout import HOLDOUT_FILE, notes
 from search.lb_scores import LB_MEMO, LB_PRIVATE, LB_PUBLIC, load_lb
+from search.trials import ENSEMBLE
 from trainable.tune import OUT_OF_MEMORY_ADVICE, SCORE, OutOfGPUMemoryError
 from trainable.atomic import TEMP_SUFFIX, atomic_write_text
 from trainable.config import to_dict
@@ -62,6 +63,11 @@ class Row:
     recipe_point: bool = False  # the trial of the search's baseline (the recipe with the fixed values)
     fold_scores: str = ""  # each fold's LWLRAP at the best common epoch, "0.912,0.874"
     lb: dict[str, Any] = field(default_factory=dict)  # recorded leaderboard scores: search/lb.py
+    memo: str = ""  # the ensemble's composition
+
+    @property
+    def is_ensemble(self) -> bool:
+        return self.trial == ENSEMBLE
 
 
 def trial_budget(config: dict[str, Any], epochs: int) -> int:
@@ -168,8 +174,8 @@ def markdown(rows: list[Row], title: str, importances: dict[str, float] | None) 
     table = frame(rows).drop(columns="fold_scores")
     lines_below = notes(table)
     table["LB"] = [_lb_cell(row.lb) for row in rows]
-    table["memo"] = ["; ".join(part for part in ("recipe point" if row.recipe_point else "", row.lb.get(LB_MEMO, ""))
-                               if part) for row in rows]
+    table["memo"] = ["; ".join(part for part in ("recipe point" if row.recipe_point else "", row.memo,
+                                                 row.lb.get(LB_MEMO, "")) if part) for row in rows]
     table = table.drop(columns=[c for c in ("recipe_point", LB_PUBLIC, LB_PRIVATE, LB_MEMO) if c in table])
     for name in (SCORE, *CV_COLUMNS.values(), "fold_std", *{name for row in rows for name in row.holdout}):
         table[name] = table[name].map(lambda v: f"{v:.4f}" if math.isfinite(v) else "-")
@@ -257,7 +263,7 @@ def refresh_leaderboard(directory: Path) -> list[Row]:
                             r.wall_s, cvs={name: r[name] for name in CV_COLUMNS.values()},
                             best_epochs=text(r.best_epochs), recipe_point=bool(r.get("recipe_point", False)),
                             fold_scores=text(r.get("fold_scores", "")))
-                        for _, r in table.iterrows()], directory)
+                        for _, r in table.iterrows() if r.trial != ENSEMBLE], directory)
     old = (directory / LEADERBOARD_MD).read_text().splitlines() if (directory / LEADERBOARD_MD).exists() else []
     title = old[0].removeprefix("# ") if old else directory.name
     study = load_study(directory)
@@ -282,14 +288,35 @@ def load_study(directory: Path) -> optuna.Study | None:
 
 
 def with_scores(rows: list[Row], directory: Path) -> list[Row]:
-    """The rows with the holdout scores of the trials exported so far (search/export.py) and
-    the leaderboard scores recorded so far (search/lb.py)."""
+    """The rows with the holdout scores of the trials exported so far (search/export.py), the
+    leaderboard scores recorded so far (search/lb.py) and the ensemble's row (search/ensemble.py),
+    best first."""
     def holdout(trial: str) -> dict[str, float]:
         path = directory / EXPORTS / f"trial_{trial}" / HOLDOUT_FILE
         return json.loads(path.read_text()) if path.is_file() else {}
 
     recorded = load_lb(directory)
-    return [replace(row, holdout=holdout(row.trial), lb=recorded.get(row.trial, {})) for row in rows]
+    trials = [replace(row, holdout=holdout(row.trial), lb=recorded.get(row.trial, {}))
+              for row in rows if not row.is_ensemble]
+    ensemble = [replace(row, lb=recorded.get(ENSEMBLE, {})) for row in ensemble_rows(trials, directory)]
+    return sorted(trials + ensemble, key=lambda row: -row.score if math.isfinite(row.score) else math.inf)
+
+
+def ensemble_rows(rows: list[Row], directory: Path) -> list[Row]:
+    """The row of the experiment's ensemble (search/ensemble.py), if it has one: ranked by its
+    nested CV, its in-sample OOF score as its cv_lwlrap."""
+    from search.ensemble import recorded
+
+    record = recorded(directory)
+    if record is None:
+        return []
+    weights = record["weights"]
+    cvs = {name: math.nan for name in CV_COLUMNS.values()} | {"cv_lwlrap": record["oof_lwlrap"]}
+    params = {name: math.nan for name in (rows[0].params if rows else {})}
+    blend = ", ".join(f"{weight:.2f} {trial}" for trial, weight in weights.items())
+    memo = f"in-sample {record['oof_lwlrap']:.4f}; {blend}"
+    return [Row(ENSEMBLE, f"ensemble of {len(weights)} trials", record["nested_oof_lwlrap"], math.nan, 0, params,
+                record["wall_s"], holdout=record.get("holdout", {}), cvs=cvs, memo=memo)]
 
 
 def _write_leaderboard(directory: Path, rows: list[Row], title: str, found: dict[str, float] | None) -> None:

@@ -18,7 +18,8 @@ import optuna
 import pandas as pd
 
 from search import figures
-from search.holdout import MIN_RANKED, PRIVATE, PUBLIC, notes, rho_text, spearman
+from search.ensemble import recorded
+from search.holdout import MIN_RANKED, PRIVATE, PUBLIC, notes, rho_text, spearman, trial_rows
 from search.lb_scores import LB_PRIVATE, LB_PUBLIC
 from search.plan import PLAN_FILE, asha_rungs, load_plan
 from search.report import LEADERBOARD_CSV, MIN_TRIALS_FOR_IMPORTANCE, importances_for, load_study, param_columns
@@ -42,16 +43,20 @@ class Panel:
 def write_report_page(directory: Path, title: str) -> Path:
     """Write DIRECTORY/report.html (atomically) from its leaderboard, study and plan."""
     board = pd.read_csv(directory / LEADERBOARD_CSV, dtype={"trial": str, "fold_scores": str})
+    trials_board = trial_rows(board)  # the figures of configurations leave the ensemble out
     study = load_study(directory)
     trials = [] if study is None else study.get_trials(deepcopy=False)
     plan = load_plan(str(directory.parent), directory.name) if (directory / PLAN_FILE).is_file() else None
     panels = [history_panel(trials), curves_panel(trials, [] if plan is None else asha_rungs(plan)),
-              parallel_panel(board), importance_panel(trials, None if plan is None else plan.grace_period),
-              folds_panel(board),
-              versus_panel(board, "holdout", PUBLIC, PRIVATE, "when the data have test_truth.csv, the search"
+              parallel_panel(trials_board), importance_panel(trials, None if plan is None else plan.grace_period),
+              folds_panel(trials_board),
+              versus_panel(trials_board, "holdout", PUBLIC, PRIVATE, "when the data have test_truth.csv, the search"
                            " scores its top trials on the holdout (search/export.py scores any)"),
-              versus_panel(board, "LB", LB_PUBLIC, LB_PRIVATE, "record real leaderboard scores with"
+              versus_panel(trials_board, "LB", LB_PUBLIC, LB_PRIVATE, "record real leaderboard scores with"
                            " python search/lb.py EXPERIMENT TRIAL --public S")]
+    record = recorded(directory)
+    if record is not None:
+        panels.append(ensemble_panel(record))
     path = directory / REPORT_HTML
     atomic_write_text(path, page(title, board, panels))
     return path
@@ -127,6 +132,22 @@ def versus_panel(board: pd.DataFrame, what: str, public: str, private: str, how:
                f" Spearman {rhos}. Points below the line: the CV promised more than the {what} gave.")
     figure = figures.cv_versus(board[SCORE], board[public], board[private] if private in board else None, what)
     return _panel(title, caption, figure)
+
+
+def ensemble_panel(record: dict) -> Panel:
+    """The hill climbing of search/ensemble.py: the blend's OOF LWLRAP after each step."""
+    path, best = record["path"], record["best_single"]
+    caption = (f"Greedy selection with replacement over {len(record['candidates'])} trials' out-of-fold predictions"
+               f" ({record['average']} averaging): step 0 is the best single trial ({best['trial']},"
+               f" {best['oof_lwlrap']:.4f}), each step adds the trial that raises the pooled OOF LWLRAP most;"
+               f" {len(path) - 1} steps, {len(record['weights'])} trials in the blend. In-sample"
+               f" {record['oof_lwlrap']:.4f}; nested {record['nested_oof_lwlrap']:.4f} (dashed: each fold's"
+               f" recordings blended by the weights chosen on the other folds), which ranks the ensemble on the"
+               f" leaderboard; one trial chosen the same way scores {record['nested_single_oof_lwlrap']:.4f}"
+               f" (dash-dotted).")
+    figure = figures.hill_climbing([step["trial"] for step in path], [step["oof_lwlrap"] for step in path],
+                                   record["nested_oof_lwlrap"], record["nested_single_oof_lwlrap"])
+    return _panel("Ensemble selection", caption, figure)
 
 
 def page(title: str, board: pd.DataFrame, panels: list[Panel]) -> str:

@@ -150,7 +150,7 @@ def score_on_holdout(plan: SearchPlan, rows: list[Row]) -> bool:
         print(f"[rfcx-tune] holdout: the trials are in {plan.storage}; score them with search/export.py on a"
               f" local copy", flush=True)
         return False
-    scored = [row for row in rows if math.isfinite(row.score)]
+    scored = [row for row in rows if math.isfinite(row.score) and not row.is_ensemble]
     top = [row.trial for row in scored[:TOP_ROWS]]
     recipe = next((row.trial for row in scored if row.recipe_point), None)
     chosen = top + [recipe] if recipe is not None and recipe not in top else top

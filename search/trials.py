@@ -7,9 +7,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 LEADERBOARD_CSV = "leaderboard.csv"
 TRIAL_FILE = "trial.json"  # trainable.kfold.TRIAL_FILE, repeated here to keep torch out of the CLIs
+ENSEMBLE = "ensemble"  # the leaderboard row of search/ensemble.py's blend; Ray's trial ids are hex
 
 
 class TrialNotFound(Exception):
@@ -18,6 +23,15 @@ class TrialNotFound(Exception):
 
 def scored_trials(experiment: Path) -> list[str]:
     """The ids of the experiment's trials with a score, best first (from its leaderboard)."""
+    return list(scored_board(experiment).trial)
+
+
+def scored_board(experiment: Path) -> pd.DataFrame:
+    """The leaderboard's rows of trials with a score, best first (not the ensemble's row).
+
+    Raises:
+        TrialNotFound: no experiment, no leaderboard, or no trial with a score.
+    """
     import pandas as pd
 
     if not experiment.is_dir():
@@ -26,10 +40,10 @@ def scored_trials(experiment: Path) -> list[str]:
     if not board_path.is_file():
         raise TrialNotFound(f"no {LEADERBOARD_CSV} in {experiment}: name a trial, or finish the search first")
     board = pd.read_csv(board_path, dtype={"trial": str})
-    scored = list(board[board.score.map(lambda v: isinstance(v, float) and math.isfinite(v))].trial)
-    if not scored:
+    scored = board[board.score.map(lambda v: isinstance(v, float) and math.isfinite(v)) & (board.trial != ENSEMBLE)]
+    if scored.empty:
         raise TrialNotFound(f"no trial of {experiment} has a score yet")
-    return scored
+    return scored.reset_index(drop=True)
 
 
 def trial_dir(experiment: Path, trial: str) -> Path:

@@ -167,9 +167,25 @@ def test_a_search_leaves_a_leaderboard_a_study_a_config_and_tensorboard_files(ca
     assert "CV vs LB over 4 trials" in (experiment / "leaderboard.md").read_text()
     assert '<img alt="CV vs LB"' in (experiment / "report.html").read_text()
 
-    # Stage 3: the best trial's window predictions teach a new search, whose folds start from
+    # The ensemble of the trials (all exported already): its files, its row and its figure.
+    blended = subprocess.run([sys.executable, str(REPO / "search/ensemble.py"), str(experiment)], capture_output=True,
+                             text=True, timeout=120)
+    assert blended.returncode == 0, blended.stderr[-3000:]
+    assert "exporting" not in blended.stdout  # the search's own exports are of the trials' newest checkpoints
+    folder = experiment / "exports" / "ensemble"
+    record = json.loads((folder / "weights.json").read_text())
+    assert {"oof.csv", "submission.csv", "windows.csv", "holdout.json"} <= {p.name for p in folder.iterdir()}
+    assert len(record["candidates"]) == 4 and record["weights"]
+    assert f"nested oof lwlrap (each fold's recordings blended by the weights chosen on the other folds): the" \
+           f" ensemble {record['nested_oof_lwlrap']:.4f}" in blended.stdout
+    board = pd.read_csv(experiment / "leaderboard.csv", dtype={"trial": str})
+    assert list(board.status).count(f"ensemble of {len(record['weights'])} trials") == 1
+    assert '<img alt="Ensemble selection"' in (experiment / "report.html").read_text()
+
+    # Stage 3: the ensemble's window predictions teach a new search, whose folds start from
     # the best trial's fold models; the pseudo space now also searches the teacher.
-    windows = experiment / "exports" / f"trial_{board.trial[0]}" / "windows.csv"
+    board = board[board.trial != "ensemble"].reset_index(drop=True)
+    windows = folder / "windows.csv"
     stage3 = subprocess.run([*tiny_search(cached_dir, tmp_path, "stage3"), "--space", "pseudo", "--num-samples", "1",
                              "--epochs", "1", "--teacher", str(windows), "--init-from", "e2e"],
                             capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=600)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -43,3 +44,29 @@ def remove_partial_files(folder: Path) -> int:
     for path in partial:
         path.unlink(missing_ok=True)
     return len(partial)
+
+
+def atomic_directory(path: Path, fill: Callable[[Path], object]) -> None:
+    """Write a folder of files that belong together through `fill(folder)`, so that `path`
+    holds the old set or the new one, never a mix: the files go into a temporary folder beside
+    it, which replaces the old folder once `fill` returned. POSIX renames a folder only onto an
+    empty one or none, so the old folder is renamed aside first (`.<name>.*.old`, removed
+    after): between the two renames `path` is missing, and a kill there leaves the old set
+    under that name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX))
+    try:
+        fill(temp)
+        for file in temp.iterdir():
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+        old = temp.with_name(temp.name.removesuffix(TEMP_SUFFIX) + ".old")
+        if path.exists():
+            os.replace(path, old)
+        os.replace(temp, path)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

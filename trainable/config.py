@@ -57,6 +57,7 @@ EVENT_FRAMES = ("reference", "cover")  # see DataConfig.event_frames
 WINDOW_RULES = ("reference", "cover")  # see DataConfig.window_rule
 FOLD_LABELS = ("single", "multi_hot")  # see DataConfig.fold_labels
 WINDOW_SCORES = ("att_max_mean", "segment_max")  # see DataConfig.window_score
+FOLD_SPLIT_KEYS = ("data.n_folds", "data.fold_seed", "data.fold_labels")  # what decides the folds
 
 
 @dataclass(frozen=True)

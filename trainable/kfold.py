@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 
 from trainable.annotations import Annotations, load_annotations
 from trainable.cache import DEFAULT_CACHE_NAME, LogMelCache
-from trainable.config import MODEL_KEYS, ConfigError, TrainConfig, TrialConfig, to_dict
+from trainable.config import FOLD_SPLIT_KEYS, MODEL_KEYS, ConfigError, TrainConfig, TrialConfig, to_dict
 from trainable.dotted import flatten_dotted
 from trainable.data import (REFERENCE_VALID_OVERLAP, ClipWindows, CropSpec, EpochBatches, TrainCrops, epoch_crops,
                             epoch_size, shuffled_batches, teacher_crops)
@@ -56,7 +56,6 @@ from trainable.teacher import load_teacher
 CHECKPOINT_FORMAT = 2
 TRIAL_FILE = "trial.json"
 BEST_OOF_FILE = "best_oof.npz"
-FOLD_SPLIT_KEYS = ("data.n_folds", "data.fold_seed", "data.fold_labels")  # what decides the folds
 EPOCH_FILE, EPOCH_ARRAYS, EPOCH_TENSORS = "epoch.json", "epoch.npz", "epoch.pt"  # a checkpoint within an epoch
 
 

@@ -46,11 +46,18 @@ class TeacherWindows:
         Returns:
             (C,) float32, or None when no window covers the crop.
         """
-        overlap = np.minimum(self.end, start + width) - np.maximum(self.start, start)  # (W,)
-        covering = (overlap > 0) & (overlap * 2 >= np.minimum(self.end - self.start, width))
-        if not covering.any():
+        covered = covering(self.start, self.end, start, width)  # (W,)
+        if not covered.any():
             return None
-        return self.probabilities[covering].max(axis=0)
+        return self.probabilities[covered].max(axis=0)
+
+
+def covering(starts: np.ndarray, ends: np.ndarray, start, width) -> np.ndarray:
+    """Which windows [starts, ends) cover the crops [start, start + width): those that overlap a
+    crop by at least half of the crop or half of themselves. Any unit of time; the arguments
+    broadcast (windows along the last axis, crops along the first: a (crops, windows) mask)."""
+    overlap = np.minimum(ends, start + width) - np.maximum(starts, start)
+    return (overlap > 0) & (overlap * 2 >= np.minimum(ends - starts, width))
 
 
 @dataclass(frozen=True)
