@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import rankdata
 
 from trainable.metrics import lwlrap
 
@@ -119,5 +118,7 @@ def ranks(predictions: np.ndarray) -> np.ndarray:
     """Each model's scores replaced by their rank over the rows, per species, scaled into
     (0, 1] (ties share their mean rank): rank averaging blends models whose probabilities are
     calibrated differently. (M, N, C) -> (M, N, C)."""
+    from scipy.stats import rankdata  # a second of imports, for this option only
+
     predictions = np.asarray(predictions, dtype=np.float64)
     return rankdata(predictions, axis=1) / predictions.shape[1]

@@ -35,6 +35,7 @@ from search.trials import (ENSEMBLE, LEADERBOARD_CSV, TRIAL_FILE, TrialNotFound,
                            trial_dir)
 from search.window_blend import WindowsError, blend_windows
 from trainable.annotations import SUBMISSION_FILE
+from trainable.atomic import atomic_directory
 from trainable.config import FOLD_SPLIT_KEYS
 from trainable.dotted import flatten_dotted
 
@@ -115,9 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     except ENSEMBLE_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: the ensemble was not written (an older one stays whole); the trials exported so far"
+              " are kept, and the same command goes on from them", file=sys.stderr)
+        return 130
     print(f"weights:    {out / WEIGHTS}\noof:        {out / OOF_FILE}\nsubmission: {out / SUBMISSION}\n"
           f"windows:    {out / WINDOWS} (a stage-3 teacher: --teacher {out / WINDOWS})\n"
-          f"submit:     {submit_command(first, 'ensemble', out)}")
+          f"submit:     {submit_command(first, ENSEMBLE, out)}")
     if out.resolve() == (first / EXPORTS / ENSEMBLE).resolve() and (first / LEADERBOARD_CSV).is_file():
         from search.report import LEADERBOARD_MD, refresh_leaderboard
 
@@ -351,7 +356,6 @@ def write(out: Path, ensemble: Ensemble, library: Library, data_dir: Path, start
     import pandas as pd
 
     from search.holdout import holdout_scores, load_truth
-    from trainable.atomic import atomic_directory
 
     columns = library.columns
     oof = pd.DataFrame(ensemble.apply(library.oof), columns=columns)

@@ -205,6 +205,21 @@ def test_bad_references_are_one_line(experiment, tmp_path, capsys):
     assert code == 2 and "is under" in err and "a file, not a folder" in err
 
 
+def test_ctrl_c_leaves_the_older_ensemble_whole(experiment, capsys, monkeypatch):
+    assert run(capsys, [experiment])[0] == 0
+    folder = experiment / "exports" / "ensemble"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    def interrupted(folder: Path) -> None:
+        (folder / "oof.csv").write_text("half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ensemble, "atomic_directory", lambda path, fill: atomic_directory(path, interrupted))
+    code, _, err = run(capsys, [experiment, "--top", "2"])
+    assert code == 130 and err.startswith("interrupted: the ensemble was not written") and err.count("\n") == 1
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
 def test_an_ensemble_folder_is_replaced_whole(tmp_path):
     folder = tmp_path / "ensemble"
     atomic_directory(folder, lambda f: [(f / name).write_text("old") for name in ("a", "b")])
