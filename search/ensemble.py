@@ -183,13 +183,12 @@ def _candidate(experiment: Path, trial: str, score: float) -> tuple[Candidate | 
     try:
         checkpoint = newest_checkpoint(trial_dir(experiment, trial))
         record = json.loads((checkpoint / TRIAL_FILE).read_text())
-    except (TrialNotFound, OSError, ValueError) as error:
-        return None, f"has no readable checkpoint ({str(error).splitlines()[0]})"
-    config = flatten_dotted(record["config"])
-    n_folds = config["data.n_folds"]
-    if sorted(record["folds"]) != list(range(n_folds)):
-        return None, (f"trained folds {record['folds']} of {n_folds}: blending needs out-of-fold predictions of"
-                      f" every recording")
+        config, folds = flatten_dotted(record["config"]), sorted(record["folds"])
+        n_folds = config["data.n_folds"]
+    except (TrialNotFound, OSError, ValueError, KeyError, TypeError) as error:
+        return None, f"has no readable checkpoint ({str(error).splitlines()[0] or type(error).__name__})"
+    if folds != list(range(n_folds)):
+        return None, f"trained folds {folds} of {n_folds}: blending needs out-of-fold predictions of every recording"
     return Candidate(experiment, trial, score, checkpoint, config), None
 
 

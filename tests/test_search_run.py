@@ -182,38 +182,26 @@ def test_a_search_leaves_a_leaderboard_a_study_a_config_and_tensorboard_files(ca
     assert list(board.status).count(f"ensemble of {len(record['weights'])} trials") == 1
     assert '<img alt="Ensemble selection"' in (experiment / "report.html").read_text()
 
-    # Stage 3: the ensemble's window predictions teach a new search, whose folds start from
-    # the best trial's fold models; the pseudo space now also searches the teacher.
+    # Stage 3, the recipe exp0109 alone (no space: its own configuration, one trial): taught by
+    # the ensemble's window predictions, its folds starting from the best trial's fold models.
     board = board[board.trial != "ensemble"].reset_index(drop=True)
     windows = folder / "windows.csv"
-    stage3 = subprocess.run([*tiny_search(cached_dir, tmp_path, "stage3"), "--space", "pseudo", "--num-samples", "1",
-                             "--epochs", "1", "--teacher", str(windows), "--init-from", "e2e"],
-                            capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=600)
+    command = [part for part in tiny_search(cached_dir, tmp_path, "stage3") if part not in ("--space", "loss_weights")]
+    command[command.index("--num-samples") + 1] = "1"
+    stage3 = subprocess.run([*command, "--recipe", "exp0109", "--epochs", "2", "--teacher", str(windows),
+                             "--init-from", "e2e"], capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=600)
     assert stage3.returncode == 0, stage3.stderr[-3000:]
-    taught = pd.read_csv(tmp_path / "stage3" / "leaderboard.csv")
-    assert len(taught) == 1 and taught.score.notna().all()
-    assert {"loss.teacher_threshold", "loss.teacher_weight"} <= set(taught.columns)
+    assert "recipe exp0109, no space (the recipe's own configuration); 1 trials of 2 epochs" in stage3.stdout
+    taught = pd.read_csv(tmp_path / "stage3" / "leaderboard.csv", dtype={"best_epochs": str})
+    assert len(taught) == 1 and taught.status[0] == "completed"
+    for column in ("score", "cv_lwlrap", "cv_lwlrap_fold_best", "cv_lrap_reference"):  # the three CVs
+        assert 0 < taught[column][0] <= 1
+    assert len(taught.best_epochs[0].split(",")) == 2 and set(taught.best_epochs[0].split(",")) <= {"1", "2"}
     config = from_dict(TrialConfig, yaml.safe_load((tmp_path / "stage3" / "best_config.yaml").read_text()))
+    assert config.recipe == "exp0109" and config.loss.w_max == config.loss.w_pseudo == config.loss.w_frame == 0
+    assert config.augment.brightness_contrast_p == 0 and config.augment.group_gamma == 0
     assert config.stage == 3 and config.teacher_file == str(windows)
     assert Path(config.init_from).parent == experiment / f"trial_{board.trial[0]}"
-
-
-def test_without_a_space_a_recipe_trains_once_and_reports_the_three_cvs(cached_dir, tmp_path):
-    command = tiny_search(cached_dir, tmp_path, "exp0109")
-    command = [part for part in command if part not in ("--space", "loss_weights")]
-    command[command.index("--num-samples") + 1] = "1"
-    done = subprocess.run([*command, "--recipe", "exp0109", "--epochs", "2"], capture_output=True, text=True, env=ENV,
-                          cwd=tmp_path, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "recipe exp0109, no space (the recipe's own configuration); 1 trials of 2 epochs" in done.stdout
-    board = pd.read_csv(tmp_path / "exp0109" / "leaderboard.csv", dtype={"best_epochs": str})
-    assert len(board) == 1 and board.status[0] == "completed"
-    for column in ("score", "cv_lwlrap", "cv_lwlrap_fold_best", "cv_lrap_reference"):
-        assert 0 < board[column][0] <= 1
-    assert len(board.best_epochs[0].split(",")) == 2 and set(board.best_epochs[0].split(",")) <= {"1", "2"}
-    best = from_dict(TrialConfig, yaml.safe_load((tmp_path / "exp0109" / "best_config.yaml").read_text()))
-    assert best.recipe == "exp0109" and best.loss.w_max == best.loss.w_pseudo == best.loss.w_frame == 0
-    assert best.augment.brightness_contrast_p == 0 and best.augment.group_gamma == 0
 
 
 def results_recorded(experiment: Path) -> dict[str, int]:
