@@ -31,8 +31,7 @@ from search.blend import AVERAGES, DEFAULT_MAX_STEPS, DEFAULT_TOLERANCE
 from search.export import (EXPORT_ERRORS, OOF_FILE, SUBMISSION, WINDOWS, check_writable, is_fresh,
                            species_columns, submit_command)
 from search.holdout import HOLDOUT_FILE, PRIVATE, PUBLIC
-from search.trials import (ENSEMBLE, LEADERBOARD_CSV, TRIAL_FILE, TrialNotFound, newest_checkpoint, scored_board,
-                           trial_dir)
+from search.trials import ENSEMBLE, LEADERBOARD_CSV, TrialNotFound, newest_checkpoint, scored_board, trial_dir
 from search.window_blend import WindowsError, blend_windows
 from trainable.annotations import SUBMISSION_FILE
 from trainable.atomic import atomic_directory
@@ -109,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         first = split_ref(args.experiments[0])[0]
         out = args.out or first / EXPORTS / ENSEMBLE
         check_writable(out)
-        export_missing(pool, args.data_dir, args.cache_dir)
+        export_missing(pool, data_dir, args.data_dir, args.cache_dir)
         library = Library.load(pool, data_dir)
         result = Ensemble.build(library, args.average, args.max_steps, args.tolerance)
         write(out, result, library, data_dir, started)
@@ -180,13 +179,15 @@ def candidates(references: list[str], top: int | None) -> list[Candidate]:
 
 def _candidate(experiment: Path, trial: str, score: float) -> tuple[Candidate | None, str | None]:
     """The trial as a candidate, or why it cannot be one."""
+    from trainable.kfold import read_trial_file  # torch is here already: trainable.cache imports it
+
     try:
         checkpoint = newest_checkpoint(trial_dir(experiment, trial))
-        record = json.loads((checkpoint / TRIAL_FILE).read_text())
+        record = read_trial_file(checkpoint)
         config, folds = flatten_dotted(record["config"]), sorted(record["folds"])
         n_folds = config["data.n_folds"]
-    except (TrialNotFound, OSError, ValueError, KeyError, TypeError) as error:
-        return None, f"has no readable checkpoint ({str(error).splitlines()[0] or type(error).__name__})"
+    except (TrialNotFound, ValueError, KeyError, TypeError) as error:  # CheckpointError is a ValueError
+        return None, f"has no usable checkpoint ({str(error).splitlines()[0] or type(error).__name__})"
     if folds != list(range(n_folds)):
         return None, f"trained folds {folds} of {n_folds}: blending needs out-of-fold predictions of every recording"
     return Candidate(experiment, trial, score, checkpoint, config), None
@@ -229,7 +230,7 @@ def check_compatible(pool: list[Candidate], data_dir: Path) -> None:
 def species_count(candidate: Candidate, data_dir: Path) -> int:
     """The species of a trial's predictions: its export's columns, or before an export the
     data's submission columns."""
-    header = candidate.exports / OOF_FILE if is_fresh(candidate.checkpoint.parent, candidate.exports) else (
+    header = candidate.exports / OOF_FILE if is_fresh(candidate.checkpoint.parent, candidate.exports, data_dir) else (
         data_dir / SUBMISSION_FILE)
     try:
         with open(header) as f:
@@ -239,15 +240,16 @@ def species_count(candidate: Candidate, data_dir: Path) -> int:
     return sum(column.startswith("s") and column[1:].isdigit() for column in columns)
 
 
-def export_missing(pool: list[Candidate], data_dir: Path | None, cache_dir: Path | None) -> None:
-    """Export the candidates that have no export of their newest checkpoint."""
+def export_missing(pool: list[Candidate], data_dir: Path, moved_to: Path | None, cache_dir: Path | None) -> None:
+    """Export the candidates that have no export of their newest checkpoint on `data_dir`
+    (`moved_to`: --data-dir, when given)."""
     from search.export import export
 
-    missing = [c for c in pool if not is_fresh(c.checkpoint.parent, c.exports)]
+    missing = [c for c in pool if not is_fresh(c.checkpoint.parent, c.exports, data_dir)]
     for number, candidate in enumerate(missing, start=1):
         print(f"[rfcx-tune] exporting {candidate} ({number} of {len(missing)}: no export of its"
-              f" {candidate.checkpoint.name} yet)", flush=True)
-        export(candidate.experiment, candidate.trial, data_dir, cache_dir)
+              f" {candidate.checkpoint.name} on {data_dir} yet)", flush=True)
+        export(candidate.experiment, candidate.trial, moved_to, cache_dir)
 
 
 @dataclass(frozen=True)
@@ -316,7 +318,7 @@ class Ensemble:
     nested: NestedScore
     nested_single: NestedScore  # the same nested CV of choosing one trial (max_steps 0)
     average: str  # AVERAGES
-    singles: list[float]  # each candidate's OOF LWLRAP
+    singles: list[float]  # each candidate's OOF LWLRAP (of its probabilities, whatever the averaging)
 
     @staticmethod
     def build(library: Library, average: str, max_steps: int, tolerance: float) -> Ensemble:
@@ -324,8 +326,9 @@ class Ensemble:
         from trainable.metrics import lwlrap
 
         oof = ranks(library.oof) if average == "rank" else library.oof
+        space = "" if average == "probability" else "; the scores below are of the ranks"
         print(f"[rfcx-tune] ensemble selection over {len(library.candidates)} trials on {len(library.recording_ids)}"
-              f" recordings' out-of-fold predictions ({average} averaging)", flush=True)
+              f" recordings' out-of-fold predictions ({average} averaging{space})", flush=True)
         blend = select(oof, library.truth, max_steps, tolerance)
         for number, step in enumerate(blend.path):
             added = library.candidates[step.model].trial
@@ -336,13 +339,14 @@ class Ensemble:
         nested = nested_score(oof, library.truth, library.folds, max_steps, tolerance)
         nested_single = nested_score(oof, library.truth, library.folds, max_steps=0)
         best = library.candidates[blend.path[0].model].trial
-        print(f"[rfcx-tune] {ended}: an ensemble of {int((blend.counts > 0).sum())} trials\n"
+        chosen = int((blend.counts > 0).sum())
+        print(f"[rfcx-tune] {ended}: an ensemble of {chosen} trial{'s' if chosen > 1 else ''}\n"
               f"[rfcx-tune] in-sample oof lwlrap: the ensemble {blend.score:.4f}, the best single trial {best}"
               f" {blend.path[0].score:.4f}\n"
               f"[rfcx-tune] nested oof lwlrap (each fold's recordings blended by the weights chosen on the other"
               f" folds): the ensemble {nested.score:.4f}, one trial chosen the same way {nested_single.score:.4f}",
               flush=True)
-        return Ensemble(blend, nested, nested_single, average, [lwlrap(library.truth, p) for p in oof])
+        return Ensemble(blend, nested, nested_single, average, [lwlrap(library.truth, p) for p in library.oof])
 
     def apply(self, predictions: np.ndarray) -> np.ndarray:
         from search.blend import ranks
@@ -423,7 +427,10 @@ def read_json(path: Path) -> dict[str, Any]:
 def recorded(experiment: Path) -> dict[str, Any] | None:
     """The weights.json of the experiment's ensemble (EXPERIMENT/exports/ensemble), or None."""
     record = read_json(experiment / EXPORTS / ENSEMBLE / WEIGHTS)
-    return record if record and math.isfinite(record.get("nested_oof_lwlrap", math.nan)) else None
+    scores = [record.get(key) for key in ("oof_lwlrap", "nested_oof_lwlrap", "nested_single_oof_lwlrap", "wall_s")]
+    whole = all(isinstance(v, (int, float)) and math.isfinite(v) for v in scores) and isinstance(
+        record.get("weights"), dict) and isinstance(record.get("path"), list)
+    return record if whole else None  # a file written by hand or by an older version is not shown
 
 
 if __name__ == "__main__":

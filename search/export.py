@@ -151,19 +151,21 @@ def export(experiment: Path, trial: str, data_dir: Path | None = None, cache_dir
         holdout = holdout_scores(submission, hidden)
         atomic_write_text(out / HOLDOUT_FILE, json.dumps(holdout))
         print(f"[rfcx-tune] holdout lwlrap: public {holdout[PUBLIC]:.4f}, private {holdout[PRIVATE]:.4f}")
-    atomic_write_text(out / EXPORT_RECORD, json.dumps({"checkpoint": checkpoint.name, "epoch": saved["epoch"],
-                                                       "best_epochs": saved["best_epochs"], "oof_lwlrap": score}))
+    atomic_write_text(out / EXPORT_RECORD, json.dumps({"checkpoint": checkpoint.name, "data_dir": str(data.resolve()),
+                                                       "epoch": saved["epoch"], "best_epochs": saved["best_epochs"],
+                                                       "oof_lwlrap": score}))
     return out
 
 
-def is_fresh(trial: Path, out: Path) -> bool:
-    """Whether `out` holds an export of the trial directory's newest checkpoint."""
+def is_fresh(trial: Path, out: Path, data_dir: Path) -> bool:
+    """Whether `out` holds an export of the trial directory's newest checkpoint on `data_dir`."""
     try:
         record = json.loads((out / EXPORT_RECORD).read_text())
     except (OSError, ValueError):
         return False
     files = all((out / name).is_file() for name in (OOF_FILE, SUBMISSION, WINDOWS))
-    return files and record.get("checkpoint") == newest_checkpoint(trial).name
+    return (files and record.get("checkpoint") == newest_checkpoint(trial).name
+            and record.get("data_dir") == str(Path(data_dir).resolve()))
 
 
 def check_writable(out: Path) -> None:

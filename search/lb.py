@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.submissions is not None:
             if args.trial or args.public is not None or args.private is not None:
                 raise LBError("--submissions takes no TRIAL, --public or --private: the file has them")
-            found, unmatched = from_submissions(read_submissions(args.submissions), trials)
+            found, unmatched = from_submissions(read_submissions(args.submissions), trials,
+                                                args.experiment.resolve().name)
             new = {trial: {**entry, LB_MEMO: recorded.get(trial, {}).get(LB_MEMO) or entry[LB_MEMO]}
                    for trial, entry in found.items()}
         else:
@@ -66,10 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     save_lb(args.experiment, {**recorded, **new})
-    from search.holdout import cv_versus_lb, spearman
+    from search.holdout import cv_versus_lb, spearman, trial_rows
     from search.report import LEADERBOARD_MD, frame, refresh_leaderboard
 
-    board = frame(refresh_leaderboard(args.experiment))
+    board = trial_rows(frame(refresh_leaderboard(args.experiment)))  # the CV-vs-LB line is over trials
     for trial, entry in new.items():
         private = entry[LB_PRIVATE]
         print(f"trial {trial}: LB {entry[LB_PUBLIC]:.4f} public"
@@ -132,16 +133,21 @@ def read_submissions(path: Path) -> list[dict[str, str]]:
     return rows
 
 
-def from_submissions(rows: list[dict[str, str]], trials: list[str]) -> tuple[dict[str, dict], int]:
+def from_submissions(rows: list[dict[str, str]], trials: list[str], experiment: str) -> tuple[dict[str, dict], int]:
     """Trial -> its newest scored submission's scores, and how many scored submissions named
-    no trial (or several)."""
+    no trial (or several). The ensemble's row is matched by the description of its submit
+    command only ("rfcx-tune EXPERIMENT ensemble"): the word alone could name another
+    experiment's ensemble, or be part of an experiment's name."""
     found: dict[str, dict] = {}
     unmatched = 0
+    ids = [trial for trial in trials if trial != ENSEMBLE]
     for row in rows:  # newest first
         if not row["publicScore"].strip():
             continue  # pending or failed: no score yet
         text = f"{row['fileName']} {row['description']}"
-        named = [trial for trial in trials if re.search(rf"(?<![0-9A-Za-z]){re.escape(trial)}(?![0-9A-Za-z])", text)]
+        named = [trial for trial in ids if re.search(rf"(?<![0-9A-Za-z]){re.escape(trial)}(?![0-9A-Za-z])", text)]
+        if ENSEMBLE in trials and row["description"].strip() == f"rfcx-tune {experiment} {ENSEMBLE}":
+            named = [ENSEMBLE]
         if len(named) != 1:
             unmatched += 1
             continue

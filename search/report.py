@@ -315,7 +315,8 @@ def ensemble_rows(rows: list[Row], directory: Path) -> list[Row]:
     params = {name: math.nan for name in (rows[0].params if rows else {})}
     blend = ", ".join(f"{weight:.2f} {trial}" for trial, weight in weights.items())
     memo = f"in-sample {record['oof_lwlrap']:.4f}; {blend}"
-    return [Row(ENSEMBLE, f"ensemble of {len(weights)} trials", record["nested_oof_lwlrap"], math.nan, 0, params,
+    status = f"ensemble of {len(weights)} trial{'s' if len(weights) > 1 else ''}"
+    return [Row(ENSEMBLE, status, record["nested_oof_lwlrap"], math.nan, 0, params,
                 record["wall_s"], holdout=record.get("holdout", {}), cvs=cvs, memo=memo)]
 
 

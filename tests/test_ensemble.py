@@ -61,7 +61,8 @@ def make_experiment(root: Path, data_dir: Path, quality: dict[str, tuple[int, ..
                                 "t_max": [6.0, 12.0] * len(every)})
         windows[columns] = rng.uniform(0, 1, (len(windows), n_species))
         windows.to_csv(out / "windows.csv", index=False)
-        (out / EXPORT_RECORD).write_text(json.dumps({"checkpoint": checkpoint.name}))
+        record = {"checkpoint": checkpoint.name, "data_dir": str(data_dir.resolve())}
+        (out / EXPORT_RECORD).write_text(json.dumps(record))
         rows.append(Row(trial, "completed", lwlrap(truth, oof), 0.01, 2, {"loss.w_max": 0.1 * number}, 5.0))
     rows.sort(key=lambda row: -row.score)
     (root / "leaderboard.csv").write_text(frame(rows).to_csv(index=False))
@@ -136,6 +137,18 @@ def test_an_ensemble_of_complementary_trials_with_its_files_and_leaderboard_row(
         nan_ok=True)
 
 
+def test_the_ensembles_submission_is_matched_by_its_own_description(experiment, capsys):
+    assert run(capsys, [experiment])[0] == 0
+    trials = lb.board_trials(experiment)
+    rows = [{"fileName": "submission.csv", "description": description, "status": "complete", "publicScore": score,
+             "privateScore": ""} for description, score in (("rfcx-tune other ensemble", "0.7"),
+                                                            ("rfcx-tune exp ensemble", "0.9"),
+                                                            ("rfcx-tune my-ensemble aaa", "0.8"))]
+    found, unmatched = lb.from_submissions(rows, trials, "exp")
+    assert {trial: entry["lb_public"] for trial, entry in found.items()} == {ENSEMBLE: 0.9, "aaa": 0.8}
+    assert unmatched == 1  # another experiment's ensemble
+
+
 def test_the_same_inputs_give_the_same_files(experiment, tmp_path, capsys):
     outputs = []
     for name in ("one", "two"):
@@ -155,7 +168,11 @@ def test_top_blends_only_the_trials_with_the_best_cv(experiment, tmp_path, capsy
 
 
 def nothing_written(experiment: Path, tmp_path: Path) -> bool:
-    return not (experiment / "exports" / "ensemble").exists() and not list(tmp_path.glob("**/weights.json"))
+    """No ensemble anywhere, and the trials' exports as make_experiment wrote them (no export ran)."""
+    exports = {p.name for p in (experiment / "exports").iterdir()}
+    return (not list(tmp_path.glob("**/weights.json")) and "ensemble" not in exports
+            and all({f.name for f in (experiment / "exports" / name).iterdir()} == {
+                "oof.csv", "submission.csv", "windows.csv", EXPORT_RECORD} for name in exports))
 
 
 def test_trials_of_another_fold_split_are_refused(experiment, tmp_path, cached_dir, capsys):
@@ -169,13 +186,16 @@ def test_trials_of_another_fold_split_are_refused(experiment, tmp_path, cached_d
 
 def test_a_trial_without_every_fold_is_refused_by_name_and_left_out_of_a_whole_experiment(tmp_path, cached_dir,
                                                                                           capsys):
-    experiment = make_experiment(tmp_path / "exp", cached_dir, {"aaa": (0, 1, 2), "bbb": (3, 4, 5), "ccc": (1,)},
-                                 trained_folds={"ccc": [0]})
+    experiment = make_experiment(tmp_path / "exp", cached_dir, {"aaa": (0, 1, 2), "bbb": (3, 4, 5), "ccc": (1,),
+                                                                "old": (2,)}, trained_folds={"ccc": [0]})
+    record = experiment / "trial_old" / "checkpoint_000001" / "trial.json"
+    record.write_text(json.dumps({**json.loads(record.read_text()), "format": 1}))  # made before recipes
     code, _, err = run(capsys, [f"{experiment}:aaa", f"{experiment}:ccc"])
     assert code == 2 and err == (f"error: trial ccc of {experiment} trained folds [0] of 2: blending needs"
                                  f" out-of-fold predictions of every recording\n")
     code, out, _ = run(capsys, [experiment, "--out", tmp_path / "whole"])
-    assert code == 0 and "left out 1 trials: ccc (trained folds [0] of 2" in out
+    assert code == 0 and "left out 2 trials: " in out and "ccc (trained folds [0] of 2" in out
+    assert "old (has no usable checkpoint (checkpoint " in out and "was made before recipes" in out
     assert "ccc" not in json.loads((tmp_path / "whole" / "weights.json").read_text())["weights"]
 
 

@@ -101,7 +101,7 @@ def test_a_named_trial_and_an_output_folder(experiment, tmp_path, capsys):
     assert submit == ("submit:     kaggle competitions submit -c rfcx-species-audio-detection"
                       f' -f {tmp_path / "submission.csv"} -m "rfcx-tune exp abc"')
     listed = {"fileName": "submission.csv", "description": "rfcx-tune exp abc", "publicScore": "0.8", "privateScore": ""}
-    assert list(lb.from_submissions([listed], ["abc", "empty"])[0]) == ["abc"]
+    assert list(lb.from_submissions([listed], ["abc", "empty"], "exp")[0]) == ["abc"]
 
 
 def error_of(capsys, argv: list[str]) -> str:

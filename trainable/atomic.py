@@ -51,22 +51,24 @@ def atomic_directory(path: Path, fill: Callable[[Path], object]) -> None:
     holds the old set or the new one, never a mix: the files go into a temporary folder beside
     it, which replaces the old folder once `fill` returned. POSIX renames a folder only onto an
     empty one or none, so the old folder is renamed aside first (`.<name>.*.old`, removed
-    after): between the two renames `path` is missing, and a kill there leaves the old set
-    under that name.
+    after): between the two renames `path` is missing; an exception there puts the old folder
+    back, a SIGKILL leaves it under that name.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX))
+    old = temp.with_name(temp.name.removesuffix(TEMP_SUFFIX) + ".old")
     try:
         fill(temp)
         for file in temp.iterdir():
             with open(file, "rb") as handle:
                 os.fsync(handle.fileno())
-        old = temp.with_name(temp.name.removesuffix(TEMP_SUFFIX) + ".old")
         if path.exists():
             os.replace(path, old)
         os.replace(temp, path)
     except BaseException:
+        if old.exists() and not path.exists():  # interrupted between the renames: the old set goes back
+            os.replace(old, path)
         shutil.rmtree(temp, ignore_errors=True)
         raise
     shutil.rmtree(old, ignore_errors=True)
