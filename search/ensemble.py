@@ -31,7 +31,8 @@ from search.blend import AVERAGES, DEFAULT_MAX_STEPS, DEFAULT_TOLERANCE
 from search.export import (EXPORT_ERRORS, OOF_FILE, SUBMISSION, WINDOWS, check_writable, is_fresh,
                            species_columns, submit_command)
 from search.holdout import HOLDOUT_FILE, PRIVATE, PUBLIC
-from search.trials import ENSEMBLE, LEADERBOARD_CSV, TrialNotFound, newest_checkpoint, scored_board, trial_dir
+from search.trials import (ENSEMBLE, EXPORTS, LEADERBOARD_CSV, TrialNotFound, newest_checkpoint, scored_board,
+                           trial_dir)
 from search.window_blend import WindowsError, blend_windows
 from trainable.annotations import SUBMISSION_FILE
 from trainable.atomic import atomic_directory
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
     from search.blend import Blend, NestedScore
 
 WEIGHTS = "weights.json"
-EXPORTS = "exports"  # search.report.EXPORTS, repeated to keep matplotlib and Ray out of --help
 
 
 class EnsembleError(Exception):

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 # Light imports only: --help and bad input answer at once; torch comes with the work.
 from search.holdout import HOLDOUT_FILE, PRIVATE, PUBLIC, HoldoutError, holdout_scores, load_truth, notes
-from search.trials import LEADERBOARD_CSV, TrialNotFound, newest_checkpoint, scored_trials, trial_dir
+from search.trials import EXPORTS, LEADERBOARD_CSV, TrialNotFound, newest_checkpoint, scored_trials, trial_dir
 from trainable.annotations import SUBMISSION_FILE, AnnotationError, load_annotations
 from trainable.cache import DEFAULT_CACHE_NAME, CacheError, LogMelCache
 from trainable.config import ConfigError
@@ -108,7 +108,6 @@ def export(experiment: Path, trial: str, data_dir: Path | None = None, cache_dir
            out: Path | None = None, progress: bool = True) -> Path:
     """Write oof.csv, submission.csv, windows.csv and (with test_truth.csv) holdout.json of one trial;
     returns their folder. `progress`: a progress bar per fold and split (on stderr)."""
-    from search.report import EXPORTS
     from trainable.atomic import atomic_write_text
     from trainable.folds import folds_of, species_matrix
     from trainable.kfold import read_trial_file

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from search.lb_scores import LB_PRIVATE, LB_PUBLIC
-from search.trials import ENSEMBLE
+from search.trials import ENSEMBLE, trial_rows
 from trainable.metrics import lwlrap
 
 TRUTH_FILE = "test_truth.csv"
@@ -111,11 +111,6 @@ def notes(board: pd.DataFrame) -> list[str]:
     trials = trial_rows(board)
     return [line for line in (versus_recipe(trials), versus_ensemble(board), cv_trust(trials), cv_versus_lb(trials))
             if line]
-
-
-def trial_rows(board: pd.DataFrame) -> pd.DataFrame:
-    """The leaderboard without the ensemble's row: the trials, each one configuration."""
-    return board[board.trial != ENSEMBLE].reset_index(drop=True) if "trial" in board else board
 
 
 def versus_ensemble(board: pd.DataFrame) -> str | None:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 # Light imports only: --help and bad input answer at once.
 from search.lb_scores import LB_MEMO, LB_PRIVATE, LB_PUBLIC, load_lb, save_lb
-from search.trials import ENSEMBLE, LEADERBOARD_CSV
+from search.trials import ENSEMBLE, LEADERBOARD_CSV, trial_rows
 
 SUBMISSION_COLUMNS = ("fileName", "date", "description", "status", "publicScore", "privateScore")
 
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     save_lb(args.experiment, {**recorded, **new})
-    from search.holdout import cv_versus_lb, spearman, trial_rows
+    from search.holdout import cv_versus_lb, spearman
     from search.report import LEADERBOARD_MD, frame, refresh_leaderboard
 
     board = trial_rows(frame(refresh_leaderboard(args.experiment)))  # the CV-vs-LB line is over trials

@@ -27,7 +27,7 @@ from ray import tune
 
 from search.holdout import HOLDOUT_FILE, notes
 from search.lb_scores import LB_MEMO, LB_PRIVATE, LB_PUBLIC, load_lb
-from search.trials import ENSEMBLE
+from search.trials import ENSEMBLE, EXPORTS
 from trainable.tune import OUT_OF_MEMORY_ADVICE, SCORE, OutOfGPUMemoryError
 from trainable.atomic import TEMP_SUFFIX, atomic_write_text
 from trainable.config import to_dict
@@ -36,7 +36,6 @@ from trainable.recipes import resolve
 
 LEADERBOARD_MD, LEADERBOARD_CSV = "leaderboard.md", "leaderboard.csv"
 BEST_CONFIG, STUDY_DB = "best_config.yaml", "study.db"
-EXPORTS = "exports"  # EXPERIMENT/exports/trial_<id>/: what search/export.py writes
 MIN_TRIALS_FOR_IMPORTANCE = 4  # fANOVA on fewer trials is noise
 
 

@@ -19,10 +19,11 @@ import pandas as pd
 
 from search import figures
 from search.ensemble import recorded
-from search.holdout import MIN_RANKED, PRIVATE, PUBLIC, notes, rho_text, spearman, trial_rows
+from search.holdout import MIN_RANKED, PRIVATE, PUBLIC, notes, rho_text, spearman
 from search.lb_scores import LB_PRIVATE, LB_PUBLIC
 from search.plan import PLAN_FILE, asha_rungs, load_plan
 from search.report import LEADERBOARD_CSV, MIN_TRIALS_FOR_IMPORTANCE, importances_for, load_study, param_columns
+from search.trials import trial_rows
 from trainable.atomic import atomic_write_text
 from trainable.tune import METRIC, SCORE
 

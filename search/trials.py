@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 LEADERBOARD_CSV = "leaderboard.csv"
 TRIAL_FILE = "trial.json"  # trainable.kfold.TRIAL_FILE, repeated here to keep torch out of the CLIs
 ENSEMBLE = "ensemble"  # the leaderboard row of search/ensemble.py's blend; Ray's trial ids are hex
+EXPORTS = "exports"  # EXPERIMENT/exports/trial_<id>/: what search/export.py writes (and ensemble/)
 
 
 class TrialNotFound(Exception):
@@ -39,11 +40,16 @@ def scored_board(experiment: Path) -> pd.DataFrame:
     board_path = experiment / LEADERBOARD_CSV
     if not board_path.is_file():
         raise TrialNotFound(f"no {LEADERBOARD_CSV} in {experiment}: name a trial, or finish the search first")
-    board = pd.read_csv(board_path, dtype={"trial": str})
-    scored = board[board.score.map(lambda v: isinstance(v, float) and math.isfinite(v)) & (board.trial != ENSEMBLE)]
+    board = trial_rows(pd.read_csv(board_path, dtype={"trial": str}))
+    scored = board[board.score.map(lambda v: isinstance(v, float) and math.isfinite(v))]
     if scored.empty:
         raise TrialNotFound(f"no trial of {experiment} has a score yet")
     return scored.reset_index(drop=True)
+
+
+def trial_rows(board: pd.DataFrame) -> pd.DataFrame:
+    """The leaderboard without the ensemble's row: the trials, each one configuration."""
+    return board[board.trial != ENSEMBLE].reset_index(drop=True) if "trial" in board else board
 
 
 def trial_dir(experiment: Path, trial: str) -> Path:
