@@ -26,7 +26,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from bench.common import cores, header, synthetic_data, verdict
-from search.default_data import QUICK_PRESET
+from search.default_data import QUICK_PRESET, QUICK_TRAINING
 from search.plan import DefineByRun
 from search.run import DEFAULT_GRACE, DEFAULTS
 from spaces import SPACES
@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.asha_vs_fifo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--space", default="loss_weights", choices=list(SPACES), help="(default: loss_weights)")
     parser.add_argument("--trials", type=int, default=8, help="sampled configurations (default: 8)")
-    parser.add_argument("--epochs", type=int, default=QUICK_PRESET["train.epochs"],
+    parser.add_argument("--epochs", type=int, default=QUICK_TRAINING["train.epochs"],
                         help="epoch budget = ASHA's max_t (default: %(default)s)")
     parser.add_argument("--grace-period", type=int, default=DEFAULT_GRACE, help="ASHA's grace period (default: %(default)s)")
     parser.add_argument("--reduction-factor", type=int, default=DEFAULTS["reduction_factor"],
@@ -77,7 +77,7 @@ def run(points: list[dict], fixed: dict, scheduler, storage: str, name: str) -> 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    fixed = {**QUICK_PRESET, "train.epochs": args.epochs, "train.t_max": args.epochs,
+    fixed = {**QUICK_PRESET, **QUICK_TRAINING, "train.epochs": args.epochs, "train.t_max": args.epochs,
              "data_dir": str(synthetic_data())}
     points = sampled_points(args.space, args.trials, args.epochs, args.seed)
     header(f"ASHA vs FIFO: {args.trials} configurations of {args.space} (seed {args.seed}), {args.epochs} epochs;"

@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from bench.common import header, synthetic_data, verdict
-from search.default_data import FEATURES, QUICK_PRESET, SYNTHETIC
+from search.default_data import FEATURES, QUICK_PRESET, QUICK_TRAINING, SYNTHETIC
 from search.holdout import PRIVATE, PUBLIC
 from trainable.config import ModelConfig, TrialConfig, from_dict
 from trainable.dotted import merge
@@ -54,7 +54,7 @@ def bare_speed(backbone: str, seconds: float = 3.0) -> float:
     torch.set_num_threads(1)
     model = SEDModel(ModelConfig(backbone=backbone, pretrained=False), SYNTHETIC["species"])
     optimiser = torch.optim.Adam(model.parameters())
-    batch = QUICK_PRESET["train.batch_size"]
+    batch = QUICK_TRAINING["train.batch_size"]
     x = torch.randn(batch, model.config.in_chans, FEATURES["n_mels"], QUICK_PRESET["data.crop_frames"])
     target = torch.zeros(batch, SYNTHETIC["species"])
 
@@ -78,7 +78,7 @@ def bare_speed(backbone: str, seconds: float = 3.0) -> float:
 def recipe_point_trial(backbone: str) -> tuple[float, float]:
     """(cv_lwlrap after the preset's epochs, seconds) of the recipe point with `backbone`, on one core."""
     torch.set_num_threads(1)
-    config = from_dict(TrialConfig, merge({**QUICK_PRESET, "data_dir": str(synthetic_data())},
+    config = from_dict(TrialConfig, merge({**QUICK_PRESET, **QUICK_TRAINING, "data_dir": str(synthetic_data())},
                                           {"model.backbone": backbone}))
     training, started = KFoldTraining(config, Device(torch.device("cpu"))), time.perf_counter()
     metrics = {}
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     header(f"the default search: {' '.join(COMMAND)}, {'reusing the data' if args.reuse_data else 'a fresh cache'}")
     speed = bare_speed(backbone)
     print(f"bare speed of the preset's model ({backbone}, {FEATURES['n_mels']} x {QUICK_PRESET['data.crop_frames']},"
-          f" batch {QUICK_PRESET['train.batch_size']}): {speed:.0f} training samples/s per core", flush=True)
+          f" batch {QUICK_TRAINING['train.batch_size']}): {speed:.0f} training samples/s per core", flush=True)
     with tempfile.TemporaryDirectory(prefix="rfcx-bench-quick-") as storage:
         wall, experiment, output = default_search(args.reuse_data, Path(storage))
         board = pd.read_csv(experiment / "leaderboard.csv", dtype={"trial": str})
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.backbones:
         cv, seconds = recipe_point_trial(name)
         print(f"backbone {name:22s} bare {bare_speed(name):6.0f} samples/s per core; the recipe point: cv_lwlrap"
-              f" {cv:.4f} after {QUICK_PRESET['train.epochs']} epochs in {seconds:.0f} s on one core", flush=True)
+              f" {cv:.4f} after {QUICK_TRAINING['train.epochs']} epochs in {seconds:.0f} s on one core", flush=True)
 
 
 if __name__ == "__main__":

@@ -36,10 +36,6 @@ QUICK_CROP = 256  # frames (4.1 s), half the recipe's
 QUICK_PRESET: dict[str, Any] = {
     "model.backbone": "test_resnet",
     "model.pretrained": False,  # no model hub needs to be reachable for the built-in data
-    "train.epochs": 8,
-    "train.t_max": 8,
-    "train.batch_size": 8,
-    "train.lr": 3e-3,
     "data.n_folds": 2,
     # The recipe's crop and windows at that width: its offsets (1/16..1/2 of the crop) and its
     # windows' overlap (51 of 512) scaled to it, [16, 32, 64, 128] and 26.
@@ -47,7 +43,12 @@ QUICK_PRESET: dict[str, Any] = {
     "data.crop_offsets": [offset * QUICK_CROP // DataConfig.crop_frames for offset in DataConfig.crop_offsets],
     "data.valid_overlap": scaled_overlap(DataConfig.valid_overlap, DataConfig.crop_frames, QUICK_CROP),
     "data.test_overlap": scaled_overlap(DataConfig.test_overlap, DataConfig.crop_frames, QUICK_CROP),
+    # Stages 2 and 3's windows of a whole clip at that width (v2_1's 49 of 512): 3 per clip.
+    "data.clip_overlap": scaled_overlap(49, DataConfig.crop_frames, QUICK_CROP),
 }
+# Stage 1's training on the built-in data (the later stages keep their recipes' 5 epochs of
+# fine-tuning at 3e-4).
+QUICK_TRAINING: dict[str, Any] = {"train.epochs": 8, "train.t_max": 8, "train.batch_size": 8, "train.lr": 3e-3}
 READY = ".rfcx_tune_ready"  # written last: the dataset and its cache are complete
 
 

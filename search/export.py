@@ -11,8 +11,11 @@ DIR/exports/trial_<id>/:
                      folds' probabilities of each test recording (windows overlapping by
                      data.test_overlap, by the trial's data.window_rule and data.window_score)
     windows.csv      recording_id, t_min, t_max (seconds), s0..: every window of those
-                     predictions (oof and test), the window-level teacher for stage 3
-                     (search/run.py --teacher)
+                     predictions (oof and test), and of the fp-only train recordings (in
+                     train_fp, not train_tp: the mean over the folds' models, windows
+                     overlapping by data.valid_overlap), sorted by recording and time: the
+                     window-level teacher for stage 3 (search/run.py --teacher), which
+                     relabels the fp-only recordings too
     holdout.json     with the data's test_truth.csv (the synthetic data have it): the
                      submission's LWLRAP on the public and the private half of the test set,
                      which the experiment's leaderboard then shows beside the CV
@@ -49,6 +52,7 @@ if TYPE_CHECKING:
     from trainable.model import SEDModel
 
 OOF_FILE, SUBMISSION, WINDOWS = "oof.csv", "submission.csv", "windows.csv"
+TIME_COLUMNS = ("t_min", "t_max")  # windows.csv's window, in seconds
 EXPORT_RECORD = "export.json"
 COMPETITION = "rfcx-species-audio-detection"  # Kaggle's name of the competition
 RECORDINGS_PER_BATCH = 4  # whole clips per forward pass: their windows are batched together
@@ -188,41 +192,56 @@ def check_writable(out: Path) -> None:
 def predict_folds(checkpoint: Path, config: TrialConfig, annotations: Annotations, cache: LogMelCache,
                   folds: list[Fold], progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """oof.csv, submission.csv and windows.csv of a checkpoint's fold models, as tables."""
-    import numpy as np
     import pandas as pd
     import torch
 
     from trainable.fit import Device
     from trainable.inputs import InputPipeline
-    from trainable.kfold import load_fold_weights
-    from trainable.model import SEDModel
 
     device = Device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     windows_of = WindowPredictor(InputPipeline(config.model, config.augment), config.data, device, progress)
-    columns, test_ids = species_columns(annotations.n_species), annotations.test_ids
-    oof_parts, oof_windows, test_windows, test_clips = [], [], [], []
+    columns, data = species_columns(annotations.n_species), config.data
+    # Every fold's model at once (as training holds them): the test and fp-only recordings need them all.
+    models = {fold.index: fold_model(checkpoint, config, annotations.n_species, fold.index, device) for fold in folds}
+    oof_parts, oof_windows = [], []
     for fold in folds:
-        model = SEDModel(config.model, annotations.n_species).to(device.torch)
-        try:
-            load_fold_weights(model, checkpoint, fold.index, device)
-        except ConfigError as error:
-            raise ExportError(str(error)) from None
-        valid, clips = windows_of(model, cache, "train", fold.valid_ids, config.data.valid_overlap,
+        valid, clips = windows_of(models[fold.index], cache, "train", fold.valid_ids, data.valid_overlap,
                                   f"fold {fold.index} oof")
         oof_parts.append(pd.DataFrame(clips, columns=columns).assign(recording_id=list(fold.valid_ids),
                                                                      fold=fold.index))
         oof_windows.append(valid)
-        test, clips = windows_of(model, cache, "test", test_ids, config.data.test_overlap, f"fold {fold.index} test")
-        test_windows.append(test[columns].to_numpy())
-        test_clips.append(clips)
-    # The mean over the folds' models: of each recording's clip probability for the
-    # submission, of each window's probability for windows.csv.
-    submission = pd.DataFrame(np.mean(test_clips, axis=0), columns=columns)
-    submission.insert(0, "recording_id", list(test_ids))
-    test = test.assign(**dict(zip(columns, np.mean(test_windows, axis=0).T)))
+    test, test_clips = windows_of.fold_mean(models, cache, "test", annotations.test_ids, data.test_overlap, "test")
+    # The fp-only recordings are in no fold's validation, so no model is out of fold for them: all
+    # of them, on validation windows (train recordings), for stage 3 relabels them from windows.csv.
+    fp_only, _ = windows_of.fold_mean(models, cache, "train", fp_only_ids(annotations), data.valid_overlap,
+                                      "fp-only")
+    submission = pd.DataFrame(test_clips, columns=columns)
+    submission.insert(0, "recording_id", list(annotations.test_ids))
     oof = pd.concat(oof_parts).sort_values("recording_id")[["recording_id", "fold", *columns]]
-    windows = pd.concat([*oof_windows, test]).sort_values(["recording_id", "t_min"], kind="stable")
+    windows = pd.concat([*oof_windows, test, fp_only]).sort_values(["recording_id", "t_min"], kind="stable")
     return oof, submission, windows
+
+
+def fp_only_ids(annotations: Annotations) -> tuple[str, ...]:
+    """The train_fp recordings that are not train_tp recordings, sorted."""
+    return tuple(sorted(set(annotations.fp.recording_id) - set(annotations.tp.recording_id)))
+
+
+def fold_model(checkpoint: Path, config: TrialConfig, n_species: int, fold_index: int, device: Device) -> SEDModel:
+    """A fold's model with the weights of the epoch the trial's selection chose.
+
+    Raises:
+        ExportError: the checkpoint holds no such weights (trainable.kfold.load_fold_weights' message).
+    """
+    from trainable.kfold import load_fold_weights
+    from trainable.model import SEDModel
+
+    model = SEDModel(config.model, n_species).to(device.torch)
+    try:
+        load_fold_weights(model, checkpoint, fold_index, device)
+    except ConfigError as error:
+        raise ExportError(str(error)) from None
+    return model
 
 
 @dataclass(frozen=True)
@@ -245,6 +264,11 @@ class WindowPredictor:
         from trainable.data import ClipWindows
         from trainable.fit import clips_of_windows, predict_windows
 
+        columns = species_columns(model.n_species)
+        if not ids:  # e.g. data without fp-only recordings; typed columns keep windows.csv's float columns float
+            empty = pd.DataFrame(np.zeros((0, len(TIME_COLUMNS) + len(columns))), columns=[*TIME_COLUMNS, *columns])
+            table = empty.assign(recording_id=pd.Series(dtype=str))[["recording_id", *empty.columns]]
+            return table, empty[columns].to_numpy()
         width = self.data.crop_frames
         dataset = ClipWindows(cache, split, ids, width, overlap, n_species=model.n_species, rule=self.data.window_rule)
         batches = tqdm(dataset.batches(RECORDINGS_PER_BATCH), desc=label, unit="batch", file=sys.stderr,
@@ -259,8 +283,25 @@ class WindowPredictor:
             rows.append(pd.DataFrame({"recording_id": rid, "t_min": starts / fps,
                                       "t_max": np.minimum(starts + width, frames) / fps}))
         table = pd.concat(rows, ignore_index=True)
-        table = pd.concat([table, pd.DataFrame(probabilities, columns=species_columns(model.n_species))], axis=1)
+        table = pd.concat([table, pd.DataFrame(probabilities, columns=columns)], axis=1)
         return table, clips_of_windows(probabilities, counts)
+
+    def fold_mean(self, models: dict[int, SEDModel], cache: LogMelCache, split: str, ids: tuple[str, ...],
+                  overlap: int, label: str) -> tuple[pd.DataFrame, np.ndarray]:
+        """The windows of recordings by every fold's model (fold index -> model), as `__call__`
+        returns them, with the mean over the models: of each window's probabilities in the table,
+        and of each recording's clip probabilities (N, C) (the mean of each model's max, as the
+        reference's submission)."""
+        import numpy as np
+
+        tables, clips = [], []
+        for index, model in models.items():
+            table, clip = self(model, cache, split, ids, overlap, f"fold {index} {label}")
+            tables.append(table)
+            clips.append(clip)
+        columns = species_columns(next(iter(models.values())).n_species)
+        means = np.mean([table[columns].to_numpy(np.float64) for table in tables], axis=0)  # (sum W, C)
+        return tables[0].assign(**dict(zip(columns, means.T))), np.mean(clips, axis=0)
 
 
 def species_columns(n_species: int) -> list[str]:

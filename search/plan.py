@@ -53,7 +53,7 @@ class SearchPlan:
     @property
     def teacher(self) -> bool:
         """Whether the trials learn from a teacher (stage 3)."""
-        return bool(self.fixed.get("teacher_file"))
+        return bool(self.fixed.get("teacher_files") or self.fixed.get("teacher_file"))  # the latter: older plans
 
     def trial_config(self, suggested: dict[str, Any]) -> TrialConfig:
         """The config a trial with these suggested parameters runs.

@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 TAGS = {"cv_lwlrap": "cv/lwlrap", "best_cv_lwlrap": "cv/best", "score": "cv/score",
         "cv_lwlrap_fold_best": "cv/fold_best", "cv_lrap_reference": "cv/lrap_reference",
         "score_lrap_reference": "cv/score_lrap_reference", "fold_lwlrap_std": "cv/fold_std",
+        "cv_lwlrap_relabelled": "cv/lwlrap_relabelled",
         "samples_per_s": "throughput", "time_this_iter_s": "time/epoch_s"}
 # Ray's bookkeeping and what the step already says.
 SKIPPED = set(AUTO_RESULT_KEYS) | {"done", "trial_id", "experiment_tag", "should_checkpoint", "epoch"}

@@ -36,7 +36,7 @@ if __name__ == "__main__":  # Ctrl-C or SIGTERM during the imports below (second
 
 # Light imports only: --help and argument errors must answer at once. Ray, torch and timm are
 # imported by the functions that need them (search.experiment, search.session).
-from search.default_data import QUICK_PRESET, default_data_dir, ensure_synthetic
+from search.default_data import QUICK_PRESET, QUICK_TRAINING, default_data_dir, ensure_synthetic
 from search.plan import (PLAN_FILE, SAMPLERS, SearchPlan, check_plan, extended, load_plan, param_names,
                          plan_difference, report_dir, searched_keys)
 from search.signals import stop_on_sigterm_like_ctrl_c
@@ -44,9 +44,9 @@ from search.storage import (DEFAULT_STORAGE, REMOTE_TIMEOUT_ENV, StorageError, c
                             remote_timeout)
 from spaces import SPACES
 from trainable.cache import DEFAULT_CACHE_NAME
-from trainable.config import STAGES, ConfigError, TrainConfig, TrialConfig
+from trainable.config import STAGES, ConfigError, TrainConfig, TrialConfig, upgrade_keys
 from trainable.dotted import flatten_dotted, merge
-from trainable.recipes import DEFAULT_RECIPE, RECIPES, resolve
+from trainable.recipes import DEFAULT_RECIPE, RECIPES, STAGE_RECIPES, resolve
 
 DEFAULT_GRACE = 4  # epochs before ASHA may stop a trial
 # max_failures: a reclaimed spot node is one failure for each trial it held, and a retry costs at
@@ -60,8 +60,8 @@ SEARCH_FLAGS = ("space", "recipe", "data_dir", "cache_dir", "num_samples", "max_
                 "reduction_factor", "folds", "backbone", "cpus_per_trial", "gpus_per_trial", "seed", "set",
                 "config", "max_failures", "stage", "teacher", "init_from", "sampler")
 # Paths of this machine: given by their own flags, never taken from --config or --set.
-PATH_FLAGS = {"data_dir": "--data-dir", "cache_dir": "--cache-dir", "teacher_file": "--teacher",
-              "init_from": "--init-from"}
+PATH_FLAGS = {"data_dir": "--data-dir", "cache_dir": "--cache-dir", "teacher_files": "--teacher",
+              "teacher_file": "--teacher", "init_from": "--init-from"}  # teacher_file: the key's former name
 
 
 class UsageError(Exception):
@@ -88,7 +88,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                         " larger count extends the search (its study goes on)")
     add("--max-concurrent", type=int, help="trials at once (default: as many as the resources allow)")
     add("--epochs", type=int, help="epochs per trial = ASHA's max_t (default: the recipe's 50;"
-                                   f" {QUICK_PRESET['train.epochs']} on the synthetic data)")
+                                   f" {QUICK_TRAINING['train.epochs']} on the synthetic data)")
     add("--grace-period", type=int, help=f"epochs every trial runs before ASHA may stop it; early epochs say"
                                          f" little (default: {DEFAULT_GRACE}, at most --epochs)")
     add("--reduction-factor", type=int,
@@ -97,12 +97,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                   f" {QUICK_PRESET['data.n_folds']} on the synthetic data)")
     add("--backbone", help="timm backbone (default: the recipe's resnet18;"
                            f" {QUICK_PRESET['model.backbone']} on the synthetic data)")
-    add("--stage", type=int, choices=STAGES, help="1: the recipe; 2: loss only on labelled frames (tp positive, fp"
-                                                  " negative); 3: stage 2 plus a teacher's labels (default: 1, or 3"
-                                                  " with --teacher)")
-    add("--teacher", type=Path, metavar="FILE", help="stage 3's teacher: an export's windows.csv, oof.csv or"
-                                                     " submission.csv (probabilities >= loss.teacher_threshold"
-                                                     " become positives of weight loss.teacher_weight)")
+    add("--stage", type=int, choices=STAGES,
+        help="1: the recipe; 2: loss only on what is labelled (tp positive, fp negative); 3: stage 2 plus the"
+             " teachers' labels (default: the recipe's, or 3 with --teacher); without --recipe, 2 and 3 take the"
+             f" reference's recipes {STAGE_RECIPES[2]} and {STAGE_RECIPES[3]}")
+    add("--teacher", type=Path, action="append", metavar="FILE",
+        help="stage 3's teacher, repeatable (their mean): an export's windows.csv, oof.csv or submission.csv"
+             " (a mean >= loss.teacher_threshold becomes a positive of weight loss.teacher_weight)")
     add("--init-from", metavar="EXPERIMENT[:TRIAL]", help="start each fold from that fold's model of a trial of an"
                                                           " earlier search (a directory, or a name in --storage;"
                                                           " TRIAL: an id or best, the default)")
@@ -141,7 +142,7 @@ def list_spaces() -> str:
 
 
 def list_recipes() -> str:
-    return "\n".join(f"{name:8s} {recipe.summary}" for name, recipe in RECIPES.items())
+    return "\n".join(f"{name:12s} {recipe.summary}" for name, recipe in RECIPES.items())
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
@@ -166,16 +167,20 @@ def fixed_config(args: argparse.Namespace, data_dir: Path, synthetic: bool) -> d
     contradiction, refused by `check_plan`.
     """
     searched = searched_keys(tuple(args.space), TrainConfig.epochs, teacher=args.teacher is not None)
+    stage = args.stage if args.stage is not None else 3 if args.teacher else None
+    recipe = args.recipe or (STAGE_RECIPES[stage] if stage is not None else None)
     base: dict[str, Any] = dict(QUICK_PRESET) if synthetic else {}
-    if synthetic and args.epochs is not None:
-        base["train.t_max"] = args.epochs  # the preset's cosine spans the whole budget
+    if synthetic and RECIPES[recipe or DEFAULT_RECIPE].values.get("stage", 1) == 1:
+        base.update(QUICK_TRAINING)  # the later stages' recipes keep their own training
+        if args.epochs is not None:
+            base["train.t_max"] = args.epochs  # the preset's cosine spans the whole budget
     if args.config is not None:
         loaded = read_config(args.config)
         if not isinstance(loaded, dict):
             raise UsageError(f"--config {args.config}: expected a mapping of config keys")
         # The data (and teacher and init checkpoint) come from their flags, never from a config
         # written on another machine or for other data.
-        base.update({k: v for k, v in flatten_dotted(loaded).items() if k not in PATH_FLAGS})
+        base.update({k: v for k, v in flatten_dotted(upgrade_keys(loaded)).items() if k not in PATH_FLAGS})
     fixed = {key: value for key, value in base.items() if key not in searched}
     overrides = parse_set(args.set)
     for key, flag in PATH_FLAGS.items():
@@ -184,19 +189,27 @@ def fixed_config(args: argparse.Namespace, data_dir: Path, synthetic: bool) -> d
     if "recipe" in overrides:
         raise UsageError("--set recipe=...: use --recipe")
     fixed.update(overrides)
-    stage = args.stage if args.stage is not None else 3 if args.teacher is not None else None
-    flags = {"recipe": args.recipe, "train.epochs": args.epochs, "data.n_folds": args.folds,
+    flags = {"recipe": recipe, "train.epochs": args.epochs, "data.n_folds": args.folds,
              "model.backbone": args.backbone, "stage": stage}
     fixed.update({key: value for key, value in flags.items() if value is not None})
     fixed["data_dir"] = str(data_dir.resolve())
-    paths = {"cache_dir": args.cache_dir, "teacher_file": args.teacher}
-    fixed.update({key: str(path.resolve()) for key, path in paths.items() if path is not None})
+    if args.cache_dir is not None:
+        fixed["cache_dir"] = str(args.cache_dir.resolve())
+    if args.teacher:
+        fixed["teacher_files"] = [str(path.resolve()) for path in args.teacher]
     if args.init_from is not None:
         fixed["init_from"] = str(init_checkpoint(args.init_from, args.storage))
-    if fixed.get("stage") == 3 and "teacher_file" not in fixed:
-        raise UsageError("stage 3 learns from a teacher: give --teacher FILE (an export's windows.csv)")
+    if resolve_stage(fixed) == 3 and "teacher_files" not in fixed:
+        raise UsageError("stage 3 learns from a teacher: give --teacher FILE (an export's windows.csv; repeatable)")
     merge({}, fixed)  # a key given both as a value and as a section fails here, with its name
     return fixed
+
+
+def resolve_stage(fixed: dict[str, Any]) -> int:
+    """The stage of a search's fixed keys: their own, else their recipe's."""
+    if "stage" in fixed:
+        return fixed["stage"]
+    return RECIPES[fixed.get("recipe", DEFAULT_RECIPE)].values.get("stage", 1)
 
 
 def read_config(path: Path) -> Any:
@@ -246,7 +259,7 @@ def check_data(trial: TrialConfig) -> int:
     from trainable.annotations import AnnotationError, load_annotations
     from trainable.cache import CacheError, LogMelCache
     from trainable.folds import folds_of
-    from trainable.teacher import TeacherError, load_teacher
+    from trainable.teacher import TeacherError, load_teachers
 
     data_dir = Path(trial.data_dir)
     cache_dir = Path(trial.cache_dir or data_dir / DEFAULT_CACHE_NAME)
@@ -259,8 +272,8 @@ def check_data(trial: TrialConfig) -> int:
             raise UsageError(f"no log-mel cache at {cache_dir}; build it: {prepare_command(trial)}")
         cache = LogMelCache.open(cache_dir)
         check_cached(annotations, cache, data_dir, prepare_command(trial, cache.features))
-        if trial.teacher_file:
-            load_teacher(Path(trial.teacher_file), annotations, cache.features.frames_per_second)
+        if trial.teacher_files:
+            load_teachers([Path(path) for path in trial.teacher_files], annotations, cache.features.frames_per_second)
     except (AnnotationError, CacheError, TeacherError) as error:
         raise UsageError(str(error)) from None
     try:

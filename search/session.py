@@ -30,13 +30,12 @@ TOP_ROWS = 5  # leaderboard rows printed at the end, and scored on the holdout w
 
 def stage_note(plan: SearchPlan) -> str:
     """"; stage 3 (teacher FILE, folds from CHECKPOINT)" for a later stage or an init, else ""."""
-    fixed = plan.fixed
-    parts = [f"{what} {fixed[key]}" for key, what in (("teacher_file", "teacher"), ("init_from", "folds from"))
-             if fixed.get(key)]
-    stage = fixed.get("stage", 1)
-    if stage == 1 and not parts:
+    trial = plan.trial_config({})
+    parts = [f"teacher {path}" for path in trial.teacher_files]
+    parts += [f"folds from {trial.init_from}"] if trial.init_from else []
+    if trial.stage == 1 and not parts:
         return ""
-    return f"; stage {stage}" + (f" ({', '.join(parts)})" if parts else "")
+    return f"; stage {trial.stage}" + (f" ({', '.join(parts)})" if parts else "")
 
 
 def run_search(plan: SearchPlan, address: str | None) -> int:

@@ -18,7 +18,7 @@ import optuna
 
 from spaces.definitions import (EPOCHS_ATTR, REFERENCE_WINDOWS, TEACHER_ATTR, WINDOWS_ATTR, crop, loss_weights, mixup,
                                 pseudo, scheduler, variants)
-from trainable.config import TrialConfig, to_dict
+from trainable.config import ConfigError, TrialConfig, to_dict
 from trainable.dotted import flatten_dotted
 
 Space = Callable[[optuna.Trial], dict[str, Any]]
@@ -110,10 +110,18 @@ def recipe_point(names: list[str], epochs: int, teacher: bool = False,
 
     Returns:
         Optuna parameter name -> value, exactly the parameters those spaces suggest.
+
+    Raises:
+        ConfigError: a value of the config that a space's distribution cannot hold.
     """
     flat = config or flatten_dotted(to_dict(TrialConfig(data_dir="-")))
     offsets = ",".join(str(Fraction(o, flat["data.crop_frames"])) for o in flat["data.crop_offsets"])
     point = {**flat, "data.crop_offsets": offsets, "train.t_max": min(flat["train.t_max"], epochs)}
     trial = set_context(optuna.trial.FixedTrial(point), epochs, teacher, windows_of(flat))
-    combine(names)(trial)
+    for name in _expand(list(names)):
+        try:
+            _BASE[name](trial)
+        except ValueError as error:  # Optuna refuses a value its distribution cannot hold
+            raise ConfigError(f"the search's baseline is outside --space {name}: {error} (e.g. mixup is off in the"
+                              f" recipes of stages 2 and 3); choose the value with --set") from None
     return dict(trial.params)

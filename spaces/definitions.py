@@ -77,13 +77,18 @@ def crop(trial: optuna.Trial) -> dict[str, Any]:
 
 
 def pseudo(trial: optuna.Trial) -> dict[str, Any]:
-    """Pseudo-label thresholds: the model's own segments', and with a teacher its threshold and weight."""
-    values = {"loss.pseudo_threshold": trial.suggest_float("loss.pseudo_threshold", 0.3, 0.95)}
-    # Searched only with a teacher (stage 3): without one they change nothing, and a parameter
+    """Pseudo-labels: the model's own segment threshold, or with a teacher (stage 3) the teacher's."""
+    # Each stage searches the thresholds that act in it: in stage 3 the teacher's labels (the
+    # reference's stage 3 has no in-model pseudo term), elsewhere the in-model one; a parameter
     # that changes nothing only adds noise to the sampler.
-    if trial.user_attrs.get(TEACHER_ATTR, False):
-        values["loss.teacher_threshold"] = trial.suggest_float("loss.teacher_threshold", 0.2, 0.9)
-        values["loss.teacher_weight"] = trial.suggest_float("loss.teacher_weight", 0.1, 1.0)
+    if not trial.user_attrs.get(TEACHER_ATTR, False):
+        return {"loss.pseudo_threshold": trial.suggest_float("loss.pseudo_threshold", 0.3, 0.95)}
+    values = {"loss.teacher_threshold": trial.suggest_float("loss.teacher_threshold", 0.2, 0.9),
+              "loss.teacher_weight": trial.suggest_float("loss.teacher_weight", 0.1, 1.0),
+              "loss.teacher_negatives": trial.suggest_categorical("loss.teacher_negatives", [False, True])}
+    if values["loss.teacher_negatives"]:  # the difficult negatives' threshold only acts when they are used
+        values["loss.teacher_negative_below"] = trial.suggest_float("loss.teacher_negative_below", 0.001, 0.1,
+                                                                    log=True)
     return values
 
 

@@ -98,10 +98,12 @@ def test_a_config_is_its_recipes_defaults_under_its_own_keys():
     assert from_dict(TrialConfig, {"data_dir": "d", "recipe": "fixed"}).model.input == "crop_unit"  # from_dict too
     assert resolve(to_dict(resolve({"data_dir": "d", "recipe": "fixed"}))) == resolve({"data_dir": "d", "recipe": "fixed"})
     for name in RECIPES:  # every recipe's values are valid keys and values
-        assert resolve({"data_dir": "d", "recipe": name}).recipe == name
-    with pytest.raises(ConfigError, match="unknown recipe 'v9' \\(known: v1_7, exp0109, fixed\\)"):
+        teacher = {"teacher_files": ["/t.csv"]} if RECIPES[name].values.get("stage") == 3 else {}
+        assert resolve({"data_dir": "d", "recipe": name, **teacher}).recipe == name
+    known = "v1_7, exp0109, fixed, stage2-v2_1, stage3-v4_2"
+    with pytest.raises(ConfigError, match=f"unknown recipe 'v9' \\(known: {known}\\)"):
         resolve({"data_dir": "d", "recipe": "v9"})
-    with pytest.raises(ConfigError, match="recipe must be one of v1_7, exp0109, fixed"):
+    with pytest.raises(ConfigError, match=f"recipe must be one of {known}"):
         TrialConfig(data_dir="d", recipe="v9")
 
 

@@ -23,6 +23,7 @@ from trainable.config import DataConfig
 from trainable.dotted import merge
 from trainable.data import window_starts
 from trainable.fit import Device
+from trainable.inputs import InputPipeline
 from trainable.folds import folds_of
 from trainable.kfold import BEST_OOF_FILE, KFoldTraining, best_weights_file
 from trainable.recipes import resolve
@@ -74,7 +75,9 @@ def test_windows_hold_every_window_the_clip_predictions_are_the_max_of(exported,
     windows, oof, submission = read("windows.csv"), read("oof.csv"), read("submission.csv")
     columns = [c for c in submission.columns if c != "recording_id"]
     assert list(windows.columns) == ["recording_id", "t_min", "t_max", *columns]
-    assert set(windows.recording_id) == set(oof.recording_id) | set(submission.recording_id)
+    fp_only = set(export.fp_only_ids(load_annotations(cached_dir)))
+    assert set(windows.recording_id) == set(oof.recording_id) | set(submission.recording_id) | fp_only
+    assert list(windows.recording_id) == sorted(windows.recording_id)  # by recording, then time (below)
     highest = windows.groupby("recording_id")[columns].max()
     # Out of fold: each window from the fold model that held the recording out, so the clip is their max.
     np.testing.assert_allclose(highest.loc[oof.recording_id].to_numpy(), oof[columns].to_numpy(), atol=1e-9)
@@ -91,6 +94,37 @@ def test_windows_hold_every_window_the_clip_predictions_are_the_max_of(exported,
         np.testing.assert_allclose(rows.t_min.to_numpy(), starts / fps)
         np.testing.assert_allclose(rows.t_max.to_numpy(), np.minimum(starts + data.crop_frames, frames) / fps)
         assert (rows.t_min.iloc[1:].to_numpy() < rows.t_max.iloc[:-1].to_numpy()).all()
+
+
+def test_windows_hold_the_fold_models_mean_on_fp_only_and_test_recordings(experiment, exported, cached_dir):
+    """Stage 3 relabels the fp-only train recordings (train_fp, not train_tp: in no fold's
+    validation) from windows.csv too: each of their windows, like a test recording's, is the
+    mean over the fold models' predictions of it; theirs on validation windows."""
+    annotations = load_annotations(cached_dir)
+    fp_only = export.fp_only_ids(annotations)
+    assert fp_only == tuple(sorted(set(annotations.fp.recording_id) - set(annotations.tp.recording_id))) and fp_only
+    windows = pd.read_csv(exported / "windows.csv", dtype={"recording_id": str})
+    checkpoint = experiment / "trial_abc" / "checkpoint_000000"
+    config = resolve(kfold.read_trial_file(checkpoint)["config"])
+    device = Device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    predictor = export.WindowPredictor(InputPipeline(config.model, config.augment), config.data, device, progress=False)
+    cache = LogMelCache.open(cached_dir / "logmel")
+    models = [export.fold_model(checkpoint, config, annotations.n_species, fold, device) for fold in range(2)]
+    for split, ids, overlap in (("train", fp_only, config.data.valid_overlap),
+                                ("test", annotations.test_ids, config.data.test_overlap)):
+        per_fold = [predictor(model, cache, split, ids, overlap, "check")[0] for model in models]
+        assert len(per_fold[0]) > len(ids)  # several windows per recording
+        mine = windows[windows.recording_id.isin(ids)].reset_index(drop=True)
+        expected = per_fold[0].sort_values(["recording_id", "t_min"], kind="stable").reset_index(drop=True)
+        np.testing.assert_allclose(mine[["t_min", "t_max"]].to_numpy(), expected[["t_min", "t_max"]].to_numpy())
+        assert list(mine.recording_id) == list(expected.recording_id)
+        columns = [c for c in windows.columns if c.startswith("s")]
+        mean = np.mean([table[columns].to_numpy() for table in per_fold], axis=0)[expected.index]
+        np.testing.assert_allclose(mine[columns].to_numpy(), mean, atol=1e-6)
+        assert not np.allclose(per_fold[0][columns].to_numpy(), per_fold[1][columns].to_numpy())  # a real mean
+    # Neither oof.csv nor submission.csv holds them.
+    assert not set(fp_only) & set(pd.read_csv(exported / "oof.csv", dtype={"recording_id": str}).recording_id)
+    assert not set(fp_only) & set(pd.read_csv(exported / "submission.csv", dtype={"recording_id": str}).recording_id)
 
 
 def test_a_named_trial_and_an_output_folder(experiment, tmp_path, capsys):
@@ -156,13 +190,13 @@ def test_export_predicts_with_the_selected_epochs_weights_not_the_last(tiny_tria
     evaluate = KFoldTraining._evaluate_fold
 
     def recorded(self, run):
-        scores, lrap = evaluate(self, run)
-        seen[run.fold.index, self.epoch + 1] = scores
-        return scores, lrap
+        scores, fp_only = evaluate(self, run)  # {window score: (N, C)}, fp-only validation scores
+        seen[run.fold.index, self.epoch + 1] = scores[self.config.data.window_score]
+        return scores, fp_only
 
     lraps = {1: 0.5, 2: 0.9, 3: 0.1}  # the reference LRAP by epoch: every fold's best is epoch 2
-    monkeypatch.setattr(KFoldTraining, "_evaluate_fold",
-                        lambda self, run: (recorded(self, run)[0], lraps[self.epoch + 1]))
+    monkeypatch.setattr(KFoldTraining, "_evaluate_fold", recorded)
+    monkeypatch.setattr(KFoldTraining, "_reference_score", lambda self, run, clips, fp_only: lraps[self.epoch + 1])
     trial = KFoldTraining(resolve(merge(tiny_trial, {"train.epochs": 3, "train.selection": selection})),
                           Device(torch.device("cpu")))
     epochs = [trial.run_epoch() for _ in range(3)]

@@ -119,7 +119,7 @@ def test_a_checkpoint_without_keys_added_since_resumes(tiny_trial, tmp_path):
     trial.run_epoch()
     trial.save(tmp_path)
     saved = json.loads((tmp_path / "trial.json").read_text())
-    for key in ("stage", "teacher_file", "init_from"):
+    for key in ("stage", "teacher_files", "init_from"):
         del saved["config"][key]
     for key in ("teacher_threshold", "teacher_weight", "teacher_soft_negatives"):
         del saved["config"]["loss"][key]

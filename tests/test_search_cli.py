@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from search import run
-from search.default_data import FEATURES, QUICK_PRESET, preset_note
+from search.default_data import FEATURES, QUICK_PRESET, QUICK_TRAINING, preset_note
 from search.plan import searched_keys
 from spaces import SPACES
 from tests.helpers import NO_HUB
@@ -85,7 +85,7 @@ def test_fixed_values_layer_preset_config_set_and_flags(cached_dir, tmp_path):
     assert fixed["train.lr"] == 0.002 and fixed["loss.w_max"] == 0.25  # from --config
     assert fixed["data.fp_per_epoch"] == 3  # --set
     assert fixed["train.epochs"] == 5  # the flag wins over --set and --config
-    assert fixed["train.batch_size"] == QUICK_PRESET["train.batch_size"]  # the synthetic preset, not overridden
+    assert fixed["train.batch_size"] == QUICK_TRAINING["train.batch_size"]  # the synthetic preset, not overridden
     assert fixed["data_dir"] == str(cached_dir.resolve())
     config.write_text("recipe: v1_7\nloss:\n  w_max: 0.25\n")  # as a best_config.yaml names its recipe
     args = run.parse_args(["--space", "mixup", "--config", str(config), "--recipe", "exp0109"])
@@ -103,10 +103,11 @@ def test_hparams_show_list_parameters_as_text_and_keep_numbers():
 @pytest.mark.parametrize("space", list(SPACES))
 def test_the_synthetic_preset_leaves_searched_parameters_to_the_search(cached_dir, space):
     fixed = run.fixed_config(run.parse_args(["--space", space]), cached_dir, synthetic=True)
-    searched = searched_keys((space,), QUICK_PRESET["train.epochs"])
+    searched = searched_keys((space,), QUICK_TRAINING["train.epochs"])
     assert searched and not searched & set(fixed)
-    assert {key: fixed[key] for key in set(QUICK_PRESET) - searched} == {
-        key: value for key, value in QUICK_PRESET.items() if key not in searched}  # the rest of the preset stays
+    preset = {**QUICK_PRESET, **QUICK_TRAINING}
+    assert {key: fixed[key] for key in set(preset) - searched} == {
+        key: value for key, value in preset.items() if key not in searched}  # the rest of the preset stays
 
 
 def test_the_banner_says_what_the_quick_preset_is(cached_dir):
@@ -227,11 +228,18 @@ def teacher(cached_dir, tmp_path):
 def test_a_stage_3_search_takes_its_teacher_and_init_checkpoint(cached_dir, trained_experiment, teacher, tmp_path):
     args = ["--space", "pseudo", "--data-dir", str(cached_dir), "--storage", str(trained_experiment.parent), *NO_HUB,
             "--folds", "2", "--backbone", "test_resnet", "--teacher", str(teacher), "--init-from", "exp"]
-    plan = run.make_plan(run.parse_args(args))
-    assert plan.fixed["stage"] == 3 and plan.fixed["teacher_file"] == str(teacher.resolve()) and plan.teacher
+    second = tmp_path / "second.csv"
+    second.write_text(teacher.read_text())
+    plan = run.make_plan(run.parse_args([*args, "--teacher", str(second)]))
+    assert plan.fixed["stage"] == 3 and plan.fixed["recipe"] == "stage3-v4_2" and plan.teacher  # the reference's
+    assert plan.fixed["teacher_files"] == [str(teacher.resolve()), str(second.resolve())]
     assert plan.fixed["init_from"] == str(trained_experiment / "trial_abc" / "checkpoint_000000")  # the best trial
     assert run.param_names(plan.spaces, plan.epochs, plan.teacher) == [
-        "loss.pseudo_threshold", "loss.teacher_threshold", "loss.teacher_weight"]
+        "loss.teacher_threshold", "loss.teacher_weight", "loss.teacher_negatives"]
+    stage2 = run.make_plan(run.parse_args([*args[:-4], "--stage", "2", "--space", "scheduler"]))
+    assert stage2.fixed["recipe"] == "stage2-v2_1" and stage2.trial_config({}).data.train_items == "clips"
+    named = run.make_plan(run.parse_args([*args[:-4], "--stage", "2", "--recipe", "exp0109"]))
+    assert named.fixed["recipe"] == "exp0109" and named.trial_config({}).data.train_items == "crops"
 
 
 def test_stage_teacher_and_init_errors_are_one_line(capsys, cached_dir, trained_experiment, teacher, tmp_path):
@@ -242,9 +250,12 @@ def test_stage_teacher_and_init_errors_are_one_line(capsys, cached_dir, trained_
     bad.write_text("recording_id,s0\nx,0.5\n")
     assert f"teacher {bad}: species columns s0, the data have 6 species" in error_of(
         capsys, [*small, "--teacher", str(bad)])
-    assert "a teacher_file is used by stage 3 only (this trial is stage 1)" in error_of(
-        capsys, [*small, "--teacher", str(teacher), "--stage", "1"])
-    assert "--set teacher_file=...: use --teacher" in error_of(capsys, [*small, "--set", "teacher_file=/t.csv"])
+    assert "teacher_files are used by stage 3 only (this trial is stage 1)" in error_of(
+        capsys, [*small, "--teacher", str(teacher), "--stage", "1", "--recipe", "v1_7"])
+    for key in ("teacher_files", "teacher_file"):
+        assert f"--set {key}=...: use --teacher" in error_of(capsys, [*small, "--set", f"{key}=/t.csv"])
+    assert "the search's baseline is outside --space mixup" in error_of(capsys, [*small, "--stage", "2", "--space",
+                                                                                 "mixup"])
     assert "--init-from nope: no experiment directory nope" in error_of(capsys, [*small, "--init-from", "nope"])
     assert f"--init-from {trained_experiment}:zzz: no trial 'zzz'" in error_of(
         capsys, [*small, "--init-from", f"{trained_experiment}:zzz"])

@@ -10,16 +10,19 @@ import pytest
 
 from spaces import SPACES, combine, recipe_point, set_context, windows_of
 from spaces.definitions import CROP_OFFSET_SETS, CROP_WIDTHS, VARIANTS, offsets_in_frames
-from trainable.config import TrialConfig, to_dict
+from trainable.config import ConfigError, TrialConfig, to_dict
 from trainable.dotted import flatten_dotted, merge
 from trainable.recipes import RECIPES, resolve
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 BASE = {"data_dir": "/d"}
-RECIPE_POINT = recipe_point(["all"], 50, teacher=True)  # the reference's values of every parameter
-ALL_NAMES = set(RECIPE_POINT)  # every Optuna parameter of every space, with a teacher
-TEACHER_NAMES = {"loss.teacher_threshold", "loss.teacher_weight"}  # searched by pseudo in stage 3 only
+# The reference's values of every parameter of every space, with a teacher (stage 3) and without.
+RECIPE_POINT = {**recipe_point(["all"], 50), **recipe_point(["all"], 50, teacher=True)}
+ALL_NAMES = set(RECIPE_POINT)
+# pseudo searches the teacher's labels in stage 3 and the in-model threshold in the other stages
+TEACHER_NAMES = {"loss.teacher_threshold", "loss.teacher_weight", "loss.teacher_negatives"}
+NO_TEACHER_NAMES = {"loss.pseudo_threshold"}
 
 
 def build(space_dict: dict[str, Any]) -> TrialConfig:
@@ -120,17 +123,24 @@ def test_variants_searches_every_switch_with_the_reference_first():
 
 @pytest.mark.parametrize("recipe", list(RECIPES))
 def test_the_point_of_a_recipe_reproduces_that_recipe(recipe):
-    config = flatten_dotted(to_dict(resolve({**BASE, "recipe": recipe})))
-    point = recipe_point(["all"], 50, teacher=True, config=config)
-    values = combine(["all"])(set_context(optuna.trial.FixedTrial(point), 50, True, windows_of(config)))
-    assert build({**values, "recipe": recipe}) == resolve({**BASE, "recipe": recipe})
+    teacher = RECIPES[recipe].values.get("stage") == 3
+    given = {**BASE, "recipe": recipe, **({"teacher_files": ["/t.csv"]} if teacher else {})}
+    config = flatten_dotted(to_dict(resolve(given)))
+    # Mixup is off in the later stages' recipes, a point the mixup space's log scale cannot hold.
+    names = [name for name in SPACES if name != "all" and not (name == "mixup" and config["augment.mixup_alpha"] == 0)]
+    point = recipe_point(names, 50, teacher=teacher, config=config)
+    values = combine(names)(set_context(optuna.trial.FixedTrial(point), 50, teacher, windows_of(config)))
+    assert build({**values, **given}) == resolve(given)
+    if len(names) < len(SPACES) - 1:
+        with pytest.raises(ConfigError, match="the search.s baseline is outside --space mixup: .*; choose the value"):
+            recipe_point(["mixup"], 50, teacher=teacher, config=config)
 
 
 def test_combine_suggests_the_union():
     params, _ = suggested(["loss_weights", "mixup"])
     assert set(params) == {"loss.w_max", "loss.w_pseudo", "loss.w_frame",
                            "augment.mixup_alpha", "augment.mixup_on"}
-    assert set(suggested(["all"], teacher=True)[0]) == ALL_NAMES
+    assert set(suggested(["all"], teacher=True)[0]) == ALL_NAMES - NO_TEACHER_NAMES
     assert set(suggested(["all"])[0]) == ALL_NAMES - TEACHER_NAMES
 
 
@@ -138,14 +148,21 @@ def test_pseudo_searches_the_teacher_only_with_a_teacher():
     alone, _ = suggested(["pseudo"])
     assert set(alone) == {"loss.pseudo_threshold"}
     params, config = suggested(["pseudo"], teacher=True)
-    assert set(params) == {"loss.pseudo_threshold"} | TEACHER_NAMES
-    stage3 = build({**config, "stage": 3, "teacher_file": "/teacher.csv"})
-    assert (stage3.loss.teacher_threshold, stage3.loss.teacher_weight) == (0.5, 0.5)  # the seed's
+    assert set(params) == TEACHER_NAMES  # stage 3: the teacher's labels, not the in-model threshold
+    stage3 = build({**config, "stage": 3, "teacher_files": ["/teacher.csv"]})
+    assert (stage3.loss.teacher_threshold, stage3.loss.teacher_weight, stage3.loss.teacher_negatives) == (
+        0.5, 0.5, False)  # v4_2's
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    negatives = set()
     for _ in range(20):
         trial = set_context(study.ask(), 50, True)
-        loss = build({**SPACES["pseudo"](trial), "stage": 3, "teacher_file": "/t.csv"}).loss
+        loss = build({**SPACES["pseudo"](trial), "stage": 3, "teacher_files": ["/t.csv"]}).loss
         assert 0.2 <= loss.teacher_threshold <= 0.9 and 0.1 <= loss.teacher_weight <= 1.0
+        # The difficult negatives' threshold is searched only where they are in the loss.
+        assert ("loss.teacher_negative_below" in trial.params) == loss.teacher_negatives
+        assert 0.001 <= loss.teacher_negative_below <= 0.1
+        negatives.add(loss.teacher_negatives)
+    assert negatives == {False, True}
 
 
 def test_combine_asks_each_parameter_once():
@@ -165,7 +182,7 @@ def test_combine_asks_each_parameter_once():
             return super().suggest_categorical(name, *args, **kwargs)
 
     config = combine(["all", "crop", "mixup", "all"])(set_context(Recording(RECIPE_POINT), 50, True))
-    assert sorted(asked) == sorted(ALL_NAMES)
+    assert sorted(asked) == sorted(ALL_NAMES - NO_TEACHER_NAMES)
     assert build(config) == resolve(BASE)
 
 
@@ -189,8 +206,8 @@ def test_loss_weights_never_suggests_w_att():
 def test_recipe_point_is_what_the_spaces_ask():
     assert recipe_point(["scheduler"], epochs=6) == {"train.schedule": "cosine_per_batch", "train.t_max": 6}
     assert recipe_point(["loss_weights"], 50) == {"loss.w_max": 0.5, "loss.w_pseudo": 1.0, "loss.w_frame": 0.5}
-    assert recipe_point(["pseudo"], 50, teacher=True) == {"loss.pseudo_threshold": 0.7, "loss.teacher_threshold": 0.5,
-                                                          "loss.teacher_weight": 0.5}
+    assert recipe_point(["pseudo"], 50, teacher=True) == {"loss.teacher_threshold": 0.5, "loss.teacher_weight": 0.5,
+                                                          "loss.teacher_negatives": False}
     assert recipe_point(["crop"], 50)["data.crop_offsets"] == "1/16,1/8,1/4,1/2"  # 32, 64, 128, 256 of 512
     assert recipe_point(["pseudo"], 50) == {"loss.pseudo_threshold": 0.7}
 

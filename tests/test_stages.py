@@ -47,15 +47,18 @@ def test_stage_2_trains_on_labelled_frames(tiny_trial):
     assert stage2.labels.stage == 2 and stage2.labels.negatives and not stage2.test_frames
 
 
-def test_stage_3_trains_on_the_teachers_test_recordings_too(tiny_trial, teacher_file):
+def test_stage_3_trains_on_the_teachers_test_recordings_when_asked(tiny_trial, teacher_file):
     path, pseudo = teacher_file
-    stage3 = training(tiny_trial, stage=3, teacher_file=str(path), **{"train.batch_size": 64})
+    stage3 = training(tiny_trial, stage=3, teacher_files=[str(path)],
+                      **{"train.batch_size": 64, "data.teacher_test_recordings": True})
     assert sorted(stage3.test_frames) == pseudo  # the test recordings with a teacher positive
     stage2 = training(tiny_trial, stage=2, **{"train.batch_size": 64})
     run2, run3 = stage2.runs[0], stage3.runs[0]
     samples = [stage._train_fold(run, EpochProgress(lr=0.0)).samples for stage, run in ((stage2, run2), (stage3, run3))]
     assert samples[1] == samples[0] + len(pseudo)
     assert np.isfinite(stage3.run_epoch()["cv_lwlrap"])
+    # The reference's stage 3 did not; neither does a stage 3 that does not ask.
+    assert not training(tiny_trial, stage=3, teacher_files=[str(path)]).test_frames
 
 
 def test_a_stage_starts_from_the_same_folds_of_an_earlier_trial(tiny_trial, trained_experiment):
@@ -103,11 +106,19 @@ def test_an_init_checkpoint_without_a_trial_file_or_a_fold_is_refused(tiny_trial
 
 def test_stage_config_is_checked():
     base = {"data_dir": "/data"}
-    with pytest.raises(ConfigError, match="stage 3 needs a teacher_file"):
+    with pytest.raises(ConfigError, match="stage 3 needs teacher_files"):
         from_dict(TrialConfig, {**base, "stage": 3})
     with pytest.raises(ConfigError, match="used by stage 3 only"):
-        from_dict(TrialConfig, {**base, "stage": 2, "teacher_file": "/t.csv"})
-    with pytest.raises(ConfigError, match="loss.teacher_weight is used by stage 3 only"):
-        from_dict(TrialConfig, merge(base, {"loss.teacher_weight": 0.3}))
+        from_dict(TrialConfig, {**base, "stage": 2, "teacher_files": ["/t.csv"]})
+    for key, value in (("loss.teacher_weight", 0.3), ("loss.teacher_negatives", True),
+                       ("loss.teacher_negative_below", 0.05), ("data.teacher_test_recordings", True)):
+        with pytest.raises(ConfigError, match=f"{key} is used by stage 3 only"):
+            from_dict(TrialConfig, merge(base, {key: value}))
+    with pytest.raises(ConfigError, match="teacher_negative_below < teacher_threshold"):
+        from_dict(TrialConfig, merge(base, {"stage": 3, "teacher_files": ["/t"], "loss.teacher_negative_below": 0.6}))
+    # A config of before several teachers: its one teacher, and the test recordings it trained on.
+    old = from_dict(TrialConfig, {**base, "stage": 3, "teacher_file": "/t.csv"})
+    assert old.teacher_files == ("/t.csv",) and old.data.teacher_test_recordings
+    assert from_dict(TrialConfig, {**base, "teacher_file": ""}).teacher_files == ()
     with pytest.raises(ConfigError, match="stage must be one of 1, 2, 3"):
         from_dict(TrialConfig, {**base, "stage": 4})

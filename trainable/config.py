@@ -58,6 +58,7 @@ WINDOW_RULES = ("reference", "cover")  # see DataConfig.window_rule
 FOLD_LABELS = ("single", "multi_hot")  # see DataConfig.fold_labels
 WINDOW_SCORES = ("att_max_mean", "segment_max")  # see DataConfig.window_score
 FOLD_SPLIT_KEYS = ("data.n_folds", "data.fold_seed", "data.fold_labels")  # what decides the folds
+TRAIN_ITEMS = ("crops", "clips")  # see DataConfig.train_items
 
 
 @dataclass(frozen=True)
@@ -92,9 +93,20 @@ class DataConfig:
     # A recording's label for stratification: "single": 1 for a species with exactly one tp
     # row in it (the reference's sum of one-hot rows == 1); "multi_hot": every species in it.
     fold_labels: str = "single"
+    # What a training item is: "crops": one crop_frames crop per recording or event (v1_7,
+    # above); "clips": a whole clip cut into windows of crop_frames, neighbours sharing
+    # clip_overlap frames, the last one padded past the clip end (stages 2 and 3 of the
+    # reference, v2_1 and v4_2: 8 windows per 60 s clip). With "clips" an epoch is every tp
+    # recording of the fold's training side and every fp recording it may use, once.
+    train_items: str = "crops"
+    clip_overlap: int = 49  # frames shared by neighbouring training windows of a clip (v2_1: starts 0, 463, ...)
+    # Stage 3: the test recordings with a teacher positive are trained on too (classic
+    # pseudo-labelling; the reference did not: v4_2 trained on train recordings only).
+    teacher_test_recordings: bool = False
 
     def __post_init__(self) -> None:
         _choice("crop_rule", self.crop_rule, CROP_RULES)
+        _choice("train_items", self.train_items, TRAIN_ITEMS)
         _choice("event_frames", self.event_frames, EVENT_FRAMES)
         _choice("window_rule", self.window_rule, WINDOW_RULES)
         _choice("window_score", self.window_score, WINDOW_SCORES)
@@ -104,7 +116,7 @@ class DataConfig:
         _require(all(0 <= o < self.crop_frames for o in self.crop_offsets),
                  f"every crop offset must be in [0, crop_frames={self.crop_frames})")
         _require(self.fp_per_epoch >= 0, "fp_per_epoch must be >= 0")
-        for name in ("valid_overlap", "test_overlap"):
+        for name in ("valid_overlap", "test_overlap", "clip_overlap"):
             _require(0 <= getattr(self, name) < self.crop_frames,
                      f"{name} ({getattr(self, name)}) must be in [0, crop_frames={self.crop_frames})")
         _require(self.n_folds >= 2, "n_folds must be >= 2")
@@ -161,6 +173,7 @@ class ModelConfig:
 PSEUDO_ON = ("softmax", "logits")  # see LossConfig.pseudo_on
 FRAME_REDUCTIONS = ("class_mean", "positive_mean")  # see LossConfig.frame_reduction
 CLASS_COUNTS = ("all", "fold")  # see LossConfig.class_counts
+CLIP_REDUCTIONS = ("mean", "sum")  # see LossConfig.clip_reduction
 
 
 @dataclass(frozen=True)
@@ -181,11 +194,19 @@ class LossConfig:
     # "class_mean": mean over (crop, species) of pos_weight * the mean over frames of
     # label * BCE (v1_7); "positive_mean": the BCE's mean over the positive frames.
     frame_reduction: str = "class_mean"
-    # Stage 3 only: the teacher's predictions (TrialConfig.teacher_file) as extra labels.
-    teacher_threshold: float = 0.5  # teacher probability that becomes a positive (seed: 0.5)
-    teacher_weight: float = 0.5  # clip-loss weight of a teacher positive; a human label weighs 1 (seed)
-    teacher_soft_negatives: bool = False  # species below the threshold take the teacher's probability
-    #                                       as a soft target; off, as the seed found them harmful
+    # The clip terms over (item, species): "mean", weighted by the labels' weights (v1_7's mean
+    # over B x C); "sum": the weighted sum (v2_1 and v4_2 summed over windows x species).
+    clip_reduction: str = "mean"
+    # Stage 3 only: the mean of the teachers' predictions (TrialConfig.teacher_files) labels
+    # what no annotation labels.
+    teacher_threshold: float = 0.5  # teacher probability that becomes a positive (v4_2: >= 0.5)
+    teacher_weight: float = 0.5  # clip-loss weight of a teacher label; a human label weighs 1 (v4_2)
+    teacher_negative_below: float = 0.01  # teacher probability under which a species is a "difficult
+    #                                       negative" (v4_2: < 0.01), used by teacher_negatives
+    teacher_negatives: bool = False  # difficult negatives become negatives of weight teacher_weight
+    #                                  (v4_2 marked them and left them out of the loss)
+    teacher_soft_negatives: bool = False  # crops only: species below the threshold take the teacher's
+    #                                       probability as a soft target; off, as the seed found them harmful
 
     def __post_init__(self) -> None:
         weights = (self.w_att, self.w_max, self.w_pseudo, self.w_frame)
@@ -194,6 +215,9 @@ class LossConfig:
         _require(0 < self.pseudo_threshold < 1, "pseudo_threshold must be in (0, 1)")
         _require(0 < self.teacher_threshold < 1, "teacher_threshold must be in (0, 1)")
         _require(0 < self.teacher_weight <= 1, "teacher_weight must be in (0, 1]")
+        _require(0 < self.teacher_negative_below < self.teacher_threshold,
+                 "need 0 < teacher_negative_below < teacher_threshold")
+        _choice("clip_reduction", self.clip_reduction, CLIP_REDUCTIONS)
         _choice("class_counts", self.class_counts, CLASS_COUNTS)
         _choice("pseudo_on", self.pseudo_on, PSEUDO_ON)
         _choice("frame_reduction", self.frame_reduction, FRAME_REDUCTIONS)
@@ -287,6 +311,15 @@ class TrainConfig:
 
 
 STAGES = (1, 2, 3)  # the seed's stages; see TrialConfig.stage
+# The keys that only stage 3 reads, with their defaults: another value in another stage is a mistake.
+STAGE_3_KEYS = {f"loss.{name}": getattr(LossConfig, name) for name in (
+    "teacher_threshold", "teacher_weight", "teacher_negative_below", "teacher_negatives", "teacher_soft_negatives")}
+STAGE_3_KEYS["data.teacher_test_recordings"] = DataConfig.teacher_test_recordings
+
+
+def _dotted_value(config: Any, key: str) -> Any:
+    section, _, name = key.partition(".")
+    return getattr(getattr(config, section), name)
 
 
 @dataclass(frozen=True)
@@ -300,9 +333,13 @@ class TrialConfig:
     recipe: str = "v1_7"  # the named set of defaults this config was built on (trainable.recipes)
     cache_dir: str = ""  # the log-mel cache; "" = DATA_DIR/logmel
     # 1: the recipe (clip labels on every species, frame loss on tp frames); 2: loss only on
-    # labelled frames and species (tp positive, fp negative); 3: stage 2 plus teacher positives.
+    # labelled frames and species (tp positive, fp negative); 3: stage 2 plus the teachers' labels
+    # (trainable.targets says what each stage labels; the recipes stage2-v2_1 and stage3-v4_2 are
+    # the reference's).
     stage: int = 1
-    teacher_file: str = ""  # stage 3: predictions (oof.csv, submission.csv or windows.csv of an export)
+    # stage 3: one or more predictions (an export's windows.csv, oof.csv or submission.csv),
+    # averaged window by window (trainable.teacher.load_teachers)
+    teacher_files: tuple[str, ...] = ()
     init_from: str = ""  # a checkpoint directory whose fold models start this trial's folds; "" = fresh
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -316,12 +353,11 @@ class TrialConfig:
 
         _require(self.recipe in RECIPES, f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
         _require(self.stage in STAGES, f"stage must be one of {', '.join(map(str, STAGES))}, got {self.stage}")
-        _require((self.stage == 3) == bool(self.teacher_file),
-                 "stage 3 needs a teacher_file" if self.stage == 3 else
-                 f"a teacher_file is used by stage 3 only (this trial is stage {self.stage})")
-        teacher_keys = ("teacher_threshold", "teacher_weight", "teacher_soft_negatives")
-        changed = [k for k in teacher_keys if getattr(self.loss, k) != getattr(LossConfig, k)]
-        _require(self.stage == 3 or not changed, f"loss.{changed[0] if changed else ''} is used by stage 3 only"
+        _require((self.stage == 3) == bool(self.teacher_files),
+                 "stage 3 needs teacher_files" if self.stage == 3 else
+                 f"teacher_files are used by stage 3 only (this trial is stage {self.stage})")
+        changed = [key for key, value in STAGE_3_KEYS.items() if _dotted_value(self, key) != value]
+        _require(self.stage == 3 or not changed, f"{changed[0] if changed else ''} is used by stage 3 only"
                                                  f" (this trial is stage {self.stage}): it would change nothing")
         _require(all(f < self.data.n_folds for f in self.train.folds),
                  f"train.folds {list(self.train.folds)} must be < data.n_folds ({self.data.n_folds})")
@@ -368,7 +404,21 @@ def _over_recipe(values: dict[str, Any]) -> dict[str, Any]:
     name = values.get("recipe", DEFAULT_RECIPE)
     if not isinstance(name, str):
         raise ConfigError(f"config key recipe: expected a recipe name, got {name!r}")
-    return merge(recipe_values(name), values)
+    return merge(recipe_values(name), upgrade_keys(values))
+
+
+def upgrade_keys(values: dict[str, Any]) -> dict[str, Any]:
+    """A config written before `teacher_file` became `teacher_files` (every earlier trial.json
+    and search_plan.json has it), in today's keys; its stage 3 trained on the teacher's test
+    recordings, as it then always did."""
+    if "teacher_file" not in values:
+        return values
+    values = dict(values)
+    old = values.pop("teacher_file")
+    if "teacher_files" in values:
+        raise ConfigError("config keys teacher_file and teacher_files: give teacher_files only")
+    values["teacher_files"] = [old] if old else []
+    return merge({"data.teacher_test_recordings": True}, values) if old else values
 
 
 def _convert(hint: Any, value: Any, key: str) -> Any:

@@ -268,11 +268,24 @@ class ClipWindows(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, Placement]:
         rid = self.recording_ids[i]
         spectrogram = self.cache.load(self.split, rid)  # (M, T)
-        starts = self.starts(spectrogram.shape[1])
-        windows = np.stack([crop(spectrogram, s, self.crop_frames) for s in starts])[:, None]  # (W, 1, M, C)
-        stats = torch.from_numpy(self.cache.statistics(self.split, rid)).expand(len(starts), 4)  # (W, 4)
-        where = Placement(stats, torch.from_numpy(starts), torch.full((len(starts),), spectrogram.shape[1]))
-        return torch.from_numpy(windows), torch.from_numpy(self.truth[i].astype(np.float32)), where
+        windows, where = cut_windows(spectrogram, self.cache.statistics(self.split, rid),
+                                     self.starts(spectrogram.shape[1]), self.crop_frames)
+        return windows, torch.from_numpy(self.truth[i].astype(np.float32)), where
+
+
+def cut_windows(spectrogram: np.ndarray, stats: np.ndarray, starts: np.ndarray,
+                width: int) -> tuple[torch.Tensor, Placement]:
+    """A clip's windows [start, start + width), padded past its end (`crop`).
+
+    Returns:
+        (W, 1, n_mels, width) float16 windows, and their placements: stats (W, 4), start (W,),
+        frames (W,), clip (W,) all 0 (one clip: the windows share its augmentation draws).
+    """
+    windows = np.stack([crop(spectrogram, start, width) for start in starts])[:, None]  # (W, 1, M, width)
+    count = len(starts)
+    where = Placement(torch.from_numpy(stats).expand(count, 4), torch.from_numpy(starts),
+                      torch.full((count,), spectrogram.shape[1]), torch.zeros(count, dtype=torch.int64))
+    return torch.from_numpy(windows), where
 
 
 def collate_windows(items: list[tuple[torch.Tensor, torch.Tensor, Placement]]

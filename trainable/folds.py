@@ -93,3 +93,27 @@ def make_folds(annotations: Annotations, n_folds: int = 5, seed: int = 0, labels
 def folds_of(annotations: Annotations, config: DataConfig) -> list[Fold]:
     """The folds a trial's DataConfig asks for."""
     return make_folds(annotations, config.n_folds, config.fold_seed, config.fold_labels)
+
+
+def fp_only_ids(annotations: Annotations) -> list[str]:
+    """The train_fp recordings without a tp row, sorted (stage 3 trains and validates on them)."""
+    return sorted(set(annotations.fp.recording_id) - set(annotations.tp.recording_id))
+
+
+def split_fp_only(recording_ids: list[str], positives: np.ndarray, n_folds: int, seed: int) -> list[tuple[str, ...]]:
+    """The reference stage 3's folds of the fp-only recordings: MultilabelStratifiedKFold over
+    their teacher positives, independent of the tp folds (v4_2 split them apart, with the same
+    splitter and seed). Fewer recordings than folds leave the last folds without any.
+
+    Args:
+        recording_ids: (N,) the fp-only recordings, sorted.
+        positives: (N, C) 0/1: the species the teacher finds in each.
+
+    Returns:
+        For each fold, the fp-only recordings it validates on (the others train it).
+    """
+    if len(recording_ids) < n_folds:  # the splitter needs a recording per fold
+        return [tuple(recording_ids[k:k + 1]) for k in range(n_folds)]
+    splitter = MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    return [tuple(recording_ids[i] for i in sorted(valid))
+            for _, valid in splitter.split(np.zeros(len(recording_ids)), positives)]

@@ -39,13 +39,25 @@ class Placement(NamedTuple):
     stats: torch.Tensor  # (4,) float64: the clip's mean, std, and min and max of its standardised values
     start: torch.Tensor  # () int64: the crop's first frame in the clip
     frames: torch.Tensor  # () int64: the clip's frames
-    # start and frames stay on the CPU (the mask draws need them there); stats go to the device.
+    # () int64: which clip of its batch the crop is cut from, where several crops share one
+    # clip's augmentation draws (whole clips in windows: the reference augmented the clip, then
+    # cut it); -1 (or None): every crop draws its own.
+    clip: torch.Tensor | None = None
+    # start, frames and clip stay on the CPU (the draws need them there); stats go to the device.
 
 
 def placement(spectrogram: np.ndarray, stats: np.ndarray, start: int) -> Placement:
-    """The Placement of a crop starting at `start` of this clip."""
+    """The Placement of a crop starting at `start` of this clip, with draws of its own."""
     return Placement(torch.from_numpy(stats), torch.tensor(start, dtype=torch.int64),
-                     torch.tensor(spectrogram.shape[1], dtype=torch.int64))
+                     torch.tensor(spectrogram.shape[1], dtype=torch.int64), torch.tensor(-1, dtype=torch.int64))
+
+
+def draw_units(where: Placement, batch: int) -> np.ndarray:
+    """(B,) for each crop, which of the batch's random draws it takes: its clip's
+    (Placement.clip), or its own."""
+    if where.clip is None or bool((where.clip < 0).any()):
+        return np.arange(batch)
+    return where.clip.cpu().numpy()
 
 
 def clip_image(x: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
@@ -67,7 +79,8 @@ def clip_image(x: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
     return image.to(torch.float32) / 255  # ToTensor: uint8 -> float32 / 255
 
 
-def brightness_contrast(v: torch.Tensor, config: AugmentConfig, rng: np.random.Generator) -> torch.Tensor:
+def brightness_contrast(v: torch.Tensor, config: AugmentConfig, rng: np.random.Generator,
+                        units: np.ndarray | None = None) -> torch.Tensor:
     """albumentations' RandomBrightnessContrast on 8-bit values: with probability
     brightness_contrast_p, u -> truncate(clip(u * alpha + beta * 255, 0, 255)) with
     alpha = 1 + U(-contrast_limit, contrast_limit) and beta = U(-brightness_limit, brightness_limit),
@@ -76,14 +89,16 @@ def brightness_contrast(v: torch.Tensor, config: AugmentConfig, rng: np.random.G
     Args:
         v: (B, C, M, W) float32 in [0, 1]; 8-bit values / 255 for the clip image (other input
             is rounded to 8 bits where the transform applies).
+        units: (B,) which draw each crop takes (`draw_units`); None: one each.
 
     Returns:
         (B, C, M, W) float32 in [0, 1].
     """
-    batch = v.shape[0]
-    apply = rng.random(batch) < config.brightness_contrast_p  # (B,)
-    alpha = 1.0 + rng.uniform(-config.contrast_limit, config.contrast_limit, size=batch)
-    beta = rng.uniform(-config.brightness_limit, config.brightness_limit, size=batch)
+    units = np.arange(v.shape[0]) if units is None else units
+    draws = int(units.max()) + 1
+    apply = (rng.random(draws) < config.brightness_contrast_p)[units]  # (B,)
+    alpha = (1.0 + rng.uniform(-config.contrast_limit, config.contrast_limit, size=draws))[units]
+    beta = rng.uniform(-config.brightness_limit, config.brightness_limit, size=draws)[units]
     if not apply.any():
         return v
     u = (v * 255).round()
@@ -112,19 +127,25 @@ def _reference_bands(count: int, widest: int, size: torch.Tensor | int, batch: i
 
 
 def reference_group(v: torch.Tensor, where: Placement, config: AugmentConfig,
-                    rng: np.random.Generator) -> torch.Tensor:
+                    rng: np.random.Generator, units: np.ndarray | None = None) -> torch.Tensor:
     """The reference's RandomApply(p=group_p) of [gamma group_gamma, time masks, frequency
     masks], drawn over each whole clip and applied to its crop; masked cells become 0.
 
     Args:
         v: (B, C, M, W) float32 in [0, 1].
         where: the crops' placements (their starts and clip lengths place the time masks).
+        units: (B,) which draw each crop takes (`draw_units`); None: one each.
     """
     batch, bins, width = v.shape[0], v.shape[-2], v.shape[-1]
-    apply = rng.random(batch) < config.group_p  # (B,)
-    frames = where.frames.cpu().numpy()
-    time = _reference_bands(config.time_masks, config.time_mask_frames, frames, batch, rng)
-    freq = _reference_bands(config.freq_masks, config.freq_mask_bins, bins, batch, rng)
+    units = np.arange(batch) if units is None else units
+    draws = int(units.max()) + 1
+    first = np.unique(units, return_index=True)[1]  # a crop of each draw: its clip's length
+    apply = (rng.random(draws) < config.group_p)[units]  # (B,)
+    frames = where.frames.cpu().numpy()[first]
+    time = [(lo[units], hi[units]) for lo, hi in _reference_bands(config.time_masks, config.time_mask_frames,
+                                                                  frames, draws, rng)]
+    freq = [(lo[units], hi[units]) for lo, hi in _reference_bands(config.freq_masks, config.freq_mask_bins,
+                                                                  bins, draws, rng)]
     if not apply.any():
         return v
     out = v
@@ -181,10 +202,21 @@ class InputPipeline:
         return self.finish(self.unit(x, where))
 
     def training(self, x: torch.Tensor, where: Placement, rng: np.random.Generator) -> torch.Tensor:
-        """(B, 1, M, W) -> (B, in_chans, M, W), augmented with draws from `rng`."""
+        """(B, 1, M, W) -> (B, in_chans, M, W), augmented with draws from `rng`; frames past
+        the clip's end are 0 (the reference padded its last window of a clip with zeros after
+        the normalisation)."""
         v = self.unit(x, where)
         if self.augment.policy == "reference":
-            v = reference_group(brightness_contrast(v, self.augment, rng), where, self.augment, rng)
+            units = draw_units(where, len(v))
+            v = reference_group(brightness_contrast(v, self.augment, rng, units), where, self.augment, rng, units)
         else:
             v = augment_batch(v, self.augment, rng)
-        return self.finish(v)
+        return past_end_zeroed(self.finish(v), where)
+
+
+def past_end_zeroed(v: torch.Tensor, where: Placement) -> torch.Tensor:
+    """(B, C, M, W) with the frames past each crop's clip end set to 0."""
+    past = where.start.view(-1, 1) + torch.arange(v.shape[-1]) >= where.frames.view(-1, 1)  # (B, W) on the CPU
+    if not past.any():  # a crop inside its clip: every stage-1 crop
+        return v
+    return v.masked_fill(past.to(v.device, non_blocking=True).view(len(v), 1, 1, -1), 0.0)

@@ -35,13 +35,15 @@ from torch.utils.data import DataLoader
 
 from trainable.annotations import Annotations, load_annotations
 from trainable.cache import DEFAULT_CACHE_NAME, LogMelCache
-from trainable.config import FOLD_SPLIT_KEYS, MODEL_KEYS, ConfigError, TrainConfig, TrialConfig, to_dict
+from trainable.clips import ClipSpec, TrainClips, collate_clips, epoch_clips, padded_starts
+from trainable.config import (FOLD_SPLIT_KEYS, MODEL_KEYS, ConfigError, LossConfig, TrainConfig, TrialConfig, to_dict,
+                              upgrade_keys)
 from trainable.dotted import flatten_dotted
 from trainable.data import (REFERENCE_VALID_OVERLAP, ClipWindows, CropSpec, EpochBatches, TrainCrops, epoch_crops,
                             epoch_size, shuffled_batches, teacher_crops)
 from trainable.fit import (LOSS_KEYS, Device, EpochStats, DivergedError, PassProgress, no_boundary, predict_clips,
                            train_epoch)
-from trainable.folds import Fold, folds_of, species_matrix
+from trainable.folds import Fold, folds_of, fp_only_ids, species_matrix, split_fp_only
 from trainable.inputs import InputPipeline
 from trainable.losses import SEDLoss, balanced_pos_weight
 from trainable.metrics import lwlrap, reference_lrap
@@ -49,7 +51,7 @@ from trainable.model import SEDModel
 from trainable.recipes import DEFAULT_RECIPE, resolve
 from trainable.selection import Selection
 from trainable.targets import Labels, index_events
-from trainable.teacher import load_teacher
+from trainable.teacher import Teacher, load_teachers
 
 # 2: recipes, the selection and each fold's selected weights. A format-1 checkpoint (before
 # them) has no selected weights and was trained by what is now the "fixed" recipe's code.
@@ -159,6 +161,11 @@ class FoldRun:
     loss_fn: SEDLoss
     rng: np.random.Generator  # crops, fp draws, augmentation, mixup, shuffling
     truth: np.ndarray  # (V, C) clip labels of the validation recordings
+    # Stage 3 of whole clips (v4_2): the fp-only recordings the fold trains and validates on,
+    # and the relabelled clip labels of all its validation recordings, tp ones first (V + V_fp, C).
+    fp_only_train: tuple[str, ...] = ()
+    fp_only_valid: tuple[str, ...] = ()
+    relabelled: np.ndarray | None = None
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -179,9 +186,10 @@ class FoldResult:
     """One fold's evaluation in the epoch in flight."""
 
     lwlrap: float
-    lrap: float
+    lrap: float  # the reference's own validation score (its LRAP; v4_2's relabelled LWLRAP)
     scores: np.ndarray  # (V, C) its out-of-fold clip scores
     stats: EpochStats
+    fp_only_scores: np.ndarray | None = None  # (V_fp, C) stage 3 of whole clips: its fp-only recordings'
 
 
 @dataclass
@@ -190,7 +198,7 @@ class EpochProgress:
 
     lr: float  # fold 0's learning rate at the epoch's start (what the epoch reports)
     position: int = 0  # the fold in flight, as an index into KFoldTraining.runs
-    batches: list[list[CropSpec]] | None = None  # its batch order; None: its crops are not drawn yet
+    batches: list[list[CropSpec | ClipSpec]] | None = None  # its batch order; None: not drawn yet
     passed: PassProgress = field(default_factory=PassProgress)  # its training pass so far
     stats: EpochStats | None = None  # its training pass once done (its validation pending)
     done: list[FoldResult] = field(default_factory=list)  # the folds before it
@@ -208,14 +216,16 @@ class EpochProgress:
                 "done": [{"lwlrap": r.lwlrap, "lrap": r.lrap, "stats": dataclasses.asdict(r.stats)} for r in self.done]}
 
     @classmethod
-    def from_json(cls, saved: dict, scores: list[np.ndarray], sums: torch.Tensor | None) -> EpochProgress:
+    def from_json(cls, saved: dict, scores: list[np.ndarray], fp_only_scores: list[np.ndarray | None],
+                  sums: torch.Tensor | None, item: type = CropSpec) -> EpochProgress:
+        """The progress `to_json` saved; `item`: the class of the trial's items (CropSpec, ClipSpec)."""
         batches = saved["batches"]
         return cls(saved["lr"], saved["position"],
-                   None if batches is None else [[CropSpec(**c) for c in b] for b in batches],
+                   None if batches is None else [[item(**c) for c in b] for b in batches],
                    PassProgress(sums=sums, **saved["passed"]),
                    EpochStats(**saved["stats"]) if saved["stats"] else None,
-                   [FoldResult(r["lwlrap"], r["lrap"], s, EpochStats(**r["stats"]))
-                    for r, s in zip(saved["done"], scores)])
+                   [FoldResult(r["lwlrap"], r["lrap"], s, EpochStats(**r["stats"]), extra)
+                    for r, s, extra in zip(saved["done"], scores, fp_only_scores)])
 
 
 PREFETCH_BATCHES = 2  # per loader worker: batches ready while the device trains on this one
@@ -230,10 +240,12 @@ def loader_workers(train: TrainConfig, device: Device) -> int:
     return max(device.cpus - 1, 0) if device.cuda else 0
 
 
-def training_loader(dataset: TrainCrops, batches: EpochBatches, workers: int, pin_memory: bool) -> DataLoader:
+def training_loader(dataset: TrainCrops | TrainClips, batches: EpochBatches, workers: int, pin_memory: bool,
+                    collate: Callable | None = None) -> DataLoader:
     """One loader for every fold and epoch of a trial: its batches are set before each pass,
-    and its workers persist, so no epoch pays for starting processes."""
-    return DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=pin_memory,
+    and its workers persist, so no epoch pays for starting processes. `collate`: how items make
+    a batch (None: torch's default, field by field)."""
+    return DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=pin_memory, collate_fn=collate,
                       persistent_workers=workers > 0, prefetch_factor=PREFETCH_BATCHES if workers else None)
 
 
@@ -277,17 +289,26 @@ class KFoldTraining:
         self.cache = cache or LogMelCache.open(Path(config.cache_dir or Path(config.data_dir) / DEFAULT_CACHE_NAME))
         self.frames_per_second = self.cache.features.frames_per_second
         self.labels = self._labels()
-        # Stage 3: the test recordings the teacher finds a species in are trained on too.
-        self.test_frames = {} if self.labels.teacher is None else {
-            rid: self.cache.load("test", rid).shape[1]
-            for rid in self.labels.teacher.positive_test_ids(config.loss.teacher_threshold)}
+        teacher, data = self.labels.teacher, config.data
+        # Stage 3 with data.teacher_test_recordings: the test recordings the teacher finds a
+        # species in are trained on too.
+        self.test_frames = {} if teacher is None or not data.teacher_test_recordings else {
+            rid: self.cache.load("test", rid).shape[1] for rid in teacher.positive_test_ids(config.loss.teacher_threshold)}
+        self.clips = data.train_items == "clips"
+        n_species = self.annotations.n_species
+        # Stage 3 of whole clips (v4_2): the fp-only recordings are split into folds too.
+        self.fp_only = fp_only_ids(self.annotations) if self.clips and teacher is not None else []
+        self.fp_only_valid = split_fp_only(self.fp_only, self._teacher_positives(teacher, self.fp_only), data.n_folds,
+                                           data.fold_seed) if self.fp_only else [()] * data.n_folds
         self.pipeline = InputPipeline(config.model, config.augment)
-        self.class_counts = np.bincount(self.annotations.tp.species_id, minlength=self.annotations.n_species)
-        folds = folds_of(self.annotations, config.data)
+        self.class_counts = np.bincount(self.annotations.tp.species_id, minlength=n_species)
+        folds = folds_of(self.annotations, data)
         self.runs = [self._fold_run(folds[index]) for index in config.fold_indices]
         self.batches = EpochBatches()
-        self.loader = training_loader(TrainCrops(self.cache, self.labels, self.annotations.n_species, config.data),
-                                      self.batches, loader_workers(config.train, device), device.cuda)
+        items = TrainClips if self.clips else TrainCrops
+        self.loader = training_loader(items(self.cache, self.labels, n_species, data), self.batches,
+                                      loader_workers(config.train, device), device.cuda,
+                                      collate_clips if self.clips else None)
         self.epoch = 0  # epochs done on every fold
         self.progress: EpochProgress | None = None  # the epoch in flight, once begun
         self.at_boundary: Callable[[], None] = no_boundary  # called between batches (trainable.preemption)
@@ -300,10 +321,34 @@ class KFoldTraining:
             TeacherError: a bad teacher file (stage 3).
         """
         config, fps = self.config, self.frames_per_second
-        teacher = load_teacher(Path(config.teacher_file), self.annotations, fps) if config.teacher_file else None
+        teacher = (load_teachers([Path(path) for path in config.teacher_files], self.annotations, fps)
+                   if config.teacher_files else None)
         rule = config.data.event_frames
         return Labels(config.stage, index_events(self.annotations.tp, fps, rule),
                       index_events(self.annotations.fp, fps, rule), config.loss, teacher)
+
+    def _teacher_positives(self, teacher: Teacher, recording_ids: list[str]) -> np.ndarray:
+        """(N, C) 0/1: the species the teacher finds in each recording (a window's probability >=
+        the reference's threshold, LossConfig.teacher_threshold's default: a fixed split whatever
+        threshold a trial searches), what v4_2 stratified the fp-only folds on."""
+        positives = np.zeros((len(recording_ids), self.annotations.n_species), dtype=np.uint8)
+        for row, rid in enumerate(recording_ids):
+            if rid in teacher.train:
+                positives[row] = (teacher.train[rid].probabilities >= LossConfig.teacher_threshold).any(axis=0)
+        return positives
+
+    def _relabelled_truth(self, recording_ids: list[str]) -> np.ndarray:
+        """(N, C) clip labels of train recordings as stage 3 relabels them: a species is present
+        where a window of the training cut is labelled positive, by an annotation or the teacher
+        (v4_2's clip truth: a window label >= 1)."""
+        data, n_species = self.config.data, self.annotations.n_species
+        truth = np.zeros((len(recording_ids), n_species), dtype=np.float32)
+        for row, rid in enumerate(recording_ids):
+            starts = padded_starts(self.cache.load("train", rid).shape[1], data.crop_frames, data.clip_overlap)
+            targets = self.labels.windows("train", rid, starts, data.crop_frames, n_species)
+            truth[row] = ((targets.clip == 1) & (targets.clip_weight > 0)).any(dim=0).numpy()
+        return truth
+
 
     def initialise_from(self, checkpoint: Path) -> None:
         """Start every fold's model from the same fold's model of an earlier trial (the
@@ -324,15 +369,21 @@ class KFoldTraining:
         if self.device.cuda:
             model = model.to(memory_format=torch.channels_last)
         optimizer = torch.optim.Adam(model.parameters(), lr=train.lr)
-        items = epoch_size(fold, self.annotations.tp, self.config.data) + len(self.test_frames)
+        fp_only_valid = self.fp_only_valid[fold.index]
+        fp_only_train = tuple(rid for rid in self.fp_only if rid not in set(fp_only_valid))
+        if self.clips:
+            items = len(epoch_clips(fold, self.config.stage, fp_only_train, tuple(self.test_frames)))
+        else:
+            items = epoch_size(fold, self.annotations.tp, self.config.data) + len(self.test_frames)
         scheduler = cosine(optimizer, train, batches_per_epoch(items, train.batch_size))
         tp = self.annotations.tp
         counts = self.class_counts if self.config.loss.class_counts == "all" else np.bincount(
             tp[tp.recording_id.isin(set(fold.train_ids))].species_id, minlength=n_species)
         loss_fn = SEDLoss(self.config.loss, balanced_pos_weight(counts)).to(self.device.torch)
         truth = species_matrix(tp, fold.valid_ids, n_species).astype(np.float32)
+        relabelled = self._relabelled_truth([*fold.valid_ids, *fp_only_valid]) if self.fp_only else None
         return FoldRun(fold, model, optimizer, scheduler, self.device.grad_scaler(), loss_fn,
-                       np.random.default_rng([train.seed, fold.index]), truth)
+                       np.random.default_rng([train.seed, fold.index]), truth, fp_only_train, fp_only_valid, relabelled)
 
     @property
     def oof_ids(self) -> list[str]:
@@ -354,11 +405,13 @@ class KFoldTraining:
             try:
                 if progress.stats is None:
                     progress.stats = self._train_fold(run, progress)
-                scores, lrap = self._evaluate_fold(run)
+                scores, fp_only_scores = self._evaluate_fold(run)
             except DivergedError as error:
                 raise DivergedError(f"fold {run.fold.index}, epoch {self.epoch + 1}: {error}") from None
-            self.selection.fold_epoch(position, self.epoch + 1, lrap, scores, run.model)
-            progress.fold_done(FoldResult(lwlrap(run.truth, scores), lrap, scores, progress.stats))
+            lrap = self._reference_score(run, scores, fp_only_scores)
+            self.selection.fold_epoch(position, self.epoch + 1, lrap, scores[self.config.data.window_score], run.model)
+            progress.fold_done(FoldResult(lwlrap(run.truth, scores[self.config.data.window_score]), lrap,
+                                          scores[self.config.data.window_score], progress.stats, fp_only_scores))
         lr, oof, losses = progress.lr, [r.scores for r in progress.done], [r.stats for r in progress.done]
         fold_scores = {run.fold.index: r.lwlrap for run, r in zip(self.runs, progress.done)}
         fold_lraps = {run.fold.index: r.lrap for run, r in zip(self.runs, progress.done)}
@@ -373,6 +426,10 @@ class KFoldTraining:
                    "samples_per_s": samples / max(seconds, 1e-9), **self.selection.metrics()}
         metrics.update({f"fold/{index}/lwlrap": score for index, score in fold_scores.items()})
         metrics.update({f"fold/{index}/lrap_reference": score for index, score in fold_lraps.items()})
+        if self.fp_only:  # stage 3 of whole clips: the CV against the relabelled truth too
+            predictions = [np.concatenate([r.scores, r.fp_only_scores]) for r in progress.done]
+            metrics["cv_lwlrap_relabelled"] = lwlrap(np.concatenate([run.relabelled for run in self.runs]),
+                                                     np.concatenate(predictions))
         # Weighted by samples per fold: the mean per training sample of the epoch.
         weights = [stats.samples for stats in losses]
         metrics.update({f"loss/{key}": float(np.average([stats.losses[key] for stats in losses], weights=weights))
@@ -381,14 +438,10 @@ class KFoldTraining:
 
     def _train_fold(self, run: FoldRun, progress: EpochProgress) -> EpochStats:
         if progress.batches is None:  # the fold's pass begins (else it goes on from a mid-epoch checkpoint)
-            crops = epoch_crops(run.fold, self.annotations.tp, self.annotations.fp, self.config.data,
-                                self.frames_per_second, run.rng)
-            if self.test_frames:
-                crops += teacher_crops(self.labels.teacher, self.test_frames, self.config.data,
-                                       self.config.loss.teacher_threshold, run.rng)
+            items = self._epoch_items(run)
             shuffle = torch.Generator().manual_seed(int(run.rng.integers(2**62)))
             torch.manual_seed(int(run.rng.integers(2**62)))  # layers that draw from torch's RNG (dropout)
-            progress.batches = shuffled_batches(crops, self.config.train.batch_size, shuffle)
+            progress.batches = shuffled_batches(items, self.config.train.batch_size, shuffle)
         self.batches.batches = progress.batches[progress.passed.batches:]
         per_batch = self.config.train.schedule == "cosine_per_batch"
         stats = train_epoch(run.model, self.loader, run.loss_fn, run.optimizer, run.scaler, self.pipeline,
@@ -398,22 +451,48 @@ class KFoldTraining:
             step_clamped(run.scheduler, self.config.train.t_max)
         return stats
 
-    def _evaluate_fold(self, run: FoldRun) -> tuple[np.ndarray, float]:
-        """The fold's out-of-fold clip probabilities (the config's windows and window score),
-        and its reference LRAP (the reference's windows and score, a second pass only when the
-        config's windows are others)."""
+    def _epoch_items(self, run: FoldRun) -> list[CropSpec] | list[ClipSpec]:
+        """The items of the fold's next training pass (trainable.data, trainable.clips)."""
+        if self.clips:
+            return epoch_clips(run.fold, self.config.stage, run.fp_only_train, tuple(self.test_frames))
+        crops = epoch_crops(run.fold, self.annotations.tp, self.annotations.fp, self.config.data,
+                            self.frames_per_second, run.rng)
+        if self.test_frames:
+            crops += teacher_crops(self.labels.teacher, self.test_frames, self.config.data,
+                                   self.config.loss.teacher_threshold, run.rng)
+        return crops
+
+    def _evaluate_fold(self, run: FoldRun) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+        """The fold's out-of-fold clip probabilities by every window score (the config's
+        windows), and in stage 3 of whole clips those of its fp-only validation recordings by
+        the config's score."""
         data = self.config.data
         clips = self._predict_fold(run, data.window_rule, data.valid_overlap)
+        if not run.fp_only_valid:
+            return clips, None
+        fp_only = ClipWindows(self.cache, "train", run.fp_only_valid, data.crop_frames, data.valid_overlap,
+                              n_species=self.annotations.n_species, rule=data.window_rule)
+        return clips, self._predict(run, fp_only)[data.window_score]
+
+    def _reference_score(self, run: FoldRun, clips: dict[str, np.ndarray], fp_only: np.ndarray | None) -> float:
+        """The reference's own validation score of the fold, what its model is selected by:
+        v1_7's LRAP (the reference's windows and score: a second pass only when the config's
+        windows are others), or in stage 3 of whole clips v4_2's LWLRAP of all its validation
+        recordings against the relabelled truth."""
+        data = self.config.data
+        if run.relabelled is not None:
+            return lwlrap(run.relabelled, np.concatenate([clips[data.window_score], fp_only]))
         overlap = min(REFERENCE_VALID_OVERLAP, data.crop_frames - 1)  # the reference's windows, at this width
         if (data.window_rule, data.valid_overlap) != ("reference", overlap):
-            reference = self._predict_fold(run, "reference", overlap)["att_max_mean"]
-        else:
-            reference = clips["att_max_mean"]
-        return clips[data.window_score], reference_lrap(run.truth, reference)
+            clips = self._predict_fold(run, "reference", overlap)
+        return reference_lrap(run.truth, clips["att_max_mean"])
 
     def _predict_fold(self, run: FoldRun, rule: str, overlap: int) -> dict[str, np.ndarray]:
-        windows = ClipWindows.validation(self.cache, run.fold, self.annotations.tp, self.annotations.n_species,
-                                         self.config.data, rule=rule, overlap=overlap)
+        return self._predict(run, ClipWindows.validation(self.cache, run.fold, self.annotations.tp,
+                                                         self.annotations.n_species, self.config.data, rule=rule,
+                                                         overlap=overlap))
+
+    def _predict(self, run: FoldRun, windows: ClipWindows) -> dict[str, np.ndarray]:
         return predict_clips(run.model, windows.batches(self.config.train.eval_recordings, self.device.cuda),
                              self.pipeline, self.device, self.at_boundary)
 
@@ -473,7 +552,8 @@ class KFoldTraining:
         """The epoch in flight (a checkpoint between two batches), with torch's RNG as it is there."""
         progress = self.progress
         (directory / EPOCH_FILE).write_text(json.dumps(progress.to_json()))
-        np.savez(directory / EPOCH_ARRAYS, *[result.scores for result in progress.done])
+        fp_only = {f"fp_only_{i}": r.fp_only_scores for i, r in enumerate(progress.done) if r.fp_only_scores is not None}
+        np.savez(directory / EPOCH_ARRAYS, *[result.scores for result in progress.done], **fp_only)
         rng = {"cpu": torch.get_rng_state()}
         if self.device.cuda:
             rng["cuda"] = torch.cuda.get_rng_state()
@@ -484,11 +564,12 @@ class KFoldTraining:
         saved = json.loads((directory / EPOCH_FILE).read_text())
         with np.load(directory / EPOCH_ARRAYS) as arrays:
             scores = [arrays[f"arr_{i}"] for i in range(len(saved["done"]))]
+            fp_only = [arrays[f"fp_only_{i}"] if f"fp_only_{i}" in arrays else None for i in range(len(saved["done"]))]
         tensors = torch.load(directory / EPOCH_TENSORS, map_location="cpu", weights_only=True)
         torch.set_rng_state(tensors["rng"]["cpu"])  # dropout goes on drawing where it was
         if "cuda" in tensors["rng"] and self.device.cuda:
             torch.cuda.set_rng_state(tensors["rng"]["cuda"])
-        return EpochProgress.from_json(saved, scores, tensors["sums"])
+        return EpochProgress.from_json(saved, scores, fp_only, tensors["sums"], ClipSpec if self.clips else CropSpec)
 
 
 def _check_same_recipe(saved: dict, current: dict, directory: Path) -> None:
@@ -497,12 +578,12 @@ def _check_same_recipe(saved: dict, current: dict, directory: Path) -> None:
     longer one goes on from a shorter one). The folds are compared as fold numbers. init_from
     only matters before the first checkpoint. A key the checkpoint lacks (it was made before the
     key existed) had its default."""
-    free = {"data_dir", "cache_dir", "teacher_file", "init_from", "model.pretrained_file", "train.epochs",
+    free = {"data_dir", "cache_dir", "teacher_file", "teacher_files", "init_from", "model.pretrained_file", "train.epochs",
             "train.folds", "train.loader_workers", "train.eval_recordings", "train.checkpoint_seconds",
             "train.checkpoint_epochs"}
     recipe = {"data_dir": current["data_dir"], "recipe": saved.get("recipe", DEFAULT_RECIPE)}
     defaults = flatten_dotted(to_dict(resolve(recipe)))
-    saved, current = {**defaults, **flatten_dotted(saved)}, flatten_dotted(current)
+    saved, current = {**defaults, **flatten_dotted(upgrade_keys(saved))}, flatten_dotted(current)
     for key in sorted((set(saved) | set(current)) - free):
         if saved.get(key) != current.get(key):
             raise ConfigError(f"checkpoint {directory} was made with {key} = {saved.get(key)!r},"

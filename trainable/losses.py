@@ -13,7 +13,9 @@ L_frame: BCE of the frame logits against the frame labels (LossConfig.frame_redu
 
 The clip terms are means weighted by the targets' weights (trainable.targets): in stage 1
 every clip label weighs 1 (the plain mean over B x C of the reference); in stages 2 and 3
-only the labelled entries count.
+only the labelled entries count. LossConfig.clip_reduction "sum" sums them instead, as the
+reference's stages 2 and 3 did (over windows x species: with the attention term alone, the
+loss is sum(w * BCE(clip_att, y)), a pseudo-positive of v4_2 weighing 0.5).
 """
 
 from __future__ import annotations
@@ -85,6 +87,8 @@ class SEDLoss(nn.Module):
         pos_weight = self.pos_weight if self.config.class_balanced else None
         loss = F.binary_cross_entropy_with_logits(logit.float(), targets.clip, pos_weight=pos_weight,
                                                   reduction="none")  # (B, C)
+        if self.config.clip_reduction == "sum":  # v2_1 and v4_2: summed over windows x species
+            return (targets.clip_weight * loss).sum()
         return weighted_mean(loss, targets.clip_weight)
 
     def _class_weights(self, like: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,19 @@ class Recipe:
     values: dict[str, Any]  # dotted config keys -> values, over the reference's defaults
 
 
+# What the reference's stages 2 and 3 share (v2_1's loop as exp0127 ran it, and v4_2): whole
+# clips in 8 windows, the summed clip loss on the attention logit only, no class weights, no
+# mixup, the random group of masks without gamma or brightness/contrast, batches of 32
+# recordings, Adam 3e-4 for 5 epochs under one per-batch cosine (T_max = 5 epochs of batches).
+WHOLE_CLIPS: dict[str, Any] = {
+    "data.train_items": "clips", "data.clip_overlap": 49,
+    "loss.w_max": 0.0, "loss.w_pseudo": 0.0, "loss.w_frame": 0.0, "loss.class_balanced": False,
+    "loss.clip_reduction": "sum",
+    "augment.mixup_alpha": 0.0, "augment.brightness_contrast_p": 0.0, "augment.group_gamma": 0.0,
+    "train.batch_size": 32, "train.lr": 3e-4, "train.epochs": 5, "train.t_max": 5}
+# The recipe `--stage N` means when no recipe is named.
+STAGE_RECIPES = {1: DEFAULT_RECIPE, 2: "stage2-v2_1", 3: "stage3-v4_2"}
+
 RECIPES: dict[str, Recipe] = {
     "v1_7": Recipe(
         "the reference stage 1 (exp0073): ImageNet resnet18, the clip image, 4-term loss, per-batch cosine", {}),
@@ -49,6 +62,13 @@ RECIPES: dict[str, Recipe] = {
          "data.window_score": "segment_max",
          "data.valid_overlap": 49, "data.test_overlap": 256, "data.fold_seed": 42, "data.fold_labels": "multi_hot",
          "train.schedule": "cosine_clamped", "train.min_lr": 1e-5, "train.selection": "common", "train.seed": 0}),
+    # The reference's stages 2 and 3; each fold starts from stage 1's (--init-from).
+    "stage2-v2_1": Recipe(
+        "the reference stage 2 (exp0127, v2_1's loop): every tp and fp recording, 8 windows each, tp/fp labels only",
+        {"stage": 2, **WHOLE_CLIPS}),
+    "stage3-v4_2": Recipe(
+        "the reference stage 3 (exp0210, v4_2): stage 2 plus the teachers' mean, fp-only recordings in the folds",
+        {"stage": 3, **WHOLE_CLIPS}),
 }
 
 

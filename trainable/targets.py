@@ -10,8 +10,12 @@ stage 2  only what is labelled counts: tp frames and species 1, fp frames and sp
          (a species with both in the crop is a positive), everything else weight 0.
 stage 3  stage 2, plus the teacher: an unlabelled species whose teacher probability over the
          crop is >= teacher_threshold becomes a clip positive of weight teacher_weight; with
+         teacher_negatives one below teacher_negative_below a negative of that weight; with
          soft negatives the other unlabelled species take the teacher's probability, same
          weight. Teacher windows are seconds wide, so the teacher labels clips, not frames.
+
+Whole clips in windows (the reference's stages 2 and 3) are labelled window by window
+(`Labels.windows`), each window as a clip.
 """
 
 from __future__ import annotations
@@ -131,7 +135,7 @@ class Labels:
     stage: int
     positives: dict[str, Events]  # train_tp intervals, in frames
     negatives: dict[str, Events]  # train_fp intervals, in frames (stages 2 and 3)
-    loss: LossConfig  # the teacher's threshold, weight and soft negatives
+    loss: LossConfig  # the teacher's thresholds, weight and negatives
     teacher: Teacher | None = None  # stage 3
 
     def crop(self, split: str, recording_id: str, start: int, width: int, n_species: int,
@@ -153,19 +157,67 @@ class Labels:
             self._add_teacher(clip, clip_weight, split, recording_id, start, width)
         return _tensors(clip, clip_weight, positive, frame_weight)
 
+    def windows(self, split: str, recording_id: str, starts: np.ndarray, width: int, n_species: int,
+                negative_item: bool = False) -> Targets:
+        """The targets of windows [start, start + width) of a whole clip (DataConfig.train_items
+        "clips"), each window labelled as a clip, as the reference's stages 2 and 3 did: a
+        window holds an event when it holds any frame of it.
+
+        stage 1  as a crop of stage 1: the tp species positive, every other species negative;
+                 a `negative_item` all negative.
+        stage 2  (v2_1) a tp item knows its tp events only: positive where it holds one,
+                 unlabelled elsewhere; a `negative_item` (the recording's fp item) knows its fp
+                 events only: negative where it holds one.
+        stage 3  (v4_2) each recording once: tp frames 1, then fp frames -1 over them; a window
+                 positive where it holds a 1 and no -1, negative where a -1 and no 1, and where
+                 neither (or both) the teacher's label (`_teacher_labels`).
+
+        Returns:
+            Targets with clip (W, C) and frame (W, C, width): the positive frames, counted where
+            labelled.
+        """
+        train = split == "train"
+        tp = self.positives.get(recording_id) if train and not negative_item else None
+        fp = self.negatives.get(recording_id) if train and (negative_item or self.stage == 3) else None
+        positive = np.stack([frame_targets(tp, int(start), width, n_species) for start in starts])  # (W, C, T)
+        if self.stage == 1:
+            return Targets.from_frames(torch.from_numpy(positive))
+        negative = np.stack([frame_targets(fp, int(start), width, n_species) for start in starts])  # (W, C, T)
+        positive &= 1 - negative  # v4_2 wrote the fp frames over the tp frames (no overlap in stage 2)
+        holds_positive, holds_negative = positive.any(axis=-1), negative.any(axis=-1)  # (W, C)
+        clip = (holds_positive & ~holds_negative).astype(np.float32)
+        clip_weight = (holds_positive ^ holds_negative).astype(np.float32)
+        if self.teacher is not None:
+            windows = (self.teacher.train if train else self.teacher.test).get(recording_id)
+            for row, start in enumerate(starts):
+                probability = None if windows is None else windows.crop_probabilities(int(start), width)
+                if probability is not None:
+                    self._teacher_labels(clip[row], clip_weight[row], probability)
+        return _tensors(clip, clip_weight, positive, np.maximum(positive, negative))
+
     def _add_teacher(self, clip: np.ndarray, clip_weight: np.ndarray, split: str, recording_id: str,
                      start: int, width: int) -> None:
         """Teacher labels for the species no annotation labels in this crop, in place."""
         windows = (self.teacher.train if split == "train" else self.teacher.test).get(recording_id)
         probability = None if windows is None else windows.crop_probabilities(start, width)  # (C,)
-        if probability is None:
-            return
+        if probability is not None:
+            self._teacher_labels(clip, clip_weight, probability)
+
+    def _teacher_labels(self, clip: np.ndarray, clip_weight: np.ndarray, probability: np.ndarray) -> None:
+        """(C,) labels in place, where no annotation labels a species: the teacher's probability
+        >= teacher_threshold makes a positive of weight teacher_weight (v4_2's 2); with
+        teacher_negatives, one below teacher_negative_below a negative of that weight (its -2);
+        with teacher_soft_negatives, any other the probability itself as a soft target."""
+        loss = self.loss
         unlabelled = clip_weight == 0
-        positive = unlabelled & (probability >= self.loss.teacher_threshold)
-        clip[positive], clip_weight[positive] = 1.0, self.loss.teacher_weight
-        if self.loss.teacher_soft_negatives:
-            soft = unlabelled & ~positive
-            clip[soft], clip_weight[soft] = probability[soft], self.loss.teacher_weight
+        positive = unlabelled & (probability >= loss.teacher_threshold)
+        clip[positive], clip_weight[positive] = 1.0, loss.teacher_weight
+        if loss.teacher_negatives:
+            negative = unlabelled & (probability < loss.teacher_negative_below)
+            clip[negative], clip_weight[negative] = 0.0, loss.teacher_weight
+        if loss.teacher_soft_negatives:
+            soft = clip_weight == 0  # unlabelled still
+            clip[soft], clip_weight[soft] = probability[soft], loss.teacher_weight
 
 
 def _tensors(*arrays: np.ndarray) -> Targets:

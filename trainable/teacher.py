@@ -9,10 +9,13 @@ Two layouts, both as `search/export.py` writes them:
 Rows may cover train recordings (train_tp or train_fp) and test recordings; a test recording
 with a teacher positive becomes a training recording of stage 3 (classic pseudo-labelling).
 Everything about the file is checked on load, so a bad teacher fails before a search starts.
+Several files make one teacher, their mean (`load_teachers`: the reference's stage 3 averages
+several models' window probabilities).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,6 +105,80 @@ def load_teacher(path: Path, annotations: Annotations, frames_per_second: float)
     windows = {rid: TeacherWindows(starts[rows], ends[rows], probabilities[rows]) for rid, rows in groups.items()}
     return Teacher(train={rid: w for rid, w in windows.items() if rid in train_ids},
                    test={rid: w for rid, w in windows.items() if rid in test_ids and rid not in train_ids})
+
+
+def load_teachers(paths: Sequence[Path], annotations: Annotations, frames_per_second: float) -> Teacher:
+    """One teacher, the mean of several files', each read and checked by `load_teacher`.
+
+    Each recording keeps the windows of the first file (in the order given) that has it. The
+    probabilities of each of those windows are the mean, over the files that have the
+    recording, of each file's view of the window:
+      - the first file's own window is itself, and so is another file's window of exactly
+        the same start and end (files on the same windows average window by window);
+      - otherwise the covering rule of `TeacherWindows.crop_probabilities`: the max over the
+        file's windows covering at least half of the window or half of themselves (a
+        recording-level row covers every window);
+      - a recording-level window (the first file is recording-level: one window, the whole
+        clip) is seen whole: the max over all the other file's windows of the recording;
+      - a file with no window covering it is left out of that window's mean.
+    Thresholds are the caller's: this only averages probabilities.
+
+    Args:
+        paths: teacher files, at least one, each once; one file gives `load_teacher`'s result.
+
+    Raises:
+        TeacherError: no file; a file given twice; any of `load_teacher`'s errors, naming the file.
+    """
+    paths = [Path(path) for path in paths]
+    if not paths:
+        raise TeacherError("no teacher file given")
+    seen: set[Path] = set()
+    for path in paths:  # before reading any: a repeated file would silently weigh twice
+        if path.resolve() in seen:
+            raise TeacherError(f"teacher {path} given twice")
+        seen.add(path.resolve())
+    teachers = [load_teacher(path, annotations, frames_per_second) for path in paths]
+    if len(teachers) == 1:
+        return teachers[0]
+    return Teacher(train=_mean_recordings([teacher.train for teacher in teachers]),
+                   test=_mean_recordings([teacher.test for teacher in teachers]))
+
+
+def _mean_recordings(files: list[dict[str, TeacherWindows]]) -> dict[str, TeacherWindows]:
+    """Per recording of any file, the mean of the files that have it on the first one's windows."""
+    recordings = sorted(set().union(*files))
+    return {rid: _mean_windows([file[rid] for file in files if rid in file]) for rid in recordings}
+
+
+def _mean_windows(views: list[TeacherWindows]) -> TeacherWindows:
+    """The first file's windows of a recording, each the mean of the files' views of it (see
+    `load_teachers`)."""
+    base = views[0]
+    total = base.probabilities.astype(np.float64)  # (W, C)
+    count = np.ones((len(base.start), 1))  # (W, 1): the files that see each window
+    for other in views[1:]:
+        seen, covered = _view(other, base.start, base.end)
+        total[covered] += seen[covered]
+        count[covered] += 1
+    return TeacherWindows(base.start, base.end, (total / count).astype(np.float32))
+
+
+def _view(windows: TeacherWindows, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A file's view of windows [starts, ends) (W,) of a recording.
+
+    Returns:
+        (W, C) float64 probabilities (0 where not covered) and (W,) bool: which windows it covers.
+    """
+    whole = ends == WHOLE_CLIP  # (W,)
+    widths = np.where(whole, 1, ends - starts)[:, None]  # a whole-clip window is masked below, any width
+    mask = covering(windows.start, windows.end, starts[:, None], widths)  # (W, V) of the file's V windows
+    mask[whole] = True  # seen whole: every window of the recording
+    same = (windows.start == starts[:, None]) & (windows.end == ends[:, None])  # (W, V)
+    exact = same.any(axis=1)
+    mask[exact] = same[exact]  # a window the file has itself is seen as itself, not with its neighbours
+    masked = np.where(mask[:, :, None], windows.probabilities[None].astype(np.float64), -np.inf)  # (W, V, C)
+    covered = mask.any(axis=1)
+    return np.where(covered[:, None], masked.max(axis=1), 0.0), covered
 
 
 def _check_columns(path: Path, columns: list[str], species: list[str]) -> None:

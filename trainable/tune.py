@@ -67,8 +67,8 @@ def train_sed(config: dict[str, Any]) -> None:
             share (the trial ends; the others go on).
     """
     trial = resolve(config)
-    for key in ("data_dir", "cache_dir", "teacher_file", "init_from"):
-        path = getattr(trial, key)
+    paths = [(key, getattr(trial, key)) for key in ("data_dir", "cache_dir", "init_from")]
+    for key, path in [*paths, *(("teacher_files", path) for path in trial.teacher_files)]:
         if path and not os.path.isabs(path):
             raise ConfigError(f"{key} must be an absolute path, got {path!r}: a trial runs in its own"
                               f" working directory, maybe on another node")
