@@ -183,26 +183,37 @@ def test_a_search_leaves_a_leaderboard_a_study_a_config_and_tensorboard_files(ca
     assert list(board.status).count(f"ensemble of {size} trial{'s' if size > 1 else ''}") == 1
     assert '<img alt="Ensemble selection"' in (experiment / "report.html").read_text()
 
-    # Stage 3, the recipe exp0109 alone (no space: its own configuration, one trial): taught by
-    # the ensemble's window predictions, its folds starting from the best trial's fold models.
+    # Stages 2 and 3 of the reference (no space: their recipes' own configurations, one trial each,
+    # one epoch): stage 2 from the best trial's fold models, stage 3 from them too, taught by two
+    # teachers: the ensemble's windows and stage 2's (its search exported its trial).
     board = board[board.trial != "ensemble"].reset_index(drop=True)
-    windows = folder / "windows.csv"
-    command = [part for part in tiny_search(cached_dir, tmp_path, "stage3") if part not in ("--space", "loss_weights")]
-    command[command.index("--num-samples") + 1] = "1"
-    stage3 = subprocess.run([*command, "--recipe", "exp0109", "--epochs", "2", "--teacher", str(windows),
-                             "--init-from", "e2e"], capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=600)
+    command = [part for part in tiny_search(cached_dir, tmp_path, "stage2") if part not in ("--space", "loss_weights")]
+    command[command.index("--num-samples") + 1], command[command.index("--epochs") + 1] = "1", "1"
+    command += ["--set", "data.clip_overlap=0", "--init-from", "e2e"]  # 6 windows of a 12 s clip
+    stage2 = subprocess.run([*command, "--stage", "2"], capture_output=True, text=True, env=ENV, cwd=tmp_path,
+                            timeout=600)
+    assert stage2.returncode == 0, stage2.stderr[-3000:]
+    assert "recipe stage2-v2_1, no space (the recipe's own configuration); 1 trials of 1 epochs" in stage2.stdout
+    [second] = (tmp_path / "stage2" / "exports").glob("trial_*/windows.csv")
+    teachers = [str(folder / "windows.csv"), str(second)]
+    command[command.index("--name") + 1] = "stage3"
+    stage3 = subprocess.run([*command, "--teacher", teachers[0], "--teacher", teachers[1]], capture_output=True,
+                            text=True, env=ENV, cwd=tmp_path, timeout=600)
     assert stage3.returncode == 0, stage3.stderr[-3000:]
-    assert "recipe exp0109, no space (the recipe's own configuration); 1 trials of 2 epochs" in stage3.stdout
-    taught = pd.read_csv(tmp_path / "stage3" / "leaderboard.csv", dtype={"best_epochs": str})
-    assert len(taught) == 1 and taught.status[0] == "completed"
-    for column in ("score", "cv_lwlrap", "cv_lwlrap_fold_best", "cv_lrap_reference"):  # the three CVs
-        assert 0 < taught[column][0] <= 1
-    assert len(taught.best_epochs[0].split(",")) == 2 and set(taught.best_epochs[0].split(",")) <= {"1", "2"}
-    config = from_dict(TrialConfig, yaml.safe_load((tmp_path / "stage3" / "best_config.yaml").read_text()))
-    assert config.recipe == "exp0109" and config.loss.w_max == config.loss.w_pseudo == config.loss.w_frame == 0
-    assert config.augment.brightness_contrast_p == 0 and config.augment.group_gamma == 0
-    assert config.stage == 3 and config.teacher_file == str(windows)
-    assert Path(config.init_from).parent == experiment / f"trial_{board.trial[0]}"
+    assert "recipe stage3-v4_2, no space" in stage3.stdout
+    for name, stage in (("stage2", 2), ("stage3", 3)):
+        taught = pd.read_csv(tmp_path / name / "leaderboard.csv", dtype={"best_epochs": str})
+        assert len(taught) == 1 and taught.status[0] == "completed" and taught.best_epochs[0] == "1,1"
+        for column in ("score", "cv_lwlrap", "cv_lwlrap_fold_best", "cv_lrap_reference"):  # the three CVs
+            assert 0 < taught[column][0] <= 1
+        # Stage 3 reports its CV against the relabelled truth beside the one on the original labels.
+        assert ("cv_lwlrap_relabelled" in taught) == (stage == 3)
+        config = from_dict(TrialConfig, yaml.safe_load((tmp_path / name / "best_config.yaml").read_text()))
+        assert config.stage == stage and config.recipe == f"stage{stage}-v{'2_1' if stage == 2 else '4_2'}"
+        assert config.data.train_items == "clips" and config.loss.clip_reduction == "sum"
+        assert Path(config.init_from).parent == experiment / f"trial_{board.trial[0]}"
+    assert 0 < taught.cv_lwlrap_relabelled[0] <= 1
+    assert list(config.teacher_files) == teachers
 
 
 def results_recorded(experiment: Path) -> dict[str, int]:
