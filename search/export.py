@@ -196,6 +196,7 @@ def predict_folds(checkpoint: Path, config: TrialConfig, annotations: Annotation
     import torch
 
     from trainable.fit import Device
+    from trainable.folds import fp_only_ids
     from trainable.inputs import InputPipeline
 
     device = Device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
@@ -213,18 +214,13 @@ def predict_folds(checkpoint: Path, config: TrialConfig, annotations: Annotation
     test, test_clips = windows_of.fold_mean(models, cache, "test", annotations.test_ids, data.test_overlap, "test")
     # The fp-only recordings are in no fold's validation, so no model is out of fold for them: all
     # of them, on validation windows (train recordings), for stage 3 relabels them from windows.csv.
-    fp_only, _ = windows_of.fold_mean(models, cache, "train", fp_only_ids(annotations), data.valid_overlap,
+    fp_only, _ = windows_of.fold_mean(models, cache, "train", tuple(fp_only_ids(annotations)), data.valid_overlap,
                                       "fp-only")
     submission = pd.DataFrame(test_clips, columns=columns)
     submission.insert(0, "recording_id", list(annotations.test_ids))
     oof = pd.concat(oof_parts).sort_values("recording_id")[["recording_id", "fold", *columns]]
     windows = pd.concat([*oof_windows, test, fp_only]).sort_values(["recording_id", "t_min"], kind="stable")
     return oof, submission, windows
-
-
-def fp_only_ids(annotations: Annotations) -> tuple[str, ...]:
-    """The train_fp recordings that are not train_tp recordings, sorted."""
-    return tuple(sorted(set(annotations.fp.recording_id) - set(annotations.tp.recording_id)))
 
 
 def fold_model(checkpoint: Path, config: TrialConfig, n_species: int, fold_index: int, device: Device) -> SEDModel:

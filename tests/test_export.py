@@ -23,6 +23,7 @@ from trainable.config import DataConfig
 from trainable.dotted import merge
 from trainable.data import window_starts
 from trainable.fit import Device
+from trainable.folds import fp_only_ids
 from trainable.inputs import InputPipeline
 from trainable.folds import folds_of
 from trainable.kfold import BEST_OOF_FILE, KFoldTraining, best_weights_file
@@ -75,7 +76,7 @@ def test_windows_hold_every_window_the_clip_predictions_are_the_max_of(exported,
     windows, oof, submission = read("windows.csv"), read("oof.csv"), read("submission.csv")
     columns = [c for c in submission.columns if c != "recording_id"]
     assert list(windows.columns) == ["recording_id", "t_min", "t_max", *columns]
-    fp_only = set(export.fp_only_ids(load_annotations(cached_dir)))
+    fp_only = set(fp_only_ids(load_annotations(cached_dir)))
     assert set(windows.recording_id) == set(oof.recording_id) | set(submission.recording_id) | fp_only
     assert list(windows.recording_id) == sorted(windows.recording_id)  # by recording, then time (below)
     highest = windows.groupby("recording_id")[columns].max()
@@ -101,7 +102,7 @@ def test_windows_hold_the_fold_models_mean_on_fp_only_and_test_recordings(experi
     validation) from windows.csv too: each of their windows, like a test recording's, is the
     mean over the fold models' predictions of it; theirs on validation windows."""
     annotations = load_annotations(cached_dir)
-    fp_only = export.fp_only_ids(annotations)
+    fp_only = fp_only_ids(annotations)
     assert fp_only == tuple(sorted(set(annotations.fp.recording_id) - set(annotations.tp.recording_id))) and fp_only
     windows = pd.read_csv(exported / "windows.csv", dtype={"recording_id": str})
     checkpoint = experiment / "trial_abc" / "checkpoint_000000"

@@ -293,7 +293,8 @@ class KFoldTraining:
         # Stage 3 with data.teacher_test_recordings: the test recordings the teacher finds a
         # species in are trained on too.
         self.test_frames = {} if teacher is None or not data.teacher_test_recordings else {
-            rid: self.cache.load("test", rid).shape[1] for rid in teacher.positive_test_ids(config.loss.teacher_threshold)}
+            rid: self.cache.load("test", rid).shape[1]
+            for rid in teacher.positive_test_ids(config.loss.teacher_threshold)}
         self.clips = data.train_items == "clips"
         n_species = self.annotations.n_species
         # Stage 3 of whole clips (v4_2): the fp-only recordings are split into folds too.
@@ -552,7 +553,8 @@ class KFoldTraining:
         """The epoch in flight (a checkpoint between two batches), with torch's RNG as it is there."""
         progress = self.progress
         (directory / EPOCH_FILE).write_text(json.dumps(progress.to_json()))
-        fp_only = {f"fp_only_{i}": r.fp_only_scores for i, r in enumerate(progress.done) if r.fp_only_scores is not None}
+        fp_only = {f"fp_only_{i}": result.fp_only_scores for i, result in enumerate(progress.done)
+                   if result.fp_only_scores is not None}
         np.savez(directory / EPOCH_ARRAYS, *[result.scores for result in progress.done], **fp_only)
         rng = {"cpu": torch.get_rng_state()}
         if self.device.cuda:
@@ -578,9 +580,9 @@ def _check_same_recipe(saved: dict, current: dict, directory: Path) -> None:
     longer one goes on from a shorter one). The folds are compared as fold numbers. init_from
     only matters before the first checkpoint. A key the checkpoint lacks (it was made before the
     key existed) had its default."""
-    free = {"data_dir", "cache_dir", "teacher_file", "teacher_files", "init_from", "model.pretrained_file", "train.epochs",
-            "train.folds", "train.loader_workers", "train.eval_recordings", "train.checkpoint_seconds",
-            "train.checkpoint_epochs"}
+    free = {"data_dir", "cache_dir", "teacher_file", "teacher_files", "init_from", "model.pretrained_file",
+            "train.epochs", "train.folds", "train.loader_workers", "train.eval_recordings",
+            "train.checkpoint_seconds", "train.checkpoint_epochs"}
     recipe = {"data_dir": current["data_dir"], "recipe": saved.get("recipe", DEFAULT_RECIPE)}
     defaults = flatten_dotted(to_dict(resolve(recipe)))
     saved, current = {**defaults, **flatten_dotted(upgrade_keys(saved))}, flatten_dotted(current)
