@@ -103,7 +103,7 @@ def test_windows_hold_the_fold_models_mean_on_fp_only_and_test_recordings(experi
     mean over the fold models' predictions of it; theirs on validation windows."""
     annotations = load_annotations(cached_dir)
     fp_only = fp_only_ids(annotations)
-    assert fp_only == tuple(sorted(set(annotations.fp.recording_id) - set(annotations.tp.recording_id))) and fp_only
+    assert fp_only == sorted(set(annotations.fp.recording_id) - set(annotations.tp.recording_id)) and fp_only
     windows = pd.read_csv(exported / "windows.csv", dtype={"recording_id": str})
     checkpoint = experiment / "trial_abc" / "checkpoint_000000"
     config = resolve(kfold.read_trial_file(checkpoint)["config"])
