@@ -135,8 +135,10 @@ def list_spaces() -> str:
     for name, space in SPACES.items():
         doc = (space.__doc__ or "").strip().splitlines()[0] if space.__doc__ else ""
         names = param_names((name,), 50)
-        with_teacher = [p for p in param_names((name,), 50, teacher=True) if p not in names]
-        extra = f" (with --teacher also {', '.join(with_teacher)})" if with_teacher else ""
+        with_teacher = param_names((name,), 50, teacher=True)
+        added = [p for p in with_teacher if p not in names]
+        dropped = [p for p in names if p not in with_teacher]
+        extra = f" (with --teacher: {', '.join(added)} instead of {', '.join(dropped)})" if added else ""
         lines.append(f"{name:14s} {doc}\n{'':14s} parameters: {', '.join(names)}{extra}")
     return "\n".join(lines)
 

@@ -34,7 +34,8 @@ def test_list_spaces_names_every_space_and_its_parameters(capsys):
     text = capsys.readouterr().out
     assert all(name in text for name in SPACES)
     assert "loss.w_max" in text and "train.t_max" in text
-    assert "with --teacher also loss.teacher_threshold, loss.teacher_weight" in text
+    assert ("loss.pseudo_threshold (with --teacher: loss.teacher_threshold, loss.teacher_weight,"
+            " loss.teacher_negatives instead of loss.pseudo_threshold)") in text
 
 
 def test_list_recipes_names_every_recipe_in_one_line_each(capsys):
