@@ -44,7 +44,7 @@ from search.storage import (DEFAULT_STORAGE, REMOTE_TIMEOUT_ENV, StorageError, c
                             remote_timeout)
 from spaces import SPACES
 from trainable.cache import DEFAULT_CACHE_NAME
-from trainable.config import STAGES, ConfigError, TrainConfig, TrialConfig, upgrade_keys
+from trainable.config import STAGES, ConfigError, TrainConfig, TrialConfig
 from trainable.dotted import flatten_dotted, merge
 from trainable.recipes import DEFAULT_RECIPE, RECIPES, STAGE_RECIPES, resolve
 
@@ -87,8 +87,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--num-samples", type=int, help=f"trials to run (default: {DEFAULTS['num_samples']}); with --resume, a"
                                         " larger count extends the search (its study goes on)")
     add("--max-concurrent", type=int, help="trials at once (default: as many as the resources allow)")
-    add("--epochs", type=int, help="epochs per trial = ASHA's max_t (default: the recipe's 50;"
-                                   f" {QUICK_TRAINING['train.epochs']} on the synthetic data)")
+    add("--epochs", type=int, help="epochs per trial = ASHA's max_t (default: the recipe's: 50 in stage 1,"
+                                   f" {QUICK_TRAINING['train.epochs']} on the synthetic data; 5 in stages 2 and 3)")
     add("--grace-period", type=int, help=f"epochs every trial runs before ASHA may stop it; early epochs say"
                                          f" little (default: {DEFAULT_GRACE}, at most --epochs)")
     add("--reduction-factor", type=int,
@@ -169,20 +169,23 @@ def fixed_config(args: argparse.Namespace, data_dir: Path, synthetic: bool) -> d
     contradiction, refused by `check_plan`.
     """
     searched = searched_keys(tuple(args.space), TrainConfig.epochs, teacher=args.teacher is not None)
-    stage = args.stage if args.stage is not None else 3 if args.teacher else None
-    recipe = args.recipe or (STAGE_RECIPES[stage] if stage is not None else None)
-    base: dict[str, Any] = dict(QUICK_PRESET) if synthetic else {}
-    if synthetic and RECIPES[recipe or DEFAULT_RECIPE].values.get("stage", 1) == 1:
-        base.update(QUICK_TRAINING)  # the later stages' recipes keep their own training
-        if args.epochs is not None:
-            base["train.t_max"] = args.epochs  # the preset's cosine spans the whole budget
+    config: dict[str, Any] = {}
     if args.config is not None:
         loaded = read_config(args.config)
         if not isinstance(loaded, dict):
             raise UsageError(f"--config {args.config}: expected a mapping of config keys")
         # The data (and teacher and init checkpoint) come from their flags, never from a config
         # written on another machine or for other data.
-        base.update({k: v for k, v in flatten_dotted(upgrade_keys(loaded)).items() if k not in PATH_FLAGS})
+        config = {k: v for k, v in flatten_dotted(loaded).items() if k not in PATH_FLAGS}
+    stage = args.stage if args.stage is not None else 3 if args.teacher else None
+    # A stage's own recipe where none is named, on the command line or in --config.
+    recipe = args.recipe or config.get("recipe") or (STAGE_RECIPES[stage] if stage is not None else None)
+    base: dict[str, Any] = dict(QUICK_PRESET) if synthetic else {}
+    if synthetic and RECIPES.get(recipe or DEFAULT_RECIPE, RECIPES[DEFAULT_RECIPE]).values.get("stage", 1) == 1:
+        base.update(QUICK_TRAINING)  # the later stages' recipes keep their own training
+        if args.epochs is not None:
+            base["train.t_max"] = args.epochs  # the preset's cosine spans the whole budget
+    base.update(config)
     fixed = {key: value for key, value in base.items() if key not in searched}
     overrides = parse_set(args.set)
     for key, flag in PATH_FLAGS.items():

@@ -83,13 +83,13 @@ def pseudo(trial: optuna.Trial) -> dict[str, Any]:
     # that changes nothing only adds noise to the sampler.
     if not trial.user_attrs.get(TEACHER_ATTR, False):
         return {"loss.pseudo_threshold": trial.suggest_float("loss.pseudo_threshold", 0.3, 0.95)}
-    values = {"loss.teacher_threshold": trial.suggest_float("loss.teacher_threshold", 0.2, 0.9),
-              "loss.teacher_weight": trial.suggest_float("loss.teacher_weight", 0.1, 1.0),
-              "loss.teacher_negatives": trial.suggest_categorical("loss.teacher_negatives", [False, True])}
-    if values["loss.teacher_negatives"]:  # the difficult negatives' threshold only acts when they are used
-        values["loss.teacher_negative_below"] = trial.suggest_float("loss.teacher_negative_below", 0.001, 0.1,
-                                                                    log=True)
-    return values
+    # The difficult negatives' threshold acts only where they are in the loss; it is suggested in
+    # every trial all the same, so that every trial's config holds it (the leaderboard's column,
+    # and a --set of it refused as searched).
+    return {"loss.teacher_threshold": trial.suggest_float("loss.teacher_threshold", 0.2, 0.9),
+            "loss.teacher_weight": trial.suggest_float("loss.teacher_weight", 0.1, 1.0),
+            "loss.teacher_negatives": trial.suggest_categorical("loss.teacher_negatives", [False, True]),
+            "loss.teacher_negative_below": trial.suggest_float("loss.teacher_negative_below", 0.001, 0.1, log=True)}
 
 
 def scheduler(trial: optuna.Trial) -> dict[str, Any]:

@@ -3,6 +3,7 @@ labels, loss, optimiser and schedule, the fp-only folds and both CVs of stage 3.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -14,10 +15,10 @@ from trainable.annotations import load_annotations
 from trainable.clips import ClipSpec, collate_clips, padded_starts
 from trainable.config import TrialConfig, from_dict
 from trainable.dotted import merge
-from trainable.fit import Device
-from trainable.folds import fp_only_ids
+from trainable.fit import Device, EpochStats
+from trainable.folds import fp_only_ids, split_fp_only
 from trainable.inputs import InputPipeline, draw_units, reference_group
-from trainable.kfold import EpochProgress, KFoldTraining, batches_per_epoch
+from trainable.kfold import EpochProgress, FoldResult, KFoldTraining, batches_per_epoch
 from trainable.losses import SEDLoss
 from trainable.metrics import lwlrap
 from trainable.model import CLIP_ATT
@@ -160,7 +161,10 @@ def teacher_table(annotations, values: dict[tuple[str, int], dict[int, float]], 
 def test_stage_3_labels_windows_from_the_teachers_mean_where_no_annotation_does(tiny_trial, cached_dir, tmp_path):
     annotations = load_annotations(cached_dir)
     fps = 62.5
-    rid = fp_only_ids(annotations)[0]
+    starts = padded_starts(751, WIDTH, OVERLAP)
+    fp_windows = {rid: event_windows(annotations.fp[annotations.fp.recording_id == rid], starts, annotations.n_species)
+                  for rid in fp_only_ids(annotations)}
+    rid = next(rid for rid, held in fp_windows.items() if not held[0].any())  # window 0: no annotation
     tp_rid = annotations.tp.recording_id.iloc[0]
     tp_species, tp_start = int(annotations.tp.species_id.iloc[0]), int(3751 * annotations.tp.t_min.iloc[0] / 60)
     tp_window = int(np.flatnonzero(padded_starts(751, WIDTH, OVERLAP) <= tp_start)[-1])
@@ -176,8 +180,6 @@ def test_stage_3_labels_windows_from_the_teachers_mean_where_no_annotation_does(
     stage3 = training(tiny_trial, "stage3-v4_2", teacher_files=paths, **{"loss.teacher_negative_below": 0.0625,
                                                                          "loss.teacher_negatives": True})
     targets = stage3.loader.dataset[ClipSpec(rid)][1]
-    fp_held = event_windows(annotations.fp[annotations.fp.recording_id == rid], padded_starts(751, WIDTH, OVERLAP),
-                            annotations.n_species)[0]
     expected = [(1.0, 0.5),  # mean 0.5 >= 0.5: a pseudo positive of weight 0.5
                 (0.0, 0.0),  # mean 0.495: unlabelled
                 (0.0, 0.0),  # mean 0.45, though one teacher says 0.9: the mean decides
@@ -185,19 +187,24 @@ def test_stage_3_labels_windows_from_the_teachers_mean_where_no_annotation_does(
                 (0.0, 0.0),  # mean 0.0625 again
                 (0.0, 0.5)]  # mean 0.03125 < 0.0625: a difficult negative (teacher_negatives on)
     for species, (label, weight) in enumerate(expected):
-        if fp_held[species]:  # the recording's own fp event wins over the teacher
-            label, weight = 0.0, 1.0
         assert (targets.clip[0, species].item(), targets.clip_weight[0, species].item()) == (label, weight), species
-    assert (targets.clip_weight[1:] > 0).sum() == event_windows(annotations.fp[annotations.fp.recording_id == rid],
-                                                                padded_starts(751, WIDTH, OVERLAP),
-                                                                annotations.n_species)[1:].sum()
+    # The other windows: the recording's fp events are its negatives, and the teacher's 0.3 labels nothing.
+    np.testing.assert_array_equal(targets.clip_weight[1:].numpy(), fp_windows[rid][1:])
+    assert not targets.clip[1:].any()
     # The annotation wins: a tp window stays positive, of weight 1, under a teacher mean of 0.
     tp_targets = stage3.loader.dataset[ClipSpec(tp_rid)][1]
     assert (tp_targets.clip[tp_window, tp_species].item(), tp_targets.clip_weight[tp_window, tp_species].item()) == (
         1.0, 1.0)
     # Difficult negatives are off in the recipe: the same mean leaves the species unlabelled.
     off = training(tiny_trial, "stage3-v4_2", teacher_files=paths, **{"loss.teacher_negative_below": 0.0625})
-    assert off.loader.dataset[ClipSpec(rid)][1].clip_weight[0, 5].item() == (1.0 if fp_held[5] else 0.0)
+    assert off.loader.dataset[ClipSpec(rid)][1].clip_weight[0, 5].item() == 0.0
+    # An fp event wins over the teacher: a window holding one is a negative of weight 1.
+    rid, held = next((rid, held) for rid, held in fp_windows.items() if held.any())
+    window, species = np.argwhere(held)[0]
+    teacher_table(annotations, {(rid, window): {species: 1.0}}, fps).to_csv(paths[0], index=False)
+    teacher_table(annotations, {(rid, window): {species: 1.0}}, fps).to_csv(paths[1], index=False)
+    taught = training(tiny_trial, "stage3-v4_2", teacher_files=paths).loader.dataset[ClipSpec(rid)][1]
+    assert (taught.clip[window, species].item(), taught.clip_weight[window, species].item()) == (0.0, 1.0)
 
 
 @pytest.fixture(scope="module")
@@ -263,5 +270,61 @@ def test_the_windows_of_a_clip_share_its_augmentation_and_are_zero_past_its_end(
     drawn = {tuple(rows[0].tolist()) for rows in per_clip if rows.any()}  # a draw may mask nothing (width 0)
     assert len(drawn) >= 2  # each clip draws its own
     # The last window of a clip runs past its end (frames 672..799 of 751): 0 there, as v2_1 padded.
-    image = InputPipeline(stage2.config.model, stage2.config.augment).training(x, where, np.random.default_rng(3))
+    image = stage2.pipeline.training(x, where, np.random.default_rng(3))
     assert (image[7, ..., 751 - 672:] == 0).all() and (image[7, ..., :751 - 672] != 0).any()
+    # Crops (stage 1) keep the padding the evaluation windows have: the clip's quietest value.
+    crops = InputPipeline(stage2.config.model, stage2.config.augment).training(x, where, np.random.default_rng(3))
+    assert not (crops[7, ..., 751 - 672:] == 0).any()
+
+
+def test_a_time_mask_is_drawn_over_the_whole_clip_and_cut_with_it(tiny_trial):
+    stage2 = training(tiny_trial, "stage2-v2_1", **{"augment.group_p": 1.0, "augment.freq_masks": 0,
+                                                    "augment.time_mask_frames": 200})
+    ids = list(stage2.runs[0].fold.train_ids[:4])
+    x, _, where = collate_clips([stage2.loader.dataset[ClipSpec(rid)] for rid in ids])
+    v = reference_group(torch.ones(len(x), 1, 8, WIDTH), where, stage2.config.augment, np.random.default_rng(5),
+                        draw_units(where, len(x)))
+    masked = (v[:, 0] == 0).all(dim=1)  # (W, T): the frames masked in each window
+    bands = 0
+    for clip in range(4):
+        frames = set()  # the masked frames of the clip, in its own coordinates
+        for w in np.flatnonzero(where.clip.numpy() == clip):
+            frames |= {int(where.start[w]) + t for t in np.flatnonzero(masked[w].numpy())}
+        if frames:  # one band of the clip: every window that meets it masks its part of it
+            band = range(min(frames), max(frames) + 1)
+            assert frames == set(band)
+            for w in np.flatnonzero(where.clip.numpy() == clip):
+                inside = [t for t in range(WIDTH) if int(where.start[w]) + t in band]
+                assert masked[w, inside].all() and masked[w].sum() == len(inside)
+            bands += 1
+    assert bands >= 2
+
+
+def test_fewer_fp_only_recordings_than_folds_leave_folds_without_any(stage3_run):
+    annotations_fp = pd.DataFrame({"recording_id": ["a"], "species_id": [0]})
+    assert split_fp_only(["a"], annotations_fp, 6, 3, 0) == [("a",), (), ()]
+    stage3, _, _ = stage3_run
+    run = stage3.runs[0]
+    alone = dataclasses.replace(run, fp_only_valid=(), relabelled=run.relabelled[:len(run.fold.valid_ids)])
+    clips, fp_only = stage3._evaluate_fold(alone)
+    assert fp_only.shape == (0, run.truth.shape[1])
+    score = stage3.config.data.window_score
+    assert stage3._reference_score(alone, clips, fp_only) == pytest.approx(lwlrap(alone.relabelled, clips[score]))
+
+
+def test_a_checkpoint_within_a_stage_3_epoch_holds_its_clips_and_fp_only_scores(stage3_run, tmp_path):
+    stage3, _, _ = stage3_run
+    run = stage3.runs[0]
+    clips, fp_only = stage3._evaluate_fold(run)
+    score = clips[stage3.config.data.window_score]
+    stage3.progress = EpochProgress(lr=1e-4, position=1, batches=[stage3._epoch_items(stage3.runs[1])[:3]])
+    stage3.progress.done.append(FoldResult(0.5, 0.6, score, EpochStats({}, 1, 1.0), fp_only))
+    try:
+        stage3.save(tmp_path)
+    finally:
+        stage3.progress = None
+    restored = stage3._load_progress(tmp_path)
+    assert restored.batches == [stage3._epoch_items(stage3.runs[1])[:3]]
+    assert all(isinstance(item, ClipSpec) for item in restored.batches[0])
+    np.testing.assert_array_equal(restored.done[0].scores, score)
+    np.testing.assert_array_equal(restored.done[0].fp_only_scores, fp_only)

@@ -125,6 +125,9 @@ def test_a_checkpoint_without_keys_added_since_resumes(tiny_trial, tmp_path):
         del saved["config"]["loss"][key]
     (tmp_path / "trial.json").write_text(json.dumps(saved))
     training(tiny_trial, **{"train.folds": [0]}).load(tmp_path)  # missing keys had their defaults
+    # A checkpoint of before several teachers names its one teacher file, or none.
+    (tmp_path / "trial.json").write_text(json.dumps({**saved, "config": {**saved["config"], "teacher_file": ""}}))
+    training(tiny_trial, **{"train.folds": [0]}).load(tmp_path)
 
 
 def test_a_checkpoint_from_before_recipes_is_refused_in_one_line(tiny_trial, tmp_path):

@@ -35,7 +35,7 @@ def test_list_spaces_names_every_space_and_its_parameters(capsys):
     assert all(name in text for name in SPACES)
     assert "loss.w_max" in text and "train.t_max" in text
     assert ("loss.pseudo_threshold (with --teacher: loss.teacher_threshold, loss.teacher_weight,"
-            " loss.teacher_negatives instead of loss.pseudo_threshold)") in text
+            " loss.teacher_negatives, loss.teacher_negative_below instead of loss.pseudo_threshold)") in text
 
 
 def test_list_recipes_names_every_recipe_in_one_line_each(capsys):
@@ -236,11 +236,17 @@ def test_a_stage_3_search_takes_its_teacher_and_init_checkpoint(cached_dir, trai
     assert plan.fixed["teacher_files"] == [str(teacher.resolve()), str(second.resolve())]
     assert plan.fixed["init_from"] == str(trained_experiment / "trial_abc" / "checkpoint_000000")  # the best trial
     assert run.param_names(plan.spaces, plan.epochs, plan.teacher) == [
-        "loss.teacher_threshold", "loss.teacher_weight", "loss.teacher_negatives"]
+        "loss.teacher_threshold", "loss.teacher_weight", "loss.teacher_negatives", "loss.teacher_negative_below"]
     stage2 = run.make_plan(run.parse_args([*args[:-4], "--stage", "2", "--space", "scheduler"]))
     assert stage2.fixed["recipe"] == "stage2-v2_1" and stage2.trial_config({}).data.train_items == "clips"
     named = run.make_plan(run.parse_args([*args[:-4], "--stage", "2", "--recipe", "exp0109"]))
     assert named.fixed["recipe"] == "exp0109" and named.trial_config({}).data.train_items == "crops"
+    # A --config that names its recipe (a best_config.yaml) keeps it: its values are that recipe's.
+    config = tmp_path / "best_config.yaml"
+    config.write_text("recipe: exp0109\ntrain:\n  lr: 0.002\nteacher_file: /old/teacher.csv\n")
+    kept = run.make_plan(run.parse_args([*args[:-4], "--stage", "2", "--config", str(config)]))
+    assert kept.fixed["recipe"] == "exp0109" and kept.trial_config({}).train.lr == 0.002
+    assert "teacher_files" not in kept.fixed and not kept.trial_config({}).data.teacher_test_recordings
 
 
 def test_stage_teacher_and_init_errors_are_one_line(capsys, cached_dir, trained_experiment, teacher, tmp_path):

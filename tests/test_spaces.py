@@ -21,7 +21,8 @@ BASE = {"data_dir": "/d"}
 RECIPE_POINT = {**recipe_point(["all"], 50), **recipe_point(["all"], 50, teacher=True)}
 ALL_NAMES = set(RECIPE_POINT)
 # pseudo searches the teacher's labels in stage 3 and the in-model threshold in the other stages
-TEACHER_NAMES = {"loss.teacher_threshold", "loss.teacher_weight", "loss.teacher_negatives"}
+TEACHER_NAMES = {"loss.teacher_threshold", "loss.teacher_weight", "loss.teacher_negatives",
+                 "loss.teacher_negative_below"}
 NO_TEACHER_NAMES = {"loss.pseudo_threshold"}
 
 
@@ -158,8 +159,6 @@ def test_pseudo_searches_the_teacher_only_with_a_teacher():
         trial = set_context(study.ask(), 50, True)
         loss = build({**SPACES["pseudo"](trial), "stage": 3, "teacher_files": ["/t.csv"]}).loss
         assert 0.2 <= loss.teacher_threshold <= 0.9 and 0.1 <= loss.teacher_weight <= 1.0
-        # The difficult negatives' threshold is searched only where they are in the loss.
-        assert ("loss.teacher_negative_below" in trial.params) == loss.teacher_negatives
         assert 0.001 <= loss.teacher_negative_below <= 0.1
         negatives.add(loss.teacher_negatives)
     assert negatives == {False, True}
@@ -207,7 +206,8 @@ def test_recipe_point_is_what_the_spaces_ask():
     assert recipe_point(["scheduler"], epochs=6) == {"train.schedule": "cosine_per_batch", "train.t_max": 6}
     assert recipe_point(["loss_weights"], 50) == {"loss.w_max": 0.5, "loss.w_pseudo": 1.0, "loss.w_frame": 0.5}
     assert recipe_point(["pseudo"], 50, teacher=True) == {"loss.teacher_threshold": 0.5, "loss.teacher_weight": 0.5,
-                                                          "loss.teacher_negatives": False}
+                                                          "loss.teacher_negatives": False,
+                                                          "loss.teacher_negative_below": 0.01}
     assert recipe_point(["crop"], 50)["data.crop_offsets"] == "1/16,1/8,1/4,1/2"  # 32, 64, 128, 256 of 512
     assert recipe_point(["pseudo"], 50) == {"loss.pseudo_threshold": 0.7}
 

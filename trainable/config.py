@@ -205,7 +205,7 @@ class LossConfig:
     #                                       negative" (v4_2: < 0.01), used by teacher_negatives
     teacher_negatives: bool = False  # difficult negatives become negatives of weight teacher_weight
     #                                  (v4_2 marked them and left them out of the loss)
-    teacher_soft_negatives: bool = False  # crops only: species below the threshold take the teacher's
+    teacher_soft_negatives: bool = False  # unlabelled species below the threshold take the teacher's
     #                                       probability as a soft target; off, as the seed found them harmful
 
     def __post_init__(self) -> None:

@@ -100,20 +100,25 @@ def fp_only_ids(annotations: Annotations) -> list[str]:
     return sorted(set(annotations.fp.recording_id) - set(annotations.tp.recording_id))
 
 
-def split_fp_only(recording_ids: list[str], positives: np.ndarray, n_folds: int, seed: int) -> list[tuple[str, ...]]:
-    """The reference stage 3's folds of the fp-only recordings: MultilabelStratifiedKFold over
-    their teacher positives, independent of the tp folds (v4_2 split them apart, with the same
-    splitter and seed). Fewer recordings than folds leave the last folds without any.
+def split_fp_only(recording_ids: list[str], fp: pd.DataFrame, n_species: int, n_folds: int,
+                  seed: int) -> list[tuple[str, ...]]:
+    """The reference stage 3's folds of the fp-only recordings, apart from the tp folds (v4_2:
+    MultilabelStratifiedKFold with the tp folds' seed). v4_2 stratified them on labels that were
+    all zero; here on the species of their fp events, so that the split depends on the
+    annotations alone: one on the teacher would move recordings a trial trained on into its
+    validation when the teacher or its threshold changes on a resume. Fewer recordings than
+    folds leave the last folds without any.
 
     Args:
-        recording_ids: (N,) the fp-only recordings, sorted.
-        positives: (N, C) 0/1: the species the teacher finds in each.
+        recording_ids: the fp-only recordings, sorted.
+        fp: the train_fp rows.
 
     Returns:
         For each fold, the fp-only recordings it validates on (the others train it).
     """
     if len(recording_ids) < n_folds:  # the splitter needs a recording per fold
         return [tuple(recording_ids[k:k + 1]) for k in range(n_folds)]
+    labels = species_matrix(fp, recording_ids, n_species)
     splitter = MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     return [tuple(recording_ids[i] for i in sorted(valid))
-            for _, valid in splitter.split(np.zeros(len(recording_ids)), positives)]
+            for _, valid in splitter.split(np.zeros(len(recording_ids)), labels)]

@@ -177,10 +177,12 @@ class InputPipeline:
     Args:
         model: which input (ModelConfig.input).
         augment: the training policy and its parameters.
+        zero_past_end: training frames past a clip's end become 0 (whole clips in windows: the
+            reference padded its last window of a clip with zeros after the normalisation).
     """
 
-    def __init__(self, model: ModelConfig, augment: AugmentConfig):
-        self.input, self.augment = model.input, augment
+    def __init__(self, model: ModelConfig, augment: AugmentConfig, zero_past_end: bool = False):
+        self.input, self.augment, self.zero_past_end = model.input, augment, zero_past_end
         self._imagenet: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # made once per device
 
     def unit(self, x: torch.Tensor, where: Placement) -> torch.Tensor:
@@ -202,21 +204,20 @@ class InputPipeline:
         return self.finish(self.unit(x, where))
 
     def training(self, x: torch.Tensor, where: Placement, rng: np.random.Generator) -> torch.Tensor:
-        """(B, 1, M, W) -> (B, in_chans, M, W), augmented with draws from `rng`; frames past
-        the clip's end are 0 (the reference padded its last window of a clip with zeros after
-        the normalisation)."""
+        """(B, 1, M, W) -> (B, in_chans, M, W), augmented with draws from `rng`."""
         v = self.unit(x, where)
         if self.augment.policy == "reference":
             units = draw_units(where, len(v))
             v = reference_group(brightness_contrast(v, self.augment, rng, units), where, self.augment, rng, units)
         else:
             v = augment_batch(v, self.augment, rng)
-        return past_end_zeroed(self.finish(v), where)
+        v = self.finish(v)
+        return past_end_zeroed(v, where) if self.zero_past_end else v
 
 
 def past_end_zeroed(v: torch.Tensor, where: Placement) -> torch.Tensor:
     """(B, C, M, W) with the frames past each crop's clip end set to 0."""
     past = where.start.view(-1, 1) + torch.arange(v.shape[-1]) >= where.frames.view(-1, 1)  # (B, W) on the CPU
-    if not past.any():  # a crop inside its clip: every stage-1 crop
+    if not past.any():
         return v
     return v.masked_fill(past.to(v.device, non_blocking=True).view(len(v), 1, 1, -1), 0.0)

@@ -36,8 +36,7 @@ from torch.utils.data import DataLoader
 from trainable.annotations import Annotations, load_annotations
 from trainable.cache import DEFAULT_CACHE_NAME, LogMelCache
 from trainable.clips import ClipSpec, TrainClips, collate_clips, epoch_clips, padded_starts
-from trainable.config import (FOLD_SPLIT_KEYS, MODEL_KEYS, ConfigError, LossConfig, TrainConfig, TrialConfig, to_dict,
-                              upgrade_keys)
+from trainable.config import FOLD_SPLIT_KEYS, MODEL_KEYS, ConfigError, TrainConfig, TrialConfig, to_dict, upgrade_keys
 from trainable.dotted import flatten_dotted
 from trainable.data import (REFERENCE_VALID_OVERLAP, ClipWindows, CropSpec, EpochBatches, TrainCrops, epoch_crops,
                             epoch_size, shuffled_batches, teacher_crops)
@@ -51,7 +50,7 @@ from trainable.model import SEDModel
 from trainable.recipes import DEFAULT_RECIPE, resolve
 from trainable.selection import Selection
 from trainable.targets import Labels, index_events
-from trainable.teacher import Teacher, load_teachers
+from trainable.teacher import load_teachers
 
 # 2: recipes, the selection and each fold's selected weights. A format-1 checkpoint (before
 # them) has no selected weights and was trained by what is now the "fixed" recipe's code.
@@ -297,11 +296,12 @@ class KFoldTraining:
             for rid in teacher.positive_test_ids(config.loss.teacher_threshold)}
         self.clips = data.train_items == "clips"
         n_species = self.annotations.n_species
-        # Stage 3 of whole clips (v4_2): the fp-only recordings are split into folds too.
-        self.fp_only = fp_only_ids(self.annotations) if self.clips and teacher is not None else []
-        self.fp_only_valid = split_fp_only(self.fp_only, self._teacher_positives(teacher, self.fp_only), data.n_folds,
-                                           data.fold_seed) if self.fp_only else [()] * data.n_folds
-        self.pipeline = InputPipeline(config.model, config.augment)
+        # Stage 3 of whole clips (v4_2): the fp-only recordings are split into folds too, and
+        # the CV is also taken against the relabelled truth.
+        self.relabels = self.clips and teacher is not None
+        self.fp_only = fp_only_ids(self.annotations) if self.relabels else []
+        self.fp_only_valid = split_fp_only(self.fp_only, self.annotations.fp, n_species, data.n_folds, data.fold_seed)
+        self.pipeline = InputPipeline(config.model, config.augment, zero_past_end=self.clips)
         self.class_counts = np.bincount(self.annotations.tp.species_id, minlength=n_species)
         folds = folds_of(self.annotations, data)
         self.runs = [self._fold_run(folds[index]) for index in config.fold_indices]
@@ -327,16 +327,6 @@ class KFoldTraining:
         rule = config.data.event_frames
         return Labels(config.stage, index_events(self.annotations.tp, fps, rule),
                       index_events(self.annotations.fp, fps, rule), config.loss, teacher)
-
-    def _teacher_positives(self, teacher: Teacher, recording_ids: list[str]) -> np.ndarray:
-        """(N, C) 0/1: the species the teacher finds in each recording (a window's probability >=
-        the reference's threshold, LossConfig.teacher_threshold's default: a fixed split whatever
-        threshold a trial searches), what v4_2 stratified the fp-only folds on."""
-        positives = np.zeros((len(recording_ids), self.annotations.n_species), dtype=np.uint8)
-        for row, rid in enumerate(recording_ids):
-            if rid in teacher.train:
-                positives[row] = (teacher.train[rid].probabilities >= LossConfig.teacher_threshold).any(axis=0)
-        return positives
 
     def _relabelled_truth(self, recording_ids: list[str]) -> np.ndarray:
         """(N, C) clip labels of train recordings as stage 3 relabels them: a species is present
@@ -382,7 +372,7 @@ class KFoldTraining:
             tp[tp.recording_id.isin(set(fold.train_ids))].species_id, minlength=n_species)
         loss_fn = SEDLoss(self.config.loss, balanced_pos_weight(counts)).to(self.device.torch)
         truth = species_matrix(tp, fold.valid_ids, n_species).astype(np.float32)
-        relabelled = self._relabelled_truth([*fold.valid_ids, *fp_only_valid]) if self.fp_only else None
+        relabelled = self._relabelled_truth([*fold.valid_ids, *fp_only_valid]) if self.relabels else None
         return FoldRun(fold, model, optimizer, scheduler, self.device.grad_scaler(), loss_fn,
                        np.random.default_rng([train.seed, fold.index]), truth, fp_only_train, fp_only_valid, relabelled)
 
@@ -427,7 +417,7 @@ class KFoldTraining:
                    "samples_per_s": samples / max(seconds, 1e-9), **self.selection.metrics()}
         metrics.update({f"fold/{index}/lwlrap": score for index, score in fold_scores.items()})
         metrics.update({f"fold/{index}/lrap_reference": score for index, score in fold_lraps.items()})
-        if self.fp_only:  # stage 3 of whole clips: the CV against the relabelled truth too
+        if self.relabels:  # stage 3 of whole clips: the CV against the relabelled truth too
             predictions = [np.concatenate([r.scores, r.fp_only_scores]) for r in progress.done]
             metrics["cv_lwlrap_relabelled"] = lwlrap(np.concatenate([run.relabelled for run in self.runs]),
                                                      np.concatenate(predictions))
@@ -469,8 +459,10 @@ class KFoldTraining:
         the config's score."""
         data = self.config.data
         clips = self._predict_fold(run, data.window_rule, data.valid_overlap)
-        if not run.fp_only_valid:
+        if run.relabelled is None:
             return clips, None
+        if not run.fp_only_valid:  # fewer fp-only recordings than folds
+            return clips, np.zeros((0, self.annotations.n_species))
         fp_only = ClipWindows(self.cache, "train", run.fp_only_valid, data.crop_frames, data.valid_overlap,
                               n_species=self.annotations.n_species, rule=data.window_rule)
         return clips, self._predict(run, fp_only)[data.window_score]

@@ -188,11 +188,8 @@ class Labels:
         clip = (holds_positive & ~holds_negative).astype(np.float32)
         clip_weight = (holds_positive ^ holds_negative).astype(np.float32)
         if self.teacher is not None:
-            windows = (self.teacher.train if train else self.teacher.test).get(recording_id)
             for row, start in enumerate(starts):
-                probability = None if windows is None else windows.crop_probabilities(int(start), width)
-                if probability is not None:
-                    self._teacher_labels(clip[row], clip_weight[row], probability)
+                self._add_teacher(clip[row], clip_weight[row], split, recording_id, int(start), width)
         return _tensors(clip, clip_weight, positive, np.maximum(positive, negative))
 
     def _add_teacher(self, clip: np.ndarray, clip_weight: np.ndarray, split: str, recording_id: str,
