@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from trainable.cache import LogMelCache
 from trainable.config import DataConfig
-from trainable.data import cut_windows
+from trainable.data import concatenated, cut_windows
 from trainable.folds import Fold
 from trainable.inputs import Placement
 from trainable.targets import Labels, Targets
@@ -101,6 +101,5 @@ def collate_clips(items: list[tuple[torch.Tensor, Targets, Placement]]) -> tuple
     """Several recordings' windows as one batch of windows (sum W, ...), each window's
     Placement.clip the index of its recording in the batch."""
     windows, targets, where = zip(*items)
-    clips = [torch.full((len(w),), k, dtype=torch.int64) for k, w in enumerate(windows)]
-    placements = Placement(*(torch.cat(parts) for parts in zip(*[w[:3] for w in where])), torch.cat(clips))
-    return torch.cat(windows), Targets(*(torch.cat(parts) for parts in zip(*targets))), placements
+    clips = torch.cat([torch.full((len(w),), k, dtype=torch.int64) for k, w in enumerate(windows)])
+    return torch.cat(windows), Targets(*(torch.cat(parts) for parts in zip(*targets))), concatenated(where, clips)

@@ -279,12 +279,12 @@ def cut_windows(spectrogram: np.ndarray, stats: np.ndarray, starts: np.ndarray,
 
     Returns:
         (W, 1, n_mels, width) float16 windows, and their placements: stats (W, 4), start (W,),
-        frames (W,), clip (W,) all 0 (one clip: the windows share its augmentation draws).
+        frames (W,) (the clip field is the batch's to set: trainable.clips.collate_clips).
     """
     windows = np.stack([crop(spectrogram, start, width) for start in starts])[:, None]  # (W, 1, M, width)
     count = len(starts)
     where = Placement(torch.from_numpy(stats).expand(count, 4), torch.from_numpy(starts),
-                      torch.full((count,), spectrogram.shape[1]), torch.zeros(count, dtype=torch.int64))
+                      torch.full((count,), spectrogram.shape[1]))
     return torch.from_numpy(windows), where
 
 
@@ -299,5 +299,11 @@ def collate_windows(items: list[tuple[torch.Tensor, torch.Tensor, Placement]]
         the windows' placements (sum W_i, ...).
     """
     windows, truth, where = zip(*items)
-    placements = Placement(*(torch.cat(parts) for parts in zip(*where)))
-    return torch.cat(windows), [len(w) for w in windows], torch.stack(truth), placements
+    return torch.cat(windows), [len(w) for w in windows], torch.stack(truth), concatenated(where)
+
+
+def concatenated(placements: tuple[Placement, ...], clip: torch.Tensor | None = None) -> Placement:
+    """Several items' window placements as one batch's: stats, start and frames concatenated,
+    `clip` (each window's clip in the batch, trainable.clips) or the default (draws of their own)."""
+    parts = [torch.cat(field) for field in zip(*(where[:3] for where in placements))]
+    return Placement(*parts) if clip is None else Placement(*parts, clip)

@@ -41,21 +41,21 @@ class Placement(NamedTuple):
     frames: torch.Tensor  # () int64: the clip's frames
     # () int64: which clip of its batch the crop is cut from, where several crops share one
     # clip's augmentation draws (whole clips in windows: the reference augmented the clip, then
-    # cut it); -1 (or None): every crop draws its own.
-    clip: torch.Tensor | None = None
+    # cut it); -1: every crop draws its own. (A default tensor is never written to.)
+    clip: torch.Tensor = torch.tensor(-1)
     # start, frames and clip stay on the CPU (the draws need them there); stats go to the device.
 
 
 def placement(spectrogram: np.ndarray, stats: np.ndarray, start: int) -> Placement:
     """The Placement of a crop starting at `start` of this clip, with draws of its own."""
     return Placement(torch.from_numpy(stats), torch.tensor(start, dtype=torch.int64),
-                     torch.tensor(spectrogram.shape[1], dtype=torch.int64), torch.tensor(-1, dtype=torch.int64))
+                     torch.tensor(spectrogram.shape[1], dtype=torch.int64))
 
 
 def draw_units(where: Placement, batch: int) -> np.ndarray:
     """(B,) for each crop, which of the batch's random draws it takes: its clip's
     (Placement.clip), or its own."""
-    if where.clip is None or bool((where.clip < 0).any()):
+    if bool((where.clip < 0).any()):
         return np.arange(batch)
     return where.clip.cpu().numpy()
 
