@@ -340,7 +340,6 @@ class KFoldTraining:
             truth[row] = ((targets.clip == 1) & (targets.clip_weight > 0)).any(dim=0).numpy()
         return truth
 
-
     def initialise_from(self, checkpoint: Path) -> None:
         """Start every fold's model from the same fold's model of an earlier trial (the
         previous stage). Only the weights: the optimiser, the schedule and the epochs start
@@ -361,7 +360,8 @@ class KFoldTraining:
             model = model.to(memory_format=torch.channels_last)
         optimizer = torch.optim.Adam(model.parameters(), lr=train.lr)
         fp_only_valid = self.fp_only_valid[fold.index]
-        fp_only_train = tuple(rid for rid in self.fp_only if rid not in set(fp_only_valid))
+        held_out = set(fp_only_valid)
+        fp_only_train = tuple(rid for rid in self.fp_only if rid not in held_out)
         if self.clips:
             items = len(epoch_clips(fold, self.config.stage, fp_only_train, tuple(self.test_frames)))
         else:
@@ -400,9 +400,9 @@ class KFoldTraining:
             except DivergedError as error:
                 raise DivergedError(f"fold {run.fold.index}, epoch {self.epoch + 1}: {error}") from None
             lrap = self._reference_score(run, scores, fp_only_scores)
-            self.selection.fold_epoch(position, self.epoch + 1, lrap, scores[self.config.data.window_score], run.model)
-            progress.fold_done(FoldResult(lwlrap(run.truth, scores[self.config.data.window_score]), lrap,
-                                          scores[self.config.data.window_score], progress.stats, fp_only_scores))
+            oof = scores[self.config.data.window_score]  # (V, C) by the config's window score
+            self.selection.fold_epoch(position, self.epoch + 1, lrap, oof, run.model)
+            progress.fold_done(FoldResult(lwlrap(run.truth, oof), lrap, oof, progress.stats, fp_only_scores))
         lr, oof, losses = progress.lr, [r.scores for r in progress.done], [r.stats for r in progress.done]
         fold_scores = {run.fold.index: r.lwlrap for run, r in zip(self.runs, progress.done)}
         fold_lraps = {run.fold.index: r.lrap for run, r in zip(self.runs, progress.done)}
