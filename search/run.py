@@ -88,7 +88,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                         " larger count extends the search (its study goes on)")
     add("--max-concurrent", type=int, help="trials at once (default: as many as the resources allow)")
     add("--epochs", type=int, help="epochs per trial = ASHA's max_t (default: the recipe's: 50 in stage 1,"
-                                   f" {QUICK_TRAINING['train.epochs']} on the synthetic data; 5 in stages 2 and 3)")
+                                   f" {QUICK_TRAINING['train.epochs']} on the synthetic data; 5 in stages 2 and 3);"
+                                   " a cosine over the whole budget (those of the synthetic data and of stages 2"
+                                   " and 3) goes on spanning it")
     add("--grace-period", type=int, help=f"epochs every trial runs before ASHA may stop it; early epochs say"
                                          f" little (default: {DEFAULT_GRACE}, at most --epochs)")
     add("--reduction-factor", type=int,
@@ -180,12 +182,15 @@ def fixed_config(args: argparse.Namespace, data_dir: Path, synthetic: bool) -> d
     stage = args.stage if args.stage is not None else 3 if args.teacher else None
     # A stage's own recipe where none is named, on the command line or in --config.
     recipe = args.recipe or config.get("recipe") or (STAGE_RECIPES[stage] if stage is not None else None)
+    recipe_values = RECIPES.get(recipe or DEFAULT_RECIPE, RECIPES[DEFAULT_RECIPE]).values
     base: dict[str, Any] = dict(QUICK_PRESET) if synthetic else {}
-    if synthetic and RECIPES.get(recipe or DEFAULT_RECIPE, RECIPES[DEFAULT_RECIPE]).values.get("stage", 1) == 1:
+    if synthetic and recipe_values.get("stage", 1) == 1:
         base.update(QUICK_TRAINING)  # the later stages' recipes keep their own training
-        if args.epochs is not None:
-            base["train.t_max"] = args.epochs  # the preset's cosine spans the whole budget
     base.update(config)
+    given = {**recipe_values, **base}
+    if args.epochs is not None and given.get("train.t_max", TrainConfig.t_max) == given.get("train.epochs",
+                                                                                          TrainConfig.epochs):
+        base["train.t_max"] = args.epochs  # a cosine over the whole budget (the preset's, stages 2 and 3's) stays so
     fixed = {key: value for key, value in base.items() if key not in searched}
     overrides = parse_set(args.set)
     for key, flag in PATH_FLAGS.items():

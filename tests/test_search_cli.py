@@ -208,6 +208,10 @@ def test_the_sampler_is_part_of_the_plan_and_tpe_learns_from_half_the_budget(cap
 def test_the_presets_cosine_follows_a_new_epoch_budget_and_data_paths_have_their_flags(capsys, cached_dir):
     fixed = run.fixed_config(run.parse_args(["--space", "mixup", "--epochs", "20"]), cached_dir, synthetic=True)
     assert fixed["train.epochs"] == 20 and fixed["train.t_max"] == 20
+    # Stages 2 and 3: one cosine over their 5 epochs, over any other budget too; v1_7's period of 10 stays.
+    fixed = run.fixed_config(run.parse_args(["--stage", "2", "--epochs", "8"]), cached_dir, synthetic=False)
+    assert fixed["train.epochs"] == 8 and fixed["train.t_max"] == 8
+    assert "train.t_max" not in run.fixed_config(run.parse_args(["--epochs", "8"]), cached_dir, synthetic=False)
     assert "use --data-dir" in error_of(capsys, ["--space", "mixup", "--data-dir", str(cached_dir),
                                                  "--set", "data_dir=/x"])
 
