@@ -30,7 +30,8 @@ from search.default_data import QUICK_PRESET, QUICK_TRAINING
 from search.plan import DefineByRun
 from search.run import DEFAULT_GRACE, DEFAULTS
 from spaces import SPACES
-from trainable.tune import METRIC, MODE, train_sed
+from trainable.reported import ITERATION, METRIC, MODE, SCORE
+from trainable.tune import train_sed
 
 QUALITY_TARGET, EPOCHS_TARGET = 0.98, 0.70
 
@@ -70,8 +71,8 @@ def run(points: list[dict], fixed: dict, scheduler, storage: str, name: str) -> 
     assert not results.errors, results.errors
     ran = sorted(sorted((key, result.config[key]) for key in points[0]) for result in results)
     assert ran == sorted(sorted(point.items()) for point in points), "the run did not train exactly the points"
-    best = max(result.metrics["score"] for result in results)
-    epochs = sum(int(result.metrics["training_iteration"]) for result in results)
+    best = max(result.metrics[SCORE] for result in results)
+    epochs = sum(int(result.metrics[ITERATION]) for result in results)
     return best, epochs, time.perf_counter() - started
 
 
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
            f" ASHA grace {args.grace_period}, reduction {args.reduction_factor}")
     ray.init(num_cpus=cores(), include_dashboard=False, configure_logging=False, log_to_driver=False)
     with tempfile.TemporaryDirectory(prefix="rfcx-bench-asha-") as storage:
-        asha = ASHAScheduler(time_attr="training_iteration", max_t=args.epochs, grace_period=args.grace_period,
+        asha = ASHAScheduler(time_attr=ITERATION, max_t=args.epochs, grace_period=args.grace_period,
                              reduction_factor=args.reduction_factor)
         fifo_best, fifo_epochs, fifo_wall = run(points, fixed, FIFOScheduler(), storage, "fifo")
         asha_best, asha_epochs, asha_wall = run(points, fixed, asha, storage, "asha")

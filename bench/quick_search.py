@@ -26,6 +26,8 @@ import torch
 from bench.common import header, synthetic_data, verdict
 from search.default_data import FEATURES, QUICK_PRESET, QUICK_TRAINING, SYNTHETIC
 from search.holdout import PRIVATE, PUBLIC
+from search.report import CV_COLUMNS
+from trainable import reported
 from trainable.config import ModelConfig, TrialConfig, from_dict
 from trainable.dotted import merge
 from trainable.fit import Device
@@ -84,7 +86,7 @@ def recipe_point_trial(backbone: str) -> tuple[float, float]:
     metrics = {}
     while training.epoch < config.train.epochs:
         metrics = training.run_epoch()
-    return metrics["cv_lwlrap"], time.perf_counter() - started
+    return metrics[reported.CV], time.perf_counter() - started
 
 
 def default_search(reuse_data: bool, storage: Path) -> tuple[float, Path, str]:
@@ -113,7 +115,8 @@ def main(argv: list[str] | None = None) -> None:
         board = pd.read_csv(experiment / "leaderboard.csv", dtype={"trial": str})
         artefacts = {name: (experiment / name).is_file() for name in ("leaderboard.md", "best_config.yaml", "study.db")}
         events = sum(1 for trial in experiment.glob("trial_*") if any(trial.glob("events.out.tfevents.*")))
-    best, median = board.cv_lwlrap.max(), board.cv_lwlrap.median()
+    cv = board[CV_COLUMNS[reported.BEST_CV]]  # each trial's best epoch's pooled CV
+    best, median = cv.max(), cv.median()
     stopped = int(board.status.str.startswith("stopped by ASHA").sum())
     completed = board[board.status == "completed"]
     first, recipe = board.iloc[0], board[board.recipe_point].iloc[0]
@@ -122,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
           f" {verdict(stopped, STOPPED_TARGET)}), {len(completed)} completed")
     print(f"cv_lwlrap: best {best:.4f} (target >= {BEST_TARGET}: {verdict(best, BEST_TARGET)}), median {median:.4f}"
           f" ({best - median:.4f} below; target >= {MEDIAN_GAP_TARGET}: {verdict(best - median, MEDIAN_GAP_TARGET)});"
-          f" completed trials {completed.cv_lwlrap.min():.4f}-{completed.cv_lwlrap.max():.4f}")
+          f" completed trials {cv[completed.index].min():.4f}-{cv[completed.index].max():.4f}")
     scored = all(pd.notna(row[PUBLIC]) and pd.notna(row[PRIVATE]) for row in (first, recipe))
     print(f"holdout: best trial {first.trial} public {first[PUBLIC]:.4f} private {first[PRIVATE]:.4f}; recipe point"
           f" {recipe.trial} public {recipe[PUBLIC]:.4f} private {recipe[PRIVATE]:.4f} (both scored:"

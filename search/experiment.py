@@ -30,7 +30,8 @@ from search.plan import (DefineByRun, SearchPlan, asha_rungs, experiment_path, o
                          trial_resources)
 from search.scheduler import asha
 from spaces import recipe_point, windows_of
-from trainable.tune import METRIC, MODE, train_sed
+from trainable.reported import METRIC, MODE
+from trainable.tune import train_sed
 
 CHECKPOINTS_KEPT = 2  # per trial: the latest and the one before, in case a write was cut
 NO_AUTO_LOGGERS = "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"

@@ -18,6 +18,7 @@ import pandas as pd
 from search.lb_scores import LB_PRIVATE, LB_PUBLIC
 from search.trials import ENSEMBLE, trial_rows
 from trainable.metrics import lwlrap
+from trainable.reported import SCORE
 
 TRUTH_FILE = "test_truth.csv"
 HOLDOUT_FILE = "holdout.json"  # next to a trial's exported submission.csv
@@ -83,7 +84,7 @@ def spearman(board: pd.DataFrame, column: str) -> tuple[float, int]:
     and their number; nan below MIN_RANKED trials or when either side is all one value."""
     if column not in board:
         return math.nan, 0
-    both = board.dropna(subset=["score", column])
+    both = board.dropna(subset=[SCORE, column])
     return (both.score.corr(both[column], method="spearman") if len(both) >= MIN_RANKED else math.nan), len(both)
 
 
@@ -96,7 +97,7 @@ def _cv_versus(board: pd.DataFrame, what: str, public: str, private: str) -> str
     if private_count >= MIN_RANKED:
         other = "" if private_count == count else f", {private_count} trials"
         halves += f", {rho_text(private_rho)} (private{other})"
-    std = board.dropna(subset=["score", public]).fold_std.mean()
+    std = board.dropna(subset=[SCORE, public]).fold_std.mean()
     return f"CV vs {what} over {count} trials: {halves}; mean fold std {std:.4f}"
 
 

@@ -5,7 +5,7 @@ partial score, so TPE learns from a 2-epoch score as if it were a 50-epoch one a
 configurations that start fast. Here such a trial is recorded as PRUNED, with the
 intermediate values it reported each epoch, which is what Optuna's samplers expect.
 
-A completed trial is told its score (trainable.tune.SCORE: the trial's selected epochs, as the
+A completed trial is told its score (trainable.reported.SCORE: the trial's selected epochs, as the
 leaderboard ranks it), not its last epoch's cv_lwlrap.
 """
 
@@ -21,9 +21,8 @@ import optuna
 from ray.tune.search.optuna import OptunaSearch
 
 from search.report import export_study
-from trainable.tune import SCORE
+from trainable.reported import ITERATION, SCORE
 
-TRAINING_ITERATION = "training_iteration"
 # The sqlite file that receives a copy of the study after every finished trial, named by the
 # driver in its environment rather than held by the searcher: Ray pickles the searcher with the
 # experiment, so a search resumed elsewhere (another machine, or another folder for an s3://
@@ -64,14 +63,14 @@ class TruthfulOptunaSearch(OptunaSearch):
     def _record(self, trial_id: str, result: dict | None, error: bool) -> None:
         if trial_id in self._completed_trials:
             return
-        if not error and result and self.metric in result and TRAINING_ITERATION in result:
+        if not error and result and self.metric in result and ITERATION in result:
             # Ray does not pass a trial's last result on to on_trial_result; report it here
             # (Optuna ignores a step it already has).
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                self._ot_trials[trial_id].report(result[self.metric], result[TRAINING_ITERATION])
+                self._ot_trials[trial_id].report(result[self.metric], result[ITERATION])
         stopped_early = (not error and result is not None
-                         and result.get(TRAINING_ITERATION, self.max_iterations) < self.max_iterations)
+                         and result.get(ITERATION, self.max_iterations) < self.max_iterations)
         if not stopped_early:
             told = {**result, self.metric: result[SCORE]} if result and SCORE in result else result
             super().on_trial_complete(trial_id, told, error)

@@ -28,7 +28,9 @@ from ray import tune
 from search.holdout import HOLDOUT_FILE, notes
 from search.lb_scores import LB_MEMO, LB_PRIVATE, LB_PUBLIC, load_lb
 from search.trials import ENSEMBLE, EXPORTS
-from trainable.tune import OUT_OF_MEMORY_ADVICE, SCORE, OutOfGPUMemoryError
+from trainable import reported
+from trainable.reported import SCORE
+from trainable.tune import OUT_OF_MEMORY_ADVICE, OutOfGPUMemoryError
 from trainable.atomic import TEMP_SUFFIX, atomic_write_text
 from trainable.config import to_dict
 from trainable.dotted import flatten_dotted, nest_dotted
@@ -39,14 +41,11 @@ BEST_CONFIG, STUDY_DB = "best_config.yaml", "study.db"
 MIN_TRIALS_FOR_IMPORTANCE = 4  # fANOVA on fewer trials is noise
 
 
-# Reported metric -> leaderboard column: the three CVs side by side, so a user can line the
-# service's numbers up with their notebook's (trainable.selection says what each one is).
-CV_COLUMNS = {"best_cv_lwlrap": "cv_lwlrap", "cv_lwlrap_fold_best": "cv_lwlrap_fold_best",
-              "score_lrap_reference": "cv_lrap_reference"}
-# Stage 3 of whole clips (the reference's v4_2) also reports its CV against the relabelled
-# truth; the leaderboard shows it at the epoch of the best cv_lwlrap, beside the CV on the
-# original labels: the gap between the two is what the seed's stage-3 CV hid.
-RELABELLED = "cv_lwlrap_relabelled"
+# Reported metric -> leaderboard column (trainable.reported): the CVs side by side, at the
+# trial's last report; and those read at the epoch of the best CV, shown where a trial
+# reports them (stage 3's CV against the relabelled truth, beside the CV on the original labels:
+# the gap between the two is what the seed's stage-3 CV hid).
+CV_COLUMNS, AT_BEST_COLUMNS = reported.leaderboard_columns(), reported.at_best_columns()
 
 
 @dataclass(frozen=True)
@@ -55,7 +54,7 @@ class Row:
 
     trial: str
     status: str  # completed / stopped by ASHA at epoch n / out of GPU memory at ... / errored: ...
-    score: float  # the trial's score by its recipe's selection (trainable.tune.SCORE)
+    score: float  # the trial's score by its recipe's selection (trainable.reported.SCORE)
     fold_std: float  # std of the fold scores at the best common epoch
     epochs: int
     params: dict[str, Any]
@@ -109,7 +108,7 @@ def leaderboard(results: tune.ResultGrid, epochs: int, param_names: list[str],
 
 def _row(result: tune.Result, epochs: int, param_names: list[str], recipe: dict[str, Any] | None) -> Row:
     metrics = result.metrics or {}
-    done = int(metrics.get("epoch", 0))
+    done = int(metrics.get(reported.EPOCH, 0))
     if result.error is None and not metrics:
         status = "not started"
     else:  # Ray marks a finished or scheduler-stopped trial done
@@ -118,18 +117,15 @@ def _row(result: tune.Result, epochs: int, param_names: list[str], recipe: dict[
     flat = flatten_dotted(nest_dotted(result.config or {}))
     params = {name: _display(flat.get(name)) for name in param_names}
     history = result.metrics_dataframe
-    fold_std, fold_scores, relabelled = math.nan, "", {}
-    if history is not None and "cv_lwlrap" in history:
-        best = history.loc[history.cv_lwlrap.idxmax()]
-        fold_std = float(best["fold_lwlrap_std"])
-        relabelled = {RELABELLED: float(best[RELABELLED])} if RELABELLED in history else {}
-        columns = sorted((c for c in history.columns if c.startswith("fold/") and c.endswith("/lwlrap")),
-                         key=lambda c: int(c.split("/")[1]))
-        fold_scores = ",".join(f"{best[c]:.4f}" for c in columns)
+    fold_std, fold_scores, at_best = math.nan, "", {}
+    if history is not None and reported.CV in history:
+        best = history.loc[history[reported.CV].idxmax()]
+        fold_std = float(best[reported.FOLD_STD])
+        at_best = {column: float(best[name]) for name, column in AT_BEST_COLUMNS.items() if name in history}
+        fold_scores = ",".join(f"{best[c]:.4f}" for c in reported.fold_keys(history.columns, reported.FOLD_LWLRAP))
     trial = metrics.get("trial_id") or Path(result.path).name
-    cvs = {column: float(metrics.get(key, math.nan)) for key, column in CV_COLUMNS.items()} | relabelled
-    folds = sorted((key for key in metrics if key.startswith("fold/") and key.endswith("/best_epoch")),
-                   key=lambda key: int(key.split("/")[1]))
+    cvs = {column: float(metrics.get(key, math.nan)) for key, column in CV_COLUMNS.items()} | at_best
+    folds = reported.fold_keys(metrics, reported.FOLD_BEST_EPOCH)
     return Row(trial, status, float(metrics.get(SCORE, math.nan)), fold_std, done, params,
                float(metrics.get("time_total_s", 0.0)), cvs=cvs,
                best_epochs=",".join(str(int(metrics[key])) for key in folds), fold_scores=fold_scores,
@@ -172,8 +168,8 @@ def frame(rows: list[Row]) -> pd.DataFrame:
 
 
 def cv_columns(rows: list[Row]) -> list[str]:
-    """The leaderboard's CV columns: CV_COLUMNS', and the relabelled CV where a trial has one."""
-    return [*CV_COLUMNS.values(), *([RELABELLED] if any(RELABELLED in row.cvs for row in rows) else [])]
+    """The leaderboard's CV columns: CV_COLUMNS', and AT_BEST_COLUMNS' where a trial has them."""
+    return [*CV_COLUMNS.values(), *(name for name in AT_BEST_COLUMNS.values() if any(name in row.cvs for row in rows))]
 
 
 def markdown(rows: list[Row], title: str, importances: dict[str, float] | None) -> str:
@@ -269,7 +265,7 @@ def refresh_leaderboard(directory: Path) -> list[Row]:
     params = param_columns(table)
     text = lambda value: "" if pd.isna(value) else value  # noqa: E731
     rows = with_scores([Row(r.trial, r.status, r[SCORE], r.fold_std, int(r.epochs), {name: r[name] for name in params},
-                            r.wall_s, cvs={name: r[name] for name in (*CV_COLUMNS.values(), RELABELLED) if name in r},
+                            r.wall_s, cvs={name: r[name] for name in (*CV_COLUMNS.values(), *AT_BEST_COLUMNS.values()) if name in r},
                             best_epochs=text(r.best_epochs), recipe_point=bool(r.get("recipe_point", False)),
                             fold_scores=text(r.get("fold_scores", "")))
                         for _, r in table.iterrows() if r.trial != ENSEMBLE], directory)
@@ -320,7 +316,7 @@ def ensemble_rows(rows: list[Row], directory: Path) -> list[Row]:
     if record is None:
         return []
     weights = record["weights"]
-    cvs = {name: math.nan for name in CV_COLUMNS.values()} | {"cv_lwlrap": record["oof_lwlrap"]}
+    cvs = {name: math.nan for name in CV_COLUMNS.values()} | {CV_COLUMNS[reported.BEST_CV]: record["oof_lwlrap"]}
     params = {name: math.nan for name in (rows[0].params if rows else {})}
     blend = ", ".join(f"{weight:.2f} {trial}" for trial, weight in weights.items())
     memo = f"in-sample {record['oof_lwlrap']:.4f}; {blend}"

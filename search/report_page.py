@@ -25,7 +25,7 @@ from search.plan import PLAN_FILE, asha_rungs, load_plan
 from search.report import LEADERBOARD_CSV, MIN_TRIALS_FOR_IMPORTANCE, importances_for, load_study, param_columns
 from search.trials import trial_rows
 from trainable.atomic import atomic_write_text
-from trainable.tune import METRIC, SCORE
+from trainable.reported import METRIC, SCORE
 
 REPORT_HTML = "report.html"
 TOP_FOLDS = 5  # trials in the per-fold figure

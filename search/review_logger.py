@@ -32,35 +32,27 @@ from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2, summ
 from torch.utils.tensorboard import SummaryWriter
 
 from search.report import last_line, trial_status
+from trainable import reported
 from trainable.recipes import resolve
 
 logger = logging.getLogger(__name__)
 
-# Reported metric -> tag; a fold's values are fold/<k>/<name> (fold/<k> for its LWLRAP).
-TAGS = {"cv_lwlrap": "cv/lwlrap", "best_cv_lwlrap": "cv/best", "score": "cv/score",
-        "cv_lwlrap_fold_best": "cv/fold_best", "cv_lrap_reference": "cv/lrap_reference",
-        "score_lrap_reference": "cv/score_lrap_reference", "fold_lwlrap_std": "cv/fold_std",
-        "cv_lwlrap_relabelled": "cv/lwlrap_relabelled",
-        "samples_per_s": "throughput", "time_this_iter_s": "time/epoch_s"}
+RAY_TAGS = {"time_this_iter_s": "time/epoch_s"}  # what Ray adds to a result that is worth a chart
 # Ray's bookkeeping and what the step already says.
-SKIPPED = set(AUTO_RESULT_KEYS) | {"done", "trial_id", "experiment_tag", "should_checkpoint", "epoch"}
+SKIPPED = set(AUTO_RESULT_KEYS) | {"done", "trial_id", "experiment_tag", "should_checkpoint", reported.EPOCH}
 EPOCHS_TAG, STATUS_TAG = "status/epochs", "status"
-HPARAMS_METRICS = ("cv/score", "cv/best", "cv/lwlrap", EPOCHS_TAG)  # the HParams table's metric columns
+# The HParams table's metric columns.
+HPARAMS_METRICS = (*(reported.tag(name) for name in (reported.SCORE, reported.BEST_CV, reported.CV)), EPOCHS_TAG)
 LAYOUT_SUFFIX = ".layout"  # the experiment directory's own event file: the custom-scalars layout
-LAYOUT = {"Every trial": {"cv/lwlrap of every trial": ["Multiline", [r"^cv/lwlrap$"]],
-                          "cv/best of every trial": ["Multiline", [r"^cv/best$"]]}}
+LAYOUT = {"Every trial": {f"{tag} of every trial": ["Multiline", [f"^{tag}$"]]
+                          for tag in (reported.tag(reported.CV), reported.tag(reported.BEST_CV))}}
 
 
 def tag(key: str) -> str | None:
-    """The TensorBoard tag of a reported metric, or None for Ray's bookkeeping."""
-    if key in TAGS:
-        return TAGS[key]
-    if key in SKIPPED:
-        return None
-    parts = key.split("/")
-    if len(parts) == 3 and parts[0] == "fold" and parts[2] == "lwlrap":
-        return f"fold/{parts[1]}"
-    return key
+    """The TensorBoard tag of a reported metric (trainable.reported.tag), or None for Ray's bookkeeping."""
+    if key in RAY_TAGS:
+        return RAY_TAGS[key]
+    return None if key in SKIPPED else reported.tag(key)
 
 
 class ReviewLogger(LoggerCallback):
@@ -82,7 +74,7 @@ class ReviewLogger(LoggerCallback):
     def log_trial_result(self, iteration: int, trial, result: dict) -> None:
         if trial not in self._writers:
             self.log_trial_start(trial)
-        writer, step = self._writers[trial], int(result.get("training_iteration", iteration))
+        writer, step = self._writers[trial], int(result.get(reported.ITERATION, iteration))
         try:
             if trial not in self._last:  # the first result since this writer started
                 params = {"recipe": resolve(trial.config).recipe, **trial.evaluated_params}  # a row without a space too
@@ -107,9 +99,9 @@ class ReviewLogger(LoggerCallback):
             if result is not None:
                 error = (last_line(trial.get_error() or RuntimeError("see the trial's error.txt"))
                          if failed else None)
-                status = trial_status(int(result.get("training_iteration", 0)), _budget(trial), finished=True,
+                status = trial_status(int(result.get(reported.ITERATION, 0)), _budget(trial), finished=True,
                                       error=error)
-                writer.add_text(STATUS_TAG, status, global_step=int(result.get("training_iteration", 0)))
+                writer.add_text(STATUS_TAG, status, global_step=int(result.get(reported.ITERATION, 0)))
                 writer.file_writer.add_summary(session_end(failed))
         except Exception:
             logger.exception("could not write the end of trial %s to TensorBoard", trial)

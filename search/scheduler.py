@@ -26,6 +26,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.utils import flatten_dict
 
 from search.plan import SearchPlan
+from trainable.reported import ITERATION
 
 logger = logging.getLogger(__name__)
 
@@ -89,5 +90,5 @@ def recorded_results(trial: Trial) -> list[dict]:
 
 def asha(plan: SearchPlan) -> RememberingASHA:
     """The plan's scheduler: trials compared on their epochs (training_iteration)."""
-    return RememberingASHA(time_attr="training_iteration", max_t=plan.epochs, grace_period=plan.grace_period,
+    return RememberingASHA(time_attr=ITERATION, max_t=plan.epochs, grace_period=plan.grace_period,
                            reduction_factor=plan.reduction_factor)

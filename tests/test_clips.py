@@ -318,7 +318,7 @@ def test_a_checkpoint_within_a_stage_3_epoch_holds_its_clips_and_fp_only_scores(
     clips, fp_only = stage3._evaluate_fold(run)
     score = clips[stage3.config.data.window_score]
     stage3.progress = EpochProgress(lr=1e-4, position=1, batches=[stage3._epoch_items(stage3.runs[1])[:3]])
-    stage3.progress.done.append(FoldResult(0.5, 0.6, score, EpochStats({}, 1, 1.0), fp_only))
+    stage3.progress.done.append(FoldResult(0.6, score, EpochStats({}, 1, 1.0), fp_only))
     try:
         stage3.save(tmp_path)
     finally:

@@ -47,6 +47,7 @@ from trainable.inputs import InputPipeline
 from trainable.losses import SEDLoss, balanced_pos_weight
 from trainable.metrics import lwlrap, reference_lrap
 from trainable.model import SEDModel
+from trainable import reported
 from trainable.recipes import DEFAULT_RECIPE, resolve
 from trainable.selection import Selection
 from trainable.targets import Labels, index_events
@@ -184,7 +185,6 @@ class FoldRun:
 class FoldResult:
     """One fold's evaluation in the epoch in flight."""
 
-    lwlrap: float
     lrap: float  # the reference's own validation score (its LRAP; v4_2's relabelled LWLRAP)
     scores: np.ndarray  # (V, C) its out-of-fold clip scores
     stats: EpochStats
@@ -212,7 +212,7 @@ class EpochProgress:
                 "batches": None if self.batches is None else [[dataclasses.asdict(c) for c in b] for b in self.batches],
                 "passed": {"batches": self.passed.batches, "samples": self.passed.samples,
                            "seconds": self.passed.elapsed()},
-                "done": [{"lwlrap": r.lwlrap, "lrap": r.lrap, "stats": dataclasses.asdict(r.stats)} for r in self.done]}
+                "done": [{"lrap": r.lrap, "stats": dataclasses.asdict(r.stats)} for r in self.done]}
 
     @classmethod
     def from_json(cls, saved: dict, scores: list[np.ndarray], fp_only_scores: list[np.ndarray | None],
@@ -223,7 +223,7 @@ class EpochProgress:
                    None if batches is None else [[item(**c) for c in b] for b in batches],
                    PassProgress(sums=sums, **saved["passed"]),
                    EpochStats(**saved["stats"]) if saved["stats"] else None,
-                   [FoldResult(r["lwlrap"], r["lrap"], s, EpochStats(**r["stats"]), extra)
+                   [FoldResult(r["lrap"], s, EpochStats(**r["stats"]), extra)
                     for r, s, extra in zip(saved["done"], scores, fp_only_scores)])
 
 
@@ -402,30 +402,25 @@ class KFoldTraining:
             lrap = self._reference_score(run, scores, fp_only_scores)
             oof = scores[self.config.data.window_score]  # (V, C) by the config's window score
             self.selection.fold_epoch(position, self.epoch + 1, lrap, oof, run.model)
-            progress.fold_done(FoldResult(lwlrap(run.truth, oof), lrap, oof, progress.stats, fp_only_scores))
-        lr, oof, losses = progress.lr, [r.scores for r in progress.done], [r.stats for r in progress.done]
-        fold_scores = {run.fold.index: r.lwlrap for run, r in zip(self.runs, progress.done)}
-        fold_lraps = {run.fold.index: r.lrap for run, r in zip(self.runs, progress.done)}
+            progress.fold_done(FoldResult(lrap, oof, progress.stats, fp_only_scores))
+        done, losses = progress.done, [r.stats for r in progress.done]
         self.progress = None
         self.epoch += 1
-        cv = lwlrap(np.concatenate([run.truth for run in self.runs]), np.concatenate(oof))
-        cv_lrap = float(np.mean(list(fold_lraps.values())))
-        self.selection.common_epoch(self.epoch, cv, cv_lrap, oof, [run.model for run in self.runs])
-        samples, seconds = sum(s.samples for s in losses), sum(s.seconds for s in losses)
-        metrics = {"epoch": self.epoch, "cv_lwlrap": cv, "cv_lrap_reference": cv_lrap,
-                   "fold_lwlrap_std": float(np.std(list(fold_scores.values()))), "lr": lr,
-                   "samples_per_s": samples / max(seconds, 1e-9), **self.selection.metrics()}
-        metrics.update({f"fold/{index}/lwlrap": score for index, score in fold_scores.items()})
-        metrics.update({f"fold/{index}/lrap_reference": score for index, score in fold_lraps.items()})
-        if self.relabels:  # stage 3 of whole clips: the CV against the relabelled truth too
-            predictions = [np.concatenate([r.scores, r.fp_only_scores]) for r in progress.done]
-            metrics["cv_lwlrap_relabelled"] = lwlrap(np.concatenate([run.relabelled for run in self.runs]),
-                                                     np.concatenate(predictions))
+        truth = [run.truth for run in self.runs]
+        oof, lraps = [r.scores for r in done], [r.lrap for r in done]
+        self.selection.common_epoch(self.epoch, reported.pooled_lwlrap(truth, oof), float(np.mean(lraps)), oof,
+                                    [run.model for run in self.runs])
         # Weighted by samples per fold: the mean per training sample of the epoch.
         weights = [stats.samples for stats in losses]
-        metrics.update({f"loss/{key}": float(np.average([stats.losses[key] for stats in losses], weights=weights))
-                        for key in LOSS_KEYS})
-        return metrics
+        outcome = reported.Outcome(
+            epoch=self.epoch, folds=[run.fold.index for run in self.runs], truth=truth, oof=oof, lrap_reference=lraps,
+            lr=progress.lr, samples=sum(weights), seconds=sum(stats.seconds for stats in losses),
+            losses={key: float(np.average([stats.losses[key] for stats in losses], weights=weights)) for key in LOSS_KEYS},
+            selection=self.selection.metrics())
+        if self.relabels:  # stage 3 of whole clips: the CV against the relabelled truth too
+            outcome = dataclasses.replace(outcome, relabelled_truth=[run.relabelled for run in self.runs],
+                                          relabelled_scores=[np.concatenate([r.scores, r.fp_only_scores]) for r in done])
+        return reported.epoch_metrics(outcome)
 
     def _train_fold(self, run: FoldRun, progress: EpochProgress) -> EpochStats:
         if progress.batches is None:  # the fold's pass begins (else it goes on from a mid-epoch checkpoint)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from trainable import reported
 from trainable.metrics import lwlrap
 
 
@@ -108,9 +109,10 @@ class Selection:
 
     def metrics(self) -> dict[str, float]:
         """What a trial reports of its selection each epoch."""
-        values = {"best_cv_lwlrap": self.common.score, "cv_lwlrap_fold_best": self.cv_lwlrap_fold_best,
-                  "score": self.score, "score_lrap_reference": self.score_lrap_reference}
-        values.update({f"fold/{fold}/best_epoch": float(epoch) for fold, epoch in zip(self.folds, self.epochs)})
+        values = {reported.BEST_CV: self.common.score, reported.FOLD_BEST_CV: self.cv_lwlrap_fold_best,
+                  reported.SCORE: self.score, reported.SCORE_LRAP_REFERENCE: self.score_lrap_reference}
+        values.update({reported.fold_key(fold, reported.FOLD_BEST_EPOCH): float(epoch)
+                       for fold, epoch in zip(self.folds, self.epochs)})
         return values
 
     def state(self) -> dict:

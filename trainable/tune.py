@@ -2,8 +2,8 @@
 
 The only module of `trainable` that imports Ray. Everything else a trial does lives in
 Ray-free modules (kfold, fit, ...), so it can be tested, benchmarked and exported without a
-cluster. One `training_iteration` = one epoch on every fold; every iteration reports the
-metrics, and a checkpoint when `trainable.checkpoints` says so (by the clock, at ASHA's rungs
+cluster. One `training_iteration` = one epoch on every fold (trainable.reported: what a trial
+reports); every iteration reports the metrics, and a checkpoint when `trainable.checkpoints` says so (by the clock, at ASHA's rungs
 and at the end), so ASHA can stop the trial at its rungs and Ray can resume it. A process that
 exits mid-epoch (SIGTERM: a draining or reclaimed node) checkpoints at the next batch boundary
 into the trial's storage folder (`trainable.preemption`), and the retry goes on from there.
@@ -28,10 +28,6 @@ from trainable.fit import Device, DivergedError
 from trainable.kfold import KFoldTraining
 from trainable import preemption
 
-METRIC, MODE = "cv_lwlrap", "max"  # what ASHA compares at each epoch
-# The trial's score by its recipe's selection (trainable.selection): what Optuna is told of a
-# completed trial, what the leaderboard ranks, and the weights export and --init-from use.
-SCORE = "score"
 DIVERGED_FILE = "diverged.txt"  # in the trial directory: why the trial diverged
 OUT_OF_MEMORY_FILE = "out_of_gpu_memory.txt"  # in the trial directory: the line the trial ended with
 PREEMPTIONS_FILE = "preemptions.txt"  # in the trial directory: where each exit checkpointed, where each retry resumed
