@@ -64,4 +64,4 @@ def test_the_readers_take_names_from_the_contract():
     # The leaderboard's CV columns are the contract's, the best-epoch ones shown where reported.
     assert report.CV_COLUMNS == {reported.BEST_CV: "cv_lwlrap", reported.FOLD_BEST_CV: "cv_lwlrap_fold_best",
                                  reported.SCORE_LRAP_REFERENCE: "cv_lrap_reference"}
-    assert report.AT_BEST_COLUMNS == {reported.RELABELLED: reported.RELABELLED}
+    assert report.AT_BEST_COLUMNS[reported.RELABELLED] == reported.RELABELLED
