@@ -1,6 +1,11 @@
 # The two quick-start commands of the README, and the steps they are made of.
 #   make run    set up .venv, then the main job: a real search on the built-in synthetic data
 #   make test   set up .venv, then the test suite (what CI runs)
+# Developer habits (CI runs `make lint typecheck` before `make test`):
+#   make test-fast   the tests that start no Ray, no cluster, no S3 server and are not slow (under a minute)
+#   make lint        ruff: pyflakes, pycodestyle, bugbear, pyupgrade and import order (no reformatting)
+#   make typecheck   mypy over trainable/, spaces/, search/ and bench/
+#   make check       both
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,7 +15,7 @@ WORKERS ?= 2
 
 SPACE ?= loss_weights
 
-.PHONY: setup run data synth prepare test clean
+.PHONY: setup run data synth prepare test test-fast lint typecheck check clean
 
 setup: $(VENV)/.installed
 
@@ -44,5 +49,18 @@ TEST_WORKERS ?= 2
 test: setup
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
+# The markers are registered in pyproject.toml; a test file that starts Ray carries `ray`, etc.
+FAST := not ray and not cluster and not s3 and not slow
+test-fast: setup
+	$(PY) -m pytest -q -m "$(FAST)"
+
+lint: setup
+	$(VENV)/bin/ruff check trainable spaces search bench tests
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+check: lint typecheck
+
 clean:
-	rm -rf $(DATA) .pytest_cache
+	rm -rf $(DATA) .pytest_cache .mypy_cache .ruff_cache

@@ -15,10 +15,13 @@ import shutil
 import signal
 from pathlib import Path
 
+import pytest
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
 from search.scheduler import RememberingASHA
+
+pytestmark = pytest.mark.ray
 
 EPOCHS = 3  # ASHA's rungs (grace 1, reduction 2): epochs 1 and 2, and 3 = max_t
 # The trials' cv_lwlrap at every epoch, in the order they run: each of the first two passes every

@@ -25,6 +25,8 @@ from trainable.model import CLIP_ATT
 from trainable.recipes import RECIPES
 from trainable.targets import Targets
 
+pytestmark = pytest.mark.slow
+
 CPU = Device(torch.device("cpu"))
 WIDTH, OVERLAP = 128, 32  # 8 windows of a 751-frame clip (12 s), as the reference's 8 of 3751 at 512 and 49
 

@@ -25,6 +25,8 @@ from search.run import make_plan, parse_args
 from search.session import cluster_problem
 from tests.helpers import ENV, NO_HUB, tiny_search
 
+pytestmark = [pytest.mark.ray, pytest.mark.cluster]
+
 FEW_SECONDS = 120  # for anything that should take seconds, on a loaded 2-core machine
 
 

@@ -29,6 +29,8 @@ from trainable.folds import folds_of
 from trainable.kfold import BEST_OOF_FILE, KFoldTraining, best_weights_file
 from trainable.recipes import resolve
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def experiment(trained_experiment) -> Path:

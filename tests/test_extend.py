@@ -7,12 +7,16 @@ from __future__ import annotations
 import dataclasses
 import re
 
+import pytest
+
 from search import run
 from search.experiment import build_tuner, fit, restore_tuner
 from search.optuna_search import STUDY_EXPORT_ENV
 from search.plan import report_dir, save_plan
 from search.report import STUDY_DB, load_study
 from tests.helpers import NO_HUB, tiny_search
+
+pytestmark = pytest.mark.ray
 
 
 # Lines that Ray forwards from its worker processes to this one's stderr, at any time.

@@ -18,6 +18,8 @@ from search import run
 from search.experiment import WholeFiles
 from tests.helpers import ENV, REPO, tiny_search
 
+pytestmark = pytest.mark.ray
+
 INTERRUPTED = 130
 
 

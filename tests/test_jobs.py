@@ -25,6 +25,8 @@ from ray.job_submission import JobStatus, JobSubmissionClient
 
 from tests.helpers import ENV, REPO, tiny_search
 
+pytestmark = [pytest.mark.ray, pytest.mark.cluster]
+
 FEW_MINUTES = 300  # for anything that should take seconds, on a loaded 2-core machine
 DONE = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
 RAY_CLI = str(Path(sys.executable).parent / "ray")  # the .venv's, whatever PATH says

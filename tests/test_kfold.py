@@ -19,6 +19,8 @@ from trainable.kfold import (BEST_OOF_FILE, TRIAL_FILE, KFoldTraining, batches_p
 from trainable.data import shuffled_batches
 from trainable.metrics import lwlrap
 
+pytestmark = pytest.mark.slow
+
 CPU = Device(torch.device("cpu"))
 TIMING = "samples_per_s"  # the one metric that may differ between identical runs
 

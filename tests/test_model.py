@@ -10,6 +10,8 @@ import torch
 from trainable.config import ConfigError, ModelConfig
 from trainable.model import ATTENTION, BACKBONES, CLIP_ATT, CLIP_MAX, FRAME, OUTPUTS, SEGMENT, SEDModel
 
+pytestmark = pytest.mark.slow
+
 N_SPECIES = 24
 
 

@@ -8,6 +8,7 @@ import subprocess
 
 import optuna
 import pandas as pd
+import pytest
 
 from search.report import trial_status
 from spaces import recipe_point
@@ -15,6 +16,8 @@ from tests import oom_injection
 from tests.helpers import ENV, tiny_search
 from trainable.recipes import resolve
 from trainable.tune import out_of_memory_message
+
+pytestmark = pytest.mark.ray
 
 ADVICE = "give each trial more of a GPU (--gpus-per-trial) or lower train.batch_size or train.eval_recordings"
 

@@ -19,7 +19,10 @@ from trainable.dotted import merge
 from trainable.fit import Device
 from trainable.kfold import EPOCH_FILE, KFoldTraining
 from trainable.preemption import FOLDER
-from trainable.tune import METRIC, MODE, PREEMPTIONS_FILE, train_sed
+from trainable.reported import METRIC, MODE
+from trainable.tune import PREEMPTIONS_FILE, train_sed
+
+pytestmark = pytest.mark.ray
 
 
 class Stop(Exception):

@@ -17,6 +17,8 @@ from trainable.cache import CacheError, LogMelCache
 from trainable.config import FeatureConfig
 from trainable.features import file_log_mel
 
+pytestmark = pytest.mark.slow
+
 FRAMES_12S = 1 + 12 * 32000 // 512  # the synthetic clips are 12 s long
 
 

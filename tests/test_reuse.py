@@ -15,10 +15,13 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
+import pytest
 
 from search.experiment import build_tuner, can_resume, fit, restore_tuner
 from search.run import make_plan, parse_args
 from tests.helpers import ENV, REPO, tiny_search
+
+pytestmark = pytest.mark.ray
 
 
 def test_a_search_killed_before_ray_saved_it_starts_over_with_its_config(local_ray, cached_dir, tmp_path):

@@ -19,6 +19,8 @@ from search.report import Row, export_study, frame, refresh_leaderboard
 from search.review_logger import tag
 from tests.helpers import colours, screenshot
 
+pytestmark = pytest.mark.slow
+
 TRIALS = ["aa_00000", "bb_00001", "cc_00002", "dd_00003", "ee_00004"]
 SCORES = [0.71, 0.69, 0.64, 0.60, 0.52]
 STOPPED_AT = {"dd_00003": 1, "ee_00004": 1}  # ASHA stopped these at the grace period

@@ -31,6 +31,8 @@ from spaces import recipe_point
 from tests.helpers import ENV, REPO, colours, screenshot, tiny_search
 from trainable.config import TrialConfig, from_dict
 
+pytestmark = pytest.mark.ray
+
 SEARCHED = ["loss.w_max", "loss.w_pseudo", "loss.w_frame"]
 
 

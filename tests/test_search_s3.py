@@ -16,6 +16,8 @@ from moto.server import ThreadedMotoServer
 
 from tests.helpers import ENV, REPO, tiny_search
 
+pytestmark = [pytest.mark.ray, pytest.mark.s3]
+
 BUCKET = "rfcx"
 
 

@@ -16,6 +16,8 @@ from trainable.dotted import merge
 from trainable.fit import Device
 from trainable.kfold import CheckpointError, EpochProgress, KFoldTraining, best_weights_file
 
+pytestmark = pytest.mark.slow
+
 CPU = Device(torch.device("cpu"))
 
 

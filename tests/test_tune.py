@@ -14,7 +14,10 @@ from ray import tune
 
 from trainable.config import ConfigError
 from trainable.kfold import TRIAL_FILE, best_weights_file, fold_file
-from trainable.tune import METRIC, MODE, train_sed
+from trainable.reported import METRIC, MODE
+from trainable.tune import train_sed
+
+pytestmark = pytest.mark.ray
 
 LOSS_TERMS = ("total", "att", "max", "pseudo", "frame")
 
