@@ -75,7 +75,7 @@ class DataConfig:
     # all-negative; "event": one crop per tp event, any offset, clipped to the clip, fp items
     # keeping the recording's true positives.
     crop_rule: str = "recording"
-    # "reference": an event covers frames [int(t_min * r), int(t_max * r)) with r = the
+    # "reference": an event covers frames [int(start_s * r), int(end_s * r)) with r = the
     # frames per second of a 60 s clip (3751 / 60); "cover": every frame the event touches at
     # the cache's 62.5 frames/s.
     event_frames: str = "reference"

@@ -4,10 +4,10 @@
 
 It checks that the cache directory is writable and validates the annotations first (a bad
 CSV fails in a second, not after an hour), then turns every train and test recording of the
-data layout (RFCx: train/*.flac, test/*.flac) into one float16 log-mel array and records the audio it came from. A second run does only
-what is missing or stale (audio changed or replaced since), so a killed run is finished by
-running it again. Exit codes: 0 done, 1 some recordings failed (listed), 2 bad input,
-130 interrupted.
+data layout (--dataset; RFCx: train/*.flac, test/*.flac) into one float16 log-mel array and
+records the audio it came from. A second run does only what is missing or stale (audio
+changed or replaced since), so a killed run is finished by running it again. Exit codes:
+0 done, 1 some recordings failed (listed), 2 bad input, 130 interrupted.
 """
 
 from __future__ import annotations
