@@ -70,6 +70,8 @@ def test_rfcx_submission_is_in_sample_submission_order(synth_dir, tmp_path):
     np.testing.assert_array_equal(table.iloc[:, 1:].to_numpy(), scores[::-1])
     with pytest.raises(AnnotationError, match=r"^sample_submission.csv: test recording '\w+' has no scores"):
         rfcx.write_submission(synth_dir, tmp_path / "short.csv", recordings[1:], scores[1:])
+    with pytest.raises(AnnotationError, match="^sample_submission.csv has 6 species columns, the scores 5$"):
+        rfcx.write_submission(synth_dir, tmp_path / "short.csv", recordings, scores[:, :5])
     assert not (tmp_path / "short.csv").exists()
 
 

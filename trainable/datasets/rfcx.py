@@ -84,11 +84,14 @@ class RFCx:
             scores: (T, K) their scores.
 
         Raises:
-            AnnotationError: no sample_submission.csv, or a recording of it without scores.
+            AnnotationError: no sample_submission.csv, other species, or a recording of it without scores.
         """
-        order = read_files(data_dir).test_ids
-        if not order:
-            raise AnnotationError(f"{Path(data_dir) / SUBMISSION_FILE}: not found: no submission to write")
+        sample = Path(data_dir) / SUBMISSION_FILE
+        if not sample.is_file():
+            raise AnnotationError(f"{SUBMISSION_FILE}: not found in {data_dir}: no submission to write")
+        order, n_species = _read_submission(sample)
+        if scores.shape[1] != n_species:
+            raise AnnotationError(f"{SUBMISSION_FILE} has {n_species} species columns, the scores {scores.shape[1]}")
         table = pd.DataFrame(scores, columns=species_columns(scores.shape[1]), index=list(recordings))
         missing = [rid for rid in order if rid not in table.index]
         if missing:
