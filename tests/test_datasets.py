@@ -16,7 +16,7 @@ import torch
 
 from search import export
 from trainable import prepare
-from trainable.annotations import EVENT_COLUMNS, AnnotationError, load_annotations
+from trainable.annotations import EVENT_COLUMNS, AnnotationError, Annotations, load_annotations
 from trainable.config import ConfigError, DataConfig, FeatureConfig, TrialConfig, from_dict
 from trainable.datasets import DATASETS, Dataset, UnknownDataset, dataset
 from trainable.datasets.rfcx import read_files
@@ -80,6 +80,21 @@ def test_rfcx_metric_is_lwlrap():
     truth, scores = rng.random((20, 4)) > 0.6, rng.random((20, 4))
     truth[0] = True
     assert dataset("rfcx").metric(truth, scores) == lwlrap(truth, scores)
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda e: e.drop(columns="end_s"), "events lack column(s) end_s"),
+    (lambda e: e.assign(kind="maybe"), "events of unknown kind 'maybe'"),
+    (lambda e: e.assign(species=3), "needs species in [0, 3) and 0 <= start_s < end_s [and 1 more like it]"),
+    (lambda e: e.assign(end_s=e.start_s), "needs species in [0, 3) and 0 <= start_s < end_s"),
+], ids=["column", "kind", "species", "times"])
+def test_events_a_layout_hands_over_are_checked_in_one_line(change, expected):
+    events = pd.DataFrame({"recording": ["a", "b"], "species": [0, 2], "start_s": [1.0, 2.0], "end_s": [2.0, 3.5],
+                           "kind": ["tp", "fp"]})
+    assert len(Annotations.from_events(events, (), 3).fp) == 1
+    with pytest.raises(AnnotationError) as caught:
+        Annotations.from_events(change(events), (), 3)
+    assert expected in str(caught.value) and "\n" not in str(caught.value)
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,9 +6,9 @@ from trainable.annotations import EVENT_COLUMNS, Annotations, load_annotations
 from trainable.folds import make_folds, species_matrix
 
 
-def rows(pairs):
+def rows(pairs, kind="tp"):
     """Events from (recording, species) pairs."""
-    return pd.DataFrame([(rid, s, 1.0, 2.0, "tp") for rid, s in pairs], columns=EVENT_COLUMNS)
+    return pd.DataFrame([(rid, s, 1.0, 2.0, kind) for rid, s in pairs], columns=EVENT_COLUMNS)
 
 
 def made_up_annotations(n_recordings=60, n_species=8, seed=0) -> Annotations:
@@ -22,7 +22,7 @@ def made_up_annotations(n_recordings=60, n_species=8, seed=0) -> Annotations:
         if i % 3 == 0:
             fp_pairs.append((rid, int(rng.integers(n_species))))
     fp_pairs += [(f"f{i:03d}", int(rng.integers(n_species))) for i in range(40)]
-    return Annotations(tp=rows(tp_pairs), fp=rows(fp_pairs), test_ids=(), n_species=n_species)
+    return Annotations(tp=rows(tp_pairs), fp=rows(fp_pairs, "fp"), test_ids=(), n_species=n_species)
 
 
 def test_folds_partition_the_tp_recordings():

@@ -218,7 +218,7 @@ def audio_path(data_dir: Path, split: str, recording_id: str) -> Path:
     return Path(data_dir) / split / f"{recording_id}{AUDIO_SUFFIX}"
 
 
-def check_audio(annotations: RFCxFiles, data_dir: Path) -> None:
+def check_audio(files: RFCxFiles, data_dir: Path) -> None:
     """Check that every annotated recording has audio and every time lies inside its clip.
 
     Reads only the audio headers. A file whose header cannot be read is left to the
@@ -227,14 +227,14 @@ def check_audio(annotations: RFCxFiles, data_dir: Path) -> None:
     Raises:
         AnnotationError: one line naming the file, the line and the problem.
     """
-    for name, frame in ((TP_FILE, annotations.tp), (FP_FILE, annotations.fp)):
+    for name, frame in ((TP_FILE, files.tp), (FP_FILE, files.fp)):
         durations = {rid: _duration(audio_path(data_dir, "train", rid), name, frame, rid)
                      for rid in frame.recording_id.unique()}
         duration = frame.recording_id.map(durations).astype(float)
         outside = frame.t_max > duration + DURATION_TOLERANCE
         _fail_where(Path(name), frame, outside, "t_max is after the clip end",
                     values=frame.t_max.astype(str) + " s > " + duration.astype(str) + " s")
-    for rid in annotations.test_ids:
+    for rid in files.test_ids:
         path = audio_path(data_dir, "test", rid)
         if not path.is_file():
             raise AnnotationError(f"{SUBMISSION_FILE}: test recording {rid!r} has no audio file {path}")
