@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     data = real_sized_data()
     training = stub_trial(data)
     folds, train = len(training.runs), training.config.train
-    tp_recordings = training.annotations.tp.recording_id.nunique()
+    tp_recordings = training.annotations.tp.recording.nunique()
     header(f"host ceiling: the recipe's trial ({folds} folds, batch {train.batch_size}, 128 x"
            f" {training.config.data.crop_frames}) with a stub backbone, {tp_recordings} tp recordings of 60 s,"
            f" 1 torch thread")

@@ -16,7 +16,7 @@ import numpy as np
 
 from search.default_data import default_data_dir
 from trainable import synth
-from trainable.annotations import FP_FILE, TP_FILE
+from trainable.datasets.rfcx import FP_FILE, TP_FILE
 from trainable.atomic import atomic_write_text
 from trainable.cache import DEFAULT_CACHE_NAME, LogMelCache
 from trainable.config import FeatureConfig

@@ -72,12 +72,13 @@ def ensure_synthetic(directory: Path, workers: int) -> Path:
     if (directory / READY).exists():
         return directory
     from trainable import prepare  # audio libraries: imported only when there is work to do
+    from trainable.datasets.rfcx import TP_FILE
     from trainable.synth import generate
 
     print(f"[rfcx-tune] no --data-dir: generating the built-in synthetic dataset in {directory} (once:"
           f" {SYNTHETIC['recordings']} + {SYNTHETIC['test_recordings']} recordings of {SYNTHETIC['duration']} s,"
           f" {FEATURES['n_mels']} mels)", flush=True)
-    if not (directory / "train_tp.csv").exists():
+    if not (directory / TP_FILE).exists():  # the synthetic data are in the RFCx layout
         generate(directory, **SYNTHETIC)
     features = [arg for name, value in FEATURES.items() for arg in (f"--{name.replace('_', '-')}", str(value))]
     code = prepare.main(["--data-dir", str(directory), "--workers", str(workers), *features])

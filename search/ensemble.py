@@ -8,7 +8,7 @@ FIRST_EXPERIMENT/exports/ensemble/ unless --out says otherwise, replaced as a wh
     weights.json     trial -> weight, the selection path (the pooled OOF LWLRAP after each
                      step), the in-sample and the nested CV, and each fold's nested blend
     oof.csv          recording_id, fold, s0..sK-1: the blend of the trials' out-of-fold predictions
-    submission.csv   exactly sample_submission.csv's header and rows: the blend of their submissions
+    submission.csv   the data layout's submission (RFCx: sample_submission.csv's header and rows): the blend
     windows.csv      recording_id, t_min, t_max, s0..: the blend of their window probabilities
                      (always averaged as probabilities), a stage-3 teacher (--teacher FILE)
     holdout.json     with the data's test_truth.csv: the submission's public and private LWLRAP
@@ -34,7 +34,7 @@ from search.holdout import HOLDOUT_FILE, PRIVATE, PUBLIC
 from search.trials import (ENSEMBLE, EXPORTS, LEADERBOARD_CSV, TrialNotFound, newest_checkpoint, scored_board,
                            trial_dir)
 from search.window_blend import WindowsError, blend_windows
-from trainable.annotations import SUBMISSION_FILE
+from trainable.annotations import DEFAULT_DATASET
 from trainable.atomic import atomic_directory
 from trainable.config import FOLD_SPLIT_KEYS
 from trainable.dotted import flatten_dotted
@@ -220,6 +220,10 @@ def check_compatible(pool: list[Candidate], data_dir: Path) -> None:
                     f"{candidate} was trained with {key} = {candidate.config[key]}, {first} with {first.config[key]}:"
                     f" out-of-fold predictions of other fold splits cannot be blended (a blend chosen on them would"
                     f" see each recording's label through another fold's model)")
+    names = [dataset_name(candidate) for candidate in pool]
+    other = next((i for i, name in enumerate(names) if name != names[0]), None)
+    if other is not None:
+        raise EnsembleError(f"{pool[other]} was trained on data.dataset {names[other]!r}, {first} on {names[0]!r}")
     counts = [species_count(candidate, data_dir) for candidate in pool]
     other = next((i for i, count in enumerate(counts) if count != counts[0]), None)
     if other is not None:
@@ -227,11 +231,23 @@ def check_compatible(pool: list[Candidate], data_dir: Path) -> None:
                             f" other species cannot be blended")
 
 
+def dataset_name(candidate: Candidate) -> str:
+    """The data layout a trial was trained on (data.dataset; a trial older than the key: RFCx)."""
+    return candidate.config.get("data.dataset", DEFAULT_DATASET)
+
+
 def species_count(candidate: Candidate, data_dir: Path) -> int:
     """The species of a trial's predictions: its export's columns, or before an export the
-    data's submission columns."""
-    header = candidate.exports / OOF_FILE if is_fresh(candidate.checkpoint.parent, candidate.exports, data_dir) else (
-        data_dir / SUBMISSION_FILE)
+    data layout's species count."""
+    from trainable.annotations import AnnotationError
+    from trainable.datasets import dataset
+
+    if not is_fresh(candidate.checkpoint.parent, candidate.exports, data_dir):
+        try:
+            return dataset(dataset_name(candidate)).species_count(data_dir)
+        except AnnotationError as error:
+            raise EnsembleError(str(error)) from None
+    header = candidate.exports / OOF_FILE
     try:
         with open(header) as f:
             columns = f.readline().strip().split(",")
@@ -262,8 +278,9 @@ class Library:
     folds: np.ndarray  # (N,) the fold that held each recording out
     truth: np.ndarray  # (N, C) the tp species of each recording
     oof: np.ndarray  # (M, N, C)
-    test_ids: list[str]  # (T,) sample_submission.csv's order
+    test_ids: list[str]  # (T,) the data layout's test recordings, in its order
     submissions: np.ndarray  # (M, T, C)
+    dataset: str  # data.dataset: the layout that writes the submission
 
     @property
     def columns(self) -> list[str]:
@@ -284,9 +301,10 @@ class Library:
         from trainable.annotations import load_annotations
         from trainable.folds import species_matrix
 
-        annotations = load_annotations(data_dir)
+        name = dataset_name(pool[0])
+        annotations = load_annotations(data_dir, name)
         columns = species_columns(annotations.n_species)
-        expected = sorted(set(annotations.tp.recording_id))
+        expected = sorted(set(annotations.tp.recording))
         oofs, submissions, first = [], [], None
         for candidate in pool:
             oof = pd.read_csv(candidate.exports / OOF_FILE, dtype={"recording_id": str}).sort_values("recording_id")
@@ -301,13 +319,14 @@ class Library:
                 raise EnsembleError(f"{candidate} held other recordings out in its folds than {pool[0]}")
             first = oof if first is None else first
             submission = pd.read_csv(candidate.exports / SUBMISSION, dtype={"recording_id": str})
-            if list(submission.recording_id) != list(annotations.test_ids):
+            if sorted(submission.recording_id) != sorted(annotations.test_ids):
                 raise EnsembleError(f"{candidate.exports / SUBMISSION} does not hold the test recordings of"
-                                    f" {data_dir / SUBMISSION_FILE} in its order")
+                                    f" {data_dir} ({len(submission)} rows, {len(annotations.test_ids)} recordings)")
             oofs.append(oof[columns].to_numpy(np.float64))
-            submissions.append(submission[columns].to_numpy(np.float64))
+            submissions.append(submission.set_index("recording_id").loc[list(annotations.test_ids), columns]
+                               .to_numpy(np.float64))
         return Library(pool, expected, first.fold.to_numpy(), species_matrix(annotations.tp, expected, len(columns)),
-                       np.stack(oofs), list(annotations.test_ids), np.stack(submissions))
+                       np.stack(oofs), list(annotations.test_ids), np.stack(submissions), name)
 
 
 @dataclass(frozen=True)
@@ -359,6 +378,7 @@ def write(out: Path, ensemble: Ensemble, library: Library, data_dir: Path, start
     import pandas as pd
 
     from search.holdout import holdout_scores, load_truth
+    from trainable.datasets import dataset
 
     columns = library.columns
     oof = pd.DataFrame(ensemble.apply(library.oof), columns=columns)
@@ -375,8 +395,10 @@ def write(out: Path, ensemble: Ensemble, library: Library, data_dir: Path, start
     record = weights_record(ensemble, library, holdout, time.monotonic() - started)
 
     def fill(folder: Path) -> None:
-        for name, table in ((OOF_FILE, oof), (SUBMISSION, submission), (WINDOWS, windows)):
+        for name, table in ((OOF_FILE, oof), (WINDOWS, windows)):
             (folder / name).write_text(table.to_csv(index=False))
+        dataset(library.dataset).write_submission(data_dir, folder / SUBMISSION, library.test_ids,
+                                                  submission[columns].to_numpy())
         if holdout:
             (folder / HOLDOUT_FILE).write_text(json.dumps(holdout))
         (folder / WEIGHTS).write_text(json.dumps(record, indent=2))

@@ -5,14 +5,14 @@ Loads the fold models of the trial's newest checkpoint, each fold's weights of t
 trial's selection chose (trainable.selection: each fold's best epoch in the reference's
 recipe), and writes, into
 DIR/exports/trial_<id>/:
-    oof.csv          recording_id, fold, s0..sK-1: each train_tp recording predicted by the
+    oof.csv          recording_id, fold, s0..sK-1: each tp recording predicted by the
                      model of the fold that held it out
-    submission.csv   exactly sample_submission.csv's header and row order: the mean over the
-                     folds' probabilities of each test recording (windows overlapping by
+    submission.csv   the data layout's submission (RFCx: exactly sample_submission.csv's header
+                     and row order, trainable.datasets): the mean over the folds' probabilities of each test recording (windows overlapping by
                      data.test_overlap, by the trial's data.window_rule and data.window_score)
     windows.csv      recording_id, t_min, t_max (seconds), s0..: every window of those
-                     predictions (oof and test), and of the fp-only train recordings (in
-                     train_fp, not train_tp: the mean over the folds' models, windows
+                     predictions (oof and test), and of the fp-only train recordings (fp
+                     events only: the mean over the folds' models, windows
                      overlapping by data.valid_overlap), sorted by recording and time: the
                      window-level teacher for stage 3 (search/run.py --teacher), which
                      relabels the fp-only recordings too
@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 # Light imports only: --help and bad input answer at once; torch comes with the work.
 from search.holdout import HOLDOUT_FILE, PRIVATE, PUBLIC, HoldoutError, holdout_scores, load_truth, notes
 from search.trials import EXPORTS, LEADERBOARD_CSV, TrialNotFound, newest_checkpoint, scored_trials, trial_dir
-from trainable.annotations import SUBMISSION_FILE, AnnotationError, load_annotations
+from trainable.annotations import AnnotationError, load_annotations
 from trainable.cache import DEFAULT_CACHE_NAME, CacheError, LogMelCache
 from trainable.config import ConfigError
 
@@ -114,8 +114,8 @@ def export(experiment: Path, trial: str, data_dir: Path | None = None, cache_dir
     returns their folder. `progress`: a progress bar per fold and split (on stderr)."""
     from trainable.atomic import atomic_write_text
     from trainable.folds import folds_of, species_matrix
+    from trainable.datasets import dataset
     from trainable.kfold import read_trial_file
-    from trainable.metrics import lwlrap
     from trainable.recipes import resolve
 
     directory = trial_dir(experiment, trial)
@@ -130,9 +130,10 @@ def export(experiment: Path, trial: str, data_dir: Path | None = None, cache_dir
         config_dict = {**config_dict, "cache_dir": str(cache_dir.resolve())}
     config = resolve(config_dict)
     data = Path(config.data_dir)
-    annotations = load_annotations(data)
+    layout = dataset(config.data.dataset)
+    annotations = load_annotations(data, config.data.dataset)
     if not annotations.test_ids:
-        raise ExportError(f"{data} has no {SUBMISSION_FILE}: nothing to predict for a submission")
+        raise ExportError(f"{data} has no test recordings: nothing to predict for a submission")
     cache = LogMelCache.open(Path(config.cache_dir or data / DEFAULT_CACHE_NAME))
     folds = folds_of(annotations, config.data)
     if sorted(saved["folds"]) != list(range(len(folds))):
@@ -140,11 +141,13 @@ def export(experiment: Path, trial: str, data_dir: Path | None = None, cache_dir
                           f" of every recording need all of them")
     oof, submission, windows = predict_folds(checkpoint, config, annotations, cache, folds, progress)
 
-    for name, table in ((OOF_FILE, oof), (SUBMISSION, submission), (WINDOWS, windows)):
+    columns = species_columns(annotations.n_species)
+    for name, table in ((OOF_FILE, oof), (WINDOWS, windows)):
         atomic_write_text(out / name, table.to_csv(index=False))
-    n_species = annotations.n_species
-    truth = species_matrix(annotations.tp, list(oof.recording_id), n_species)
-    score = lwlrap(truth, oof[species_columns(n_species)].to_numpy())
+    submission = layout.write_submission(data, out / SUBMISSION, list(submission.recording_id),
+                                         submission[columns].to_numpy())
+    truth = species_matrix(annotations.tp, list(oof.recording_id), annotations.n_species)
+    score = layout.metric(truth, oof[columns].to_numpy())
     epochs = ",".join(map(str, saved["best_epochs"]))
     print(f"[rfcx-tune] {directory.name}, weights of epochs {epochs} (of {saved['epoch']}):"
           f" oof lwlrap {score:.4f} over {len(oof)}"

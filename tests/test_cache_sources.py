@@ -162,7 +162,7 @@ def test_concurrent_runs_keep_each_others_records(tmp_path):
 def test_unusable_cache_dir_is_one_line_before_any_work(tmp_path, capsys, monkeypatch, where, expected):
     data = tmp_path / "data"
     generate(data, duration=0.5, **TINY)
-    monkeypatch.setattr(prepare, "load_annotations", lambda *args: pytest.fail("work before the check"))
+    monkeypatch.setattr(prepare, "dataset", lambda *args: pytest.fail("work before the check"))
     code, out, err = run_main(data, capsys, "--cache-dir", str(where(data)))
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith("error: ") and expected in err, err

@@ -66,9 +66,9 @@ def event_windows(rows: pd.DataFrame, starts: np.ndarray, n_species: int) -> np.
     the cache's 62.5 frames/s (60 * 62.5 + 1 = 3751 per minute)."""
     held = np.zeros((len(starts), n_species), dtype=bool)
     for row in rows.itertuples():
-        first, end = int(3751 * (row.t_min / 60)), int(3751 * (row.t_max / 60))
+        first, end = int(3751 * (row.start_s / 60)), int(3751 * (row.end_s / 60))
         for w, start in enumerate(starts):
-            held[w, row.species_id] |= first < end and first < start + WIDTH and end > start
+            held[w, row.species] |= first < end and first < start + WIDTH and end > start
     return held
 
 
@@ -80,7 +80,7 @@ def test_stage_2_batches_are_every_tp_and_fp_recording_of_the_fold_in_8_windows(
     assert sorted(i.recording_id for i in items if not i.negative_item) == sorted(run.fold.train_ids)
     assert sorted(i.recording_id for i in items if i.negative_item) == sorted(run.fold.negative_ids)
     assert not set(run.fold.valid_ids) & {i.recording_id for i in items if not i.negative_item}
-    both = set(annotations.tp.recording_id) & set(annotations.fp.recording_id) & set(run.fold.train_ids)
+    both = set(annotations.tp.recording) & set(annotations.fp.recording) & set(run.fold.train_ids)
     assert both  # a recording in both files is two items, as in v2_1
     # One epoch's batches: each item once, 4 recordings = 32 windows a batch.
     stage2.progress = EpochProgress(lr=0.0)
@@ -99,14 +99,14 @@ def test_stage_2_batches_are_every_tp_and_fp_recording_of_the_fold_in_8_windows(
 def test_stage_2_labels_a_tp_item_by_its_tp_events_and_an_fp_item_by_its_fp_events(tiny_trial, cached_dir):
     stage2 = training(tiny_trial, "stage2-v2_1")
     annotations = load_annotations(cached_dir)
-    rid = sorted(set(annotations.tp.recording_id) & set(annotations.fp.recording_id))[0]
+    rid = sorted(set(annotations.tp.recording) & set(annotations.fp.recording))[0]
     starts, n_species = padded_starts(751, WIDTH, OVERLAP), annotations.n_species
     tp = stage2.loader.dataset[ClipSpec(rid)][1]
-    held = event_windows(annotations.tp[annotations.tp.recording_id == rid], starts, n_species)
+    held = event_windows(annotations.tp[annotations.tp.recording == rid], starts, n_species)
     np.testing.assert_array_equal(tp.clip.numpy(), held)  # positive where a window holds a tp frame
     np.testing.assert_array_equal(tp.clip_weight.numpy(), held)  # and nothing else labelled
     fp = stage2.loader.dataset[ClipSpec(rid, negative_item=True)][1]
-    held = event_windows(annotations.fp[annotations.fp.recording_id == rid], starts, n_species)
+    held = event_windows(annotations.fp[annotations.fp.recording == rid], starts, n_species)
     assert held.any() and not fp.clip.any()
     np.testing.assert_array_equal(fp.clip_weight.numpy(), held)  # negative where it holds an fp frame
 
@@ -150,7 +150,7 @@ def teacher_table(annotations, values: dict[tuple[str, int], dict[int, float]], 
     """A window-level teacher on the training windows of every train recording: 0.3 everywhere,
     but values[(recording, window)][species]."""
     rows = []
-    for rid in sorted(set(annotations.tp.recording_id) | set(annotations.fp.recording_id)):
+    for rid in sorted(set(annotations.tp.recording) | set(annotations.fp.recording)):
         for w, start in enumerate(padded_starts(751, WIDTH, OVERLAP)):
             probabilities = np.full(annotations.n_species, 0.3)
             for species, value in values.get((rid, w), {}).items():
@@ -164,11 +164,11 @@ def test_stage_3_labels_windows_from_the_teachers_mean_where_no_annotation_does(
     annotations = load_annotations(cached_dir)
     fps = 62.5
     starts = padded_starts(751, WIDTH, OVERLAP)
-    fp_windows = {rid: event_windows(annotations.fp[annotations.fp.recording_id == rid], starts, annotations.n_species)
+    fp_windows = {rid: event_windows(annotations.fp[annotations.fp.recording == rid], starts, annotations.n_species)
                   for rid in fp_only_ids(annotations)}
     rid = next(rid for rid, held in fp_windows.items() if not held[0].any())  # window 0: no annotation
-    tp_rid = annotations.tp.recording_id.iloc[0]
-    tp_species, tp_start = int(annotations.tp.species_id.iloc[0]), int(3751 * annotations.tp.t_min.iloc[0] / 60)
+    tp_rid = annotations.tp.recording.iloc[0]
+    tp_species, tp_start = int(annotations.tp.species.iloc[0]), int(3751 * annotations.tp.start_s.iloc[0] / 60)
     tp_window = int(np.flatnonzero(padded_starts(751, WIDTH, OVERLAP) <= tp_start)[-1])
     # Each threshold at its boundary, as the mean of two teachers (binary fractions: exact means).
     first = {(rid, 0): {0: 0.25, 1: 0.25, 2: 0.9, 3: 0.0625, 4: 0.0, 5: 0.0},
@@ -303,7 +303,7 @@ def test_a_time_mask_is_drawn_over_the_whole_clip_and_cut_with_it(tiny_trial):
 
 
 def test_fewer_fp_only_recordings_than_folds_leave_folds_without_any(stage3_run):
-    annotations_fp = pd.DataFrame({"recording_id": ["a"], "species_id": [0]})
+    annotations_fp = pd.DataFrame({"recording": ["a"], "species": [0]})
     assert split_fp_only(["a"], annotations_fp, 6, 3, 0) == [("a",), (), ()]
     stage3, _, _ = stage3_run
     run = stage3.runs[0]

@@ -62,8 +62,8 @@ def test_frame_targets_follow_the_intervals_overlapping_the_crop():
 
 
 def test_intervals_become_the_frames_they_touch():
-    rows = pd.DataFrame({"recording_id": ["a", "a", "b"], "species_id": [3, 1, 0],
-                         "t_min": [1.0, 10.001, 0.0], "t_max": [2.0, 10.002, 0.5]})
+    rows = pd.DataFrame({"recording": ["a", "a", "b"], "species": [3, 1, 0],
+                         "start_s": [1.0, 10.001, 0.0], "end_s": [2.0, 10.002, 0.5]})
     events = index_events(rows, FPS, "cover")
     assert sorted(events) == ["a", "b"]
     assert events["a"].species.tolist() == [3, 1]
@@ -117,7 +117,7 @@ def test_epoch_crops_one_per_tp_event_plus_fresh_negatives(setup):
     rng = np.random.default_rng(0)
     first = epoch_crops(fold, annotations.tp, annotations.fp, config, FPS, rng)
     second = epoch_crops(fold, annotations.tp, annotations.fp, config, FPS, rng)
-    train_events = annotations.tp[annotations.tp.recording_id.isin(fold.train_ids)]
+    train_events = annotations.tp[annotations.tp.recording.isin(fold.train_ids)]
     assert len(first) == len(train_events) + 5 == epoch_size(fold, annotations.tp, config)
     negatives = [[c.recording_id for c in crops[len(train_events):]] for crops in (first, second)]
     assert all(len(set(n)) == 5 and set(n) <= set(fold.negative_ids) for n in negatives)
@@ -139,14 +139,14 @@ def test_train_crops_carry_the_event_at_its_offset(setup):
     config = DataConfig(crop_frames=256, crop_offsets=(32, 64), test_overlap=128, **EVENT)
     specs = epoch_crops(folds[0], annotations.tp, annotations.fp, config, FPS, np.random.default_rng(1))
     dataset = TrainCrops(cache, stage1(annotations, "cover"), annotations.n_species, config)
-    n_tp = len(annotations.tp[annotations.tp.recording_id.isin(folds[0].train_ids)])
-    tp_rows = annotations.tp[annotations.tp.recording_id.isin(folds[0].train_ids)].reset_index(drop=True)
+    n_tp = len(annotations.tp[annotations.tp.recording.isin(folds[0].train_ids)])
+    tp_rows = annotations.tp[annotations.tp.recording.isin(folds[0].train_ids)].reset_index(drop=True)
     checked = 0
     for i in range(n_tp):
         x, (clip, clip_weight, frames, frame_weight), where = dataset[specs[i]]
         assert (clip_weight == 1).all() and torch.equal(frame_weight, frames)  # stage 1
         assert x.shape == (1, 128, 256) and clip.shape == (6,) and frames.shape == (6, 256)
-        species = int(tp_rows.species_id[i])
+        species = int(tp_rows.species[i])
         assert clip[species] == 1 and frames[species].any()
         n_frames = cache.load("train", specs[i].recording_id).shape[1]
         assert where.frames == n_frames and where.start == crop_start(specs[i].centre, specs[i].offset, n_frames,
@@ -166,7 +166,7 @@ def test_fp_items_are_all_negative_in_the_reference_and_pure_fp_crops_in_both(se
     config = DataConfig(fp_per_epoch=30, **(EVENT if rule == "event" else {}))
     specs = epoch_crops(fold, annotations.tp, annotations.fp, config, FPS, np.random.default_rng(2))
     dataset = TrainCrops(cache, stage1(annotations, config.event_frames), annotations.n_species, config)
-    tp_ids = set(annotations.tp.recording_id)
+    tp_ids = set(annotations.tp.recording)
     n_tp = epoch_size(fold, annotations.tp, config) - min(30, len(fold.negative_ids))
     # The reference labels every fp item all-negative, even one of a recording in both files.
     negative = [i for i in range(n_tp, len(specs)) if rule == "recording" or specs[i].recording_id not in tp_ids]

@@ -34,7 +34,7 @@ def make_experiment(root: Path, data_dir: Path, quality: dict[str, tuple[int, ..
     annotations = load_annotations(data_dir)
     n_species = species or annotations.n_species
     columns = [f"s{i}" for i in range(n_species)]
-    ids = sorted(set(annotations.tp.recording_id))
+    ids = sorted(set(annotations.tp.recording))
     truth = species_matrix(annotations.tp, ids, annotations.n_species)
     truth = np.pad(truth, ((0, 0), (0, max(0, n_species - truth.shape[1]))))[:, :n_species]
     held_out_by = {rid: f.index for f in folds_of(annotations, DataConfig(n_folds=2, fold_seed=fold_seed))

@@ -56,7 +56,7 @@ def test_the_submission_has_exactly_the_sample_submissions_header_and_rows(expor
 def test_the_oof_covers_every_tp_recording_exactly_once_with_its_fold(exported, cached_dir, tiny_trial):
     oof = pd.read_csv(exported / "oof.csv")
     annotations = load_annotations(cached_dir)
-    assert sorted(oof.recording_id) == sorted(set(annotations.tp.recording_id))
+    assert sorted(oof.recording_id) == sorted(set(annotations.tp.recording))
     assert not oof.recording_id.duplicated().any()
     folds = folds_of(annotations, DataConfig(**tiny_trial["data"]))
     held_out_by = {rid: fold.index for fold in folds for rid in fold.valid_ids}
@@ -105,7 +105,7 @@ def test_windows_hold_the_fold_models_mean_on_fp_only_and_test_recordings(experi
     mean over the fold models' predictions of it; theirs on validation windows."""
     annotations = load_annotations(cached_dir)
     fp_only = fp_only_ids(annotations)
-    assert fp_only == sorted(set(annotations.fp.recording_id) - set(annotations.tp.recording_id)) and fp_only
+    assert fp_only == sorted(set(annotations.fp.recording) - set(annotations.tp.recording)) and fp_only
     windows = pd.read_csv(exported / "windows.csv", dtype={"recording_id": str})
     checkpoint = experiment / "trial_abc" / "checkpoint_000000"
     config = resolve(kfold.read_trial_file(checkpoint)["config"])

@@ -2,13 +2,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from trainable.annotations import ANNOTATION_COLUMNS, Annotations, load_annotations
+from trainable.annotations import EVENT_COLUMNS, Annotations, load_annotations
 from trainable.folds import make_folds, species_matrix
 
 
-def rows(pairs):
-    """Annotation rows from (recording_id, species_id) pairs."""
-    return pd.DataFrame([(rid, s, 1, 1.0, 100.0, 2.0, 200.0) for rid, s in pairs], columns=ANNOTATION_COLUMNS)
+def rows(pairs, kind="tp"):
+    """Events from (recording, species) pairs."""
+    return pd.DataFrame([(rid, s, 1.0, 2.0, kind) for rid, s in pairs], columns=EVENT_COLUMNS)
 
 
 def made_up_annotations(n_recordings=60, n_species=8, seed=0) -> Annotations:
@@ -22,14 +22,14 @@ def made_up_annotations(n_recordings=60, n_species=8, seed=0) -> Annotations:
         if i % 3 == 0:
             fp_pairs.append((rid, int(rng.integers(n_species))))
     fp_pairs += [(f"f{i:03d}", int(rng.integers(n_species))) for i in range(40)]
-    return Annotations(tp=rows(tp_pairs), fp=rows(fp_pairs), test_ids=(), n_species=n_species)
+    return Annotations(tp=rows(tp_pairs), fp=rows(fp_pairs, "fp"), test_ids=(), n_species=n_species)
 
 
 def test_folds_partition_the_tp_recordings():
     annotations = made_up_annotations()
     folds = make_folds(annotations, n_folds=5, seed=1)
     valid = [set(f.valid_ids) for f in folds]
-    all_tp = set(annotations.tp.recording_id)
+    all_tp = set(annotations.tp.recording)
     assert set().union(*valid) == all_tp and sum(map(len, valid)) == len(all_tp)
     for fold in folds:
         assert set(fold.train_ids) == all_tp - set(fold.valid_ids)
@@ -45,7 +45,7 @@ def test_every_species_is_in_every_validation_fold():
 def test_stratified_on_the_synthetic_dataset(synth_dir):
     annotations = load_annotations(synth_dir)
     k = 3
-    ids = sorted(set(annotations.tp.recording_id))
+    ids = sorted(set(annotations.tp.recording))
     counts = species_matrix(annotations.tp, ids, annotations.n_species).sum(axis=0)
     assert (counts >= k).any()
     for fold in make_folds(annotations, n_folds=k, seed=0):
@@ -68,12 +68,12 @@ def test_folds_do_not_depend_on_row_order():
 
 def test_validation_recordings_never_become_negatives():
     annotations = made_up_annotations()
-    overlap = set(annotations.tp.recording_id) & set(annotations.fp.recording_id)
+    overlap = set(annotations.tp.recording) & set(annotations.fp.recording)
     assert len(overlap) == 20
     for fold in make_folds(annotations, 5, seed=0):
         assert not set(fold.negative_ids) & set(fold.valid_ids)
         # every other fp recording stays available, including tp training recordings
-        expected = set(annotations.fp.recording_id) - set(fold.valid_ids)
+        expected = set(annotations.fp.recording) - set(fold.valid_ids)
         assert set(fold.negative_ids) == expected
 
 

@@ -94,7 +94,7 @@ def test_checkpoint_holds_every_fold_and_the_best_out_of_fold_predictions(tiny_t
         best = torch.load(tmp_path / best_weights_file(index), weights_only=True)  # weights only
         assert set(best) == set(trial.runs[index].model.state_dict())
     oof = np.load(tmp_path / BEST_OOF_FILE)
-    tp_ids = set(load_annotations(tiny_trial['data_dir']).tp.recording_id)
+    tp_ids = set(load_annotations(tiny_trial['data_dir']).tp.recording)
     assert sorted(oof["recording_ids"]) == sorted(tp_ids)  # every tp recording exactly once
     assert oof["scores"].shape == (len(tp_ids), trial.annotations.n_species)
     assert oof["fold_best_scores"].shape == oof["common_best_scores"].shape == oof["scores"].shape

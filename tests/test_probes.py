@@ -134,7 +134,7 @@ def test_a_cache_missing_arrays_is_refused_with_the_prepare_command(capsys, cach
 def test_more_folds_than_tp_recordings_are_refused_before_ray(capsys, cached_dir, tmp_path):
     from trainable.annotations import load_annotations
 
-    recordings = len(set(load_annotations(cached_dir).tp.recording_id))
+    recordings = len(set(load_annotations(cached_dir).tp.recording))
     err = error_of(capsys, search(cached_dir, "--storage", str(tmp_path / "x"), "--folds", "100"))
     assert f"data.n_folds 100 (--folds): 100 folds need at least 100 train_tp recordings, found {recordings}" in err
     assert not (tmp_path / "x").exists()

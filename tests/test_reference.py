@@ -25,11 +25,12 @@ import pandas as pd
 import pytest
 import torch
 
-from trainable.annotations import ANNOTATION_COLUMNS, Annotations
+from trainable.annotations import Annotations
 from trainable.augment import Mixup
 from trainable.cache import clip_statistics
 from trainable.config import AugmentConfig, DataConfig, LossConfig, ModelConfig, TrainConfig
 from trainable.data import crop_start, feasible_offset, window_starts
+from trainable.datasets.rfcx import ANNOTATION_COLUMNS, to_events
 from trainable.fit import WINDOW_SCORES, clips_of_windows
 from trainable.folds import folds_of, species_matrix
 from trainable.inputs import InputPipeline, Placement, brightness_contrast, reference_group
@@ -493,7 +494,7 @@ def _random_events(rng: np.random.Generator, n: int, edges: bool = True) -> pd.D
     if edges:  # the clip's edges and a short call
         t_min[:6] = [0.0, 0.0, 0.2, 55.0, 59.0, 30.0]
         t_max[:6] = [0.5, 1.1, 0.3, 60.0, 60.0, 30.01]
-    return pd.DataFrame({"t_min": t_min, "t_max": t_max, "species_id": rng.integers(0, 24, size=n)})
+    return pd.DataFrame({"start_s": t_min, "end_s": t_max, "species": rng.integers(0, 24, size=n)})
 
 
 def _ref_hw(t: float) -> int:
@@ -503,8 +504,8 @@ def _ref_hw(t: float) -> int:
 def test_event_frames_are_the_reference_int_of_3751_t_over_60():
     rows = _random_events(np.random.default_rng(0), 500)
     start, end = event_frames(rows, FPS, "reference")
-    assert start.tolist() == [_ref_hw(t) for t in rows.t_min]
-    assert end.tolist() == [_ref_hw(t) for t in rows.t_max]
+    assert start.tolist() == [_ref_hw(t) for t in rows.start_s]
+    assert end.tolist() == [_ref_hw(t) for t in rows.end_s]
 
 
 def test_crop_starts_are_ones_the_reference_could_produce():
@@ -514,7 +515,7 @@ def test_crop_starts_are_ones_the_reference_could_produce():
     rows = _random_events(rng, 2000)
     offsets = np.asarray(REF_OFFSETS)
     seen_end_clamp = seen_none = 0
-    for t_min, t_max in zip(rows.t_min, rows.t_max):
+    for t_min, t_max in zip(rows.start_s, rows.end_s):
         h, t = _ref_hw(t_min), _ref_hw(t_max)
         m = (h + t) // 2
         feasible = [p for p in REF_OFFSETS if m - p > 0]
@@ -566,9 +567,9 @@ def test_frame_labels_are_the_slice_of_the_whole_clip_label():
         rows = _random_events(rng, int(rng.integers(1, 5)), edges=False)
         h, t = event_frames(rows, FPS, "reference")
         full = np.zeros((species, REF_FRAMES), dtype=np.float32)
-        for s, lo, hi in zip(rows.species_id, h, t):
+        for s, lo, hi in zip(rows.species, h, t):
             full[s, lo:hi] = 1
-        events = Events(rows.species_id.to_numpy(), h, t)
+        events = Events(rows.species.to_numpy(), h, t)
         for start in [0, 3238, int(rng.integers(0, 3239)), min(max(int(h[0]) - 100, 0), 3238), min(int(h[0]), 3238)]:
             got = frame_targets(events, start, REF_CROP, species)
             np.testing.assert_array_equal(got, full[:, start:start + REF_CROP])
@@ -681,7 +682,7 @@ def _ref_folds(tp: pd.DataFrame, species: int = 24) -> tuple[list[str], np.ndarr
 
 def _annotations(tp: pd.DataFrame) -> Annotations:
     fp = _random_tp(99, recordings=40)  # train_fp rows of other recordings
-    return Annotations(tp=tp, fp=fp, test_ids=(), n_species=24)
+    return Annotations(tp=to_events(tp, "tp"), fp=to_events(fp, "fp"), test_ids=(), n_species=24)
 
 
 def test_folds_are_the_reference_multilabel_stratified_split():
@@ -704,7 +705,7 @@ def test_multi_hot_fold_labels_differ_from_the_reference_where_a_species_repeats
     """Ref 10: a species annotated twice counts 0 in the reference's labels, 1 in multi_hot."""
     tp = _random_tp(0)
     fnames, labels, valid = _ref_folds(tp)
-    multi = species_matrix(tp, fnames, 24)
+    multi = species_matrix(to_events(tp, "tp"), fnames, 24)
     twice = tp.groupby(["recording_id", "species_id"]).size()
     twice = twice[twice >= 2]
     assert len(twice) > 0

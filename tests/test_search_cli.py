@@ -224,7 +224,7 @@ def teacher(cached_dir, tmp_path):
     from trainable.annotations import load_annotations
 
     annotations = load_annotations(cached_dir)
-    ids = sorted(set(annotations.tp.recording_id))
+    ids = sorted(set(annotations.tp.recording))
     path = tmp_path / "oof.csv"
     pd.DataFrame({"recording_id": ids, **{f"s{i}": 0.3 for i in range(annotations.n_species)}}).to_csv(path, index=False)
     return path

@@ -30,7 +30,7 @@ def teacher_file(tmp_path_factory, cached_dir):
     """A recording-level teacher over every tp and test recording; half the test recordings
     have a species at 0.9."""
     annotations = load_annotations(cached_dir)
-    ids = sorted(set(annotations.tp.recording_id)) + list(annotations.test_ids)
+    ids = sorted(set(annotations.tp.recording)) + list(annotations.test_ids)
     probabilities = np.full((len(ids), annotations.n_species), 0.1)
     pseudo = annotations.test_ids[::2]
     for row, rid in enumerate(ids):

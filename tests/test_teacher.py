@@ -26,7 +26,7 @@ def species(annotations) -> list[str]:
 
 def recording_level(annotations) -> pd.DataFrame:
     """An oof.csv + submission.csv teacher: every tp and test recording once."""
-    ids = sorted(set(annotations.tp.recording_id)) + list(annotations.test_ids)
+    ids = sorted(set(annotations.tp.recording)) + list(annotations.test_ids)
     probabilities = np.random.default_rng(0).uniform(size=(len(ids), annotations.n_species))
     return pd.DataFrame(probabilities, columns=species(annotations)).assign(recording_id=ids)[
         ["recording_id", *species(annotations)]]
@@ -40,7 +40,7 @@ def write(table: pd.DataFrame, path: Path) -> Path:
 def test_a_recording_level_teacher_covers_whole_clips(annotations, tmp_path):
     table = recording_level(annotations).assign(fold=0)  # oof.csv's fold column is accepted
     teacher = load_teacher(write(table, tmp_path / "oof.csv"), annotations, FPS)
-    assert set(teacher.train) == set(annotations.tp.recording_id)
+    assert set(teacher.train) == set(annotations.tp.recording)
     assert set(teacher.test) == set(annotations.test_ids)
     rid = table.recording_id[3]
     windows = teacher.train[rid]
@@ -112,7 +112,7 @@ def probabilities_of(table: pd.DataFrame, rid: str, annotations) -> np.ndarray:
 
 
 def train_and_test(annotations) -> list[str]:
-    return [sorted(set(annotations.tp.recording_id))[0], annotations.test_ids[0]]
+    return [sorted(set(annotations.tp.recording))[0], annotations.test_ids[0]]
 
 
 def test_one_teacher_file_is_load_teachers_result(annotations, tmp_path):
@@ -195,7 +195,7 @@ def test_a_recording_level_teacher_and_a_window_level_one(annotations, tmp_path)
     other = annotations.test_ids[1]  # only in the recording-level file
     np.testing.assert_array_equal(teacher.test[other].probabilities[0],
                                   clips.set_index("recording_id").loc[other, species(annotations)].to_numpy(np.float32))
-    assert set(teacher.train) == set(annotations.tp.recording_id)
+    assert set(teacher.train) == set(annotations.tp.recording)
 
 
 def test_a_teacher_given_twice_or_none_is_refused(annotations, tmp_path):

@@ -1,27 +1,23 @@
-"""Load and validate the RFCx annotations of a data directory.
+"""The annotations of a data directory, whatever its layout: events by kind, species count and
+test recordings, read through the layout's module in trainable/datasets (`load_annotations`).
 
-Every problem is reported as one line naming the file, the line (as an editor numbers
-it: the header is line 1) and what is wrong, so a user can fix the CSV at once.
+Every reader outside trainable/datasets sees events in the neutral columns EVENT_COLUMNS;
+only a layout's module knows its files and their column names.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import pandas as pd
-import soundfile as sf
 
-TP_FILE = "train_tp.csv"
-FP_FILE = "train_fp.csv"
-SUBMISSION_FILE = "sample_submission.csv"
-ANNOTATION_COLUMNS = ("recording_id", "species_id", "songtype_id", "t_min", "f_min", "t_max", "f_max")
-NUMERIC_COLUMNS = ANNOTATION_COLUMNS[1:]
-DEFAULT_N_SPECIES = 24  # RFCx: 24 frog and bird species
-AUDIO_SUFFIX = ".flac"
-DURATION_TOLERANCE = 1e-3  # seconds; annotations are rounded, audio lengths are exact
+# recording (str), species (int in [0, n_species)), start_s < end_s (seconds from the clip
+# start), kind ("tp": the species calls there; "fp": a similar sound that is not the species)
+EVENT_COLUMNS = ("recording", "species", "start_s", "end_s", "kind")
+KINDS = ("tp", "fp")
+DEFAULT_DATASET = "rfcx"  # DataConfig.dataset's default
 
 
 class AnnotationError(ValueError):
@@ -33,10 +29,10 @@ class Annotations:
     """The validated annotations of one data directory.
 
     Attributes:
-        tp: train_tp rows (columns ANNOTATION_COLUMNS, plus `line`: the CSV line number).
-        fp: train_fp rows, same columns.
-        test_ids: recording ids of sample_submission.csv (empty when the file is absent).
-        n_species: number of species; species ids are in [0, n_species).
+        tp: the positive events (columns EVENT_COLUMNS, kind "tp").
+        fp: the negative events, same columns (kind "fp").
+        test_ids: the test recordings, in the layout's order (empty when it has none).
+        n_species: number of species; species are in [0, n_species).
     """
 
     tp: pd.DataFrame
@@ -44,155 +40,54 @@ class Annotations:
     test_ids: tuple[str, ...]
     n_species: int
 
+    @classmethod
+    def from_events(cls, events: pd.DataFrame, test_ids: tuple[str, ...], n_species: int) -> Annotations:
+        """Split one events table (EVENT_COLUMNS) by kind, refusing what no layout may hand over.
+
+        Raises:
+            AnnotationError: a missing column, an unknown kind, a species outside [0, n_species)
+                or an event not 0 <= start_s < end_s; one line.
+        """
+        missing = [c for c in EVENT_COLUMNS if c not in events.columns]
+        if missing:
+            raise AnnotationError(f"events lack column(s) {', '.join(missing)} (expected {','.join(EVENT_COLUMNS)})")
+        unknown = sorted(set(events.kind) - set(KINDS))
+        if unknown:
+            raise AnnotationError(f"events of unknown kind {unknown[0]!r} (expected {' or '.join(KINDS)})")
+        bad = events[(events.species < 0) | (events.species >= n_species) | (events.start_s < 0)
+                     | ~(events.start_s < events.end_s)]
+        if len(bad):
+            first, more = bad.iloc[0], f" [and {len(bad) - 1} more like it]" if len(bad) > 1 else ""
+            raise AnnotationError(f"event of recording {first.recording!r} (species {first.species},"
+                                  f" {first.start_s}-{first.end_s} s) needs species in [0, {n_species}) and"
+                                  f" 0 <= start_s < end_s{more}")
+        by_kind = {kind: events[events.kind == kind].reset_index(drop=True) for kind in KINDS}
+        return cls(tp=by_kind["tp"], fp=by_kind["fp"], test_ids=tuple(test_ids), n_species=n_species)
+
     @property
     def train_ids(self) -> list[str]:
         """Every annotated train recording (tp or fp), sorted."""
-        return sorted(set(self.tp.recording_id) | set(self.fp.recording_id))
+        return sorted(set(self.tp.recording) | set(self.fp.recording))
 
 
-def load_annotations(data_dir: Path, n_species: int | None = None) -> Annotations:
-    """Read and validate train_tp.csv, train_fp.csv and (if present) sample_submission.csv.
-
-    Args:
-        data_dir: an RFCx-layout data directory.
-        n_species: number of species; by default taken from the submission's s0..sK-1
-            columns, or 24 (RFCx) when there is no submission file.
+def load_annotations(data_dir: Path, dataset: str = DEFAULT_DATASET) -> Annotations:
+    """The annotations of a data directory in the layout `dataset` (a name of DATASETS).
 
     Raises:
-        AnnotationError: one line naming the file, the line and the problem.
+        AnnotationError: the layout's one-line message naming the file, the line and the problem.
     """
-    data_dir = Path(data_dir)
-    test_ids: tuple[str, ...] = ()
-    submission_path = data_dir / SUBMISSION_FILE
-    if submission_path.exists():
-        test_ids, submission_species = _read_submission(submission_path)
-        n_species = n_species or submission_species
-    n_species = n_species or DEFAULT_N_SPECIES
-    tp = _read_annotation_file(data_dir / TP_FILE, n_species)
-    fp = _read_annotation_file(data_dir / FP_FILE, n_species)
-    return Annotations(tp=tp, fp=fp, test_ids=test_ids, n_species=n_species)
+    from trainable.datasets import dataset as layout  # the layouts import this module
+
+    chosen, data_dir = layout(dataset), Path(data_dir)
+    return Annotations.from_events(chosen.events(data_dir), tuple(chosen.recordings(data_dir, "test")),
+                                   chosen.species_count(data_dir))
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
-    """Read a CSV as strings, keeping the editor line number of each row in `line`."""
-    if not path.is_file():
-        raise AnnotationError(f"{path.name}: not found in {path.parent}")
-    try:
-        # Blank lines are kept (then dropped) so that `line` matches what an editor shows. The
-        # header is read as a row: with header=0, a first data row with one field more than the
-        # header made pandas take the first column as the index and shift every column.
-        frame = pd.read_csv(path, dtype=str, header=None, skip_blank_lines=False, keep_default_na=False)
-    except pd.errors.ParserError as error:
-        raise AnnotationError(f"{path.name}{_parser_problem(error)}") from None
-    except (pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise AnnotationError(f"{path.name}: cannot be parsed as CSV ({_first_line(error)})") from None
-    frame.columns = [str(c).strip() for c in frame.iloc[0]]
-    frame = frame.iloc[1:].reset_index(drop=True)
-    frame.insert(0, "line", np.arange(2, len(frame) + 2))
-    blank = (frame.drop(columns="line") == "").all(axis=1)
-    return frame[~blank].reset_index(drop=True)
+def __getattr__(name: str) -> Any:
+    # search/run.py's check_cached still builds RFCx audio paths from AUDIO_SUFFIX; the
+    # layout's audio_path is the way (kept until run.py reads through trainable.datasets).
+    if name == "AUDIO_SUFFIX":
+        from trainable.datasets.rfcx import AUDIO_SUFFIX
 
-
-def _read_annotation_file(path: Path, n_species: int) -> pd.DataFrame:
-    frame = _read_csv(path)
-    missing = [c for c in ANNOTATION_COLUMNS if c not in frame.columns]
-    if missing:
-        raise AnnotationError(f"{path.name} line 1: missing column {', '.join(missing)}"
-                              f" (expected {','.join(ANNOTATION_COLUMNS)})")
-    frame = frame[["line", *ANNOTATION_COLUMNS]].copy()
-    frame["recording_id"] = frame["recording_id"].str.strip()
-    _fail_where(path, frame, frame.recording_id == "", "recording_id is empty")
-    for column in NUMERIC_COLUMNS:
-        raw = frame[column]
-        frame[column] = pd.to_numeric(raw.str.strip(), errors="coerce")
-        bad = frame[column].isna() | ~np.isfinite(frame[column])
-        _fail_where(path, frame, bad, f"{column} is not a number", values=raw)
-    species = frame.species_id
-    _fail_where(path, frame, species != species.round(), "species_id is not an integer", values=species)
-    _fail_where(path, frame, (species < 0) | (species >= n_species),
-                f"species_id outside [0, {n_species})", values=species)
-    frame["species_id"] = species.astype(int)
-    frame["songtype_id"] = frame.songtype_id.astype(int)
-    _fail_where(path, frame, frame.t_min < 0, "t_min is before the clip start (< 0 s)", values=frame.t_min)
-    _fail_where(path, frame, frame.t_min >= frame.t_max, "t_min >= t_max",
-                values=frame.t_min.astype(str) + " >= " + frame.t_max.astype(str))
-    return frame
-
-
-def _fail_where(path: Path, frame: pd.DataFrame, bad: pd.Series, problem: str,
-                values: pd.Series | None = None) -> None:
-    """Raise one line for the first bad row, counting the others."""
-    if not bad.any():
-        return
-    rows = frame[bad.to_numpy()]
-    first = rows.iloc[0]
-    shown = f" ({values[bad].iloc[0]})" if values is not None else ""
-    more = f" [and {len(rows) - 1} more line(s) like it]" if len(rows) > 1 else ""
-    raise AnnotationError(f"{path.name} line {first.line}: {problem}{shown}"
-                          f" in recording {first.recording_id!r}{more}")
-
-
-def _read_submission(path: Path) -> tuple[tuple[str, ...], int]:
-    """Return the test recording ids and the number of species columns (s0..sK-1)."""
-    frame = _read_csv(path)
-    if "recording_id" not in frame.columns:
-        raise AnnotationError(f"{path.name} line 1: missing column recording_id")
-    species_columns = [c for c in frame.columns if c not in ("line", "recording_id")]
-    expected = [f"s{i}" for i in range(len(species_columns))]
-    if not species_columns or species_columns != expected:
-        raise AnnotationError(f"{path.name} line 1: species columns must be s0..sK-1 in order,"
-                              f" got {','.join(species_columns) or 'none'}")
-    ids = frame.recording_id.str.strip()
-    _fail_where(path, frame.assign(recording_id=ids), ids == "", "recording_id is empty")
-    _fail_where(path, frame.assign(recording_id=ids), ids.duplicated(), "duplicate recording_id")
-    return tuple(ids), len(species_columns)
-
-
-def audio_path(data_dir: Path, split: str, recording_id: str) -> Path:
-    """Where the audio of a recording lives: DATA/train/<id>.flac or DATA/test/<id>.flac."""
-    return Path(data_dir) / split / f"{recording_id}{AUDIO_SUFFIX}"
-
-
-def check_audio(annotations: Annotations, data_dir: Path) -> None:
-    """Check that every annotated recording has audio and every time lies inside its clip.
-
-    Reads only the audio headers. A file whose header cannot be read is left to the
-    cache build, which names it and carries on with the others.
-
-    Raises:
-        AnnotationError: one line naming the file, the line and the problem.
-    """
-    for name, frame in ((TP_FILE, annotations.tp), (FP_FILE, annotations.fp)):
-        durations = {rid: _duration(audio_path(data_dir, "train", rid), name, frame, rid)
-                     for rid in frame.recording_id.unique()}
-        duration = frame.recording_id.map(durations).astype(float)
-        outside = frame.t_max > duration + DURATION_TOLERANCE
-        _fail_where(Path(name), frame, outside, "t_max is after the clip end",
-                    values=frame.t_max.astype(str) + " s > " + duration.astype(str) + " s")
-    for rid in annotations.test_ids:
-        path = audio_path(data_dir, "test", rid)
-        if not path.is_file():
-            raise AnnotationError(f"{SUBMISSION_FILE}: test recording {rid!r} has no audio file {path}")
-
-
-def _duration(path: Path, file_name: str, frame: pd.DataFrame, recording_id: str) -> float:
-    if not path.is_file():
-        line = frame.line[frame.recording_id == recording_id].iloc[0]
-        raise AnnotationError(f"{file_name} line {line}: recording {recording_id!r} has no audio file {path}")
-    try:
-        return sf.info(str(path)).duration
-    except (sf.LibsndfileError, RuntimeError):
-        return float("inf")  # unreadable: reported by the cache build, not here
-
-
-def _parser_problem(error: Exception) -> str:
-    """" line N: M fields, the header has K" from pandas' "Expected K fields in line N, saw M"."""
-    found = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(error))
-    if found is None:
-        return f": cannot be parsed as CSV ({_first_line(error)})"
-    header, line, fields = found.groups()
-    return f" line {line}: {fields} fields, the header has {header} (a comma too many?)"
-
-
-def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return AUDIO_SUFFIX
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,6 +14,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from trainable.datasets import DATASETS
 from trainable.dotted import ConfigError, merge
 
 T = TypeVar("T")
@@ -65,6 +66,7 @@ TRAIN_ITEMS = ("crops", "clips")  # see DataConfig.train_items
 class DataConfig:
     """Crops, negatives, evaluation windows and folds (the reference v1_7, stage 1)."""
 
+    dataset: str = "rfcx"  # the data layout of data_dir: a name of trainable.datasets.DATASETS
     crop_frames: int = 512  # frames per training crop (8.2 s at 62.5 frames/s)
     crop_offsets: tuple[int, ...] = (32, 64, 128, 256)  # frames from crop start to event centre
     fp_per_epoch: int = 30  # train_fp recordings drawn anew each epoch as negative items (v1_7)
@@ -73,7 +75,7 @@ class DataConfig:
     # all-negative; "event": one crop per tp event, any offset, clipped to the clip, fp items
     # keeping the recording's true positives.
     crop_rule: str = "recording"
-    # "reference": an event covers frames [int(t_min * r), int(t_max * r)) with r = the
+    # "reference": an event covers frames [int(start_s * r), int(end_s * r)) with r = the
     # frames per second of a 60 s clip (3751 / 60); "cover": every frame the event touches at
     # the cache's 62.5 frames/s.
     event_frames: str = "reference"
@@ -105,6 +107,7 @@ class DataConfig:
     teacher_test_recordings: bool = False
 
     def __post_init__(self) -> None:
+        _choice("dataset", self.dataset, tuple(DATASETS))
         _choice("crop_rule", self.crop_rule, CROP_RULES)
         _choice("train_items", self.train_items, TRAIN_ITEMS)
         _choice("event_frames", self.event_frames, EVENT_FRAMES)
@@ -329,7 +332,7 @@ class TrialConfig:
     Keys may also be given as dotted paths ("loss.w_max": 0.3), the names search spaces use.
     """
 
-    data_dir: str = ""  # the RFCx layout (train_tp.csv, train/, ...); required
+    data_dir: str = ""  # the data, in the layout data.dataset names (RFCx: train_tp.csv, train/, ...); required
     recipe: str = "v1_7"  # the named set of defaults this config was built on (trainable.recipes)
     cache_dir: str = ""  # the log-mel cache; "" = DATA_DIR/logmel
     # 1: the recipe (clip labels on every species, frame loss on tp frames); 2: loss only on

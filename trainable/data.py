@@ -36,8 +36,8 @@ REFERENCE_VALID_OVERLAP = DataConfig.valid_overlap  # the reference's: each next
 
 
 def centre_frames(rows: pd.DataFrame, frames_per_second: float) -> np.ndarray:
-    """(N,) int: the frame at the middle of each row's [t_min, t_max]."""
-    return np.round((rows.t_min.to_numpy() + rows.t_max.to_numpy()) / 2 * frames_per_second).astype(np.int64)
+    """(N,) int: the frame at the middle of each event's [start_s, end_s]."""
+    return np.round((rows.start_s.to_numpy() + rows.end_s.to_numpy()) / 2 * frames_per_second).astype(np.int64)
 
 
 def crop_start(centre: int, offset: int, n_frames: int, width: int, rule: str = "recording") -> int:
@@ -113,8 +113,8 @@ class CropSpec:
 
 def _random_rows(rows: pd.DataFrame, recording_ids: np.ndarray, rng: np.random.Generator) -> pd.DataFrame:
     """One random annotation row of each recording, in the order of `recording_ids`."""
-    pool = rows[rows.recording_id.isin(set(recording_ids))]
-    rows_of = pool.groupby("recording_id").indices  # recording -> positions in `pool`
+    pool = rows[rows.recording.isin(set(recording_ids))]
+    rows_of = pool.groupby("recording").indices  # recording -> positions in `pool`
     return pool.iloc[[rows_of[rid][rng.integers(len(rows_of[rid]))] for rid in recording_ids]]
 
 
@@ -129,15 +129,15 @@ def epoch_crops(fold: Fold, tp: pd.DataFrame, fp: pd.DataFrame, config: DataConf
     drawn = rng.choice(np.asarray(fold.negative_ids, dtype=object), size=n_negative, replace=False)
     negatives = _random_rows(fp, drawn, rng)
     if config.crop_rule == "event":
-        rows = pd.concat([tp[tp.recording_id.isin(set(fold.train_ids))], negatives], ignore_index=True)
+        rows = pd.concat([tp[tp.recording.isin(set(fold.train_ids))], negatives], ignore_index=True)
         offsets = rng.choice(np.asarray(config.crop_offsets), size=len(rows))
         centres = centre_frames(rows, frames_per_second)
-        return [CropSpec(str(rid), int(c), int(o)) for rid, c, o in zip(rows.recording_id, centres, offsets)]
+        return [CropSpec(str(rid), int(c), int(o)) for rid, c, o in zip(rows.recording, centres, offsets)]
     positives = _random_rows(tp, np.asarray(fold.train_ids, dtype=object), rng)
     specs = []
     for rows, negative in ((positives, False), (negatives, True)):
         start, end = event_frames(rows, frames_per_second, config.event_frames)
-        for rid, centre in zip(rows.recording_id, (start + end) // 2):  # the reference's m = (h + t) // 2
+        for rid, centre in zip(rows.recording, (start + end) // 2):  # the reference's m = (h + t) // 2
             offset = feasible_offset(int(centre), np.asarray(config.crop_offsets), rng)
             specs.append(CropSpec(str(rid), int(centre), offset, negative_item=negative))
     return specs
@@ -146,7 +146,7 @@ def epoch_crops(fold: Fold, tp: pd.DataFrame, fp: pd.DataFrame, config: DataConf
 def epoch_size(fold: Fold, tp: pd.DataFrame, config: DataConfig) -> int:
     """Items of every epoch of `fold` by `epoch_crops` (the same number each epoch)."""
     train_ids = set(fold.train_ids)
-    positives = len(train_ids) if config.crop_rule == "recording" else int(tp.recording_id.isin(train_ids).sum())
+    positives = len(train_ids) if config.crop_rule == "recording" else int(tp.recording.isin(train_ids).sum())
     return positives + min(config.fp_per_epoch, len(fold.negative_ids))
 
 

@@ -38,8 +38,8 @@ def species_matrix(tp: pd.DataFrame, recording_ids: list[str] | tuple[str, ...],
     """
     row_of = {rid: i for i, rid in enumerate(recording_ids)}
     labels = np.zeros((len(recording_ids), n_species), dtype=np.uint8)
-    known = tp[tp.recording_id.isin(row_of)]
-    labels[known.recording_id.map(row_of).to_numpy(), known.species_id.to_numpy()] = 1
+    known = tp[tp.recording.isin(row_of)]
+    labels[known.recording.map(row_of).to_numpy(), known.species.to_numpy()] = 1
     return labels
 
 
@@ -52,8 +52,8 @@ def single_row_species(tp: pd.DataFrame, recording_ids: list[str] | tuple[str, .
     """
     row_of = {rid: i for i, rid in enumerate(recording_ids)}
     counts = np.zeros((len(recording_ids), n_species), dtype=np.int64)
-    known = tp[tp.recording_id.isin(row_of)]
-    np.add.at(counts, (known.recording_id.map(row_of).to_numpy(), known.species_id.to_numpy()), 1)
+    known = tp[tp.recording.isin(row_of)]
+    np.add.at(counts, (known.recording.map(row_of).to_numpy(), known.species.to_numpy()), 1)
     return (counts == 1).astype(np.uint8)
 
 
@@ -71,12 +71,12 @@ def make_folds(annotations: Annotations, n_folds: int = 5, seed: int = 0, labels
     Raises:
         ValueError: fewer tp recordings than folds.
     """
-    tp_ids = sorted(set(annotations.tp.recording_id))  # sorted: independent of CSV row order
+    tp_ids = sorted(set(annotations.tp.recording))  # sorted: independent of CSV row order
     if len(tp_ids) < n_folds:
         raise ValueError(f"{n_folds} folds need at least {n_folds} train_tp recordings, found {len(tp_ids)}")
     labels = FOLD_LABELS[labels](annotations.tp, tp_ids, annotations.n_species)
     splitter = MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    fp_ids = sorted(set(annotations.fp.recording_id))
+    fp_ids = sorted(set(annotations.fp.recording))
     folds = []
     for index, (train_rows, valid_rows) in enumerate(splitter.split(np.zeros(len(tp_ids)), labels)):
         valid_ids = tuple(tp_ids[i] for i in sorted(valid_rows))
@@ -97,7 +97,7 @@ def folds_of(annotations: Annotations, config: DataConfig) -> list[Fold]:
 
 def fp_only_ids(annotations: Annotations) -> list[str]:
     """The train_fp recordings without a tp row, sorted (stage 3 trains and validates on them)."""
-    return sorted(set(annotations.fp.recording_id) - set(annotations.tp.recording_id))
+    return sorted(set(annotations.fp.recording) - set(annotations.tp.recording))
 
 
 def split_fp_only(recording_ids: list[str], fp: pd.DataFrame, n_species: int, n_folds: int,

@@ -283,7 +283,7 @@ class KFoldTraining:
     def __init__(self, config: TrialConfig, device: Device, annotations: Annotations | None = None,
                  cache: LogMelCache | None = None):
         self.config, self.device = config, device
-        self.annotations = annotations or load_annotations(Path(config.data_dir))
+        self.annotations = annotations or load_annotations(Path(config.data_dir), config.data.dataset)
         # Opened once per trial: the manifest only; arrays are memory-mapped when read.
         self.cache = cache or LogMelCache.open(Path(config.cache_dir or Path(config.data_dir) / DEFAULT_CACHE_NAME))
         self.frames_per_second = self.cache.features.frames_per_second
@@ -302,7 +302,7 @@ class KFoldTraining:
         self.fp_only = fp_only_ids(self.annotations) if self.relabels else []
         self.fp_only_valid = split_fp_only(self.fp_only, self.annotations.fp, n_species, data.n_folds, data.fold_seed)
         self.pipeline = InputPipeline(config.model, config.augment, zero_past_end=self.clips)
-        self.class_counts = np.bincount(self.annotations.tp.species_id, minlength=n_species)
+        self.class_counts = np.bincount(self.annotations.tp.species, minlength=n_species)
         folds = folds_of(self.annotations, data)
         self.runs = [self._fold_run(folds[index]) for index in config.fold_indices]
         self.batches = EpochBatches()
@@ -369,7 +369,7 @@ class KFoldTraining:
         scheduler = cosine(optimizer, train, batches_per_epoch(items, train.batch_size))
         tp = self.annotations.tp
         counts = self.class_counts if self.config.loss.class_counts == "all" else np.bincount(
-            tp[tp.recording_id.isin(set(fold.train_ids))].species_id, minlength=n_species)
+            tp[tp.recording.isin(set(fold.train_ids))].species, minlength=n_species)
         loss_fn = SEDLoss(self.config.loss, balanced_pos_weight(counts)).to(self.device.torch)
         truth = species_matrix(tp, fold.valid_ids, n_species).astype(np.float32)
         relabelled = self._relabelled_truth([*fold.valid_ids, *fp_only_valid]) if self.relabels else None

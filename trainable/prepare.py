@@ -1,13 +1,13 @@
 """Build the log-mel cache of a data directory, in parallel: `python -m trainable.prepare`.
 
-    python -m trainable.prepare --data-dir DATA [--cache-dir DATA/logmel] [--workers N]
+    python -m trainable.prepare --data-dir DATA [--cache-dir DATA/logmel] [--workers N] [--dataset rfcx]
 
 It checks that the cache directory is writable and validates the annotations first (a bad
-CSV fails in a second, not after an hour), then turns every train/*.flac and test/*.flac
-into one float16 log-mel array and records the audio it came from. A second run does only
-what is missing or stale (audio changed or replaced since), so a killed run is finished by
-running it again. Exit codes: 0 done, 1 some recordings failed (listed), 2 bad input,
-130 interrupted.
+CSV fails in a second, not after an hour), then turns every train and test recording of the
+data layout (--dataset; RFCx: train/*.flac, test/*.flac) into one float16 log-mel array and
+records the audio it came from. A second run does only what is missing or stale (audio
+changed or replaced since), so a killed run is finished by running it again. Exit codes:
+0 done, 1 some recordings failed (listed), 2 bad input, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ from pathlib import Path
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from trainable.annotations import AUDIO_SUFFIX, AnnotationError, check_audio, load_annotations
+from trainable.annotations import DEFAULT_DATASET, AnnotationError
 from trainable.cache import (CHANGED, DEFAULT_CACHE_NAME, FRESH, MISSING, SPLITS, AudioSource, CacheError,
                              LogMelCache, source_key)
 from trainable.config import ConfigError, FeatureConfig
+from trainable.datasets import DATASETS, Dataset, dataset
 from trainable.features import file_log_mel, warm_up
 
 FEATURE_FLAGS = {  # FeatureConfig field -> --help text of its flag
@@ -55,11 +56,12 @@ class Job:
         return source_key(self.split, self.recording_id)
 
 
-def find_recordings(data_dir: Path) -> list[Job]:
-    """Every train and test audio file of a data directory, in a stable order."""
-    return [Job(split, path.name[: -len(AUDIO_SUFFIX)], path)
-            for split in SPLITS
-            for path in sorted((data_dir / split).glob(f"*{AUDIO_SUFFIX}"))]
+def find_recordings(data_dir: Path, layout: Dataset | None = None) -> list[Job]:
+    """Every train and test recording of a data directory with audio (`layout`'s; RFCx by
+    default), in a stable order."""
+    layout = layout or dataset(DEFAULT_DATASET)
+    return [Job(split, rid, layout.audio_path(data_dir, split, rid))
+            for split in SPLITS for rid in layout.recordings(data_dir, split)]
 
 
 @dataclass(frozen=True)
@@ -154,10 +156,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     defaults = FeatureConfig()
     parser = argparse.ArgumentParser(
         prog="python -m trainable.prepare",
-        description="Build the float16 log-mel cache of an RFCx data directory (train/ and test/"
+        description="Build the float16 log-mel cache of a data directory (RFCx: train/ and test/"
                     " flac files). Idempotent: a second run caches only what is missing.")
     parser.add_argument("--data-dir", type=Path, required=True,
-                        help="RFCx-layout directory: train_tp.csv, train_fp.csv, train/, test/")
+                        help="the data, in the layout --dataset names (RFCx: train_tp.csv, train_fp.csv,"
+                             " train/, test/)")
+    parser.add_argument("--dataset", choices=list(DATASETS), default=DEFAULT_DATASET,
+                        help="the data layout, data.dataset of the trials (default: %(default)s)")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help=f"where the cache goes (default: DATA_DIR/{DEFAULT_CACHE_NAME})")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
@@ -214,14 +219,16 @@ def recordings(count: int) -> str:
     return f"{count} recording{'' if count == 1 else 's'}"
 
 
-def prepare(data_dir: Path, cache_dir: Path, features: FeatureConfig, workers: int) -> int:
+def prepare(data_dir: Path, cache_dir: Path, features: FeatureConfig, workers: int,
+            dataset_name: str = DEFAULT_DATASET) -> int:
     """Validate, then cache what is missing or stale; returns the exit code."""
     check_cache_dir(cache_dir)
-    annotations = load_annotations(data_dir)
-    check_audio(annotations, data_dir)
-    jobs = find_recordings(data_dir)
+    layout = dataset(dataset_name)
+    layout.validate(data_dir)
+    jobs = find_recordings(data_dir, layout)
     if not jobs:
-        raise AnnotationError(f"no {AUDIO_SUFFIX} files in {data_dir / 'train'} or {data_dir / 'test'}")
+        where = " or ".join(str(layout.audio_path(data_dir, split, "*")) for split in SPLITS)
+        raise AnnotationError(f"no audio files in {where}")
     cache = LogMelCache.create(cache_dir, features)
     cache.remove_partial_files()
     by_reason, adopted = triage(cache, jobs)
@@ -254,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cache_dir = args.cache_dir or args.data_dir / DEFAULT_CACHE_NAME
     try:
-        return prepare(args.data_dir, cache_dir, args.features, args.workers)
+        return prepare(args.data_dir, cache_dir, args.features, args.workers, args.dataset)
     except (AnnotationError, CacheError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

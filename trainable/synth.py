@@ -24,7 +24,7 @@ import pandas as pd
 import soundfile as sf
 from tqdm import tqdm
 
-from trainable.annotations import ANNOTATION_COLUMNS, FP_FILE, SUBMISSION_FILE, TP_FILE
+from trainable.datasets.rfcx import ANNOTATION_COLUMNS, FP_FILE, SUBMISSION_FILE, TP_FILE, species_columns
 from trainable.atomic import atomic_write, atomic_write_text, remove_partial_files
 from trainable.synth_audio import DECOYS, CallSpec, Rng, background, make_species, synth_call
 
@@ -216,7 +216,7 @@ def _truth(recs: Sequence[Recording], k: int) -> pd.DataFrame:
     truth = np.zeros((len(recs), k), dtype=int)
     for i, rec in enumerate(recs):
         truth[i, [e.species for e in rec.events if e.role == "tp"]] = 1
-    df = pd.DataFrame(truth, columns=[f"s{j}" for j in range(k)])
+    df = pd.DataFrame(truth, columns=species_columns(k))
     df.insert(0, "recording_id", [r.rec_id for r in recs])
     return df
 

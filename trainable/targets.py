@@ -46,26 +46,26 @@ REFERENCE_CLIP_SECONDS = 60  # the reference turned seconds into frames as 3751 
 
 def event_frames(rows: pd.DataFrame, frames_per_second: float,
                  rule: str = "reference") -> tuple[np.ndarray, np.ndarray]:
-    """(E,) start and (E,) exclusive end frames of annotation rows (DataConfig.event_frames).
+    """(E,) start and (E,) exclusive end frames of events (DataConfig.event_frames).
 
-    "reference": [int(t_min * r), int(t_max * r)) with r the frame rate of a 60 s clip
+    "reference": [int(start_s * r), int(end_s * r)) with r the frame rate of a 60 s clip
     (60 * fps + 1 frames over 60 s: 3751 / 60 at 62.5 frames/s). "cover": every frame any part
-    of which overlaps [t_min, t_max], so even the shortest call covers one frame.
+    of which overlaps [start_s, end_s], so even the shortest call covers one frame.
     """
-    t_min, t_max = rows.t_min.to_numpy(np.float64), rows.t_max.to_numpy(np.float64)
+    start_s, end_s = rows.start_s.to_numpy(np.float64), rows.end_s.to_numpy(np.float64)
     if rule == "reference":
         frames = REFERENCE_CLIP_SECONDS * frames_per_second + 1  # 3751: int(3751 * (t / 60)), in its order
-        return ((frames * (t_min / REFERENCE_CLIP_SECONDS)).astype(np.int64),
-                (frames * (t_max / REFERENCE_CLIP_SECONDS)).astype(np.int64))
-    start = np.floor(t_min * frames_per_second).astype(np.int64)
-    return start, np.maximum(np.ceil(t_max * frames_per_second).astype(np.int64), start + 1)
+        return ((frames * (start_s / REFERENCE_CLIP_SECONDS)).astype(np.int64),
+                (frames * (end_s / REFERENCE_CLIP_SECONDS)).astype(np.int64))
+    start = np.floor(start_s * frames_per_second).astype(np.int64)
+    return start, np.maximum(np.ceil(end_s * frames_per_second).astype(np.int64), start + 1)
 
 
 def index_events(rows: pd.DataFrame, frames_per_second: float, rule: str = "reference") -> dict[str, Events]:
-    """Group annotation rows by recording and convert their times to frames (`event_frames`)."""
+    """Group events (trainable.annotations.EVENT_COLUMNS) by recording and convert their times to frames (`event_frames`)."""
     start, end = event_frames(rows, frames_per_second, rule)
-    species = rows.species_id.to_numpy(dtype=np.int64)
-    groups = pd.Series(np.arange(len(rows))).groupby(rows.recording_id.to_numpy()).indices
+    species = rows.species.to_numpy(dtype=np.int64)
+    groups = pd.Series(np.arange(len(rows))).groupby(rows.recording.to_numpy()).indices
     return {rid: Events(species[i], start[i], end[i]) for rid, i in groups.items()}
 
 
@@ -133,8 +133,8 @@ class Labels:
     """Everything the stages label crops from."""
 
     stage: int
-    positives: dict[str, Events]  # train_tp intervals, in frames
-    negatives: dict[str, Events]  # train_fp intervals, in frames (stages 2 and 3)
+    positives: dict[str, Events]  # tp events, in frames
+    negatives: dict[str, Events]  # fp events, in frames (stages 2 and 3)
     loss: LossConfig  # the teacher's thresholds, weight and negatives
     teacher: Teacher | None = None  # stage 3
 

@@ -95,7 +95,7 @@ def load_teacher(path: Path, annotations: Annotations, frames_per_second: float)
         raise TeacherError(f"teacher {path}: no rows")
     probabilities = _probabilities(path, table, species)
     starts, ends = _window_frames(path, table, frames_per_second)
-    train_ids = set(annotations.tp.recording_id) | set(annotations.fp.recording_id)
+    train_ids = set(annotations.tp.recording) | set(annotations.fp.recording)
     test_ids = set(annotations.test_ids)
     unknown = sorted(set(table.recording_id) - train_ids - test_ids)
     if unknown:
