@@ -28,6 +28,7 @@ import logging
 import math
 
 from ray.air.constants import EXPR_RESULT_FILE
+from ray.tune.result import DONE
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, HyperBandScheduler
 from ray.tune.utils import flatten_dict
@@ -89,6 +90,14 @@ class RememberingHyperBand(HyperBandScheduler):
         if restored and trial.status in (Trial.TERMINATED, Trial.ERROR):
             bracket, _ = self._trial_info[trial]
             bracket.cleanup_trial(trial)
+
+    def on_trial_remove(self, tune_controller, trial: Trial) -> None:
+        if trial.status == Trial.PAUSED:
+            # HyperBand stops a paused trial itself (halved out, or its bracket finished), and Ray
+            # then records no last result done: mark it done, as Ray marks a trial stopped at a
+            # result, so the reports say it ended there rather than that it was interrupted.
+            trial.run_metadata.last_result = {**trial.run_metadata.last_result, DONE: True}
+        super().on_trial_remove(tune_controller, trial)
 
 
 def recorded_results(trial: Trial) -> list[dict]:

@@ -5,15 +5,18 @@ the registry, and a tiny real search under every scheduler on local Ray."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import optuna
 import pytest
+from ray.tune.experiment import Trial
+from ray.tune.result import DONE
 from ray.tune.schedulers import FIFOScheduler
 from ray.tune.schedulers.hyperband import HyperBandScheduler
 
 from search import run
 from search.experiment import build_tuner, fit, trial_space
-from search.optuna_search import STUDY_EXPORT_ENV
+from search.optuna_search import STUDY_EXPORT_ENV, TruthfulOptunaSearch
 from search.plan import PLAN_FILE, load_plan, param_names, report_dir, save_plan
 from search.report import STUDY_DB, leaderboard, load_study, trial_status
 from search.scheduler import RememberingASHA, RememberingHyperBand
@@ -100,6 +103,43 @@ def test_each_scheduler_words_a_trial_it_stopped():
     assert FIFO.milestones_caption([]) == "FIFO stops no trial"
 
 
+class FakeTrial:
+    """What HyperBand reads of a trial: its id, status and last result."""
+
+    def __init__(self, trial_id: str, status: str, last_result: dict):
+        self.trial_id, self.status = trial_id, status
+        self.run_metadata = SimpleNamespace(last_result=last_result)
+
+
+def test_hyperband_forgets_restored_finished_trials_and_marks_the_paused_ones_it_stops_done():
+    hyperband = HYPERBAND.build({"reduction_factor": 3}, 3)
+    hyperband.set_search_properties(reported.METRIC, reported.MODE)
+    finished = FakeTrial("a", Trial.TERMINATED, {reported.ITERATION: 3, reported.METRIC: 0.5})
+    hyperband.on_trial_add(None, finished)  # restored with the experiment: its bracket must not wait for it
+    bracket, _ = hyperband._trial_info[finished]
+    assert finished not in bracket.current_trials()
+    paused = FakeTrial("b", Trial.PAUSED, {})
+    hyperband.on_trial_add(None, paused)  # new: it stays
+    assert paused in hyperband._trial_info[paused][0].current_trials()
+    paused.run_metadata.last_result = {reported.ITERATION: 3, reported.METRIC: 0.4}
+    hyperband.on_trial_remove(None, paused)  # HyperBand stops it while paused: Ray records no result
+    assert paused.run_metadata.last_result[DONE] is True
+
+
+def test_optuna_is_told_of_a_trial_stopped_while_paused_with_its_last_result():
+    searcher = TruthfulOptunaSearch(space=lambda trial: {"x": trial.suggest_float("x", 0, 1)},
+                                    metric=reported.METRIC, mode=reported.MODE, max_iterations=3)
+    for trial_id, epochs in (("halved", 1), ("kept", 3)):
+        searcher.suggest(trial_id)
+        for epoch in range(1, epochs + 1):
+            searcher.on_trial_result(trial_id, {reported.METRIC: 0.1 * epoch, reported.SCORE: 0.2 * epoch,
+                                                reported.ITERATION: epoch})
+        searcher.on_trial_complete(trial_id)  # as Ray's stop_trial does for a paused trial
+    halved, kept = searcher.study.trials
+    assert halved.state == optuna.trial.TrialState.PRUNED and halved.intermediate_values == pytest.approx({1: 0.1})
+    assert kept.state == optuna.trial.TrialState.COMPLETE and kept.value == pytest.approx(0.6)  # its score
+
+
 def arguments(cached_dir, tmp_path, name: str, scheduler_flags: list[str]) -> list[str]:
     """tiny_search's flags (4 trials x 3 epochs on the tiniest data) with these scheduler flags."""
     command = tiny_search(cached_dir, tmp_path, name)[2:]
@@ -159,13 +199,13 @@ def test_a_plan_saved_before_the_registry_resumes_as_asha_with_its_settings(cach
 
 
 # Per scheduler: its flags, the trials and epochs of its tiny search (the fewest that show it
-# at work), and whether it must stop a trial. HyperBand with eta 3 over 3 epochs: its first
-# bracket (2 trials) runs to the end, its second (3 places) halves at epoch 1, keeping 1: of
-# trials 3 and 4 one is stopped there, the other paused until both reached it.
+# at work), and whether it must stop a trial. HyperBand with eta 2 over 2 epochs: its first
+# bracket (2 trials) runs to the end (the first trial there waits paused for the second), its
+# second (2 places) halves at epoch 1, keeping 1: of trials 3 and 4 one is stopped there.
 REAL_SEARCHES = {
     "asha": (["--grace-period", "1", "--reduction-factor", "2"], 3, 2, False),
     "fifo": ([], 2, 2, False),
-    "hyperband": (["--reduction-factor", "3"], 4, 3, True),
+    "hyperband": (["--reduction-factor", "2"], 4, 2, True),
 }
 
 
