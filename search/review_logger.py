@@ -81,8 +81,8 @@ class ReviewLogger(LoggerCallback):
             if trial not in self._last:  # the first result since this writer started
                 params = {"recipe": resolve(trial.config).recipe, **trial.evaluated_params}  # a row without a space too
                 write_hparams(writer, params, trial.trial_id)
-            shown = {key: value for key, value in result.items() if tag(key)}  # Ray adds the config, ...
-            for key, value in flatten_dict(shown, delimiter="/").items():
+            values = {key: value for key, value in result.items() if tag(key)}  # Ray adds the config, ...
+            for key, value in flatten_dict(values, delimiter="/").items():
                 name = tag(key)
                 if name is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
                     writer.add_scalar(name, value, global_step=step)
