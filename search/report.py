@@ -54,7 +54,8 @@ class Row:
     """One trial on the leaderboard."""
 
     trial: str
-    status: str  # completed / stopped by ASHA (the scheduler's label) at epoch n / out of GPU memory at ... / errored: ...
+    # completed / stopped by ASHA at epoch n (the scheduler's words) / out of GPU memory at ... / errored: ...
+    status: str
     score: float  # the trial's score by its recipe's selection (trainable.reported.SCORE)
     fold_std: float  # std of the fold scores at the best common epoch
     epochs: int
@@ -100,7 +101,8 @@ def out_of_memory_status(error: str) -> str | None:
 
 
 def leaderboard(results: tune.ResultGrid, epochs: int, param_names: list[str],
-                recipe: dict[str, Any] | None = None, scheduler: Scheduler = SCHEDULERS[DEFAULT_SCHEDULER]) -> list[Row]:
+                recipe: dict[str, Any] | None = None,
+                scheduler: Scheduler = SCHEDULERS[DEFAULT_SCHEDULER]) -> list[Row]:
     """Rows of every trial, best first (trials without a score last); the trial whose config
     has the `recipe` values (dotted keys; {} for a search of one configuration) is marked as the
     recipe point; a trial stopped early has the `scheduler`'s words."""

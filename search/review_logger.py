@@ -8,7 +8,7 @@ Ray's bookkeeping (done, iterations_since_restore, timestamps, ...) is not writt
 
 TensorBoard keeps the first HParams record of a run and ignores later ones, so a trial's
 parameters are written once, at its first epoch; its status lives in the `status` text
-(running / stopped by ASHA at epoch n, in the search's scheduler's words / completed / errored: ...), in the HParams column
+(running / stopped by ASHA at epoch n, in the scheduler's words / completed / errored: ...), in the HParams column
 `status/epochs`, and at the end in the HParams session status (success, or failure when it
 errored) that the HParams tab filters on.
 

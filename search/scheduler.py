@@ -28,11 +28,10 @@ import logging
 import math
 
 from ray.air.constants import EXPR_RESULT_FILE
-from ray.tune.result import DONE
 from ray.tune.experiment import Trial
+from ray.tune.result import DONE
 from ray.tune.schedulers import ASHAScheduler, HyperBandScheduler
 from ray.tune.utils import flatten_dict
-
 
 logger = logging.getLogger(__name__)
 

@@ -72,7 +72,8 @@ def test_milestones_are_where_the_ray_scheduler_compares_trials():
         assert isinstance(built, RememberingHyperBand) and isinstance(built, HyperBandScheduler)
         assert (built._time_attr, built._max_t_attr, built._eta) == (reported.ITERATION, epochs, eta)
         assert HYPERBAND.milestones({"reduction_factor": eta}, epochs) == ray_hyperband_milestones(built)
-    assert HYPERBAND.milestones({"reduction_factor": 3}, 3) == [1] and HYPERBAND.milestones({"reduction_factor": 3}, 2) == []
+    assert HYPERBAND.milestones({"reduction_factor": 3}, 3) == [1]
+    assert HYPERBAND.milestones({"reduction_factor": 3}, 2) == []  # bracket 1 would start at int(2 / 3) = 0
     # Built without metric and mode: the Tuner's TuneConfig gives them (Ray refuses a scheduler with its own).
     for entry in SCHEDULERS.values():
         assert entry.build(entry.resolve({}, 8), 8).set_search_properties(reported.METRIC, reported.MODE)
@@ -164,7 +165,8 @@ def test_the_command_line_chooses_the_scheduler_and_refuses_another_ones_flags(c
                             " --scheduler asha"),
                            (["--scheduler", "fifo", "--reduction-factor", "2"], "--reduction-factor is a setting of"
                             " --scheduler asha, hyperband"),
-                           (["--scheduler", "hyperband", "--reduction-factor", "1"], "--reduction-factor must be >= 2")):
+                           (["--scheduler", "hyperband", "--reduction-factor", "1"],
+                            "--reduction-factor must be >= 2")):
         assert run.main(arguments(cached_dir, tmp_path, "bad", flags)) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and err.startswith("error: ") and message in err, err
