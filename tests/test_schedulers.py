@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import optuna
 import pytest
+from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.result import DONE
 from ray.tune.schedulers import FIFOScheduler
@@ -240,3 +241,29 @@ def test_a_tiny_real_search_under_each_scheduler(name, local_ray, cached_dir, tm
     assert states == sorted([optuna.trial.TrialState.COMPLETE] * (trials - len(stopped))
                             + [optuna.trial.TrialState.PRUNED] * len(stopped))
 
+
+
+HYPERBAND_QUALITIES = [0.8, 0.9, 0.5, 0.1, 0.7]  # eta 3 over 3 epochs: brackets of 2 (no halving) and 3
+
+
+def test_a_resumed_hyperband_search_does_not_wait_for_the_trials_that_finished_before(local_ray, tmp_path):
+    """Interrupted inside its second bracket and resumed: the restored finished trials leave their
+    brackets, so the unfinished ones are not paused forever waiting for them, and every trial ends.
+    (Ray's own HyperBandScheduler in its place never ends: killed after 150 s, 2026-12-07.)"""
+    from tests.test_asha_resume import CtrlCAfter, epochs_run, known_scores
+
+    def tuner(name: str, callbacks: tuple = ()) -> tune.Tuner:
+        return tune.Tuner(known_scores, param_space={"quality": tune.grid_search(HYPERBAND_QUALITIES)},
+                          tune_config=tune.TuneConfig(metric=reported.METRIC, mode=reported.MODE,
+                                                      scheduler=HYPERBAND.build({"reduction_factor": 3}, 3),
+                                                      max_concurrent_trials=1, reuse_actors=True),
+                          run_config=tune.RunConfig(name=name, storage_path=str(tmp_path), verbose=0,
+                                                    callbacks=list(callbacks)))
+
+    before = epochs_run(tuner("cut", (CtrlCAfter(3),)).fit())
+    assert sorted(before.values()).count(3) >= 2  # the first bracket's two trials ran to the end
+    restored = tune.Tuner.restore(str(tmp_path / "cut"), known_scores, resume_unfinished=True)
+    restored._local_tuner._tune_config.scheduler = HYPERBAND.build({"reduction_factor": 3}, 3)  # as restore_tuner
+    results = restored.fit()
+    assert len(results) == len(HYPERBAND_QUALITIES) and not results.errors
+    assert all(result.metrics.get(DONE) for result in results), epochs_run(results)
