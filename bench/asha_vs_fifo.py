@@ -6,7 +6,8 @@ both runs as fixed points, so the two runs differ in their scheduler only.
 
     python -m bench.asha_vs_fifo [--space loss_weights] [--trials 8] [--epochs 8] [--grace-period 4]
 
-The defaults are make run's: its trials, the quick preset's epochs, and search/run.py's ASHA.
+The defaults are make run's: its trials, the quick preset's epochs, and ASHA's own settings
+(search.schedulers, as search/run.py builds both schedulers).
 
 Target: ASHA reaches >= 98% of FIFO's best cv_lwlrap with <= 70% of its trained epochs. (Under
 make run's grace of 4 of 8 epochs every trial trains half the budget, so 50% is the floor; with
@@ -22,13 +23,12 @@ import time
 import optuna
 import ray
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from bench.common import cores, header, synthetic_data, verdict
 from search.default_data import QUICK_PRESET, QUICK_TRAINING
 from search.plan import DefineByRun
-from search.run import DEFAULT_GRACE, DEFAULTS
+from search.schedulers import SCHEDULERS
 from spaces import SPACES
 from trainable.reported import ITERATION, METRIC, MODE, SCORE
 from trainable.tune import train_sed
@@ -42,9 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--trials", type=int, default=8, help="sampled configurations (default: 8)")
     parser.add_argument("--epochs", type=int, default=QUICK_TRAINING["train.epochs"],
                         help="epoch budget = ASHA's max_t (default: %(default)s)")
-    parser.add_argument("--grace-period", type=int, default=DEFAULT_GRACE, help="ASHA's grace period (default: %(default)s)")
-    parser.add_argument("--reduction-factor", type=int, default=DEFAULTS["reduction_factor"],
-                        help="ASHA's reduction factor (default: %(default)s)")
+    for setting in SCHEDULERS["asha"].settings:  # --grace-period, --reduction-factor
+        parser.add_argument(setting.flag, type=setting.type, help=setting.help)
     parser.add_argument("--seed", type=int, default=0, help="the sampler's seed (default: 0)")
     return parser.parse_args(argv)
 
@@ -81,14 +80,14 @@ def main(argv: list[str] | None = None) -> None:
     fixed = {**QUICK_PRESET, **QUICK_TRAINING, "train.epochs": args.epochs, "train.t_max": args.epochs,
              "data_dir": str(synthetic_data())}
     points = sampled_points(args.space, args.trials, args.epochs, args.seed)
+    asha, fifo = SCHEDULERS["asha"], SCHEDULERS["fifo"]
+    settings = asha.resolve({s.name: getattr(args, s.name) for s in asha.settings}, args.epochs)
     header(f"ASHA vs FIFO: {args.trials} configurations of {args.space} (seed {args.seed}), {args.epochs} epochs;"
-           f" ASHA grace {args.grace_period}, reduction {args.reduction_factor}")
+           f" {asha.summary(settings)}")
     ray.init(num_cpus=cores(), include_dashboard=False, configure_logging=False, log_to_driver=False)
     with tempfile.TemporaryDirectory(prefix="rfcx-bench-asha-") as storage:
-        asha = ASHAScheduler(time_attr=ITERATION, max_t=args.epochs, grace_period=args.grace_period,
-                             reduction_factor=args.reduction_factor)
-        fifo_best, fifo_epochs, fifo_wall = run(points, fixed, FIFOScheduler(), storage, "fifo")
-        asha_best, asha_epochs, asha_wall = run(points, fixed, asha, storage, "asha")
+        fifo_best, fifo_epochs, fifo_wall = run(points, fixed, fifo.build({}, args.epochs), storage, "fifo")
+        asha_best, asha_epochs, asha_wall = run(points, fixed, asha.build(settings, args.epochs), storage, "asha")
     ray.shutdown()
     quality, share = asha_best / fifo_best, asha_epochs / fifo_epochs
     print(f"FIFO: best cv_lwlrap {fifo_best:.4f} with {fifo_epochs} epochs ({fifo_wall:.0f} s)")

@@ -40,8 +40,7 @@ from torch import nn
 
 from bench.common import cores, header, timed, verdict
 from bench.real_sized import real_sized_data
-from search.plan import rungs_of
-from search.run import DEFAULT_GRACE, DEFAULTS
+from search.schedulers import SCHEDULERS
 from trainable.checkpoints import CheckpointCadence
 from trainable.config import ModelConfig, TrainConfig, TrialConfig, from_dict
 from trainable.data import (ClipWindows, EpochBatches, TrainCrops, epoch_crops, epoch_size, shuffled_batches,
@@ -225,7 +224,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"at GPU speed ({GPU_EPOCH_S:g} s of GPU work per epoch, assumed), the host's parts in one core:"
           f" {data_s + eval_s:.2f} s of data per epoch, {(data_s + eval_s) / GPU_EPOCH_S:.0%} of the GPU's time")
 
-    rungs = rungs_of(train.epochs, DEFAULT_GRACE, DEFAULTS["reduction_factor"])
+    asha = SCHEDULERS["asha"]  # the default search's scheduler at its default settings
+    rungs = asha.milestones(asha.resolve({}, train.epochs), train.epochs)
     policy = TrainConfig(epochs=train.epochs, checkpoint_epochs=tuple(rungs))
     every = TrainConfig(epochs=train.epochs, checkpoint_seconds=0)
     for name, config in ((f"the policy (every {policy.checkpoint_seconds:.0f} s, ASHA's rungs {list(rungs)}, the end)",

@@ -27,6 +27,7 @@ from bench.common import header, synthetic_data, verdict
 from search.default_data import FEATURES, QUICK_PRESET, QUICK_TRAINING, SYNTHETIC
 from search.holdout import PRIVATE, PUBLIC
 from search.report import CV_COLUMNS
+from search.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
 from trainable import reported
 from trainable.config import ModelConfig, TrialConfig, from_dict
 from trainable.dotted import merge
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         events = sum(1 for trial in experiment.glob("trial_*") if any(trial.glob("events.out.tfevents.*")))
     cv = board[CV_COLUMNS[reported.BEST_CV]]  # each trial's best epoch's pooled CV
     best, median = cv.max(), cv.median()
-    stopped = int(board.status.str.startswith("stopped by ASHA").sum())
+    stopped = int(board.status.str.startswith(SCHEDULERS[DEFAULT_SCHEDULER].stopped_words).sum())
     completed = board[board.status == "completed"]
     first, recipe = board.iloc[0], board[board.recipe_point].iloc[0]
     print(f"wall time: {wall:.0f} s (target <= {WALL_TARGET_S:.0f}: {verdict(wall, WALL_TARGET_S, False)})")

@@ -2,8 +2,9 @@
 
 One trial = `trainable.tune.train_sed` with the fixed config of the search and the
 parameters that Optuna suggests from the chosen spaces. OptunaSearch (seeded, the recipe
-first) proposes, ASHA stops weak trials on `training_iteration` (search.scheduler: with its rungs
-rebuilt on a resume), and every trial keeps its checkpoints so a killed driver or node loses
+first) proposes, the plan's scheduler (search.schedulers: ASHA by default, with its rungs rebuilt
+on a resume) stops weak trials on `training_iteration`, and every trial keeps its checkpoints so
+a killed driver or node loses
 nothing. A resumed search runs the plan's trial count, which `--resume --num-samples` may raise.
 """
 
@@ -26,9 +27,8 @@ from ray.tune.search import ConcurrencyLimiter, SearchGenerator, Searcher
 
 from search.optuna_search import TruthfulOptunaSearch
 from search import review_logger
-from search.plan import (DefineByRun, SearchPlan, asha_rungs, experiment_path, optuna_sampler, save_plan,
-                         trial_resources)
-from search.scheduler import asha
+from search import schedulers
+from search.plan import DefineByRun, SearchPlan, experiment_path, optuna_sampler, save_plan, trial_resources
 from spaces import recipe_point, windows_of
 from trainable.reported import METRIC, MODE
 from trainable.tune import train_sed
@@ -53,7 +53,8 @@ def build_tuner(plan: SearchPlan) -> tune.Tuner:
     return tune.Tuner(
         trainable(plan),
         param_space=trial_space(plan),
-        tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=searcher, scheduler=asha(plan),
+        tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=searcher,
+                                    scheduler=schedulers.build(plan),
                                     num_samples=plan.num_samples, max_concurrent_trials=plan.max_concurrent,
                                     trial_dirname_creator=trial_dirname,
                                     # A new trial runs in the process of a finished one: it skips the
@@ -66,8 +67,9 @@ def build_tuner(plan: SearchPlan) -> tune.Tuner:
 
 
 def trial_space(plan: SearchPlan) -> dict:
-    """The fixed config of every trial, with ASHA's rungs among the epochs it checkpoints."""
-    rungs = set(asha_rungs(plan)) | set(plan.trial_config({}).train.checkpoint_epochs)
+    """The fixed config of every trial, with the scheduler's milestones among the epochs it
+    checkpoints: a trial stopped or paused there resumes from (or ends with) that epoch's state."""
+    rungs = set(schedulers.milestones(plan)) | set(plan.trial_config({}).train.checkpoint_epochs)
     return {**plan.fixed, "train.checkpoint_epochs": sorted(rungs)}
 
 
@@ -79,7 +81,7 @@ def trial_dirname(trial) -> str:
 def restore_tuner(plan: SearchPlan) -> tune.Tuner:
     """The interrupted experiment `plan.name`: finished trials stay, unfinished ones resume
     from their last checkpoints, the searcher goes on with its study up to the plan's trial
-    count, and ASHA's rungs hold the trials that reported before."""
+    count, and the scheduler knows the trials that reported before (search.schedulers)."""
     # Experiments started before ReviewLogger pickled search.tensorboard.HParamsLogger (a
     # module name that shadowed the tensorboard package for scripts in search/).
     sys.modules.setdefault("search.tensorboard", review_logger)
@@ -87,7 +89,7 @@ def restore_tuner(plan: SearchPlan) -> tune.Tuner:
                                resume_errored=False, restart_errored=False,
                                storage_filesystem=experiment_filesystem(plan))
     # Ray restores the callbacks that were pickled with the experiment; run with today's.
-    tuner._local_tuner.get_run_config().callbacks = logger_callbacks()
+    tuner._local_tuner.get_run_config().callbacks = logger_callbacks(plan)
     # Ray keeps the param space out of the experiment (only its keys). When the saved state
     # cannot be resumed (none yet: the driver was killed before its first save), Ray starts
     # the experiment over with the param space given here; without it every new trial would
@@ -105,14 +107,14 @@ def continue_search(config: tune.TuneConfig, plan: SearchPlan) -> None:
     Ray restores the search generator's own trial count (search_gen_state-*.json), not the
     Tuner's num_samples (tuner.pkl), so a search extended with --resume --num-samples would stop
     at its old count: PlannedSearch holds the plan's. The searcher in tuner.pkl is the one Ray
-    restores the study into (its state file), so the study goes on. A fresh RememberingASHA
-    rebuilds its rungs from the trials' results; it also replaces the stock ASHAScheduler that
-    experiments from before it pickled."""
+    restores the study into (its state file), so the study goes on. A fresh scheduler of the
+    plan's replaces the pickled one (Ray saves no scheduler state; RememberingASHA rebuilds its
+    rungs from the trials' results), also the stock ASHAScheduler of experiments from before it."""
     config.search_alg = PlannedSearch(limited(config.search_alg, plan.max_concurrent), plan.num_samples)
     # Ray applies max_concurrent_trials to a Searcher only (warning otherwise): applied above.
     config.max_concurrent_trials = None
     config.num_samples = plan.num_samples
-    config.scheduler = asha(plan)
+    config.scheduler = schedulers.build(plan)
 
 
 def limited(searcher: Searcher, max_concurrent: int | None) -> Searcher:
@@ -144,10 +146,11 @@ def trainable(plan: SearchPlan):
     return tune.with_resources(train_sed, trial_resources(plan))
 
 
-def logger_callbacks() -> list:
-    """Ray's CSV and JSON loggers (the results Ray reads back) and our TensorBoard logger,
-    named because `fit` switches Ray's automatic loggers off."""
-    return [CSVLoggerCallback(), JsonLoggerCallback(), review_logger.ReviewLogger()]
+def logger_callbacks(plan: SearchPlan) -> list:
+    """Ray's CSV and JSON loggers (the results Ray reads back) and our TensorBoard logger (which
+    words a stopped trial's status as the plan's scheduler does), named because `fit` switches
+    Ray's automatic loggers off."""
+    return [CSVLoggerCallback(), JsonLoggerCallback(), review_logger.ReviewLogger(plan.scheduler)]
 
 
 def fit(tuner: tune.Tuner) -> tune.ResultGrid:
@@ -173,7 +176,7 @@ def run_config(plan: SearchPlan) -> tune.RunConfig:
         storage_filesystem=experiment_filesystem(plan),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
         failure_config=tune.FailureConfig(max_failures=plan.max_failures),
-        callbacks=logger_callbacks(),
+        callbacks=logger_callbacks(plan),
     )
 
 

@@ -1,8 +1,8 @@
 """The figures of report.html, drawn with matplotlib into PNG bytes (no browser, no display).
 
 Drawn here rather than with optuna.visualization.matplotlib, whose plots leave out what a
-search under ASHA is about: its optimisation history and parallel coordinates show completed
-trials only (under ASHA the few survivors), nothing marks a stopped trial, and its
+search under an early-stopping scheduler (ASHA, HyperBand) is about: its optimisation history
+and parallel coordinates show completed trials only (the few survivors), nothing marks a stopped trial, and its
 importances cannot be computed on the value every trial reached at a rung. Optuna still
 computes the importances (search.report.importances_for).
 
@@ -30,16 +30,17 @@ def png(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def history(numbers: Sequence[int], best: Sequence[float], stopped: Sequence[bool], metric: str) -> Figure | None:
+def history(numbers: Sequence[int], best: Sequence[float], stopped: Sequence[bool], metric: str,
+            stopped_label: str) -> Figure | None:
     """Each trial's best `metric` in the order the trials were proposed, stopped trials as
-    crosses, and the best so far."""
+    crosses (legend: `stopped_label`, the scheduler's "stopped by ASHA"), and the best so far."""
     if not numbers:
         return None
     figure = Figure(figsize=SIZE)
     axes = figure.subplots()
     numbers, best, stopped = np.asarray(numbers), np.asarray(best, float), np.asarray(stopped, bool)
     axes.scatter(numbers[~stopped], best[~stopped], color=COMPLETED, label="completed", zorder=3)
-    axes.scatter(numbers[stopped], best[stopped], color=STOPPED, marker="x", label="stopped by ASHA", zorder=3)
+    axes.scatter(numbers[stopped], best[stopped], color=STOPPED, marker="x", label=stopped_label, zorder=3)
     axes.step(numbers, np.fmax.accumulate(np.where(np.isfinite(best), best, -np.inf)), where="post", color=BEST,
               label="best so far")
     axes.set(xlabel="trial (in the order proposed)", ylabel=f"best {metric}")
@@ -50,9 +51,9 @@ def history(numbers: Sequence[int], best: Sequence[float], stopped: Sequence[boo
 
 
 def learning_curves(curves: Sequence[tuple[dict[int, float], bool]], rungs: Sequence[int],
-                    metric: str) -> Figure | None:
-    """`metric` per epoch of every trial (dict epoch -> value, whether ASHA stopped it), with
-    ASHA's rungs as vertical lines."""
+                    metric: str, stopped_label: str) -> Figure | None:
+    """`metric` per epoch of every trial (dict epoch -> value, whether the scheduler stopped it:
+    `stopped_label` in the legend), with the scheduler's rungs as vertical lines."""
     if not any(values for values, _ in curves):
         return None
     figure = Figure(figsize=SIZE)
@@ -66,7 +67,7 @@ def learning_curves(curves: Sequence[tuple[dict[int, float], bool]], rungs: Sequ
         axes.axvline(rung, color="black", linestyle=":", linewidth=1)
         axes.text(rung, 1.0, f" rung {rung}", transform=axes.get_xaxis_transform(), va="top", fontsize=8)
     axes.plot([], [], color=COMPLETED, label="completed")
-    axes.plot([], [], color=STOPPED, linestyle="--", marker="x", label="stopped by ASHA")
+    axes.plot([], [], color=STOPPED, linestyle="--", marker="x", label=stopped_label)
     axes.set(xlabel="epoch", ylabel=metric)
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.legend(loc="lower right")

@@ -1,9 +1,11 @@
-"""OptunaSearch that tells Optuna the truth about trials ASHA stopped.
+"""OptunaSearch that tells Optuna the truth about trials a scheduler stopped early (ASHA, HyperBand).
 
 Ray's OptunaSearch records a trial that the scheduler stopped early as COMPLETE with its
 partial score, so TPE learns from a 2-epoch score as if it were a 50-epoch one and favours
 configurations that start fast. Here such a trial is recorded as PRUNED, with the
-intermediate values it reported each epoch, which is what Optuna's samplers expect.
+intermediate values it reported each epoch, which is what Optuna's samplers expect. A trial that
+a scheduler stops while it is paused (HyperBand) ends without a result from Ray: its last one is
+used.
 
 A completed trial is told its score (trainable.reported.SCORE: the trial's selected epochs, as the
 leaderboard ranks it), not its last epoch's cv_lwlrap.
@@ -51,8 +53,17 @@ class TruthfulOptunaSearch(OptunaSearch):
         """The Optuna study behind the search (Ray keeps it in memory)."""
         return self._ot_study
 
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        super().on_trial_result(trial_id, result)
+        self._last_results()[trial_id] = result
+
+    def _last_results(self) -> dict[str, dict]:
+        # Set here, not in __init__: a searcher pickled before this attribute existed is restored.
+        return self.__dict__.setdefault("_last", {})
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        self._record(trial_id, result, error)
+        last = self._last_results().pop(trial_id, None)
+        self._record(trial_id, result if result or error else last, error)
         export_path = os.environ.get(STUDY_EXPORT_ENV)
         if export_path:
             try:

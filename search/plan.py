@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
 
+from search.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, migrated
 from search.storage import is_remote, local_copy_dir, local_path, read_text, upload
 from spaces import REFERENCE_WINDOWS, combine, recipe_point, set_context, windows_of
 from trainable.atomic import atomic_write_text
@@ -36,8 +37,6 @@ class SearchPlan:
     fixed: dict[str, Any]  # dotted config keys the search does not touch (with `recipe`)
     num_samples: int
     max_concurrent: int | None
-    grace_period: int
-    reduction_factor: int
     cpus_per_trial: float
     gpus_per_trial: float
     storage: str  # absolute path or URI (s3://...)
@@ -45,6 +44,8 @@ class SearchPlan:
     seed: int
     max_failures: int
     sampler: str = "tpe"  # one of SAMPLERS; an experiment from before this field used TPE
+    scheduler: str = DEFAULT_SCHEDULER  # a key of search.schedulers.SCHEDULERS
+    scheduler_settings: dict[str, Any] = field(default_factory=dict)  # its settings, resolved and checked
 
     @property
     def epochs(self) -> int:
@@ -67,22 +68,6 @@ class SearchPlan:
     def baseline(self) -> dict[str, Any]:
         """The config the search starts from (its recipe with the fixed values), dotted."""
         return flatten_dotted(to_dict(resolve(self.fixed)))
-
-
-def asha_rungs(plan: SearchPlan) -> list[int]:
-    """The epochs at which ASHA compares the plan's trials. The trials checkpoint there
-    (TrainConfig.checkpoint_epochs), so a stopped trial's last checkpoint holds the state its
-    last result reports."""
-    return rungs_of(plan.epochs, plan.grace_period, plan.reduction_factor)
-
-
-def rungs_of(epochs: int, grace_period: int, reduction_factor: int) -> list[int]:
-    """ASHA's milestones below the budget: grace_period x reduction_factor^k < epochs."""
-    rungs, epoch = [], grace_period
-    while epoch < epochs:
-        rungs.append(epoch)
-        epoch *= reduction_factor
-    return rungs
 
 
 def optuna_sampler(plan: SearchPlan) -> optuna.samplers.BaseSampler:
@@ -114,7 +99,7 @@ def load_plan(storage: str, name: str) -> SearchPlan | None:
     text = read_text(f"{_joined(storage, name)}/{PLAN_FILE}")
     if text is None:
         return None
-    saved = json.loads(text)
+    saved = migrated(json.loads(text))
     return SearchPlan(**{**saved, "spaces": tuple(saved["spaces"]), "storage": storage, "name": name})
 
 
@@ -186,8 +171,7 @@ def check_plan(plan: SearchPlan) -> None:
         raise ConfigError(f"--init-from starts every trial from one model, but --space {' '.join(plan.spaces)}"
                           f" searches {model_keys[0]}, which needs another")
     recipe = recipe_config(plan.spaces, epochs, plan.teacher, plan.baseline)
-    if not 1 <= plan.grace_period <= epochs:
-        raise ConfigError(f"--grace-period must be in [1, epochs={epochs}], got {plan.grace_period}")
+    SCHEDULERS[plan.scheduler].check(plan.scheduler_settings, epochs)
     plan.trial_config(recipe)
 
 

@@ -27,6 +27,7 @@ from ray import tune
 
 from search.holdout import HOLDOUT_FILE, notes
 from search.lb_scores import LB_MEMO, LB_PRIVATE, LB_PUBLIC, load_lb
+from search.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, Scheduler
 from search.trials import ENSEMBLE, EXPORTS
 from trainable import reported
 from trainable.reported import SCORE
@@ -53,7 +54,8 @@ class Row:
     """One trial on the leaderboard."""
 
     trial: str
-    status: str  # completed / stopped by ASHA at epoch n / out of GPU memory at ... / errored: ...
+    # completed / stopped by ASHA at epoch n (the scheduler's words) / out of GPU memory at ... / errored: ...
+    status: str
     score: float  # the trial's score by its recipe's selection (trainable.reported.SCORE)
     fold_std: float  # std of the fold scores at the best common epoch
     epochs: int
@@ -77,15 +79,16 @@ def trial_budget(config: dict[str, Any], epochs: int) -> int:
     return int(nest_dotted(config or {}).get("train", {}).get("epochs", epochs))
 
 
-def trial_status(done: int, budget: int, finished: bool, error: str | None = None) -> str:
+def trial_status(done: int, budget: int, finished: bool, error: str | None = None,
+                 scheduler: Scheduler = SCHEDULERS[DEFAULT_SCHEDULER]) -> str:
     """What the leaderboard and TensorBoard say of a trial that ran `done` of `budget` epochs:
-    out of GPU memory at ... / errored: ... / completed / stopped by ASHA at epoch n, or, before
-    it finished, interrupted at epoch n."""
+    out of GPU memory at ... / errored: ... / completed / what the scheduler says of a trial it
+    stopped (stopped by ASHA at epoch n), or, before it finished, interrupted at epoch n."""
     if error is not None:
         return out_of_memory_status(error) or f"errored: {error}"
     if not finished:
         return f"interrupted at epoch {done}"
-    return "completed" if done >= budget else f"stopped by ASHA at epoch {done}"
+    return "completed" if done >= budget else scheduler.stopped(done)
 
 
 def out_of_memory_status(error: str) -> str | None:
@@ -98,22 +101,24 @@ def out_of_memory_status(error: str) -> str | None:
 
 
 def leaderboard(results: tune.ResultGrid, epochs: int, param_names: list[str],
-                recipe: dict[str, Any] | None = None) -> list[Row]:
+                recipe: dict[str, Any] | None = None,
+                scheduler: Scheduler = SCHEDULERS[DEFAULT_SCHEDULER]) -> list[Row]:
     """Rows of every trial, best first (trials without a score last); the trial whose config
     has the `recipe` values (dotted keys; {} for a search of one configuration) is marked as the
-    recipe point."""
-    rows = [_row(result, epochs, param_names, recipe) for result in results]
+    recipe point; a trial stopped early has the `scheduler`'s words."""
+    rows = [_row(result, epochs, param_names, recipe, scheduler) for result in results]
     return sorted(rows, key=lambda row: -row.score if math.isfinite(row.score) else math.inf)
 
 
-def _row(result: tune.Result, epochs: int, param_names: list[str], recipe: dict[str, Any] | None) -> Row:
+def _row(result: tune.Result, epochs: int, param_names: list[str], recipe: dict[str, Any] | None,
+         scheduler: Scheduler) -> Row:
     metrics = result.metrics or {}
     done = int(metrics.get(reported.EPOCH, 0))
     if result.error is None and not metrics:
         status = "not started"
     else:  # Ray marks a finished or scheduler-stopped trial done
         status = trial_status(done, trial_budget(result.config, epochs), finished=bool(metrics.get("done", False)),
-                              error=None if result.error is None else last_line(result.error))
+                              error=None if result.error is None else last_line(result.error), scheduler=scheduler)
     flat = flatten_dotted(nest_dotted(result.config or {}))
     params = {name: _display(flat.get(name)) for name in param_names}
     history = result.metrics_dataframe
@@ -243,13 +248,15 @@ def importances_for(pairs: list[tuple[optuna.trial.FrozenTrial, float]]) -> dict
 
 
 def write_reports(directory: Path, results: tune.ResultGrid, study: optuna.Study | None, epochs: int,
-                  param_names: list[str], title: str, recipe: dict[str, Any] | None = None) -> list[Row]:
+                  param_names: list[str], title: str, recipe: dict[str, Any] | None = None,
+                  scheduler: Scheduler = SCHEDULERS[DEFAULT_SCHEDULER]) -> list[Row]:
     """Write the leaderboard and the best config into `directory`; return the rows. `recipe`:
-    the values of the search's recipe point, which marks its trial.
+    the values of the search's recipe point, which marks its trial; `scheduler`: the search's,
+    whose words a trial it stopped has.
 
     The study itself is exported by the searcher after every trial (search.optuna_search).
     """
-    rows = with_scores(leaderboard(results, epochs, param_names, recipe), directory)
+    rows = with_scores(leaderboard(results, epochs, param_names, recipe, scheduler), directory)
     best = _best_result(results)
     if best is not None:
         config = to_dict(resolve(best.config))

@@ -21,8 +21,9 @@ from search import figures
 from search.ensemble import recorded
 from search.holdout import MIN_RANKED, PRIVATE, PUBLIC, notes, rho_text, spearman
 from search.lb_scores import LB_PRIVATE, LB_PUBLIC
-from search.plan import PLAN_FILE, asha_rungs, load_plan
+from search.plan import PLAN_FILE, load_plan
 from search.report import LEADERBOARD_CSV, MIN_TRIALS_FOR_IMPORTANCE, importances_for, load_study, param_columns
+from search.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, Scheduler, milestones, scheduler_of
 from search.trials import trial_rows
 from trainable.atomic import atomic_write_text
 from trainable.reported import METRIC, SCORE
@@ -48,8 +49,15 @@ def write_report_page(directory: Path, title: str) -> Path:
     study = load_study(directory)
     trials = [] if study is None else study.get_trials(deepcopy=False)
     plan = load_plan(str(directory.parent), directory.name) if (directory / PLAN_FILE).is_file() else None
-    panels = [history_panel(trials), curves_panel(trials, [] if plan is None else asha_rungs(plan)),
-              parallel_panel(trials_board), importance_panel(trials, None if plan is None else plan.grace_period),
+    # Without a plan (an experiment from elsewhere, copied without it) the default scheduler's words.
+    scheduler = SCHEDULERS[DEFAULT_SCHEDULER] if plan is None else scheduler_of(plan)
+    compared = [] if plan is None else milestones(plan)
+    # fANOVA's epoch: the first where the scheduler compares trials, every trial reaches it;
+    # under FIFO (no milestone) every trial reaches the budget.
+    first = None if plan is None else (compared or [plan.epochs])[0]
+    where = f"{scheduler.label}'s first rung" if compared else "the end of the budget"
+    panels = [history_panel(trials, scheduler), curves_panel(trials, compared, scheduler),
+              parallel_panel(trials_board), importance_panel(trials, first, where, scheduler),
               folds_panel(trials_board),
               versus_panel(trials_board, "holdout", PUBLIC, PRIVATE, "when the data have test_truth.csv, the search"
                            " scores its top trials on the holdout (search/export.py scores any)"),
@@ -63,24 +71,26 @@ def write_report_page(directory: Path, title: str) -> Path:
     return path
 
 
-def history_panel(trials: list[optuna.trial.FrozenTrial]) -> Panel:
+def history_panel(trials: list[optuna.trial.FrozenTrial], scheduler: Scheduler) -> Panel:
     shown = [t for t in trials if _best(t) is not None]
     stopped = sum(t.state in STOPPED for t in shown)
     failed = sum(t.state == optuna.trial.TrialState.FAIL for t in trials)
     caption = (f"{len(shown)} trials: each one's best {METRIC} over its epochs, in the order Optuna proposed them;"
-               f" {stopped} stopped by ASHA (crosses), {failed} errored (not shown). The red line is the best so far.")
+               f" {stopped} {scheduler.stopped_words} (crosses), {failed} errored (not shown). The red line is the"
+               f" best so far.")
     figure = figures.history([t.number for t in shown], [_best(t) for t in shown], [t.state in STOPPED for t in shown],
-                             METRIC)
+                             METRIC, scheduler.stopped_words)
     return _panel("Optimisation history", caption, figure)
 
 
-def curves_panel(trials: list[optuna.trial.FrozenTrial], rungs: list[int]) -> Panel:
+def curves_panel(trials: list[optuna.trial.FrozenTrial], rungs: list[int], scheduler: Scheduler) -> Panel:
     shown = [t for t in trials if t.intermediate_values]
     stopped = sum(t.state in STOPPED for t in shown)
-    at = f"ASHA's rungs at epoch {', '.join(map(str, rungs))} (dotted)" if rungs else "no ASHA rung below the budget"
     caption = (f"{len(shown)} trials: {METRIC} after every epoch; {len(shown) - stopped} ran on (solid),"
-               f" {stopped} were stopped by ASHA (dashed, cross at the last epoch); {at}.")
-    figure = figures.learning_curves([(dict(t.intermediate_values), t.state in STOPPED) for t in shown], rungs, METRIC)
+               f" {stopped} were {scheduler.stopped_words} (dashed, cross at the last epoch);"
+               f" {scheduler.milestones_caption(rungs)}.")
+    figure = figures.learning_curves([(dict(t.intermediate_values), t.state in STOPPED) for t in shown], rungs, METRIC,
+                                     scheduler.stopped_words)
     return _panel("Learning curves", caption, figure)
 
 
@@ -92,23 +102,25 @@ def parallel_panel(board: pd.DataFrame) -> Panel:
     return _panel("Parallel coordinates", caption, figures.parallel_coordinates(params, board[SCORE], SCORE))
 
 
-def importance_panel(trials: list[optuna.trial.FrozenTrial], grace: int | None) -> Panel:
-    """fANOVA on the value every trial reached at the grace-period rung (stopped trials
-    included), beside the same on the completed trials' scores when there are enough."""
+def importance_panel(trials: list[optuna.trial.FrozenTrial], grace: int | None, where: str,
+                     scheduler: Scheduler) -> Panel:
+    """fANOVA on the value every trial reached at epoch `grace` (`where`: the scheduler's first
+    rung; stopped trials included), beside the same on the completed trials' scores when there
+    are enough."""
     title = "Parameter importance"
     if not trials or grace is None:
         return Panel(title, "no study or plan yet: importances come once trials have finished")
-    # A trial ASHA stopped before the grace period (none with Ray's ASHA) has no value there.
+    # A trial stopped before the first rung (none with Ray's schedulers) has no value there.
     at_rung = [(t, t.intermediate_values[grace]) for t in trials if grace in t.intermediate_values]
     completed = [(t, t.value) for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     on_rung, on_completed = importances_for(at_rung), importances_for(completed)
     panels = [(f"{METRIC} at epoch {grace}, {len(at_rung)} trials", on_rung),
               (f"{SCORE}, {len(completed)} completed trials", on_completed)]
-    right = (f" Right: on the {len(completed)} completed trials' scores, which under ASHA are the survivors"
-             f" only." if on_completed else f" The completed trials alone ({len(completed)}) are too few"
+    right = (f" Right: on the {len(completed)} completed trials' scores, which under {scheduler.label} are the"
+             f" survivors only." if on_completed else f" The completed trials alone ({len(completed)}) are too few"
              f" (fANOVA needs {MIN_TRIALS_FOR_IMPORTANCE} with varied values).")
-    caption = (f"Optuna's fANOVA importances. Left: on the {METRIC} that all {len(at_rung)} trials reached at the"
-               f" grace-period rung (epoch {grace}), those ASHA stopped included.{right}")
+    caption = (f"Optuna's fANOVA importances. Left: on the {METRIC} that all {len(at_rung)} trials reached at"
+               f" {where} (epoch {grace}), those {scheduler.stopped_words} included.{right}")
     return _panel(title, caption, figures.importance_bars(panels))
 
 

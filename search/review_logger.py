@@ -8,7 +8,7 @@ Ray's bookkeeping (done, iterations_since_restore, timestamps, ...) is not writt
 
 TensorBoard keeps the first HParams record of a run and ignores later ones, so a trial's
 parameters are written once, at its first epoch; its status lives in the `status` text
-(running / stopped by ASHA at epoch n / completed / errored: ...), in the HParams column
+(running / stopped by ASHA at epoch n, in the scheduler's words / completed / errored: ...), in the HParams column
 `status/epochs`, and at the end in the HParams session status (success, or failure when it
 errored) that the HParams tab filters on.
 
@@ -32,6 +32,7 @@ from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2, summ
 from torch.utils.tensorboard import SummaryWriter
 
 from search.report import last_line, trial_status
+from search.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
 from trainable import reported
 from trainable.recipes import resolve
 
@@ -60,7 +61,8 @@ class ReviewLogger(LoggerCallback):
 
     _SAVED_FILE_TEMPLATES = ["events.out.tfevents.*"]  # what Ray keeps with a trial's files
 
-    def __init__(self):
+    def __init__(self, scheduler: str = DEFAULT_SCHEDULER):
+        self._scheduler = scheduler  # the search's (a key of SCHEDULERS): how a stopped trial's status reads
         self._writers: dict[Any, SummaryWriter] = {}
         self._last: dict[Any, dict] = {}
 
@@ -100,7 +102,7 @@ class ReviewLogger(LoggerCallback):
                 error = (last_line(trial.get_error() or RuntimeError("see the trial's error.txt"))
                          if failed else None)
                 status = trial_status(int(result.get(reported.ITERATION, 0)), _budget(trial), finished=True,
-                                      error=error)
+                                      error=error, scheduler=SCHEDULERS[self._scheduler])
                 writer.add_text(STATUS_TAG, status, global_step=int(result.get(reported.ITERATION, 0)))
                 writer.file_writer.add_summary(session_end(failed))
         except Exception:

@@ -1,5 +1,6 @@
-"""python search/run.py [--recipe NAME] [--space NAME ...]: an ASHA + Optuna search over named
-spaces, or without a space the recipe's own configuration trained once.
+"""python search/run.py [--recipe NAME] [--space NAME ...] [--scheduler NAME]: an Optuna search over
+named spaces, its weak trials stopped early by ASHA (or another scheduler), or without a space the
+recipe's own configuration trained once.
 
 Every trial is the full k-fold training of one configuration (trainable.tune.train_sed) of
 a named recipe (--recipe; the reference's v1_7 by default). Results land in STORAGE/NAME:
@@ -39,6 +40,7 @@ if __name__ == "__main__":  # Ctrl-C or SIGTERM during the imports below (second
 from search.default_data import QUICK_PRESET, QUICK_TRAINING, default_data_dir, ensure_synthetic
 from search.plan import (PLAN_FILE, SAMPLERS, SearchPlan, check_plan, extended, load_plan, param_names,
                          plan_difference, report_dir, searched_keys)
+from search.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, chosen_settings, owners, setting_names
 from search.signals import stop_on_sigterm_like_ctrl_c
 from search.storage import (DEFAULT_STORAGE, REMOTE_TIMEOUT_ENV, StorageError, check_storage, newest_with, normalise,
                             remote_timeout)
@@ -48,17 +50,13 @@ from trainable.config import STAGES, ConfigError, TrainConfig, TrialConfig
 from trainable.dotted import flatten_dotted, merge
 from trainable.recipes import DEFAULT_RECIPE, RECIPES, STAGE_RECIPES, resolve
 
-DEFAULT_GRACE = 4  # epochs before ASHA may stop a trial
 # max_failures: a reclaimed spot node is one failure for each trial it held, and a retry costs at
-# most the epoch in flight.
-# reduction_factor: ASHA keeps the best third of the trials at each rung (Hyperband's eta = 3);
-# halving (2) lets too many weak trials run on when only a few have reached a rung.
-DEFAULTS = {"num_samples": 8, "reduction_factor": 3, "cpus_per_trial": 1.0, "gpus_per_trial": 0.0, "seed": 0,
-            "max_failures": 5}
+# most the epoch in flight. The schedulers' settings and defaults are their own (search.schedulers).
+DEFAULTS = {"num_samples": 8, "cpus_per_trial": 1.0, "gpus_per_trial": 0.0, "seed": 0, "max_failures": 5}
 # Flags that define a search; resuming takes them from the experiment itself.
-SEARCH_FLAGS = ("space", "recipe", "data_dir", "cache_dir", "num_samples", "max_concurrent", "epochs", "grace_period",
-                "reduction_factor", "folds", "backbone", "cpus_per_trial", "gpus_per_trial", "seed", "set",
-                "config", "max_failures", "stage", "teacher", "init_from", "sampler")
+SEARCH_FLAGS = ("space", "recipe", "data_dir", "cache_dir", "num_samples", "max_concurrent", "epochs", "folds",
+                "backbone", "cpus_per_trial", "gpus_per_trial", "seed", "set", "config", "max_failures", "stage",
+                "teacher", "init_from", "sampler", "scheduler", *setting_names())
 # Paths of this machine: given by their own flags, never taken from --config or --set.
 PATH_FLAGS = {"data_dir": "--data-dir", "cache_dir": "--cache-dir", "teacher_files": "--teacher",
               "teacher_file": "--teacher", "init_from": "--init-from"}  # teacher_file: the key's former name
@@ -87,14 +85,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--num-samples", type=int, help=f"trials to run (default: {DEFAULTS['num_samples']}); with --resume, a"
                                         " larger count extends the search (its study goes on)")
     add("--max-concurrent", type=int, help="trials at once (default: as many as the resources allow)")
-    add("--epochs", type=int, help="epochs per trial = ASHA's max_t (default: the recipe's: 50 in stage 1,"
+    add("--epochs", type=int, help="epochs per trial = the scheduler's max_t (default: the recipe's: 50 in stage 1,"
                                    f" {QUICK_TRAINING['train.epochs']} on the synthetic data; 5 in stages 2 and 3);"
                                    " a cosine over the whole budget (those of the synthetic data and of stages 2"
                                    " and 3) goes on spanning it")
-    add("--grace-period", type=int, help=f"epochs every trial runs before ASHA may stop it; early epochs say"
-                                         f" little (default: {DEFAULT_GRACE}, at most --epochs)")
-    add("--reduction-factor", type=int,
-        help=f"ASHA keeps 1/factor of the trials at each rung (default: {DEFAULTS['reduction_factor']})")
+    add_scheduler_flags(parser)
     add("--folds", type=int, help="number of CV folds (default: the recipe's 5;"
                                   f" {QUICK_PRESET['data.n_folds']} on the synthetic data)")
     add("--backbone", help="timm backbone (default: the recipe's resnet18;"
@@ -130,6 +125,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--max-failures", type=int, help="retries of a failed trial from its last checkpoint"
                                          f" (default: {DEFAULTS['max_failures']})")
     return parser.parse_args(argv)
+
+
+def add_scheduler_flags(parser: argparse.ArgumentParser) -> None:
+    """--scheduler from SCHEDULERS, and each scheduler's settings as flags (a setting that several
+    schedulers have, such as --reduction-factor, is one flag; each of them says what it means)."""
+    described = "; ".join(f"{name}: {entry.description}" for name, entry in SCHEDULERS.items())
+    parser.add_argument("--scheduler", choices=list(SCHEDULERS),
+                        help=f"how weak trials are stopped early (default: {DEFAULT_SCHEDULER}). {described}")
+    for name in setting_names():
+        settings = [setting for entry in owners(name) for setting in entry.settings if setting.name == name]
+        parser.add_argument(settings[0].flag, type=settings[0].type, help="; ".join(s.help for s in settings))
 
 
 def list_spaces() -> str:
@@ -390,7 +396,7 @@ def experiment_name(args: argparse.Namespace, storage: str) -> str:
 
 
 def check_resources(args: argparse.Namespace) -> None:
-    for flag, minimum in (("num_samples", 1), ("max_concurrent", 1), ("reduction_factor", 2)):
+    for flag, minimum in (("num_samples", 1), ("max_concurrent", 1)):
         value = getattr(args, flag)
         if value is not None and value < minimum:
             raise UsageError(f"--{flag.replace('_', '-')} must be >= {minimum}, got {value}")
@@ -419,6 +425,9 @@ def new_plan(args: argparse.Namespace, storage: str, name: str) -> SearchPlan:
     data_dir = ensure_synthetic(default_data_dir(), workers=os.cpu_count() or 1) if synthetic else args.data_dir
     fixed = fixed_config(args, data_dir, synthetic)
     trial = resolve(fixed)  # a bad fixed value fails here, with its key
+    scheduler = args.scheduler or DEFAULT_SCHEDULER
+    # Another scheduler's flag, or a bad value, is refused before the data are read.
+    settings = chosen_settings(scheduler, {name: getattr(args, name) for name in setting_names()}, trial.train.epochs)
     n_species = check_data(trial)
     import timm
 
@@ -426,14 +435,12 @@ def new_plan(args: argparse.Namespace, storage: str, name: str) -> SearchPlan:
         raise UsageError(f"unknown backbone {trial.model.backbone!r} (timm has no such model)")
     if trial.init_from:
         check_init_from(trial, n_species)
-    grace = args.grace_period if args.grace_period is not None else min(DEFAULT_GRACE, trial.train.epochs)
     num_samples = _value(args, "num_samples") if args.space else 1
     plan = SearchPlan(spaces=tuple(dict.fromkeys(args.space)), fixed=fixed, num_samples=num_samples,
-                      max_concurrent=args.max_concurrent, grace_period=grace,
-                      reduction_factor=_value(args, "reduction_factor"),
+                      max_concurrent=args.max_concurrent,
                       cpus_per_trial=_value(args, "cpus_per_trial"), gpus_per_trial=_value(args, "gpus_per_trial"),
                       storage=storage, name=name, seed=_value(args, "seed"), max_failures=_value(args, "max_failures"),
-                      sampler=args.sampler or SAMPLERS[0])
+                      sampler=args.sampler or SAMPLERS[0], scheduler=scheduler, scheduler_settings=settings)
     check_plan(plan)
     if trial.model.pretrained:  # last: every cheap check answers first
         check_weights(trial)

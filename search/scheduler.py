@@ -1,4 +1,4 @@
-"""ASHA that remembers its rungs across a resume.
+"""ASHA that remembers its rungs across a resume; HyperBand that forgets finished trials on one.
 
 Ray does not save a scheduler's state with the experiment (ray#30838). When an experiment is
 restored, Ray's TuneController adds every saved trial to the scheduler again (on_trial_add:
@@ -12,6 +12,13 @@ storage file system, so an s3:// experiment works too) into the trial's bracket,
 them when they came in. An unfinished trial goes on from its last checkpoint and reports the
 epochs after it again, so only its results up to that checkpoint are replayed (none without
 one: it starts over), and ASHA decides on the repeated epochs as it would have.
+
+Stock HyperBand after a resume would put every restored trial back into a bracket with no result,
+finished ones included, and a bracket waits (its other trials paused) until all its live trials
+reach the milestone: a finished trial never does. RememberingHyperBand takes a restored finished
+or errored trial out of its bracket at once. Its halving decisions are not replayed (a bracket's
+state is its sequence of halvings, not a set of results): after a resume, the unfinished trials
+are compared with the trials of their bracket from then on (search.schedulers says so).
 """
 
 from __future__ import annotations
@@ -22,11 +29,9 @@ import math
 
 from ray.air.constants import EXPR_RESULT_FILE
 from ray.tune.experiment import Trial
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.result import DONE
+from ray.tune.schedulers import ASHAScheduler, HyperBandScheduler
 from ray.tune.utils import flatten_dict
-
-from search.plan import SearchPlan
-from trainable.reported import ITERATION
 
 logger = logging.getLogger(__name__)
 
@@ -36,15 +41,11 @@ class RememberingASHA(ASHAScheduler):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._added: set[str] = set()  # trial ids added before: a failed trial is added again
+        self._added: set[str] = set()  # trial ids added before (first_seen_restored)
 
     def on_trial_add(self, tune_controller, trial: Trial) -> None:
         super().on_trial_add(tune_controller, trial)
-        # A trial reported before it was ever added here: it comes from the saved experiment.
-        # (run_metadata: Trial.last_result makes up a result for a trial that has none.)
-        restored = trial.trial_id not in self._added and self._time_attr in trial.run_metadata.last_result
-        self._added.add(trial.trial_id)
-        if restored:
+        if first_seen_restored(self._added, trial, self._time_attr):
             self._replay(trial)
 
     def _replay(self, trial: Trial) -> None:
@@ -64,6 +65,38 @@ class RememberingASHA(ASHAScheduler):
             return math.inf
         checkpointed = trial.latest_checkpoint_result
         return checkpointed.metrics.get(self._time_attr, 0) if checkpointed else 0
+
+
+def first_seen_restored(added: set[str], trial: Trial, time_attr: str) -> bool:
+    """Whether a trial added to a scheduler for the first time comes from the saved experiment:
+    it reported before it was ever added (run_metadata: Trial.last_result makes up a result for a
+    trial that has none). `added` remembers the trials seen: a failed trial is added again."""
+    restored = trial.trial_id not in added and time_attr in trial.run_metadata.last_result
+    added.add(trial.trial_id)
+    return restored
+
+
+class RememberingHyperBand(HyperBandScheduler):
+    """HyperBandScheduler whose brackets do not wait for the finished trials restored with the experiment."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._added: set[str] = set()
+
+    def on_trial_add(self, tune_controller, trial: Trial) -> None:
+        super().on_trial_add(tune_controller, trial)
+        restored = first_seen_restored(self._added, trial, self._time_attr)
+        if restored and trial.status in (Trial.TERMINATED, Trial.ERROR):
+            bracket, _ = self._trial_info[trial]
+            bracket.cleanup_trial(trial)
+
+    def on_trial_remove(self, tune_controller, trial: Trial) -> None:
+        if trial.status == Trial.PAUSED:
+            # HyperBand stops a paused trial itself (halved out, or its bracket finished), and Ray
+            # then records no last result done: mark it done, as Ray marks a trial stopped at a
+            # result, so the reports say it ended there rather than that it was interrupted.
+            trial.run_metadata.last_result = {**trial.run_metadata.last_result, DONE: True}
+        super().on_trial_remove(tune_controller, trial)
 
 
 def recorded_results(trial: Trial) -> list[dict]:
@@ -87,8 +120,3 @@ def recorded_results(trial: Trial) -> list[dict]:
             continue
     return results
 
-
-def asha(plan: SearchPlan) -> RememberingASHA:
-    """The plan's scheduler: trials compared on their epochs (training_iteration)."""
-    return RememberingASHA(time_attr=ITERATION, max_t=plan.epochs, grace_period=plan.grace_period,
-                           reduction_factor=plan.reduction_factor)

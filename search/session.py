@@ -21,6 +21,7 @@ from search.plan import (SearchPlan, experiment_path, local_experiment_dir, para
 from search.report import (BEST_CONFIG, LEADERBOARD_MD, STUDY_DB, Row, frame, load_study, refresh_leaderboard,
                            write_reports)
 from search.report_page import REPORT_HTML
+from search.schedulers import scheduler_of
 from search.signals import stop_on_sigterm_like_ctrl_c
 from search.storage import DEFAULT_STORAGE, download, is_remote, normalise, shared_storage_problem, upload
 from trainable.tune import OUT_OF_MEMORY, OUT_OF_MEMORY_ADVICE
@@ -83,7 +84,7 @@ def run_search(plan: SearchPlan, address: str | None) -> int:
               else "no space (the recipe's own configuration)")
     print(f"[rfcx-tune] {'resuming' if resuming else 'starting'} experiment {experiment_path(plan)}:"
           f" recipe {plan.baseline['recipe']}, {spaces}; {plan.num_samples} trials of {plan.epochs} epochs;"
-          f" ASHA grace {plan.grace_period}, reduction {plan.reduction_factor}{stage_note(plan)}", flush=True)
+          f" {scheduler_of(plan).summary(plan.scheduler_settings)}{stage_note(plan)}", flush=True)
     if builtin_data(plan):
         print(f"[rfcx-tune] {preset_note(plan.baseline)}", flush=True)
     os.environ[STUDY_EXPORT_ENV] = str(directory / STUDY_DB)
@@ -92,7 +93,8 @@ def run_search(plan: SearchPlan, address: str | None) -> int:
     study = load_study(directory)
     rows = write_reports(directory, results, study, plan.epochs, param_names(plan.spaces, plan.epochs, plan.teacher),
                          title=f"{plan.name}: recipe {plan.baseline['recipe']}, {', '.join(plan.spaces) or 'no space'}",
-                         recipe=recipe_config(plan.spaces, plan.epochs, plan.teacher, plan.baseline))
+                         recipe=recipe_config(plan.spaces, plan.epochs, plan.teacher, plan.baseline),
+                         scheduler=scheduler_of(plan))
     # The reports are written before the holdout scoring, which rewrites them with its scores:
     # a failure or a kill while predicting leaves a complete leaderboard.
     interrupted = any(row.status.startswith(("interrupted", "not started")) for row in rows)

@@ -20,6 +20,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
 from search.scheduler import RememberingASHA
+from trainable.reported import ITERATION, METRIC, MODE
 
 pytestmark = pytest.mark.ray
 
@@ -31,7 +32,7 @@ QUALITIES = [0.8, 0.9, 0.1]
 
 def known_scores(config: dict) -> None:
     for _ in range(EPOCHS):
-        tune.report({"cv_lwlrap": config["quality"]})
+        tune.report({METRIC: config["quality"]})
 
 
 class CtrlCAfter(tune.Callback):
@@ -52,14 +53,14 @@ def search(storage, name: str, scheduler: ASHAScheduler, callbacks: tuple = ()) 
     return tune.Tuner(
         known_scores,
         param_space={"quality": tune.grid_search(QUALITIES)},
-        tune_config=tune.TuneConfig(metric="cv_lwlrap", mode="max", scheduler=scheduler, max_concurrent_trials=1,
+        tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, scheduler=scheduler, max_concurrent_trials=1,
                                     reuse_actors=True),
         run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0, callbacks=list(callbacks)),
     )
 
 
 def epochs_run(results: tune.ResultGrid) -> dict[float, int]:
-    return {result.config["quality"]: result.metrics.get("training_iteration", 0) for result in results}
+    return {result.config["quality"]: result.metrics.get(ITERATION, 0) for result in results}
 
 
 def resumed(experiment: Path, scheduler: ASHAScheduler | None = None) -> dict[float, int]:
@@ -73,7 +74,7 @@ def resumed(experiment: Path, scheduler: ASHAScheduler | None = None) -> dict[fl
 
 
 def asha(kind: type[ASHAScheduler]) -> ASHAScheduler:
-    return kind(time_attr="training_iteration", max_t=EPOCHS, grace_period=1, reduction_factor=2)
+    return kind(time_attr=ITERATION, max_t=EPOCHS, grace_period=1, reduction_factor=2)
 
 
 def test_a_trial_after_a_resume_is_stopped_as_in_an_uninterrupted_search(local_ray, tmp_path):

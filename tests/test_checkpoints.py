@@ -37,14 +37,18 @@ def test_a_resumed_trial_counts_the_period_from_its_restart():
 
 def test_a_search_checkpoints_its_trials_at_every_rung_where_asha_may_stop_them(tmp_path):
     from search.experiment import trial_space
-    from search.plan import SearchPlan, rungs_of
+    from search.plan import SearchPlan
+    from search.schedulers import SCHEDULERS
+
+    def rungs_of(epochs: int, grace_period: int, reduction_factor: int) -> list[int]:
+        return SCHEDULERS["asha"].milestones(dict(grace_period=grace_period, reduction_factor=reduction_factor), epochs)
 
     assert rungs_of(50, 4, 3) == [4, 12, 36] and rungs_of(8, 4, 3) == [4] and rungs_of(8, 8, 3) == []
     assert rungs_of(50, 1, 2) == [1, 2, 4, 8, 16, 32]  # Ray's milestones below max_t
     fixed = {"recipe": "v1_7", "train.epochs": 50, "data_dir": str(tmp_path), "train.checkpoint_epochs": [20]}
-    plan = SearchPlan(spaces=("loss_weights",), fixed=fixed, num_samples=2, max_concurrent=None, grace_period=4,
-                      reduction_factor=3, cpus_per_trial=1, gpus_per_trial=0, storage=str(tmp_path), name="x",
-                      seed=0, max_failures=0)
+    plan = SearchPlan(spaces=("loss_weights",), fixed=fixed, num_samples=2, max_concurrent=None, cpus_per_trial=1,
+                      gpus_per_trial=0, storage=str(tmp_path), name="x", seed=0, max_failures=0, scheduler="asha",
+                      scheduler_settings={"grace_period": 4, "reduction_factor": 3})
     space = trial_space(plan)
     assert space["train.checkpoint_epochs"] == [4, 12, 20, 36]  # the user's epochs kept beside the rungs
     assert {key: value for key, value in space.items() if key != "train.checkpoint_epochs"} == {

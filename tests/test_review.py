@@ -17,6 +17,7 @@ from search.lb_scores import LB_FILE
 from search.plan import SearchPlan, save_plan
 from search.report import Row, export_study, frame, refresh_leaderboard
 from search.review_logger import tag
+from search.schedulers import SCHEDULERS
 from tests.helpers import colours, screenshot
 
 pytestmark = pytest.mark.slow
@@ -44,7 +45,8 @@ def scored(tmp_path_factory) -> Path:
 def make_experiment(tmp_path: Path) -> Path:
     fixed = {"recipe": "v1_7", "train.epochs": EPOCHS, "data_dir": str(tmp_path)}
     plan = SearchPlan(spaces=("loss_weights",), fixed=fixed, num_samples=5,
-                      max_concurrent=None, grace_period=1, reduction_factor=3, cpus_per_trial=1, gpus_per_trial=0,
+                      max_concurrent=None, scheduler_settings={"grace_period": 1, "reduction_factor": 3},
+                      cpus_per_trial=1, gpus_per_trial=0,
                       storage=str(tmp_path), name="exp", seed=0, max_failures=0)
     save_plan(plan)
     study = optuna.create_study(study_name="exp", direction="maximize")
@@ -58,7 +60,7 @@ def make_experiment(tmp_path: Path) -> Path:
             state=state, value=None if trial in STOPPED_AT else score,
             intermediate_values={e: score - 0.05 * (epochs - e) for e in range(1, epochs + 1)}))
     export_study(study, tmp_path / "exp" / "study.db")
-    rows = [Row(trial, f"stopped by ASHA at epoch {STOPPED_AT[trial]}" if trial in STOPPED_AT else "completed",
+    rows = [Row(trial, SCHEDULERS["asha"].stopped(STOPPED_AT[trial]) if trial in STOPPED_AT else "completed",
                 score, 0.01 * (k + 1), STOPPED_AT.get(trial, EPOCHS),
                 {"loss.w_max": 0.4 * k, "loss.w_frame": 1.5 - 0.3 * k},
                 10.0, fold_scores=f"{score + 0.01:.4f},{score - 0.01:.4f}", recipe_point=k == 1)
@@ -80,7 +82,7 @@ def test_the_report_draws_every_figure_it_has_data_for_and_says_what_is_missing(
     text = html.unescape(page)
     assert "5 trials: each one's best cv_lwlrap" in text and "2 stopped by ASHA (crosses)" in text
     assert "ASHA's rungs at epoch 1 (dotted)" in text  # grace 1, reduction 3, 3 epochs: one rung below the budget
-    assert "all 5 trials reached at the grace-period rung (epoch 1)" in text
+    assert "all 5 trials reached at ASHA's first rung (epoch 1)" in text
     assert "The completed trials alone (3) are too few" in text  # fANOVA on 3 survivors: not drawn
     assert "no holdout score yet" in text and "no LB score yet" in text
     assert "Leaderboard (5 trials)" in text and "aa_00000" in text

@@ -18,7 +18,7 @@ from trainable.recipes import RECIPES, resolve
 FLAGS = ("--space", "--data-dir", "--num-samples", "--max-concurrent", "--epochs", "--grace-period",
          "--reduction-factor", "--folds", "--backbone", "--cpus-per-trial", "--gpus-per-trial", "--address",
          "--storage", "--name", "--resume", "--seed", "--set", "--config", "--list-spaces", "--stage", "--teacher",
-         "--init-from", "--recipe", "--list-recipes", "--sampler")
+         "--init-from", "--recipe", "--list-recipes", "--sampler", "--scheduler")
 
 
 def test_help_explains_every_flag(capsys):

@@ -27,6 +27,7 @@ from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
 from search.export import submit_command
 from search.optuna_search import TruthfulOptunaSearch
+from search.schedulers import SCHEDULERS
 from spaces import recipe_point
 from tests.helpers import ENV, REPO, colours, screenshot, tiny_search
 from trainable.config import TrialConfig, from_dict
@@ -88,7 +89,7 @@ def test_a_search_leaves_a_leaderboard_a_study_a_config_and_tensorboard_files(ca
             assert trial.state == optuna.trial.TrialState.COMPLETE and row.epochs == 3
             assert trial.value == pytest.approx(row.score)  # Optuna is told the leaderboard's score
         else:
-            assert row.status == f"stopped by ASHA at epoch {row.epochs}" and row.epochs < 3
+            assert row.status == SCHEDULERS["asha"].stopped(row.epochs) and row.epochs < 3
             assert trial.state == optuna.trial.TrialState.PRUNED
             assert sorted(trial.intermediate_values) == list(range(1, row.epochs + 1))
 
@@ -146,7 +147,7 @@ def test_a_search_leaves_a_leaderboard_a_study_a_config_and_tensorboard_files(ca
         assert colours(imread(io.BytesIO(base64.b64decode(data)), format="png")) > 10, name
     stopped = int(board.status.str.startswith("stopped").sum())
     for caption in ("4 trials: each one's best cv_lwlrap", f"{stopped} stopped by ASHA", "4 trials: cv_lwlrap after",
-                    "4 trials with a score", "all 4 trials reached at the grace-period rung (epoch 1)",
+                    "4 trials with a score", "all 4 trials reached at ASHA's first rung (epoch 1)",
                     "4 trials with a holdout score", "no LB score yet"):
         assert caption in html.unescape(page), caption
     shot = screenshot((experiment / "report.html").as_uri(), tmp_path / "report.png", height=2400)
