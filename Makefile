@@ -52,7 +52,7 @@ test: setup
 # The markers are registered in pyproject.toml; a test file that starts Ray carries `ray`, etc.
 FAST := not ray and not cluster and not s3 and not slow
 test-fast: setup
-	$(PY) -m pytest -q -m "$(FAST)"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "$(FAST)"
 
 lint: setup
 	$(VENV)/bin/ruff check trainable spaces search bench tests

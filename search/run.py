@@ -274,6 +274,7 @@ def check_data(trial: TrialConfig) -> int:
     number of species."""
     from trainable.annotations import AnnotationError, load_annotations
     from trainable.cache import CacheError, LogMelCache
+    from trainable.datasets import dataset
     from trainable.folds import folds_of
     from trainable.teacher import TeacherError, load_teachers
 
@@ -283,11 +284,11 @@ def check_data(trial: TrialConfig) -> int:
     if trial.cache_dir:
         check_directory("--cache-dir", cache_dir, may_be_missing=True)
     try:
-        annotations = load_annotations(data_dir)
+        annotations = load_annotations(data_dir, trial.data.dataset)
         if not cache_dir.is_dir():
             raise UsageError(f"no log-mel cache at {cache_dir}; build it: {prepare_command(trial)}")
         cache = LogMelCache.open(cache_dir)
-        check_cached(annotations, cache, data_dir, prepare_command(trial, cache.features))
+        check_cached(annotations, dataset(trial.data.dataset), cache, data_dir, prepare_command(trial, cache.features))
         if trial.teacher_files:
             load_teachers([Path(path) for path in trial.teacher_files], annotations, cache.features.frames_per_second)
     except (AnnotationError, CacheError, TeacherError) as error:
@@ -309,15 +310,13 @@ def check_directory(flag: str, path: Path, may_be_missing: bool = False) -> None
 MISSING_SHOWN = 3  # recordings a missing-array message names
 
 
-def check_cached(annotations, cache, data_dir: Path, command: str) -> None:
+def check_cached(annotations, layout, cache, data_dir: Path, command: str) -> None:
     """Every annotated recording and every test recording of the submission has its array, computed
     from its audio as it is now (a cache that prepare left incomplete, e.g. after it exited 1, or one
-    whose audio was regenerated since, is refused here)."""
-    from trainable.annotations import AUDIO_SUFFIX
-
+    whose audio was regenerated since, is refused here); `layout`: the data's trainable.datasets.Dataset."""
     wanted = [("train", rid) for rid in annotations.train_ids] + [("test", rid) for rid in annotations.test_ids]
     stale = [f"{split}/{rid}" for split, rid in wanted
-             if cache.stale(split, rid, data_dir / split / f"{rid}{AUDIO_SUFFIX}")]
+             if cache.stale(split, rid, layout.audio_path(data_dir, split, rid))]
     if stale:
         missing = sum(not cache.has(*name.split("/")) for name in stale)
         changed = len(stale) - missing
@@ -334,7 +333,11 @@ def prepare_command(trial: TrialConfig, features=None) -> str:
     from trainable.config import FeatureConfig
     from trainable.prepare import FEATURE_FLAGS
 
+    from trainable.annotations import DEFAULT_DATASET
+
     command = f"python -m trainable.prepare --data-dir {trial.data_dir}"
+    if trial.data.dataset != DEFAULT_DATASET:
+        command += f" --dataset {trial.data.dataset}"
     if trial.cache_dir:
         command += f" --cache-dir {trial.cache_dir}"
     if features is not None:

@@ -195,6 +195,7 @@ def json_layout(monkeypatch, tmp_path) -> Path:
     return data
 
 
+@pytest.mark.slow  # trains
 def test_a_made_up_layout_trains_one_epoch_through_the_seam(json_layout, tmp_path):
     annotations = load_annotations(json_layout, "json")
     assert annotations.n_species == SPECIES and list(annotations.test_ids) == ["probe0", "probe1"]

@@ -217,6 +217,7 @@ def test_every_scheduler_has_a_real_search():
     assert set(REAL_SEARCHES) == set(SCHEDULERS)
 
 
+@pytest.mark.ray
 @pytest.mark.parametrize("name", list(REAL_SEARCHES))
 def test_a_tiny_real_search_under_each_scheduler(name, local_ray, cached_dir, tmp_path, monkeypatch):
     flags, trials, epochs, must_stop = REAL_SEARCHES[name]
@@ -246,6 +247,7 @@ def test_a_tiny_real_search_under_each_scheduler(name, local_ray, cached_dir, tm
 HYPERBAND_QUALITIES = [0.8, 0.9, 0.5, 0.1, 0.7]  # eta 3 over 3 epochs: brackets of 2 (no halving) and 3
 
 
+@pytest.mark.ray
 def test_a_resumed_hyperband_search_does_not_wait_for_the_trials_that_finished_before(local_ray, tmp_path):
     """Interrupted inside its second bracket and resumed: the restored finished trials leave their
     brackets, so the unfinished ones are not paused forever waiting for them, and every trial ends.

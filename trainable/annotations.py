@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
@@ -83,11 +82,3 @@ def load_annotations(data_dir: Path, dataset: str = DEFAULT_DATASET) -> Annotati
                                    chosen.species_count(data_dir))
 
 
-def __getattr__(name: str) -> Any:
-    # search/run.py's check_cached still builds RFCx audio paths from AUDIO_SUFFIX; the
-    # layout's audio_path is the way (kept until run.py reads through trainable.datasets).
-    if name == "AUDIO_SUFFIX":
-        from trainable.datasets.rfcx import AUDIO_SUFFIX
-
-        return AUDIO_SUFFIX
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
