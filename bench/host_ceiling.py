@@ -29,8 +29,8 @@ import argparse
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pyarrow.fs
 import timm
@@ -43,8 +43,15 @@ from bench.real_sized import real_sized_data
 from search.schedulers import SCHEDULERS
 from trainable.checkpoints import CheckpointCadence
 from trainable.config import ModelConfig, TrainConfig, TrialConfig, from_dict
-from trainable.data import (ClipWindows, EpochBatches, TrainCrops, epoch_crops, epoch_size, shuffled_batches,
-                            window_starts)
+from trainable.data import (
+    ClipWindows,
+    EpochBatches,
+    TrainCrops,
+    epoch_crops,
+    epoch_size,
+    shuffled_batches,
+    window_starts,
+)
 from trainable.fit import Device
 from trainable.kfold import KFoldTraining, training_loader
 from trainable.model import SEDModel

@@ -16,10 +16,10 @@ import numpy as np
 
 from search.default_data import default_data_dir
 from trainable import synth
-from trainable.datasets.rfcx import FP_FILE, TP_FILE
 from trainable.atomic import atomic_write_text
 from trainable.cache import DEFAULT_CACHE_NAME, LogMelCache
 from trainable.config import FeatureConfig
+from trainable.datasets.rfcx import FP_FILE, TP_FILE
 
 NAME = "host-bench-v1"  # change when what is written changes
 RECORDINGS = 2200  # train recordings: half with tp rows, as the real 1,132

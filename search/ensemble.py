@@ -28,11 +28,18 @@ from typing import TYPE_CHECKING, Any
 
 # No torch or Ray here: --help and bad input answer at once; torch comes with a trial to export.
 from search.blend import AVERAGES, DEFAULT_MAX_STEPS, DEFAULT_TOLERANCE
-from search.export import (EXPORT_ERRORS, OOF_FILE, SUBMISSION, WINDOWS, check_writable, is_fresh,
-                           species_columns, submit_command)
+from search.export import (
+    EXPORT_ERRORS,
+    OOF_FILE,
+    SUBMISSION,
+    WINDOWS,
+    check_writable,
+    is_fresh,
+    species_columns,
+    submit_command,
+)
 from search.holdout import HOLDOUT_FILE, PRIVATE, PUBLIC
-from search.trials import (ENSEMBLE, EXPORTS, LEADERBOARD_CSV, TrialNotFound, newest_checkpoint, scored_board,
-                           trial_dir)
+from search.trials import ENSEMBLE, EXPORTS, LEADERBOARD_CSV, TrialNotFound, newest_checkpoint, scored_board, trial_dir
 from search.window_blend import WindowsError, blend_windows
 from trainable.annotations import DEFAULT_DATASET
 from trainable.atomic import atomic_directory

@@ -23,11 +23,10 @@ from pyarrow import PythonFile
 from ray import tune
 from ray.tune.execution.tune_controller import TuneController
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-from ray.tune.search import ConcurrencyLimiter, SearchGenerator, Searcher
+from ray.tune.search import ConcurrencyLimiter, Searcher, SearchGenerator
 
+from search import review_logger, schedulers
 from search.optuna_search import TruthfulOptunaSearch
-from search import review_logger
-from search import schedulers
 from search.plan import DefineByRun, SearchPlan, experiment_path, optuna_sampler, save_plan, trial_resources
 from spaces import recipe_point, windows_of
 from trainable.reported import METRIC, MODE

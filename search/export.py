@@ -113,8 +113,8 @@ def export(experiment: Path, trial: str, data_dir: Path | None = None, cache_dir
     """Write oof.csv, submission.csv, windows.csv and (with test_truth.csv) holdout.json of one trial;
     returns their folder. `progress`: a progress bar per fold and split (on stderr)."""
     from trainable.atomic import atomic_write_text
-    from trainable.folds import folds_of, species_matrix
     from trainable.datasets import dataset
+    from trainable.folds import folds_of, species_matrix
     from trainable.kfold import read_trial_file
     from trainable.recipes import resolve
 

@@ -12,7 +12,7 @@ Each function returns a Figure or None when there is nothing to draw yet.
 from __future__ import annotations
 
 import io
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd

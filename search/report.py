@@ -30,12 +30,12 @@ from search.lb_scores import LB_MEMO, LB_PRIVATE, LB_PUBLIC, load_lb
 from search.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, Scheduler
 from search.trials import ENSEMBLE, EXPORTS
 from trainable import reported
-from trainable.reported import SCORE
-from trainable.tune import OUT_OF_MEMORY_ADVICE, OutOfGPUMemoryError
 from trainable.atomic import TEMP_SUFFIX, atomic_write_text
 from trainable.config import to_dict
 from trainable.dotted import flatten_dotted, nest_dotted
 from trainable.recipes import resolve
+from trainable.reported import SCORE
+from trainable.tune import OUT_OF_MEMORY_ADVICE, OutOfGPUMemoryError
 
 LEADERBOARD_MD, LEADERBOARD_CSV = "leaderboard.md", "leaderboard.csv"
 BEST_CONFIG, STUDY_DB = "best_config.yaml", "study.db"

@@ -38,12 +38,29 @@ if __name__ == "__main__":  # Ctrl-C or SIGTERM during the imports below (second
 # Light imports only: --help and argument errors must answer at once. Ray, torch and timm are
 # imported by the functions that need them (search.experiment, search.session).
 from search.default_data import QUICK_PRESET, QUICK_TRAINING, default_data_dir, ensure_synthetic
-from search.plan import (PLAN_FILE, SAMPLERS, SearchPlan, check_plan, extended, load_plan, param_names,
-                         plan_difference, report_dir, searched_keys)
+from search.plan import (
+    PLAN_FILE,
+    SAMPLERS,
+    SearchPlan,
+    check_plan,
+    extended,
+    load_plan,
+    param_names,
+    plan_difference,
+    report_dir,
+    searched_keys,
+)
 from search.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, chosen_settings, owners, setting_names
 from search.signals import stop_on_sigterm_like_ctrl_c
-from search.storage import (DEFAULT_STORAGE, REMOTE_TIMEOUT_ENV, StorageError, check_storage, newest_with, normalise,
-                            remote_timeout)
+from search.storage import (
+    DEFAULT_STORAGE,
+    REMOTE_TIMEOUT_ENV,
+    StorageError,
+    check_storage,
+    newest_with,
+    normalise,
+    remote_timeout,
+)
 from spaces import SPACES
 from trainable.cache import DEFAULT_CACHE_NAME
 from trainable.config import STAGES, ConfigError, TrainConfig, TrialConfig
@@ -330,10 +347,9 @@ def check_cached(annotations, layout, cache, data_dir: Path, command: str) -> No
 def prepare_command(trial: TrialConfig, features=None) -> str:
     """The command that builds (or completes) the trial's cache, with the cache's own feature
     parameters where they are not prepare's defaults (prepare refuses a cache of others)."""
+    from trainable.annotations import DEFAULT_DATASET
     from trainable.config import FeatureConfig
     from trainable.prepare import FEATURE_FLAGS
-
-    from trainable.annotations import DEFAULT_DATASET
 
     command = f"python -m trainable.prepare --data-dir {trial.data_dir}"
     if trial.data.dataset != DEFAULT_DATASET:

@@ -16,10 +16,26 @@ from search.experiment import build_tuner, can_resume, fit, restore_tuner
 from search.export import EXPORT_ERRORS, export
 from search.holdout import TRUTH_FILE, load_truth, notes
 from search.optuna_search import STUDY_EXPORT_ENV
-from search.plan import (SearchPlan, experiment_path, local_experiment_dir, param_names, recipe_config, report_dir,
-                         save_plan, trial_resources)
-from search.report import (BEST_CONFIG, LEADERBOARD_MD, STUDY_DB, Row, frame, load_study, refresh_leaderboard,
-                           write_reports)
+from search.plan import (
+    SearchPlan,
+    experiment_path,
+    local_experiment_dir,
+    param_names,
+    recipe_config,
+    report_dir,
+    save_plan,
+    trial_resources,
+)
+from search.report import (
+    BEST_CONFIG,
+    LEADERBOARD_MD,
+    STUDY_DB,
+    Row,
+    frame,
+    load_study,
+    refresh_leaderboard,
+    write_reports,
+)
 from search.report_page import REPORT_HTML
 from search.schedulers import scheduler_of
 from search.signals import stop_on_sigterm_like_ctrl_c

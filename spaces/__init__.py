@@ -11,13 +11,24 @@ the Optuna parameters that reproduce a recipe's config, so a search can evaluate
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from fractions import Fraction
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 
-from spaces.definitions import (EPOCHS_ATTR, REFERENCE_WINDOWS, TEACHER_ATTR, WINDOWS_ATTR, crop, loss_weights, mixup,
-                                pseudo, scheduler, variants)
+from spaces.definitions import (
+    EPOCHS_ATTR,
+    REFERENCE_WINDOWS,
+    TEACHER_ATTR,
+    WINDOWS_ATTR,
+    crop,
+    loss_weights,
+    mixup,
+    pseudo,
+    scheduler,
+    variants,
+)
 from trainable.config import ConfigError, TrialConfig, to_dict
 from trainable.dotted import flatten_dotted
 

@@ -12,9 +12,21 @@ from typing import Any
 
 import optuna
 
-from trainable.config import (AUGMENT_POLICIES, CLASS_COUNTS, CROP_RULES, EVENT_FRAMES, FRAME_REDUCTIONS, INPUTS,
-                              MIXUP_TARGETS, ORIENTATIONS, PSEUDO_ON, SCHEDULES, UPSAMPLING, DataConfig,
-                              scaled_overlap)
+from trainable.config import (
+    AUGMENT_POLICIES,
+    CLASS_COUNTS,
+    CROP_RULES,
+    EVENT_FRAMES,
+    FRAME_REDUCTIONS,
+    INPUTS,
+    MIXUP_TARGETS,
+    ORIENTATIONS,
+    PSEUDO_ON,
+    SCHEDULES,
+    UPSAMPLING,
+    DataConfig,
+    scaled_overlap,
+)
 
 DEFAULT_EPOCHS = 50  # the recipe's epoch budget, used when the search did not say its own
 # Trial user attributes the search sets before it calls a space: the epoch budget, whether the

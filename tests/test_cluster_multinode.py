@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path

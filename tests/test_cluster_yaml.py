@@ -16,14 +16,15 @@ import shutil
 import socket
 import subprocess
 import sys
-import tomllib
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jsonschema
 import pytest
 import ray
+import tomllib
 import yaml
 from ray.autoscaler._private import util as ray_util
 from ray.autoscaler._private.node_provider_availability_tracker import NodeAvailabilitySummary

@@ -9,8 +9,16 @@ import torch
 from trainable.annotations import load_annotations
 from trainable.cache import LogMelCache, clip_statistics
 from trainable.config import DataConfig, LossConfig
-from trainable.data import (ClipWindows, TrainCrops, centre_frames, crop, crop_start, epoch_crops, epoch_size,
-                            window_starts)
+from trainable.data import (
+    ClipWindows,
+    TrainCrops,
+    centre_frames,
+    crop,
+    crop_start,
+    epoch_crops,
+    epoch_size,
+    window_starts,
+)
 from trainable.folds import make_folds, species_matrix
 from trainable.targets import Events, Labels, frame_targets, index_events
 

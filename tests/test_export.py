@@ -15,17 +15,16 @@ import torch
 
 from search import export, lb
 from search.holdout import PRIVATE, PUBLIC, holdout_scores, load_truth
-from trainable.annotations import load_annotations
-from trainable.cache import LogMelCache
 from search.report import Row, frame
 from trainable import kfold
+from trainable.annotations import load_annotations
+from trainable.cache import LogMelCache
 from trainable.config import DataConfig
-from trainable.dotted import merge
 from trainable.data import window_starts
+from trainable.dotted import merge
 from trainable.fit import Device
-from trainable.folds import fp_only_ids
+from trainable.folds import folds_of, fp_only_ids
 from trainable.inputs import InputPipeline
-from trainable.folds import folds_of
 from trainable.kfold import BEST_OOF_FILE, KFoldTraining, best_weights_file
 from trainable.recipes import resolve
 

@@ -12,11 +12,19 @@ from torch.utils.data import DataLoader
 
 from trainable.annotations import load_annotations
 from trainable.config import ConfigError, TrainConfig, TrialConfig, from_dict
+from trainable.data import shuffled_batches
 from trainable.dotted import merge
 from trainable.fit import Device, DivergedError
-from trainable.kfold import (BEST_OOF_FILE, TRIAL_FILE, KFoldTraining, batches_per_epoch, best_weights_file,
-                             fold_file, loader_workers, step_clamped)
-from trainable.data import shuffled_batches
+from trainable.kfold import (
+    BEST_OOF_FILE,
+    TRIAL_FILE,
+    KFoldTraining,
+    batches_per_epoch,
+    best_weights_file,
+    fold_file,
+    loader_workers,
+    step_clamped,
+)
 from trainable.metrics import lwlrap
 
 pytestmark = pytest.mark.slow

@@ -6,8 +6,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from search.storage import (download, is_remote, local_copy_dir, local_path, newest_with, normalise, read_text,
-                            upload, user_cache_dir)
+from search.storage import (
+    download,
+    is_remote,
+    local_copy_dir,
+    local_path,
+    newest_with,
+    normalise,
+    read_text,
+    upload,
+    user_cache_dir,
+)
 
 
 def test_storage_kinds():

@@ -20,7 +20,7 @@ flight: it checkpoints at the next batch boundary (trainable.preemption), outsid
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from trainable.config import TrainConfig
 

@@ -31,7 +31,6 @@ from trainable.inputs import Placement, placement
 from trainable.targets import Labels, Targets, event_frames
 from trainable.teacher import Teacher
 
-
 REFERENCE_VALID_OVERLAP = DataConfig.valid_overlap  # the reference's: each next start = previous end - 51
 
 

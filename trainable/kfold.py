@@ -25,29 +25,46 @@ from __future__ import annotations
 import dataclasses
 import json
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from trainable import reported
 from trainable.annotations import Annotations, load_annotations
 from trainable.cache import DEFAULT_CACHE_NAME, LogMelCache
 from trainable.clips import ClipSpec, TrainClips, collate_clips, epoch_clips, padded_starts
 from trainable.config import FOLD_SPLIT_KEYS, MODEL_KEYS, ConfigError, TrainConfig, TrialConfig, to_dict, upgrade_keys
+from trainable.data import (
+    REFERENCE_VALID_OVERLAP,
+    ClipWindows,
+    CropSpec,
+    EpochBatches,
+    TrainCrops,
+    epoch_crops,
+    epoch_size,
+    shuffled_batches,
+    teacher_crops,
+)
 from trainable.dotted import flatten_dotted
-from trainable.data import (REFERENCE_VALID_OVERLAP, ClipWindows, CropSpec, EpochBatches, TrainCrops, epoch_crops,
-                            epoch_size, shuffled_batches, teacher_crops)
-from trainable.fit import (LOSS_KEYS, Device, EpochStats, DivergedError, PassProgress, no_boundary, predict_clips,
-                           train_epoch)
+from trainable.fit import (
+    LOSS_KEYS,
+    Device,
+    DivergedError,
+    EpochStats,
+    PassProgress,
+    no_boundary,
+    predict_clips,
+    train_epoch,
+)
 from trainable.folds import Fold, folds_of, fp_only_ids, species_matrix, split_fp_only
 from trainable.inputs import InputPipeline
 from trainable.losses import SEDLoss, balanced_pos_weight
 from trainable.metrics import lwlrap, reference_lrap
 from trainable.model import SEDModel
-from trainable import reported
 from trainable.recipes import DEFAULT_RECIPE, resolve
 from trainable.selection import Selection
 from trainable.targets import Labels, index_events

@@ -9,8 +9,8 @@ softmax, and by max. Backbones are a constructor argument, not new classes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import timm
 import torch

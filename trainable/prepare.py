@@ -25,8 +25,17 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from trainable.annotations import DEFAULT_DATASET, AnnotationError
-from trainable.cache import (CHANGED, DEFAULT_CACHE_NAME, FRESH, MISSING, SPLITS, AudioSource, CacheError,
-                             LogMelCache, source_key)
+from trainable.cache import (
+    CHANGED,
+    DEFAULT_CACHE_NAME,
+    FRESH,
+    MISSING,
+    SPLITS,
+    AudioSource,
+    CacheError,
+    LogMelCache,
+    source_key,
+)
 from trainable.config import ConfigError, FeatureConfig
 from trainable.datasets import DATASETS, Dataset, dataset
 from trainable.features import file_log_mel, warm_up

@@ -15,8 +15,8 @@ The direction: every CV is an LWLRAP-like score, higher is better (MODE).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

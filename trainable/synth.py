@@ -15,17 +15,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import soundfile as sf
 from tqdm import tqdm
 
-from trainable.datasets.rfcx import ANNOTATION_COLUMNS, FP_FILE, SUBMISSION_FILE, TP_FILE, species_columns
 from trainable.atomic import atomic_write, atomic_write_text, remove_partial_files
+from trainable.datasets.rfcx import ANNOTATION_COLUMNS, FP_FILE, SUBMISSION_FILE, TP_FILE, species_columns
 from trainable.synth_audio import DECOYS, CallSpec, Rng, background, make_species, synth_call
 
 Jobs = list[list[tuple[int, str]]]  # per recording: (species, role) of each of its events

@@ -7,8 +7,8 @@ train_fp rows are template-detector hits on other sounds in the species' band.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable
 
 import numpy as np
 

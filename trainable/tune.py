@@ -21,12 +21,12 @@ import ray
 import torch
 from ray import tune
 
+from trainable import preemption
 from trainable.checkpoints import CheckpointCadence
 from trainable.config import ConfigError, TrainConfig
-from trainable.recipes import resolve
 from trainable.fit import Device, DivergedError
 from trainable.kfold import KFoldTraining
-from trainable import preemption
+from trainable.recipes import resolve
 
 DIVERGED_FILE = "diverged.txt"  # in the trial directory: why the trial diverged
 OUT_OF_MEMORY_FILE = "out_of_gpu_memory.txt"  # in the trial directory: the line the trial ended with
