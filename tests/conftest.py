@@ -91,7 +91,8 @@ def trained_experiment(tmp_path_factory, tiny_trial) -> Path:
     from trainable.kfold import KFoldTraining
 
     root = tmp_path_factory.mktemp("experiment") / "exp"
-    training = KFoldTraining(from_dict(TrialConfig, merge(tiny_trial, {"train.epochs": 1})), Device(torch.device("cpu")))
+    config = from_dict(TrialConfig, merge(tiny_trial, {"train.epochs": 1}))
+    training = KFoldTraining(config, Device(torch.device("cpu")))
     training.run_epoch()
     training.save(root / "trial_abc" / "checkpoint_000000")
     (root / "trial_empty").mkdir()

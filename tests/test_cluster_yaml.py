@@ -373,8 +373,8 @@ def test_the_mounts_are_enough_for_the_editable_install(config, tmp_path):
     before = sorted(project.rglob("*"))
     wheels = tmp_path / "wheels"
     wheels.mkdir()
-    build = subprocess.run([sys.executable, "-c", f"import setuptools.build_meta as b; b.build_editable({str(wheels)!r})"],
-                           cwd=project, capture_output=True, text=True, timeout=120)
+    script = f"import setuptools.build_meta as b; b.build_editable({str(wheels)!r})"
+    build = subprocess.run([sys.executable, "-c", script], cwd=project, capture_output=True, text=True, timeout=120)
     assert build.returncode == 0, build.stderr[-3000:]
     assert sorted(project.rglob("*")) == before, "the build wrote into the project folder"
     (wheel,) = wheels.glob("*.whl")

@@ -70,7 +70,8 @@ def test_dotted_keys_nest_and_overrides_merge_section_by_section():
     base = {"data_dir": "d", "train": {"lr": 1e-3, "epochs": 50}}
     assert merge(base, {"train.epochs": 2}) == {"data_dir": "d", "train": {"lr": 1e-3, "epochs": 2}}
     assert base["train"]["epochs"] == 50  # the base is left as it was
-    assert flatten_dotted({"data_dir": "d", "train": {"lr": 0.1, "folds": [1]}}) == {"data_dir": "d", "train.lr": 0.1, "train.folds": [1]}
+    assert flatten_dotted({"data_dir": "d", "train": {"lr": 0.1, "folds": [1]}}) == {"data_dir": "d", "train.lr": 0.1,
+                                                                                      "train.folds": [1]}
 
 
 def test_trial_config_from_a_tune_dict_names_the_bad_key():
@@ -96,7 +97,8 @@ def test_a_config_is_its_recipes_defaults_under_its_own_keys():
     exp0109 = resolve({"data_dir": "d", "recipe": "exp0109", "loss.w_max": 0.25})
     assert (exp0109.loss.w_max, exp0109.loss.w_pseudo, exp0109.augment.group_gamma) == (0.25, 0.0, 0.0)
     assert from_dict(TrialConfig, {"data_dir": "d", "recipe": "fixed"}).model.input == "crop_unit"  # from_dict too
-    assert resolve(to_dict(resolve({"data_dir": "d", "recipe": "fixed"}))) == resolve({"data_dir": "d", "recipe": "fixed"})
+    fixed = {"data_dir": "d", "recipe": "fixed"}
+    assert resolve(to_dict(resolve(fixed))) == resolve(fixed)
     for name in RECIPES:  # every recipe's values are valid keys and values
         teacher = {"teacher_files": ["/t.csv"]} if RECIPES[name].values.get("stage") == 3 else {}
         assert resolve({"data_dir": "d", "recipe": name, **teacher}).recipe == name

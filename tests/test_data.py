@@ -137,7 +137,7 @@ def test_epoch_crops_one_per_tp_event_plus_fresh_negatives(setup):
 def test_epoch_crops_are_deterministic_for_a_seed(setup):
     annotations, _, folds = setup
     for config in (DataConfig(), DataConfig(**EVENT)):
-        draw = lambda seed: epoch_crops(folds[1], annotations.tp, annotations.fp, config, FPS,  # noqa: E731
+        draw = lambda seed, config=config: epoch_crops(folds[1], annotations.tp, annotations.fp, config, FPS,  # noqa: E731
                                         np.random.default_rng(seed))
         assert draw(3) == draw(3) and draw(3) != draw(4)
 

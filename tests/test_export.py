@@ -136,7 +136,8 @@ def test_a_named_trial_and_an_output_folder(experiment, tmp_path, capsys):
     submit = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("submit:"))
     assert submit == ("submit:     kaggle competitions submit -c rfcx-species-audio-detection"
                       f' -f {tmp_path / "submission.csv"} -m "rfcx-tune exp abc"')
-    listed = {"fileName": "submission.csv", "description": "rfcx-tune exp abc", "publicScore": "0.8", "privateScore": ""}
+    listed = {"fileName": "submission.csv", "description": "rfcx-tune exp abc", "publicScore": "0.8",
+              "privateScore": ""}
     assert list(lb.from_submissions([listed], ["abc", "empty"], "exp")[0]) == ["abc"]
 
 
@@ -162,7 +163,8 @@ def test_bad_trials_and_checkpoints_are_one_line_errors(experiment, tmp_path, ca
     assert error.endswith("holds another model than model.backbone=test_resnet with 6 species")
 
     torch.save({"conv": export.ExportError("an object, not weights")}, checkpoint / best_weights_file(0))
-    assert "holds objects other than weights: not loaded" in error_of(capsys, ["--experiment", str(broken), "--trial", "abc"])
+    error = error_of(capsys, ["--experiment", str(broken), "--trial", "abc"])
+    assert "holds objects other than weights: not loaded" in error
     (checkpoint / best_weights_file(0)).write_text("not a checkpoint")
     assert "not a fold checkpoint" in error_of(capsys, ["--experiment", str(broken), "--trial", "abc"])
 

@@ -59,7 +59,8 @@ def test_the_best_trial_is_measured_against_the_recipe_point_on_the_holdout():
                                     " of the halves (public 0.8000, private 0.7000; the recipe point public 0.7500,"
                                     " private 0.6100)")
     worse = board_of(["best", "recipe"], "recipe", [0.70, 0.75], [0.60, 0.61])
-    assert versus_recipe(worse).startswith("holdout: the best trial best does not beat the recipe point recipe: -0.0300")
+    assert versus_recipe(worse).startswith("holdout: the best trial best does not beat the recipe point recipe:"
+                                           " -0.0300")
     same = board_of(["recipe", "other"], "recipe", [0.70, 0.75], [0.60, 0.61])
     assert versus_recipe(same) == "holdout: the best trial recipe is the recipe point (public 0.7000, private 0.6000)"
 

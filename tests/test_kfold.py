@@ -169,7 +169,8 @@ def test_cosine_schedule_stays_at_its_floor_after_t_max():
     assert lrs[4:] == pytest.approx([1e-5] * 6)  # then flat, never climbing back
 
 
-@pytest.mark.parametrize("size, batch, expected", [(21, 20, [20]), (5, 20, [5]), (41, 20, [20, 20]), (40, 20, [20, 20])])
+@pytest.mark.parametrize("size, batch, expected",
+                         [(21, 20, [20]), (5, 20, [5]), (41, 20, [20, 20]), (40, 20, [20, 20])])
 def test_training_batches_never_end_with_a_lone_sample(size, batch, expected):
     batches = shuffled_batches(list(range(size)), batch, torch.Generator().manual_seed(0))
     assert [len(b) for b in batches] == expected

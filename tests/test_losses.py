@@ -51,7 +51,8 @@ def test_total_is_the_weighted_sum_of_the_terms():
 
 
 @pytest.mark.parametrize("term, weight, logit", [("att", "w_att", CLIP_ATT), ("max", "w_max", CLIP_MAX),
-                                                 ("pseudo", "w_pseudo", ATTENTION_WEIGHTS), ("frame", "w_frame", FRAME)])
+                                                 ("pseudo", "w_pseudo", ATTENTION_WEIGHTS),
+                                                 ("frame", "w_frame", FRAME)])
 def test_a_zero_weight_removes_its_term_exactly(term, weight, logit):
     full = SEDLoss(LossConfig())(make_logits(), make_targets())
     logits = make_logits()

@@ -133,4 +133,5 @@ def test_repeat_upsampling_fills_frames_a_stride_does_not_divide():
     with torch.no_grad():
         out = model(torch.rand(1, 3, 64, 100))  # 100 frames, 4 segments: ratio 25
     assert out[FRAME].shape[-1] == 100
-    torch.testing.assert_close(out[FRAME], out[SEGMENT].repeat_interleave(-(-100 // out[SEGMENT].shape[-1]), -1)[..., :100])
+    repeats = -(-100 // out[SEGMENT].shape[-1])
+    torch.testing.assert_close(out[FRAME], out[SEGMENT].repeat_interleave(repeats, -1)[..., :100])

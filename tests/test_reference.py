@@ -633,7 +633,8 @@ def test_window_score_is_the_mean_of_att_and_max_probabilities_and_clips_take_th
     logits = {CLIP_ATT: torch.tensor(att, dtype=torch.float32), CLIP_MAX: torch.tensor(mx, dtype=torch.float32)}
     got = WINDOW_SCORES["att_max_mean"](logits)
     got = got.numpy() if isinstance(got, torch.Tensor) else np.asarray(got)
-    expected = (sigmoid(att.astype(np.float32).astype(np.float64)) + sigmoid(mx.astype(np.float32).astype(np.float64))) / 2
+    as_float32 = lambda logits: logits.astype(np.float32).astype(np.float64)  # noqa: E731
+    expected = (sigmoid(as_float32(att)) + sigmoid(as_float32(mx))) / 2
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
 
     clips = clips_of_windows(expected, counts)

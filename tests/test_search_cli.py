@@ -58,7 +58,8 @@ def test_bad_input_is_one_line_and_exit_code_2(capsys, cached_dir, tmp_path):
         capsys, [*data, "--num-samples", "3"])
     assert "--set recipe=...: use --recipe" in error_of(capsys, [*data, "--set", "recipe=fixed"])
     assert "invalid choice: 'v9'" in run_error(capsys, [*data, "--recipe", "v9"])
-    assert "config key train.epochs: expected int" in error_of(capsys, ["--space", "mixup", "--set", "train.epochs=abc", *data])
+    bad_type = error_of(capsys, ["--space", "mixup", "--set", "train.epochs=abc", *data])
+    assert "config key train.epochs: expected int" in bad_type
     assert "unknown config key train.lrr" in error_of(capsys, ["--space", "mixup", "--set", "train.lrr=0.1", *data])
     assert "expected KEY=VALUE" in error_of(capsys, ["--space", "mixup", "--set", "train.lr", *data])
     assert "loss.w_max is searched by --space loss_weights" in error_of(
@@ -226,7 +227,8 @@ def teacher(cached_dir, tmp_path):
     annotations = load_annotations(cached_dir)
     ids = sorted(set(annotations.tp.recording))
     path = tmp_path / "oof.csv"
-    pd.DataFrame({"recording_id": ids, **{f"s{i}": 0.3 for i in range(annotations.n_species)}}).to_csv(path, index=False)
+    scores = {f"s{i}": 0.3 for i in range(annotations.n_species)}
+    pd.DataFrame({"recording_id": ids, **scores}).to_csv(path, index=False)
     return path
 
 

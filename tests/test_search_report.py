@@ -69,7 +69,8 @@ def test_the_trial_with_the_recipe_values_is_marked_and_its_memo_says_so(tmp_pat
     assert not any(row.recipe_point for row in leaderboard(results, 4, ["loss.w_max"], None))
     assert all(row.recipe_point for row in leaderboard(results, 4, ["loss.w_max"], {}))  # one configuration
 
-    held = [replace(row, holdout={"holdout_public": 0.8 - i / 10, "holdout_private": 0.7 - i / 20}) for i, row in enumerate(rows)]
+    held = [replace(row, holdout={"holdout_public": 0.8 - i / 10, "holdout_private": 0.7 - i / 20})
+            for i, row in enumerate(rows)]
     text = markdown(held, "demo", None)
     assert "| 2 | r | completed | 0.6000 |" in text and text.count("recipe point |") == 1
     assert "holdout: the best trial a beats the recipe point r: +0.0750" in text
