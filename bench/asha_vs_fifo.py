@@ -28,6 +28,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from bench.common import cores, header, synthetic_data, verdict
 from search.default_data import QUICK_PRESET, QUICK_TRAINING
 from search.plan import DefineByRun
+from search.report import trial_results
 from search.schedulers import SCHEDULERS
 from spaces import SPACES
 from trainable.reported import ITERATION, METRIC, MODE, SCORE
@@ -68,10 +69,12 @@ def run(points: list[dict], fixed: dict, scheduler, storage: str, name: str) -> 
     )
     results = tuner.fit()
     assert not results.errors, results.errors
-    ran = sorted(sorted((key, result.config[key]) for key in points[0]) for result in results)
+    # Without errors every trial reported: each has its config and metrics.
+    reports = [(result.config or {}, result.metrics or {}) for result in trial_results(results)]
+    ran = sorted(sorted((key, config[key]) for key in points[0]) for config, _ in reports)
     assert ran == sorted(sorted(point.items()) for point in points), "the run did not train exactly the points"
-    best = max(result.metrics[SCORE] for result in results)
-    epochs = sum(int(result.metrics[ITERATION]) for result in results)
+    best = max(metrics[SCORE] for _, metrics in reports)
+    epochs = sum(int(metrics[ITERATION]) for _, metrics in reports)
     return best, epochs, time.perf_counter() - started
 
 

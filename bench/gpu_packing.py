@@ -15,9 +15,9 @@ import argparse
 import multiprocessing as mp
 import statistics
 import subprocess
-import sys
 import threading
 import time
+from multiprocessing.synchronize import Barrier
 
 import torch
 
@@ -33,21 +33,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def trial_worker(backbone: str, batch: int, threads: int, seconds: float, start: mp.Barrier, out: mp.Queue) -> None:
+def trial_worker(backbone: str, batch: int, threads: int, seconds: float, start: Barrier, out: mp.Queue) -> None:
     """One packed trial: warm up, wait for the others, then train epochs for `seconds`."""
     from bench.common import trial
     from trainable.fit import Device
+    from trainable.kfold import EpochProgress
 
     torch.set_num_threads(threads)
     torch.backends.cudnn.benchmark = True
     training = trial({"model.backbone": backbone, "train.batch_size": batch, "data.n_folds": 2, "train.folds": [0],
                       "data.fp_per_epoch": 1000}, Device(torch.device("cuda")))
     run = training.runs[0]
-    training._train_fold(run)  # warm-up: cuDNN autotuning, allocator
+    training._train_fold(run, EpochProgress(lr=0.0))  # warm-up: cuDNN autotuning, allocator
     start.wait()
     samples, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
-        samples += training._train_fold(run).samples
+        samples += training._train_fold(run, EpochProgress(lr=0.0)).samples  # a new epoch each (lr: unused)
     torch.cuda.synchronize()
     out.put(samples / (time.perf_counter() - started))
 
@@ -73,7 +74,8 @@ def measure(args: argparse.Namespace, pack: int) -> tuple[list[float], float]:
     for worker in workers:
         worker.start()
     start.wait()
-    stop, readings = threading.Event(), []
+    stop = threading.Event()
+    readings: list[float] = []
     sampler = threading.Thread(target=utilisation, args=(stop, readings))
     sampler.start()
     rates = [out.get() for _ in workers]
@@ -102,4 +104,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -30,7 +30,9 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pyarrow.fs
 import timm
@@ -76,7 +78,7 @@ class StubBackbone(nn.Module):
 
 
 @timm.models.register_model
-def host_ceiling_stub(pretrained: bool = False, **kwargs: object) -> StubBackbone:
+def host_ceiling_stub(pretrained: bool = False, **kwargs: Any) -> StubBackbone:
     return StubBackbone(**kwargs)
 
 
@@ -159,11 +161,11 @@ def checkpoint_cost(training: KFoldTraining) -> tuple[int, float, float]:
         os.sync()
         with tempfile.TemporaryDirectory(prefix="rfcx-bench-ckpt-") as scratch:
             source, storage = Path(scratch) / "checkpoint", Path(scratch) / "storage"
-            write = elapsed(lambda: training.save(source))
+            write = elapsed(partial(training.save, source))
             size = sum(path.stat().st_size for path in source.iterdir())
             storage.mkdir()
-            copy = elapsed(lambda: pyarrow.fs.copy_files(str(source), str(storage), source_filesystem=local,
-                                                        destination_filesystem=local, chunk_size=64 * 1024 * 1024))
+            copy = elapsed(partial(pyarrow.fs.copy_files, str(source), str(storage), source_filesystem=local,
+                                   destination_filesystem=local, chunk_size=64 * 1024 * 1024))
             runs.append((size, write, copy))
     return sorted(runs, key=lambda run: run[1] + run[2])[1]
 

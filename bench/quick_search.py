@@ -136,9 +136,9 @@ def main(argv: list[str] | None = None) -> None:
     print("the search's closing lines:\n" + "\n".join(line for line in output.splitlines()
                                                        if line.startswith(("holdout:", "CV vs holdout"))))
     for name in args.backbones:
-        cv, seconds = recipe_point_trial(name)
+        lwlrap, seconds = recipe_point_trial(name)
         print(f"backbone {name:22s} bare {bare_speed(name):6.0f} samples/s per core; the recipe point: cv_lwlrap"
-              f" {cv:.4f} after {QUICK_TRAINING['train.epochs']} epochs in {seconds:.0f} s on one core", flush=True)
+              f" {lwlrap:.4f} after {QUICK_TRAINING['train.epochs']} epochs in {seconds:.0f} s on one core", flush=True)
 
 
 if __name__ == "__main__":

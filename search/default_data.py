@@ -25,7 +25,8 @@ DATA_NAME = "synthetic-quick-v1"
 # with their hidden truth, enough for the holdout to rank trials. Written at the feature rate
 # (32 kHz: no resampling) and 11.5 s long: 719 frames, which the reference's windows of 256
 # frames overlapping by 26 cover up to the last 3 frames (as its 8 windows cover 60 s).
-SYNTHETIC = dict(recordings=480, test_recordings=120, species=12, duration=11.5, sample_rate=32000, seed=0)
+SYNTHETIC: dict[str, Any] = dict(recordings=480, test_recordings=120, species=12, duration=11.5, sample_rate=32000,
+                                 seed=0)
 FEATURES = {"n_mels": 32}  # the cache's mel bands; the rest are the recipe's (trainable.config.FeatureConfig)
 # Trial settings for the built-in data, each chosen by measurement on a 2-core CPU (the
 # figures: docs/benchmarks.md, section 7). test_resnet, timm's smallest ResNet, is the backbone

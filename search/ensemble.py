@@ -173,6 +173,7 @@ def candidates(references: list[str], top: int | None) -> list[Candidate]:
             elif trial in pool and pool[trial].experiment.resolve() != experiment.resolve():
                 raise EnsembleError(f"trial id {trial} is in both {pool[trial].experiment} and {experiment}")
             else:
+                assert candidate is not None  # _candidate gives a candidate exactly when no problem
                 pool[trial] = candidate
     if left_out:
         print(f"[rfcx-tune] left out {len(left_out)} trials: {'; '.join(left_out)}", flush=True)
@@ -332,6 +333,7 @@ class Library:
             oofs.append(oof[columns].to_numpy(np.float64))
             submissions.append(submission.set_index("recording_id").loc[list(annotations.test_ids), columns]
                                .to_numpy(np.float64))
+        assert first is not None  # the pool is not empty (pool[0] above): its first oof
         return Library(pool, expected, first.fold.to_numpy(), species_matrix(annotations.tp, expected, len(columns)),
                        np.stack(oofs), list(annotations.test_ids), np.stack(submissions), name)
 

@@ -87,15 +87,17 @@ def restore_tuner(plan: SearchPlan) -> tune.Tuner:
     tuner = tune.Tuner.restore(experiment_path(plan), trainable(plan), resume_unfinished=True,
                                resume_errored=False, restart_errored=False,
                                storage_filesystem=experiment_filesystem(plan))
+    local = tuner._local_tuner
+    assert local is not None  # None only for a Tuner through Ray Client, which the driver does not use
     # Ray restores the callbacks that were pickled with the experiment; run with today's.
-    tuner._local_tuner.get_run_config().callbacks = logger_callbacks(plan)
+    local.get_run_config().callbacks = logger_callbacks(plan)
     # Ray keeps the param space out of the experiment (only its keys). When the saved state
     # cannot be resumed (none yet: the driver was killed before its first save), Ray starts
     # the experiment over with the param space given here; without it every new trial would
     # get Optuna's suggestions alone, no data_dir. Set after restore(), not through it: that
     # insists on the experiment's own keys, and older experiments lack train.checkpoint_epochs.
-    tuner._local_tuner.param_space = trial_space(plan)
-    continue_search(tuner._local_tuner._tune_config, plan)
+    local.param_space = trial_space(plan)
+    continue_search(local._tune_config, plan)
     save_plan(plan)  # its trial count may have grown (--resume --num-samples)
     return tuner
 
@@ -109,6 +111,8 @@ def continue_search(config: tune.TuneConfig, plan: SearchPlan) -> None:
     restores the study into (its state file), so the study goes on. A fresh scheduler of the
     plan's replaces the pickled one (Ray saves no scheduler state; RememberingASHA rebuilds its
     rungs from the trials' results), also the stock ASHAScheduler of experiments from before it."""
+    # tuner.pkl holds the TruthfulOptunaSearch that build_tuner gave: Ray writes it for a new Tuner only.
+    assert isinstance(config.search_alg, Searcher)
     config.search_alg = PlannedSearch(limited(config.search_alg, plan.max_concurrent), plan.num_samples)
     # Ray applies max_concurrent_trials to a Searcher only (warning otherwise): applied above.
     config.max_concurrent_trials = None

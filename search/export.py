@@ -8,8 +8,9 @@ DIR/exports/trial_<id>/:
     oof.csv          recording_id, fold, s0..sK-1: each tp recording predicted by the
                      model of the fold that held it out
     submission.csv   the data layout's submission (RFCx: exactly sample_submission.csv's header
-                     and row order, trainable.datasets): the mean over the folds' probabilities of each test recording (windows overlapping by
-                     data.test_overlap, by the trial's data.window_rule and data.window_score)
+                     and row order, trainable.datasets): the mean over the folds' probabilities
+                     of each test recording (windows overlapping by data.test_overlap, by the
+                     trial's data.window_rule and data.window_score)
     windows.csv      recording_id, t_min, t_max (seconds), s0..: every window of those
                      predictions (oof and test), and of the fp-only train recordings (fp
                      events only: the mean over the folds' models, windows
@@ -272,6 +273,7 @@ class WindowPredictor:
         dataset = ClipWindows(cache, split, ids, width, overlap, n_species=model.n_species, rule=self.data.window_rule)
         batches = tqdm(dataset.batches(RECORDINGS_PER_BATCH), desc=label, unit="batch", file=sys.stderr,
                        disable=not self.progress)
+        # predict_windows only iterates its loader (trainable.fit annotates it DataLoader).
         scores, counts = predict_windows(model, batches, self.pipeline, self.device)
         probabilities = scores[self.data.window_score]
         fps = cache.features.frames_per_second

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -38,10 +39,10 @@ def history(numbers: Sequence[int], best: Sequence[float], stopped: Sequence[boo
         return None
     figure = Figure(figsize=SIZE)
     axes = figure.subplots()
-    numbers, best, stopped = np.asarray(numbers), np.asarray(best, float), np.asarray(stopped, bool)
-    axes.scatter(numbers[~stopped], best[~stopped], color=COMPLETED, label="completed", zorder=3)
-    axes.scatter(numbers[stopped], best[stopped], color=STOPPED, marker="x", label=stopped_label, zorder=3)
-    axes.step(numbers, np.fmax.accumulate(np.where(np.isfinite(best), best, -np.inf)), where="post", color=BEST,
+    xs, ys, crossed = np.asarray(numbers), np.asarray(best, float), np.asarray(stopped, bool)
+    axes.scatter(xs[~crossed], ys[~crossed], color=COMPLETED, label="completed", zorder=3)
+    axes.scatter(xs[crossed], ys[crossed], color=STOPPED, marker="x", label=stopped_label, zorder=3)
+    axes.step(xs, np.fmax.accumulate(np.where(np.isfinite(ys), ys, -np.inf)), where="post", color=BEST,
               label="best so far")
     axes.set(xlabel="trial (in the order proposed)", ylabel=f"best {metric}")
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -58,6 +59,7 @@ def learning_curves(curves: Sequence[tuple[dict[int, float], bool]], rungs: Sequ
         return None
     figure = Figure(figsize=SIZE)
     axes = figure.subplots()
+    style: dict[str, Any]  # Axes.plot's keywords, of mixed types
     for values, stopped in curves:
         epochs = sorted(values)
         ys = [values[e] for e in epochs]
@@ -115,13 +117,13 @@ def parallel_coordinates(params: pd.DataFrame, score: pd.Series, name: str) -> F
     return figure
 
 
-def importance_bars(panels: Sequence[tuple[str, dict[str, float]]]) -> Figure | None:
+def importance_bars(panels: Sequence[tuple[str, dict[str, float] | None]]) -> Figure | None:
     """Side by side bar charts of parameter importances, one per (title, importances)."""
-    panels = [(title, values) for title, values in panels if values]
-    if not panels:
+    drawn = [(title, values) for title, values in panels if values]
+    if not drawn:
         return None
-    figure = Figure(figsize=(SIZE[0], 0.6 + 0.45 * max(len(v) for _, v in panels) + 1.2))
-    for axes, (title, values) in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels):
+    figure = Figure(figsize=(SIZE[0], 0.6 + 0.45 * max(len(v) for _, v in drawn) + 1.2))
+    for axes, (title, values) in zip(figure.subplots(1, len(drawn), squeeze=False)[0], drawn):
         names = list(values)[::-1]
         axes.barh(names, [values[n] for n in names], color=COMPLETED)
         axes.set(title=title, xlim=(0, 1), xlabel="importance (fANOVA)")

@@ -17,7 +17,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import optuna
 from ray.tune.search.optuna import OptunaSearch
@@ -51,7 +51,8 @@ class TruthfulOptunaSearch(OptunaSearch):
     @property
     def study(self) -> optuna.Study:
         """The Optuna study behind the search (Ray keeps it in memory)."""
-        return self._ot_study
+        # Ray's type for it is None: OptunaSearch.__init__ assigns None, _setup_study the study.
+        return cast(optuna.Study, self._ot_study)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         super().on_trial_result(trial_id, result)
@@ -67,7 +68,7 @@ class TruthfulOptunaSearch(OptunaSearch):
         export_path = os.environ.get(STUDY_EXPORT_ENV)
         if export_path:
             try:
-                export_study(self._ot_study, Path(export_path))
+                export_study(self.study, Path(export_path))
             except Exception as failure:  # runs in Tune's controller: a full disk must not end the search
                 logger.warning("could not export the study to %s: %s", export_path, failure)
 
@@ -88,5 +89,5 @@ class TruthfulOptunaSearch(OptunaSearch):
             return
         ot_trial = self._ot_trials[trial_id]
         # PRUNED keeps the intermediate values (Optuna takes the last as its value).
-        self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
+        self.study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
         self._completed_trials.add(trial_id)

@@ -10,7 +10,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import optuna
 
@@ -141,7 +141,8 @@ def recipe_config(spaces: tuple[str, ...], epochs: int, teacher: bool = False,
     the reference's defaults)."""
     point = recipe_point(list(spaces), epochs, teacher, config)
     windows = windows_of(config) if config else REFERENCE_WINDOWS
-    return DefineByRun(spaces, epochs, teacher, windows)(optuna.trial.FixedTrial(point))
+    # cast: a FixedTrial stands in for a Trial (Optuna's own use of it), a BaseTrial but no subclass.
+    return DefineByRun(spaces, epochs, teacher, windows)(cast(optuna.Trial, optuna.trial.FixedTrial(point)))
 
 
 def searched_keys(spaces: tuple[str, ...], epochs: int, teacher: bool = False) -> set[str]:

@@ -16,9 +16,10 @@ import math
 import os
 import sys
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import optuna
 import pandas as pd
@@ -74,7 +75,7 @@ class Row:
         return self.trial == ENSEMBLE
 
 
-def trial_budget(config: dict[str, Any], epochs: int) -> int:
+def trial_budget(config: dict[str, Any] | None, epochs: int) -> int:
     """A trial's epoch budget: its own train.epochs (a space may search it), else the search's."""
     return int(nest_dotted(config or {}).get("train", {}).get("epochs", epochs))
 
@@ -106,7 +107,7 @@ def leaderboard(results: tune.ResultGrid, epochs: int, param_names: list[str],
     """Rows of every trial, best first (trials without a score last); the trial whose config
     has the `recipe` values (dotted keys; {} for a search of one configuration) is marked as the
     recipe point; a trial stopped early has the `scheduler`'s words."""
-    rows = [_row(result, epochs, param_names, recipe, scheduler) for result in results]
+    rows = [_row(result, epochs, param_names, recipe, scheduler) for result in trial_results(results)]
     return sorted(rows, key=lambda row: -row.score if math.isfinite(row.score) else math.inf)
 
 
@@ -124,7 +125,8 @@ def _row(result: tune.Result, epochs: int, param_names: list[str], recipe: dict[
     history = result.metrics_dataframe
     fold_std, fold_scores, at_best = math.nan, "", {}
     if history is not None and reported.CV in history:
-        best = history.loc[history[reported.CV].idxmax()]
+        # cast: pandas-stubs' .loc takes no Hashable label (idxmax's type); Ray's frames have a RangeIndex.
+        best = history.loc[cast(int, history[reported.CV].idxmax())]
         fold_std = float(best[reported.FOLD_STD])
         at_best = {column: float(best[name]) for name, column in AT_BEST_COLUMNS.items() if name in history}
         fold_scores = ",".join(f"{best[c]:.4f}" for c in reported.fold_keys(history.columns, reported.FOLD_LWLRAP))
@@ -228,7 +230,7 @@ def importances(study: optuna.Study) -> dict[str, float] | None:
     return importances_for([(trial, trial.value) for trial in completed])
 
 
-def importances_for(pairs: list[tuple[optuna.trial.FrozenTrial, float]]) -> dict[str, float] | None:
+def importances_for(pairs: Sequence[tuple[optuna.trial.FrozenTrial, float | None]]) -> dict[str, float] | None:
     """Optuna's fANOVA importances (seeded) of the trials' parameters for the values paired
     with them (a trial's score, or the value it reached at a rung); None below
     MIN_TRIALS_FOR_IMPORTANCE trials with a value."""
@@ -259,6 +261,7 @@ def write_reports(directory: Path, results: tune.ResultGrid, study: optuna.Study
     rows = with_scores(leaderboard(results, epochs, param_names, recipe, scheduler), directory)
     best = _best_result(results)
     if best is not None:
+        assert best.config is not None  # a trial with a score ran with its config
         config = to_dict(resolve(best.config))
         atomic_write_text(directory / BEST_CONFIG, yaml.safe_dump(config, sort_keys=False))
     _write_leaderboard(directory, rows, title, importances(study) if study else None)
@@ -272,7 +275,8 @@ def refresh_leaderboard(directory: Path) -> list[Row]:
     params = param_columns(table)
     text = lambda value: "" if pd.isna(value) else value  # noqa: E731
     rows = with_scores([Row(r.trial, r.status, r[SCORE], r.fold_std, int(r.epochs), {name: r[name] for name in params},
-                            r.wall_s, cvs={name: r[name] for name in (*CV_COLUMNS.values(), *AT_BEST_COLUMNS.values()) if name in r},
+                            r.wall_s, cvs={name: r[name] for name in (*CV_COLUMNS.values(), *AT_BEST_COLUMNS.values())
+                                           if name in r},
                             best_epochs=text(r.best_epochs), recipe_point=bool(r.get("recipe_point", False)),
                             fold_scores=text(r.get("fold_scores", "")))
                         for _, r in table.iterrows() if r.trial != ENSEMBLE], directory)
@@ -343,9 +347,15 @@ def _write_leaderboard(directory: Path, rows: list[Row], title: str, found: dict
         print(f"warning: report.html not written: {type(error).__name__}: {error}", file=sys.stderr)
 
 
+def trial_results(results: tune.ResultGrid) -> list[tune.Result]:
+    """The results of every trial, in order (a ResultGrid is iterated by index, which mypy
+    does not follow)."""
+    return [results[i] for i in range(len(results))]
+
+
 def _best_result(results: tune.ResultGrid) -> tune.Result | None:
-    scored = [r for r in results if r.metrics and math.isfinite(r.metrics.get(SCORE, math.nan))]
-    return max(scored, key=lambda r: r.metrics[SCORE], default=None)
+    scored = [r for r in trial_results(results) if r.metrics and math.isfinite(r.metrics.get(SCORE, math.nan))]
+    return max(scored, key=lambda r: (r.metrics or {})[SCORE], default=None)  # every one scored has metrics
 
 
 def export_study(study: optuna.Study, path: Path) -> None:

@@ -78,7 +78,8 @@ def history_panel(trials: list[optuna.trial.FrozenTrial], scheduler: Scheduler) 
     caption = (f"{len(shown)} trials: each one's best {METRIC} over its epochs, in the order Optuna proposed them;"
                f" {stopped} {scheduler.stopped_words} (crosses), {failed} errored (not shown). The red line is the"
                f" best so far.")
-    figure = figures.history([t.number for t in shown], [_best(t) for t in shown], [t.state in STOPPED for t in shown],
+    best = [b for t in shown if (b := _best(t)) is not None]  # each shown trial's: shown are those with one
+    figure = figures.history([t.number for t in shown], best, [t.state in STOPPED for t in shown],
                              METRIC, scheduler.stopped_words)
     return _panel("Optimisation history", caption, figure)
 

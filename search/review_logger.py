@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ray.tune.logger import LoggerCallback
 from ray.tune.result import AUTO_RESULT_KEYS
@@ -30,6 +30,7 @@ from ray.tune.utils import flatten_dict
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2, summary_v2
 from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.writer import FileWriter
 
 from search.report import last_line, trial_status
 from search.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
@@ -104,7 +105,7 @@ class ReviewLogger(LoggerCallback):
                 status = trial_status(int(result.get(reported.ITERATION, 0)), _budget(trial), finished=True,
                                       error=error, scheduler=SCHEDULERS[self._scheduler])
                 writer.add_text(STATUS_TAG, status, global_step=int(result.get(reported.ITERATION, 0)))
-                writer.file_writer.add_summary(session_end(failed))
+                events(writer).add_summary(session_end(failed))
         except Exception:
             logger.exception("could not write the end of trial %s to TensorBoard", trial)
         writer.close()
@@ -127,9 +128,15 @@ def write_hparams(writer: SummaryWriter, params: dict[str, Any], trial_id: str) 
     (its own row even when another trial drew the same values)."""
     values = {key: _hparam(value) for key, value in flatten_dict(params, delimiter=".").items() if value is not None}
     columns = [summary_v2.HParam(name) for name in values]
-    writer.file_writer.add_summary(summary_v2.hparams_config_pb(
+    events(writer).add_summary(summary_v2.hparams_config_pb(
         columns, [summary_v2.Metric(name) for name in HPARAMS_METRICS]))
-    writer.file_writer.add_summary(summary_v2.hparams_pb(values, trial_id=trial_id, start_time_secs=time.time()))
+    events(writer).add_summary(summary_v2.hparams_pb(values, trial_id=trial_id, start_time_secs=time.time()))
+
+
+def events(writer: SummaryWriter) -> FileWriter:
+    """The writer's FileWriter (torch types SummaryWriter.file_writer as None: its __init__
+    assigns None before the FileWriter)."""
+    return cast(FileWriter, writer.file_writer)
 
 
 def session_end(failed: bool) -> Summary:

@@ -103,9 +103,11 @@ def recorded_results(trial: Trial) -> list[dict]:
     """The results the driver recorded for the trial (flattened, as schedulers see them), from
     the result.json in its directory on the experiment's storage; [] when there is none or it
     cannot be read (the search goes on, comparing with fewer trials, rather than fail)."""
-    path = f"{trial.storage.trial_fs_path}/{EXPR_RESULT_FILE}"
+    storage = trial.storage
+    assert storage is not None  # the driver creates every trial with its storage context
+    path = f"{storage.trial_fs_path}/{EXPR_RESULT_FILE}"
     try:
-        with trial.storage.storage_filesystem.open_input_stream(path) as stream:
+        with storage.storage_filesystem.open_input_stream(path) as stream:
             text = stream.readall().decode()
     except FileNotFoundError:
         return []

@@ -45,7 +45,7 @@ class Setting:
     help: str
     default: int
     minimum: int
-    type: type = int
+    type: type[int] = int
 
     @property
     def flag(self) -> str:

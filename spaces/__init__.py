@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from fractions import Fraction
-from typing import Any
+from typing import Any, cast
 
 import optuna
 
@@ -128,7 +128,8 @@ def recipe_point(names: list[str], epochs: int, teacher: bool = False,
     flat = config or flatten_dotted(to_dict(TrialConfig(data_dir="-")))
     offsets = ",".join(str(Fraction(o, flat["data.crop_frames"])) for o in flat["data.crop_offsets"])
     point = {**flat, "data.crop_offsets": offsets, "train.t_max": min(flat["train.t_max"], epochs)}
-    trial = set_context(optuna.trial.FixedTrial(point), epochs, teacher, windows_of(flat))
+    # cast: a FixedTrial stands in for a Trial (Optuna's own use of it), a BaseTrial but no subclass.
+    trial = set_context(cast(optuna.Trial, optuna.trial.FixedTrial(point)), epochs, teacher, windows_of(flat))
     for name in _expand(list(names)):
         try:
             _BASE[name](trial)

@@ -123,7 +123,7 @@ def scheduler(trial: optuna.Trial) -> dict[str, Any]:
 # The switches of the reference's deviations that change what a model learns (trainable.config),
 # each with the reference's value first. Not here: what decides the evaluation (windows, window
 # score, selection) or the folds, which would make trials' scores incomparable.
-VARIANTS = {
+VARIANTS: dict[str, tuple[str | bool, ...]] = {
     "model.input": INPUTS,
     "model.orientation": ORIENTATIONS,
     "model.head_bias": (False, True),

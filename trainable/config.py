@@ -12,12 +12,15 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from trainable.datasets import DATASETS
 from trainable.dotted import ConfigError, merge
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")  # from_dict builds dataclasses only
 
 
 def _require(condition: bool, message: str) -> None:
@@ -427,6 +430,7 @@ def upgrade_keys(values: dict[str, Any]) -> dict[str, Any]:
 def _convert(hint: Any, value: Any, key: str) -> Any:
     """Check `value` against the type `hint`, converting only lossless cases (int->float, list->tuple)."""
     if dataclasses.is_dataclass(hint):
+        assert isinstance(hint, type)  # a field's type hint: a dataclass type, never an instance
         return from_dict(hint, value, path=f"{key}.")
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):

@@ -17,7 +17,9 @@ clip's statistics.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -30,6 +32,9 @@ from trainable.folds import Fold, species_matrix
 from trainable.inputs import Placement, placement
 from trainable.targets import Labels, Targets, event_frames
 from trainable.teacher import Teacher
+
+if TYPE_CHECKING:  # trainable.clips imports this module
+    from trainable.clips import ClipSpec
 
 REFERENCE_VALID_OVERLAP = DataConfig.valid_overlap  # the reference's: each next start = previous end - 51
 
@@ -198,7 +203,8 @@ class TrainCrops(Dataset):
         return torch.from_numpy(x), targets, where
 
 
-def shuffled_batches(crops: list[CropSpec], batch_size: int, generator: torch.Generator) -> list[list[CropSpec]]:
+def shuffled_batches(crops: Sequence[CropSpec | ClipSpec], batch_size: int,
+                     generator: torch.Generator) -> list[list[CropSpec | ClipSpec]]:
     """An epoch's crops in random order, in batches, never a last batch of one sample.
 
     The order is the one a shuffling DataLoader drew from `generator` before trials kept one
@@ -217,7 +223,7 @@ class EpochBatches(Sampler):
     """The batches of the loader's next pass, set before each pass (see TrainCrops)."""
 
     def __init__(self):
-        self.batches: list[list[CropSpec]] = []
+        self.batches: list[list[CropSpec | ClipSpec]] = []
 
     def __iter__(self):
         return iter(self.batches)
@@ -305,4 +311,4 @@ def concatenated(placements: tuple[Placement, ...], clip: torch.Tensor | None = 
     """Several items' window placements as one batch's: stats, start and frames concatenated,
     `clip` (each window's clip in the batch, trainable.clips) or the default (draws of their own)."""
     parts = [torch.cat(field) for field in zip(*(where[:3] for where in placements))]
-    return Placement(*parts) if clip is None else Placement(*parts, clip)
+    return Placement(*parts) if clip is None else Placement(*parts)._replace(clip=clip)

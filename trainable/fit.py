@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch as _torch  # Device's annotations: its field `torch` hides the module in the class body
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -57,23 +58,23 @@ class Device:
         return self.torch.type == "cuda"
 
     @property
-    def amp_dtype(self) -> torch.dtype:
+    def amp_dtype(self) -> _torch.dtype:
         """bfloat16 where the GPU has it (no loss scaling needed), else float16."""
         return torch.bfloat16 if self.cuda and torch.cuda.is_bf16_supported() else torch.float16
 
-    def autocast(self) -> torch.autocast:
+    def autocast(self) -> _torch.autocast:
         """Mixed precision on CUDA; full float32 on CPU."""
         return torch.autocast(self.torch.type, dtype=self.amp_dtype, enabled=self.cuda)
 
-    def grad_scaler(self) -> torch.amp.GradScaler:
+    def grad_scaler(self) -> _torch.amp.GradScaler:
         """Loss scaling for float16 only: its step reads the scale back on the host."""
         return torch.amp.GradScaler(self.torch.type, enabled=self.cuda and self.amp_dtype == torch.float16)
 
-    def batch(self, x: torch.Tensor) -> torch.Tensor:
+    def batch(self, x: _torch.Tensor) -> _torch.Tensor:
         """Move a (B, 1, M, T) log-mel batch to the device."""
         return x.to(self.torch, non_blocking=True)
 
-    def layout(self, x: torch.Tensor) -> torch.Tensor:
+    def layout(self, x: _torch.Tensor) -> _torch.Tensor:
         """The backbone input in the device's best memory layout."""
         # channels_last lets cuDNN pick its faster NHWC convolution kernels under autocast.
         return x.contiguous(memory_format=torch.channels_last) if self.cuda else x
@@ -164,7 +165,7 @@ def train_epoch(model: nn.Module, loader: DataLoader, loss_fn: SEDLoss, optimize
 
 
 @torch.no_grad()
-def predict_windows(model: nn.Module, loader: DataLoader, pipeline: InputPipeline, device: Device,
+def predict_windows(model: nn.Module, loader: Iterable, pipeline: InputPipeline, device: Device,
                     at_boundary: Callable[[], None] = no_boundary) -> tuple[dict[str, np.ndarray], list[int]]:
     """Window probabilities of whole recordings cut into windows, by every window score
     (WINDOW_SCORES: the reference's mean of the attention and max clip probabilities, and the

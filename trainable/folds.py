@@ -74,11 +74,11 @@ def make_folds(annotations: Annotations, n_folds: int = 5, seed: int = 0, labels
     tp_ids = sorted(set(annotations.tp.recording))  # sorted: independent of CSV row order
     if len(tp_ids) < n_folds:
         raise ValueError(f"{n_folds} folds need at least {n_folds} train_tp recordings, found {len(tp_ids)}")
-    labels = FOLD_LABELS[labels](annotations.tp, tp_ids, annotations.n_species)
+    label_matrix = FOLD_LABELS[labels](annotations.tp, tp_ids, annotations.n_species)
     splitter = MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     fp_ids = sorted(set(annotations.fp.recording))
     folds = []
-    for index, (train_rows, valid_rows) in enumerate(splitter.split(np.zeros(len(tp_ids)), labels)):
+    for index, (train_rows, valid_rows) in enumerate(splitter.split(np.zeros(len(tp_ids)), label_matrix)):
         valid_ids = tuple(tp_ids[i] for i in sorted(valid_rows))
         held_out = set(valid_ids)
         folds.append(Fold(

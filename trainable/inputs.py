@@ -108,7 +108,7 @@ def brightness_contrast(v: torch.Tensor, config: AugmentConfig, rng: np.random.G
     return torch.where(_per_sample(apply, v, torch.bool), adjusted, v)
 
 
-def _reference_bands(count: int, widest: int, size: torch.Tensor | int, batch: int,
+def _reference_bands(count: int, widest: int, size: np.ndarray | int, batch: int,
                      rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
     """The reference's TimeMask / FreqMask draws: width w = randrange(0, widest), start
     s = randrange(0, size - w), end = randrange(s, s + w) (none when w == 0); `count` of them.
@@ -183,7 +183,7 @@ class InputPipeline:
 
     def __init__(self, model: ModelConfig, augment: AugmentConfig, zero_past_end: bool = False):
         self.input, self.augment, self.zero_past_end = model.input, augment, zero_past_end
-        self._imagenet: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # made once per device
+        self._imagenet: dict[torch.device, tuple[torch.Tensor, ...]] = {}  # (mean, std), made once per device
 
     def unit(self, x: torch.Tensor, where: Placement) -> torch.Tensor:
         """(B, 1, M, W) crops -> [0, 1] (the clip image / 255, or each crop min-max scaled)."""

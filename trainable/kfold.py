@@ -92,7 +92,7 @@ def best_weights_file(index: int) -> str:
     return f"best_fold_{index}.pt"
 
 
-def load_fold_weights(model: SEDModel, checkpoint: Path, fold: int, device: Device) -> None:
+def load_fold_weights(model: SEDModel, checkpoint: str | Path, fold: int, device: Device) -> None:
     """Load fold `fold`'s selected weights of `checkpoint` (the epoch the trial's selection
     chose) into `model`, without unpickling code (weights_only).
 
@@ -115,7 +115,7 @@ def load_fold_weights(model: SEDModel, checkpoint: Path, fold: int, device: Devi
                               f" with {model.n_species} species") from None
 
 
-def read_trial_file(checkpoint: Path) -> dict:
+def read_trial_file(checkpoint: str | Path) -> dict:
     """The checkpoint's trial.json.
 
     Raises:
@@ -135,7 +135,7 @@ def read_trial_file(checkpoint: Path) -> dict:
     return trial
 
 
-def check_init_source(checkpoint: Path, config: TrialConfig) -> None:
+def check_init_source(checkpoint: str | Path, config: TrialConfig) -> None:
     """Refuse to start `config`'s folds from `checkpoint` (init_from) when they cannot be.
 
     Fold k starts from the earlier trial's fold-k model, so both must split the recordings
@@ -357,7 +357,7 @@ class KFoldTraining:
             truth[row] = ((targets.clip == 1) & (targets.clip_weight > 0)).any(dim=0).numpy()
         return truth
 
-    def initialise_from(self, checkpoint: Path) -> None:
+    def initialise_from(self, checkpoint: str | Path) -> None:
         """Start every fold's model from the same fold's model of an earlier trial (the
         previous stage). Only the weights: the optimiser, the schedule and the epochs start
         afresh.
@@ -417,9 +417,9 @@ class KFoldTraining:
             except DivergedError as error:
                 raise DivergedError(f"fold {run.fold.index}, epoch {self.epoch + 1}: {error}") from None
             lrap = self._reference_score(run, scores, fp_only_scores)
-            oof = scores[self.config.data.window_score]  # (V, C) by the config's window score
-            self.selection.fold_epoch(position, self.epoch + 1, lrap, oof, run.model)
-            progress.fold_done(FoldResult(lrap, oof, progress.stats, fp_only_scores))
+            fold_oof = scores[self.config.data.window_score]  # (V, C) by the config's window score
+            self.selection.fold_epoch(position, self.epoch + 1, lrap, fold_oof, run.model)
+            progress.fold_done(FoldResult(lrap, fold_oof, progress.stats, fp_only_scores))
         done, losses = progress.done, [r.stats for r in progress.done]
         self.progress = None
         self.epoch += 1
@@ -432,11 +432,15 @@ class KFoldTraining:
         outcome = reported.Outcome(
             epoch=self.epoch, folds=[run.fold.index for run in self.runs], truth=truth, oof=oof, lrap_reference=lraps,
             lr=progress.lr, samples=sum(weights), seconds=sum(stats.seconds for stats in losses),
-            losses={key: float(np.average([stats.losses[key] for stats in losses], weights=weights)) for key in LOSS_KEYS},
+            losses={key: float(np.average([stats.losses[key] for stats in losses], weights=weights))
+                    for key in LOSS_KEYS},
             selection=self.selection.metrics())
         if self.relabels:  # stage 3 of whole clips: the CV against the relabelled truth too
-            outcome = dataclasses.replace(outcome, relabelled_truth=[run.relabelled for run in self.runs],
-                                          relabelled_scores=[np.concatenate([r.scores, r.fp_only_scores]) for r in done])
+            relabelled_truth = [run.relabelled for run in self.runs if run.relabelled is not None]
+            assert len(relabelled_truth) == len(self.runs)  # every fold has one when self.relabels (_fold_run)
+            outcome = dataclasses.replace(outcome, relabelled_truth=relabelled_truth,
+                                          relabelled_scores=[np.concatenate([r.scores, r.fp_only_scores])
+                                                             for r in done])
         return reported.epoch_metrics(outcome)
 
     def _train_fold(self, run: FoldRun, progress: EpochProgress) -> EpochStats:
@@ -461,6 +465,7 @@ class KFoldTraining:
         crops = epoch_crops(run.fold, self.annotations.tp, self.annotations.fp, self.config.data,
                             self.frames_per_second, run.rng)
         if self.test_frames:
+            assert self.labels.teacher is not None  # test_frames is empty without a teacher (__init__)
             crops += teacher_crops(self.labels.teacher, self.test_frames, self.config.data,
                                    self.config.loss.teacher_threshold, run.rng)
         return crops
@@ -501,7 +506,7 @@ class KFoldTraining:
         return predict_clips(run.model, windows.batches(self.config.train.eval_recordings, self.device.cuda),
                              self.pipeline, self.device, self.at_boundary)
 
-    def save(self, directory: Path) -> None:
+    def save(self, directory: str | Path) -> None:
         """Write a checkpoint of the current state into `directory` (created if needed)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -509,9 +514,10 @@ class KFoldTraining:
             torch.save(run.state_dict(), directory / fold_file(run.fold.index))
             if run.fold.index in self.selection.weights:  # not before the fold's first evaluation
                 torch.save(self.selection.weights[run.fold.index], directory / best_weights_file(run.fold.index))
+        # The ignore below: mypy lets a **dict fill savez's allow_pickle: bool too; no key is that.
         np.savez(directory / BEST_OOF_FILE, recording_ids=np.asarray(self.oof_ids),
                  fold=np.concatenate([[run.fold.index] * len(run.fold.valid_ids) for run in self.runs]),
-                 **self._selection_arrays())
+                 **self._selection_arrays())  # type: ignore[arg-type]
         if self.progress is not None:
             self._save_progress(directory)
         trial = {"format": CHECKPOINT_FORMAT, "epoch": self.epoch, "score": self.selection.score,
@@ -556,10 +562,12 @@ class KFoldTraining:
     def _save_progress(self, directory: Path) -> None:
         """The epoch in flight (a checkpoint between two batches), with torch's RNG as it is there."""
         progress = self.progress
+        assert progress is not None  # save calls this only with an epoch in flight
         (directory / EPOCH_FILE).write_text(json.dumps(progress.to_json()))
         fp_only = {f"fp_only_{i}": result.fp_only_scores for i, result in enumerate(progress.done)
                    if result.fp_only_scores is not None}
-        np.savez(directory / EPOCH_ARRAYS, *[result.scores for result in progress.done], **fp_only)
+        np.savez(directory / EPOCH_ARRAYS, *[result.scores for result in progress.done],
+                 **fp_only)  # type: ignore[arg-type]  # as in save: no key is allow_pickle
         rng = {"cpu": torch.get_rng_state()}
         if self.device.cuda:
             rng["cuda"] = torch.cuda.get_rng_state()

@@ -54,6 +54,8 @@ class SEDLoss(nn.Module):
         pos_weight: (C,) class weights of the clip terms, or None for plain BCE.
     """
 
+    pos_weight: torch.Tensor | None  # a buffer (register_buffer), None for plain BCE
+
     def __init__(self, config: LossConfig, pos_weight: torch.Tensor | None = None):
         super().__init__()
         self.config = config
@@ -80,7 +82,9 @@ class SEDLoss(nn.Module):
                    "frame": lambda: self._frame(logits[FRAME], targets)}
         zero = targets.clip.new_zeros(())
         terms = {name: compute[name]() if weights[name] > 0 else zero for name in TERMS}
-        terms["total"] = sum(weights[name] * terms[name] for name in TERMS if weights[name] > 0)
+        total = sum(weights[name] * terms[name] for name in TERMS if weights[name] > 0)
+        assert isinstance(total, torch.Tensor)  # LossConfig requires a weight > 0: never the empty sum's 0
+        terms["total"] = total
         return terms
 
     def _clip(self, logit: torch.Tensor, targets: Targets) -> torch.Tensor:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 import timm
 import torch
@@ -45,7 +46,7 @@ def create_backbone(config: ModelConfig) -> nn.Module:
     if not timm.is_model(config.backbone):
         raise ConfigError(f"unknown backbone {config.backbone!r} (timm has no such model;"
                           f" tested: {', '.join(BACKBONES)})")
-    overlay = {}
+    overlay: dict[str, Any] = {}
     if config.pretrained_file:
         if not Path(config.pretrained_file).is_file():
             raise ConfigError(f"pretrained_file {config.pretrained_file} does not exist")
@@ -75,7 +76,8 @@ class SEDModel(nn.Module):
         # The width of what the backbone's forward gives: for backbones with a conv head after
         # the pooling (mobilenetv3, lcnet), timm applies it to the unpooled map, so the map has
         # head_hidden_size channels, not num_features.
-        width = getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features
+        # cast: torch types an unknown Module attribute as a Tensor or Module; timm's are ints.
+        width = cast(int, getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features)
         self.cla = nn.Conv1d(width, n_species, kernel_size=1, bias=config.head_bias)
         self.att = nn.Conv1d(width, n_species, kernel_size=1, bias=config.head_bias)
 

@@ -10,14 +10,17 @@ both tp and fp, and a few unannotated calls as label noise.
     python -m trainable.synth OUT --recordings 40 --test-recordings 10 --duration 10
 """
 
-from __future__ import annotations
+# Aliased: this module's public `annotations` function would otherwise rebind the feature's name.
+from __future__ import annotations as _future_annotations
 
 import argparse
 import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -180,7 +183,7 @@ def plan(rng: Rng, species: Sequence[CallSpec], n_train: int, n_test: int, n: in
 
 
 def planned(recordings: int, test_recordings: int, species: int, duration: float, sample_rate: int,
-            seed: int) -> tuple[list[CallSpec], list[Recording], list[Recording]]:
+            seed: int) -> tuple[tuple[CallSpec, ...], list[Recording], list[Recording]]:
     """The species and the recordings `generate` writes with these arguments, without audio."""
     species_seed, plan_seed, _ = np.random.SeedSequence(seed).spawn(3)
     specs = make_species(np.random.default_rng(species_seed), species, sample_rate)
@@ -229,7 +232,7 @@ def _write_audio(folder: Path, recs: Sequence[Recording], seeds: Sequence[np.ran
     for rec, seed in bar:
         audio = render(rec, n, sr, np.random.default_rng(seed))
         atomic_write(folder / f"{rec.rec_id}.flac",
-                     lambda handle: sf.write(handle, audio, sr, format="FLAC", subtype="PCM_16"))
+                     partial(sf.write, data=audio, samplerate=sr, format="FLAC", subtype="PCM_16"))
 
 
 def argument_problem(out_dir: Path, recordings: int, test_recordings: int, species: int,
@@ -271,8 +274,8 @@ def generate(out_dir: Path, recordings: int = 120, test_recordings: int = 30, sp
         ValueError: on a bad argument, or an `out_dir` that is neither empty nor ours.
     """
     out_dir = Path(out_dir)
-    params = dict(recordings=recordings, test_recordings=test_recordings, species=species,
-                  duration=duration, sample_rate=sample_rate, seed=seed)
+    params: dict[str, Any] = dict(recordings=recordings, test_recordings=test_recordings, species=species,
+                                  duration=duration, sample_rate=sample_rate, seed=seed)
     problem = argument_problem(out_dir, **params)
     if problem:
         raise ValueError(problem)
@@ -289,8 +292,9 @@ def generate(out_dir: Path, recordings: int = 120, test_recordings: int = 30, sp
     for df, name in zip((tp, fp, zeros, truth), CSV_NAMES):
         atomic_write_text(out_dir / name, df.to_csv(index=False))
     atomic_write_text(out_dir / MARKER, json.dumps({**params, "complete": True}))
+    train_tp, train_fp, sample_submission, test_truth = (out_dir / name for name in CSV_NAMES)
     return SynthSummary(
-        out_dir, out_dir / "train", out_dir / "test", *(out_dir / name for name in CSV_NAMES),
+        out_dir, out_dir / "train", out_dir / "test", train_tp, train_fp, sample_submission, test_truth,
         n_train=recordings, n_test=test_recordings, n_species=species, n_tp_rows=len(tp),
         n_fp_rows=len(fp), n_both=len(set(tp.recording_id) & set(fp.recording_id)),
         duration=duration, sample_rate=sample_rate, seed=seed)

@@ -130,7 +130,9 @@ def _harmonic(c: CallSpec, p: np.ndarray, t: np.ndarray, sr: int, rng: Rng) -> n
     f0 = c.f_lo / (c.n0 * (1 - VIBRATO_DEPTH))
     wobble = np.sin(2 * np.pi * c.vibrato * t + rng.uniform(0, 2 * np.pi))
     phase = 2 * np.pi * np.cumsum(f0 * (1 + VIBRATO_DEPTH * wobble)) / sr
-    return sum(0.7**j * np.sin((c.n0 + j) * phase) for j in range(c.partials))
+    stack = sum(0.7**j * np.sin((c.n0 + j) * phase) for j in range(c.partials))
+    assert isinstance(stack, np.ndarray)  # a harmonic call has 3-4 partials: never the empty sum's 0
+    return stack
 
 
 # kind -> (call, note position p, time t, sample rate, rng) -> (n,) carrier before the envelope

@@ -62,7 +62,8 @@ def event_frames(rows: pd.DataFrame, frames_per_second: float,
 
 
 def index_events(rows: pd.DataFrame, frames_per_second: float, rule: str = "reference") -> dict[str, Events]:
-    """Group events (trainable.annotations.EVENT_COLUMNS) by recording and convert their times to frames (`event_frames`)."""
+    """Group events (trainable.annotations.EVENT_COLUMNS) by recording and convert their times to
+    frames (`event_frames`)."""
     start, end = event_frames(rows, frames_per_second, rule)
     species = rows.species.to_numpy(dtype=np.int64)
     groups = pd.Series(np.arange(len(rows))).groupby(rows.recording.to_numpy()).indices
@@ -185,6 +186,8 @@ class Labels:
         negative = np.stack([frame_targets(fp, int(start), width, n_species) for start in starts])  # (W, C, T)
         positive &= 1 - negative  # v4_2 wrote the fp frames over the tp frames (no overlap in stage 2)
         holds_positive, holds_negative = positive.any(axis=-1), negative.any(axis=-1)  # (W, C)
+        # any over the last axis of the 3-D stacks: arrays, never scalars
+        assert isinstance(holds_positive, np.ndarray) and isinstance(holds_negative, np.ndarray)
         clip = (holds_positive & ~holds_negative).astype(np.float32)
         clip_weight = (holds_positive ^ holds_negative).astype(np.float32)
         if self.teacher is not None:
@@ -195,6 +198,7 @@ class Labels:
     def _add_teacher(self, clip: np.ndarray, clip_weight: np.ndarray, split: str, recording_id: str,
                      start: int, width: int) -> None:
         """Teacher labels for the species no annotation labels in this crop, in place."""
+        assert self.teacher is not None  # both callers (crop, windows) check first
         windows = (self.teacher.train if split == "train" else self.teacher.test).get(recording_id)
         probability = None if windows is None else windows.crop_probabilities(start, width)  # (C,)
         if probability is not None:

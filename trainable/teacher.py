@@ -178,6 +178,7 @@ def _view(windows: TeacherWindows, starts: np.ndarray, ends: np.ndarray) -> tupl
     mask[exact] = same[exact]  # a window the file has itself is seen as itself, not with its neighbours
     masked = np.where(mask[:, :, None], windows.probabilities[None].astype(np.float64), -np.inf)  # (W, V, C)
     covered = mask.any(axis=1)
+    assert isinstance(covered, np.ndarray)  # (W,): any over axis 1 of the 2-D mask is never a scalar
     return np.where(covered[:, None], masked.max(axis=1), 0.0), covered
 
 
