@@ -118,11 +118,12 @@ def main(argv: list[str] | None = None) -> None:
         events = sum(1 for trial in experiment.glob("trial_*") if any(trial.glob("events.out.tfevents.*")))
     cv = board[CV_COLUMNS[reported.BEST_CV]]  # each trial's best epoch's pooled CV
     best, median = cv.max(), cv.median()
-    stopped = int(board.status.str.startswith(SCHEDULERS[DEFAULT_SCHEDULER].stopped_words).sum())
+    stopped_words = SCHEDULERS[DEFAULT_SCHEDULER].stopped_words  # make run's scheduler
+    stopped = int(board.status.str.startswith(stopped_words).sum())
     completed = board[board.status == "completed"]
     first, recipe = board.iloc[0], board[board.recipe_point].iloc[0]
     print(f"wall time: {wall:.0f} s (target <= {WALL_TARGET_S:.0f}: {verdict(wall, WALL_TARGET_S, False)})")
-    print(f"trials: {len(board)}, {stopped} stopped by ASHA (target >= {STOPPED_TARGET}:"
+    print(f"trials: {len(board)}, {stopped} {stopped_words} (target >= {STOPPED_TARGET}:"
           f" {verdict(stopped, STOPPED_TARGET)}), {len(completed)} completed")
     print(f"cv_lwlrap: best {best:.4f} (target >= {BEST_TARGET}: {verdict(best, BEST_TARGET)}), median {median:.4f}"
           f" ({best - median:.4f} below; target >= {MEDIAN_GAP_TARGET}: {verdict(best - median, MEDIAN_GAP_TARGET)});"

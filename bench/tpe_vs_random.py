@@ -28,6 +28,7 @@ from search.plan import SAMPLERS
 from search.report import LEADERBOARD_CSV
 from search.session import run_search
 from spaces import SPACES
+from trainable.reported import SCORE
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -56,7 +57,7 @@ def search(space: str, trials: int, sampler: str, seed: int, storage: Path, log)
         raise RuntimeError(f"search {name} ended with exit code {code}; see {log.name}")
     board = pd.read_csv(storage / name / LEADERBOARD_CSV, dtype={"trial": str})
     best, recipe = board.iloc[0], board[board.recipe_point].iloc[0]
-    return {"sampler": sampler, "seed": seed, "best trial": best.trial, "best score (CV)": best.score,
+    return {"sampler": sampler, "seed": seed, "best trial": best.trial, "best score (CV)": best[SCORE],
             "best holdout": holdout(best), "public": best[PUBLIC], "private": best[PRIVATE],
             "recipe point holdout": holdout(recipe), "wall s": time.perf_counter() - started}
 

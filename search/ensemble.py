@@ -45,6 +45,7 @@ from trainable.annotations import DEFAULT_DATASET
 from trainable.atomic import atomic_directory
 from trainable.config import FOLD_SPLIT_KEYS
 from trainable.dotted import flatten_dotted
+from trainable.reported import SCORE
 
 if TYPE_CHECKING:
     import numpy as np
@@ -162,7 +163,7 @@ def candidates(references: list[str], top: int | None) -> list[Candidate]:
         if named is not None and named not in set(board.trial):
             raise TrialNotFound(f"no trial {named!r} with a score on the leaderboard of {experiment}"
                                 f" (trials: {', '.join(board.trial)})")
-        for trial, score in zip(board.trial, board.score):
+        for trial, score in zip(board.trial, board[SCORE]):
             if named not in (None, trial):
                 continue
             candidate, problem = _candidate(experiment, trial, float(score))

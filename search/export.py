@@ -134,7 +134,8 @@ def export(experiment: Path, trial: str, data_dir: Path | None = None, cache_dir
     layout = dataset(config.data.dataset)
     annotations = load_annotations(data, config.data.dataset)
     if not annotations.test_ids:
-        raise ExportError(f"{data} has no test recordings: nothing to predict for a submission")
+        raise ExportError(f"{data} has no submission template (no test recordings to score): nothing to predict"
+                          f" for a submission")
     cache = LogMelCache.open(Path(config.cache_dir or data / DEFAULT_CACHE_NAME))
     folds = folds_of(annotations, config.data)
     if sorted(saved["folds"]) != list(range(len(folds))):

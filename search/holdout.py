@@ -17,6 +17,7 @@ import pandas as pd
 
 from search.lb_scores import LB_PRIVATE, LB_PUBLIC
 from search.trials import ENSEMBLE, trial_rows
+from trainable import reported
 from trainable.metrics import lwlrap
 from trainable.reported import SCORE
 
@@ -85,7 +86,7 @@ def spearman(board: pd.DataFrame, column: str) -> tuple[float, int]:
     if column not in board:
         return math.nan, 0
     both = board.dropna(subset=[SCORE, column])
-    return (both.score.corr(both[column], method="spearman") if len(both) >= MIN_RANKED else math.nan), len(both)
+    return (both[SCORE].corr(both[column], method="spearman") if len(both) >= MIN_RANKED else math.nan), len(both)
 
 
 def _cv_versus(board: pd.DataFrame, what: str, public: str, private: str) -> str | None:
@@ -121,8 +122,9 @@ def versus_ensemble(board: pd.DataFrame) -> str | None:
     if ensemble.empty or trials.empty:
         return None
     ours, best = ensemble.iloc[0], trials.iloc[0]
-    line = (f"ensemble: {ours.status}, nested CV {ours.score:.4f} (in-sample {ours.cv_lwlrap:.4f}), the best trial"
-            f" {best.trial} {best.score:.4f}")
+    in_sample = ours[reported.leaderboard_columns()[reported.BEST_CV]]  # the ensemble's row: its in-sample OOF score
+    line = (f"ensemble: {ours.status}, nested CV {ours[SCORE]:.4f} (in-sample {in_sample:.4f}), the best trial"
+            f" {best.trial} {best[SCORE]:.4f}")
     if PUBLIC in board and not pd.isna([ours[PUBLIC], ours[PRIVATE], best[PUBLIC], best[PRIVATE]]).any():
         margin = ((ours[PUBLIC] - best[PUBLIC]) + (ours[PRIVATE] - best[PRIVATE])) / 2
         line += (f"; holdout public {ours[PUBLIC]:.4f}, private {ours[PRIVATE]:.4f}: {margin:+.4f} on the mean of the"

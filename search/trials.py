@@ -9,6 +9,8 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from trainable.reported import SCORE
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -41,7 +43,7 @@ def scored_board(experiment: Path) -> pd.DataFrame:
     if not board_path.is_file():
         raise TrialNotFound(f"no {LEADERBOARD_CSV} in {experiment}: name a trial, or finish the search first")
     board = trial_rows(pd.read_csv(board_path, dtype={"trial": str}))
-    scored = board[board.score.map(lambda v: isinstance(v, float) and math.isfinite(v))]
+    scored = board[board[SCORE].map(lambda v: isinstance(v, float) and math.isfinite(v))]
     if scored.empty:
         raise TrialNotFound(f"no trial of {experiment} has a score yet")
     return scored.reset_index(drop=True)

@@ -144,6 +144,9 @@ class JsonLayout:
     def recordings(self, data_dir: Path, split: str) -> list[str]:
         return sorted(path.stem for path in (Path(data_dir) / "sounds" / split).glob("*.wav"))
 
+    def submission_recordings(self, data_dir: Path) -> list[str]:
+        return self.recordings(data_dir, "test")
+
     def audio_path(self, data_dir: Path, split: str, recording: str) -> Path:
         return Path(data_dir) / "sounds" / split / f"{recording}.wav"
 

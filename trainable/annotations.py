@@ -30,7 +30,8 @@ class Annotations:
     Attributes:
         tp: the positive events (columns EVENT_COLUMNS, kind "tp").
         fp: the negative events, same columns (kind "fp").
-        test_ids: the test recordings, in the layout's order (empty when it has none).
+        test_ids: the test recordings a submission scores, in its order (empty without a submission
+            template: Dataset.submission_recordings).
         n_species: number of species; species are in [0, n_species).
     """
 
@@ -78,7 +79,7 @@ def load_annotations(data_dir: Path, dataset: str = DEFAULT_DATASET) -> Annotati
     from trainable.datasets import dataset as layout  # the layouts import this module
 
     chosen, data_dir = layout(dataset), Path(data_dir)
-    return Annotations.from_events(chosen.events(data_dir), tuple(chosen.recordings(data_dir, "test")),
+    return Annotations.from_events(chosen.events(data_dir), tuple(chosen.submission_recordings(data_dir)),
                                    chosen.species_count(data_dir))
 
 

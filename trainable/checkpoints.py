@@ -9,7 +9,7 @@ trial checkpoints by the clock, and always where its state must be on disk:
 - at the end of an epoch once `checkpoint_seconds` have passed since its previous checkpoint
   (or since the process started or resumed): the work a killed trial repeats is the epochs
   since then, at most `checkpoint_seconds` of training plus the epoch in flight;
-- at `checkpoint_epochs`: a search sets ASHA's rungs, where the scheduler may stop the trial,
+- at `checkpoint_epochs`: a search sets its scheduler's milestones, where it may stop the trial,
   so a stopped trial's last checkpoint is the state of its last result;
 - at the last epoch.
 

@@ -298,7 +298,7 @@ class TrainConfig:
     loader_workers: int = -1
     # When a trial checkpoints (trainable.checkpoints): at the end of an epoch once this many
     # seconds have passed since its previous checkpoint (0: every epoch), at checkpoint_epochs
-    # (a search sets ASHA's rungs) and at the last epoch.
+    # (a search sets its scheduler's milestones) and at the last epoch.
     checkpoint_seconds: float = 60.0
     checkpoint_epochs: tuple[int, ...] = ()
 

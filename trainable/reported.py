@@ -126,10 +126,12 @@ METRICS: dict[str, Metric] = {
 }
 
 # The per-fold values, fold/<index>/<name>, and their TensorBoard tag (fold/<index> for its LWLRAP).
+# (Their order, and METRICS', is progress.csv's column order. Ray's CSV logger appends a resumed
+# trial's rows under the header it wrote first, so a reordering misaligns that file, not result.json.)
 FOLD_METRICS: dict[str, Callable[[Outcome, int], float]] = {
+    FOLD_BEST_EPOCH: lambda o, i: o.selection[fold_key(o.folds[i], FOLD_BEST_EPOCH)],
     FOLD_LWLRAP: lambda o, i: lwlrap(o.truth[i], o.oof[i]),
     FOLD_LRAP_REFERENCE: lambda o, i: o.lrap_reference[i],
-    FOLD_BEST_EPOCH: lambda o, i: o.selection[fold_key(o.folds[i], FOLD_BEST_EPOCH)],
 }
 
 

@@ -4,8 +4,8 @@ The only module of `trainable` that imports Ray. Everything else a trial does li
 Ray-free modules (kfold, fit, ...), so it can be tested, benchmarked and exported without a
 cluster. One `training_iteration` = one epoch on every fold (trainable.reported: what a trial
 reports); every iteration reports the metrics, and a checkpoint when `trainable.checkpoints`
-says so (by the clock, at ASHA's rungs and at the end), so ASHA can stop the trial at its rungs
-and Ray can resume it. A process that exits mid-epoch (SIGTERM: a draining or reclaimed node)
+says so (by the clock, at the scheduler's milestones and at the end), so the scheduler can stop
+the trial there and Ray can resume it. A process that exits mid-epoch (SIGTERM: a draining or reclaimed node)
 checkpoints at the next batch boundary into the trial's storage folder (`trainable.preemption`),
 and the retry goes on from there.
 """

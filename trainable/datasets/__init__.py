@@ -32,6 +32,11 @@ class Dataset(Protocol):
         """The recordings of a split ("train" or "test") that have audio, in a stable order."""
         ...
 
+    def submission_recordings(self, data_dir: Path) -> list[str]:
+        """The test recordings a submission scores, in its order ([] when the data has no
+        submission template): what the search checks in the cache and export predicts."""
+        ...
+
     def audio_path(self, data_dir: Path, split: str, recording: str) -> Path:
         """The audio file of a recording."""
         ...

@@ -68,6 +68,11 @@ class RFCx:
         """Every recording with audio in DATA/<split>/, sorted."""
         return sorted(path.name[: -len(AUDIO_SUFFIX)] for path in (Path(data_dir) / split).glob(f"*{AUDIO_SUFFIX}"))
 
+    def submission_recordings(self, data_dir: Path) -> list[str]:
+        """sample_submission.csv's recordings, in its order ([] without the file)."""
+        path = Path(data_dir) / SUBMISSION_FILE
+        return list(_read_submission(path)[0]) if path.exists() else []
+
     def audio_path(self, data_dir: Path, split: str, recording: str) -> Path:
         """Where the audio of a recording lives: DATA/train/<id>.flac or DATA/test/<id>.flac."""
         return audio_path(data_dir, split, recording)
