@@ -4,8 +4,8 @@ One trial = `trainable.tune.train_sed` with the fixed config of the search and t
 parameters that Optuna suggests from the chosen spaces. OptunaSearch (seeded, the recipe
 first) proposes, the plan's scheduler (search.schedulers: ASHA by default, with its rungs rebuilt
 on a resume) stops weak trials on `training_iteration`, and every trial keeps its checkpoints so
-a killed driver or node loses
-nothing. A resumed search runs the plan's trial count, which `--resume --num-samples` may raise.
+a killed driver or node loses nothing. A resumed search runs the plan's trial count, which
+`--resume --num-samples` may raise.
 """
 
 from __future__ import annotations
