@@ -49,7 +49,7 @@ class Setting:
 
     @property
     def flag(self) -> str:
-        return f"--{self.name.replace('_', '-')}"
+        return flag_of(self.name)
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ class Scheduler:
         known = {setting.name: setting for setting in self.settings}
         unknown = sorted(set(settings) - set(known))
         if unknown:
-            raise ConfigError(f"{known_flag(unknown[0])} is not a setting of --scheduler {self.name}"
+            raise ConfigError(f"{flag_of(unknown[0])} is not a setting of --scheduler {self.name}"
                               f" ({self.settings_text()})")
         for name, setting in known.items():
             value = settings.get(name)
@@ -203,7 +203,8 @@ SCHEDULERS: dict[str, Scheduler] = {
 }
 
 
-def known_flag(name: str) -> str:
+def flag_of(name: str) -> str:
+    """The flag of a setting's name: grace_period -> --grace-period."""
     return f"--{name.replace('_', '-')}"
 
 
@@ -243,7 +244,7 @@ def chosen_settings(name: str, given: dict[str, Any], epochs: int) -> dict[str, 
     foreign = [key for key, value in given.items() if value is not None and key not in own]
     if foreign:
         of = ", ".join(e.name for e in owners(foreign[0]))
-        raise ConfigError(f"{known_flag(foreign[0])} is a setting of --scheduler {of}, not of {name}"
+        raise ConfigError(f"{flag_of(foreign[0])} is a setting of --scheduler {of}, not of {name}"
                           f" ({entry.settings_text()})")
     return entry.resolve({key: given.get(key) for key in own}, epochs)
 
