@@ -56,8 +56,7 @@ class RFCx:
 
     def species_count(self, data_dir: Path) -> int:
         """The submission's s0..sK-1 columns, or 24 without a submission file."""
-        path = Path(data_dir) / SUBMISSION_FILE
-        return _read_submission(path)[1] if path.exists() else DEFAULT_N_SPECIES
+        return submission_of(data_dir)[1] or DEFAULT_N_SPECIES
 
     def events(self, data_dir: Path) -> pd.DataFrame:
         """train_tp.csv and train_fp.csv, validated, as events (EVENT_COLUMNS; kind tp / fp)."""
@@ -70,8 +69,7 @@ class RFCx:
 
     def submission_recordings(self, data_dir: Path) -> list[str]:
         """sample_submission.csv's recordings, in its order ([] without the file)."""
-        path = Path(data_dir) / SUBMISSION_FILE
-        return list(_read_submission(path)[0]) if path.exists() else []
+        return list(submission_of(data_dir)[0])
 
     def audio_path(self, data_dir: Path, split: str, recording: str) -> Path:
         """Where the audio of a recording lives: DATA/train/<id>.flac or DATA/test/<id>.flac."""
@@ -133,12 +131,8 @@ def read_files(data_dir: Path, n_species: int | None = None) -> RFCxFiles:
         AnnotationError: one line naming the file, the line and the problem.
     """
     data_dir = Path(data_dir)
-    test_ids: tuple[str, ...] = ()
-    submission_path = data_dir / SUBMISSION_FILE
-    if submission_path.exists():
-        test_ids, submission_species = _read_submission(submission_path)
-        n_species = n_species or submission_species
-    n_species = n_species or DEFAULT_N_SPECIES
+    test_ids, submission_species = submission_of(data_dir)
+    n_species = n_species or submission_species or DEFAULT_N_SPECIES
     tp = _read_annotation_file(data_dir / TP_FILE, n_species)
     fp = _read_annotation_file(data_dir / FP_FILE, n_species)
     return RFCxFiles(tp=tp, fp=fp, test_ids=test_ids, n_species=n_species)
@@ -201,6 +195,12 @@ def _fail_where(path: Path, frame: pd.DataFrame, bad: pd.Series, problem: str,
     more = f" [and {len(rows) - 1} more line(s) like it]" if len(rows) > 1 else ""
     raise AnnotationError(f"{path.name} line {first.line}: {problem}{shown}"
                           f" in recording {first.recording_id!r}{more}")
+
+
+def submission_of(data_dir: Path) -> tuple[tuple[str, ...], int | None]:
+    """sample_submission.csv's recording ids and species count; ((), None) without the file."""
+    path = Path(data_dir) / SUBMISSION_FILE
+    return _read_submission(path) if path.exists() else ((), None)
 
 
 def _read_submission(path: Path) -> tuple[tuple[str, ...], int]:
