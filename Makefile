@@ -4,7 +4,7 @@
 # Developer habits (CI runs `make lint typecheck` before `make test`):
 #   make test-fast   the tests that start no Ray, no cluster, no S3 server and are not slow (under a minute)
 #   make lint        ruff: pyflakes, pycodestyle, bugbear, pyupgrade and import order (no reformatting)
-#   make typecheck   mypy over trainable/, spaces/, search/ and bench/
+#   make typecheck   mypy over trainable/, spaces/, search/, datatools/ and bench/
 #   make check       both
 
 PYTHON ?= python3
@@ -36,10 +36,10 @@ data: setup synth prepare
 # The synthetic dataset in the RFCx layout, generated once.
 synth: $(DATA)/train_tp.csv
 $(DATA)/train_tp.csv: | setup
-	$(PY) -m trainable.synth $(DATA) --recordings 120 --test-recordings 30
+	$(PY) -m datatools.synth $(DATA) --recordings 120 --test-recordings 30
 
 prepare: setup synth
-	$(PY) -m trainable.prepare --data-dir $(DATA) --workers $(WORKERS)
+	$(PY) -m datatools.prepare --data-dir $(DATA) --workers $(WORKERS)
 
 # Two test processes, each given whole files (their module fixtures, a local Ray among them, are
 # set up once): most of a Ray test is start-up, waiting and subprocesses, so two of them share 2
@@ -55,7 +55,7 @@ test-fast: setup
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "$(FAST)"
 
 lint: setup
-	$(VENV)/bin/ruff check trainable spaces search bench tests
+	$(VENV)/bin/ruff check trainable spaces search datatools bench tests
 
 typecheck: setup
 	$(VENV)/bin/mypy

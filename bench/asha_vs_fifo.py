@@ -7,7 +7,7 @@ both runs as fixed points, so the two runs differ in their scheduler only.
     python -m bench.asha_vs_fifo [--space loss_weights] [--trials 8] [--epochs 8] [--grace-period 4]
 
 The defaults are make run's: its trials, the quick preset's epochs, and ASHA's own settings
-(search.schedulers, as search/run.py builds both schedulers).
+(search.tuner.schedulers, as search/run.py builds both schedulers).
 
 Target: ASHA reaches >= 98% of FIFO's best cv_lwlrap with <= 70% of its trained epochs. (Under
 make run's grace of 4 of 8 epochs every trial trains half the budget, so 50% is the floor; with
@@ -26,10 +26,10 @@ from ray import tune
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from bench.common import cores, header, synthetic_data, verdict
-from search.default_data import QUICK_PRESET, QUICK_TRAINING
+from datatools.builtin import QUICK_PRESET, QUICK_TRAINING
 from search.plan import DefineByRun
-from search.report import trial_results
-from search.schedulers import SCHEDULERS
+from search.results.leaderboard import trial_results
+from search.tuner.schedulers import SCHEDULERS
 from spaces import SPACES
 from trainable.reported import ITERATION, METRIC, MODE, SCORE
 from trainable.tune import train_sed

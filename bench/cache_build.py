@@ -1,6 +1,6 @@
 """Cache build scaling and trial start-up.
 
-Recordings/s of the log-mel cache build (trainable.prepare) with 1 worker and with N (all
+Recordings/s of the log-mel cache build (datatools.prepare) with 1 worker and with N (all
 cores), over the synthetic dataset's flac files; and the time a trial takes to open the
 cache, for a cache of R recordings and one of 10 x R.
 
@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import cores, header, synthetic_data, verdict
-from trainable.cache import LogMelCache
+from datatools.prepare import build_cache, find_recordings
 from trainable.config import FeatureConfig
-from trainable.prepare import build_cache, find_recordings
+from trainable.data.cache import LogMelCache
 
 SCALING_TARGET = 0.8  # of N
 START_UP_RECORDINGS = (200, 2000)

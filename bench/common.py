@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from search.default_data import default_data_dir, ensure_synthetic
+from datatools.builtin import default_data_dir, ensure_synthetic
 from trainable.config import TrialConfig, from_dict
 from trainable.dotted import merge
-from trainable.fit import Device
-from trainable.kfold import KFoldTraining
+from trainable.training.fit import Device
+from trainable.training.kfold import KFoldTraining
 
 
 def machine() -> str:

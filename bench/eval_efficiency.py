@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from bench.common import efficiency_parser, header, interleaved, timed, trial, verdict
-from trainable.data import ClipWindows, collate_windows
-from trainable.model import SEGMENT
+from trainable.data.crops import ClipWindows, collate_windows
+from trainable.model.sed import SEGMENT
 
 TARGET = 0.90
 

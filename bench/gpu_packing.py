@@ -36,8 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def trial_worker(backbone: str, batch: int, threads: int, seconds: float, start: Barrier, out: mp.Queue) -> None:
     """One packed trial: warm up, wait for the others, then train epochs for `seconds`."""
     from bench.common import trial
-    from trainable.fit import Device
-    from trainable.kfold import EpochProgress
+    from trainable.training.fit import Device
+    from trainable.training.kfold import EpochProgress
 
     torch.set_num_threads(threads)
     torch.backends.cudnn.benchmark = True

@@ -16,7 +16,7 @@ near-free stub of resnet18's output shape, on a dataset of the real competition'
   selected weights of 5 folds): bytes, the seconds to write it, and the seconds of the copy
   Ray makes to the experiment's storage inside `tune.report`;
 - the share of an epoch each part takes, and the share checkpoints take of a whole trial at
-  GPU speed under the checkpoint policy (trainable.checkpoints), projected for epochs of
+  GPU speed under the checkpoint policy (trainable.training.cadence), projected for epochs of
   GPU_EPOCH_S seconds: an assumption until a GPU epoch has been measured.
 
 Targets per core: training data path >= 2,500 samples/s, evaluation path >= 5,000 windows/s,
@@ -42,10 +42,9 @@ from torch import nn
 
 from bench.common import cores, header, timed, verdict
 from bench.real_sized import real_sized_data
-from search.schedulers import SCHEDULERS
-from trainable.checkpoints import CheckpointCadence
+from search.tuner.schedulers import SCHEDULERS
 from trainable.config import ModelConfig, TrainConfig, TrialConfig, from_dict
-from trainable.data import (
+from trainable.data.crops import (
     ClipWindows,
     EpochBatches,
     TrainCrops,
@@ -54,10 +53,11 @@ from trainable.data import (
     shuffled_batches,
     window_starts,
 )
-from trainable.fit import Device
-from trainable.kfold import KFoldTraining, training_loader
-from trainable.model import SEDModel
-from trainable.selection import weights_copy
+from trainable.model.sed import SEDModel
+from trainable.training.cadence import CheckpointCadence
+from trainable.training.fit import Device
+from trainable.training.kfold import KFoldTraining, training_loader
+from trainable.training.selection import weights_copy
 
 TRAIN_TARGET, EVAL_TARGET, CHECKPOINT_TARGET = 2500.0, 5000.0, 0.05
 GPU_EPOCH_S = 2.0  # assumed: an H100-class GPU's share of a 5-fold resnet18 epoch (not yet measured)

@@ -24,16 +24,16 @@ import pandas as pd
 import torch
 
 from bench.common import header, synthetic_data, verdict
-from search.default_data import FEATURES, QUICK_PRESET, QUICK_TRAINING, SYNTHETIC
-from search.holdout import PRIVATE, PUBLIC
-from search.report import CV_COLUMNS
-from search.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
+from datatools.builtin import FEATURES, QUICK_PRESET, QUICK_TRAINING, SYNTHETIC
+from search.results.holdout import PRIVATE, PUBLIC
+from search.results.leaderboard import CV_COLUMNS
+from search.tuner.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
 from trainable import reported
 from trainable.config import ModelConfig, TrialConfig, from_dict
 from trainable.dotted import merge
-from trainable.fit import Device
-from trainable.kfold import KFoldTraining
-from trainable.model import CLIP_ATT, SEDModel
+from trainable.model.sed import CLIP_ATT, SEDModel
+from trainable.training.fit import Device
+from trainable.training.kfold import KFoldTraining
 
 REPO = Path(__file__).resolve().parents[1]
 WALL_TARGET_S, BEST_TARGET, MEDIAN_GAP_TARGET, STOPPED_TARGET = 300.0, 0.80, 0.05, 3

@@ -1,7 +1,7 @@
 """A dataset of the real competition's size for the host-side benchmarks, without audio.
 
 The host side of a trial reads the log-mel cache and the annotations only, so this writes
-exactly those: the synthetic generator's annotations (trainable.synth, its real statistics) for
+exactly those: the synthetic generator's annotations (datatools.synth, its real statistics) for
 60 s clips, and a cache of random log-mel arrays of the real shape (128 mels x 3751 frames,
 float16, about 1 MB each). 2,200 train recordings give the real 1,100 tp recordings, with their
 fp recordings beside them; about 2.1 GB, written once (about 20 s) into the user's cache.
@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from search.default_data import default_data_dir
-from trainable import synth
+from datatools import synth
+from datatools.builtin import default_data_dir
 from trainable.atomic import atomic_write_text
-from trainable.cache import DEFAULT_CACHE_NAME, LogMelCache
 from trainable.config import FeatureConfig
-from trainable.datasets.rfcx import FP_FILE, TP_FILE
+from trainable.data.cache import DEFAULT_CACHE_NAME, LogMelCache
+from trainable.data.layouts.rfcx import FP_FILE, TP_FILE
 
 NAME = "host-bench-v1"  # change when what is written changes
 RECORDINGS = 2200  # train recordings: half with tp rows, as the real 1,132

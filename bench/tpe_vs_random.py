@@ -2,7 +2,7 @@
 the built-in data and its quick preset) run with each sampler under several seeds, each judged
 by its best trial's score on the holdout.
 
-Each search is the product's own (search/run.py's plan, run by search.session.run_search),
+Each search is the product's own (search/run.py's plan, run by search.tuner.session.run_search),
 which scores its top trials and the recipe point on the holdout at the end; the table reads
 their leaderboards. Ray's progress output goes to a log file, named at the start.
 
@@ -23,10 +23,10 @@ import ray
 
 from bench.common import header, synthetic_data
 from search import run
-from search.holdout import PRIVATE, PUBLIC
 from search.plan import SAMPLERS
-from search.report import LEADERBOARD_CSV
-from search.session import run_search
+from search.results.holdout import PRIVATE, PUBLIC
+from search.results.leaderboard import LEADERBOARD_CSV
+from search.tuner.session import run_search
 from spaces import SPACES
 from trainable.reported import SCORE
 

@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from bench.common import efficiency_parser, header, interleaved, timed, trial, verdict
-from trainable.data import epoch_size
-from trainable.kfold import EpochProgress
-from trainable.model import CLIP_ATT, SEDModel
+from trainable.data.crops import epoch_size
+from trainable.model.sed import CLIP_ATT, SEDModel
+from trainable.training.kfold import EpochProgress
 
 TARGET = 0.90
 

@@ -26,8 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-# No torch or Ray here: --help and bad input answer at once; torch comes with a trial to export.
-from search.blend import AVERAGES, DEFAULT_MAX_STEPS, DEFAULT_TOLERANCE
 from search.export import (
     EXPORT_ERRORS,
     OOF_FILE,
@@ -38,19 +36,30 @@ from search.export import (
     species_columns,
     submit_command,
 )
-from search.holdout import HOLDOUT_FILE, PRIVATE, PUBLIC
-from search.trials import ENSEMBLE, EXPORTS, LEADERBOARD_CSV, TrialNotFound, newest_checkpoint, scored_board, trial_dir
-from search.window_blend import WindowsError, blend_windows
-from trainable.annotations import DEFAULT_DATASET
+
+# No torch or Ray here: --help and bad input answer at once; torch comes with a trial to export.
+from search.results.blend import AVERAGES, DEFAULT_MAX_STEPS, DEFAULT_TOLERANCE
+from search.results.holdout import HOLDOUT_FILE, PRIVATE, PUBLIC
+from search.results.trials import (
+    ENSEMBLE,
+    EXPORTS,
+    LEADERBOARD_CSV,
+    TrialNotFound,
+    newest_checkpoint,
+    scored_board,
+    trial_dir,
+)
+from search.results.window_blend import WindowsError, blend_windows
 from trainable.atomic import atomic_directory
 from trainable.config import FOLD_SPLIT_KEYS
+from trainable.data.annotations import DEFAULT_DATASET
 from trainable.dotted import flatten_dotted
 from trainable.reported import SCORE
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from search.blend import Blend, NestedScore
+    from search.results.blend import Blend, NestedScore
 
 WEIGHTS = "weights.json"
 
@@ -131,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
           f"windows:    {out / WINDOWS} (a stage-3 teacher: --teacher {out / WINDOWS})\n"
           f"submit:     {submit_command(first, ENSEMBLE, out)}")
     if out.resolve() == (first / EXPORTS / ENSEMBLE).resolve() and (first / LEADERBOARD_CSV).is_file():
-        from search.report import LEADERBOARD_MD, refresh_leaderboard
+        from search.results.leaderboard import LEADERBOARD_MD, refresh_leaderboard
 
         refresh_leaderboard(first)
         print(f"leaderboard: {first / LEADERBOARD_MD} (the ensemble's row, ranked by its nested CV)")
@@ -188,7 +197,7 @@ def candidates(references: list[str], top: int | None) -> list[Candidate]:
 
 def _candidate(experiment: Path, trial: str, score: float) -> tuple[Candidate | None, str | None]:
     """The trial as a candidate, or why it cannot be one."""
-    from trainable.kfold import read_trial_file  # torch is here already: trainable.cache imports it
+    from trainable.training.kfold import read_trial_file  # torch is here already: trainable.data.cache imports it
 
     try:
         checkpoint = newest_checkpoint(trial_dir(experiment, trial))
@@ -248,8 +257,8 @@ def dataset_name(candidate: Candidate) -> str:
 def species_count(candidate: Candidate, data_dir: Path) -> int:
     """The species of a trial's predictions: its export's columns, or before an export the
     data layout's species count."""
-    from trainable.annotations import AnnotationError
-    from trainable.datasets import dataset
+    from trainable.data.annotations import AnnotationError
+    from trainable.data.layouts import dataset
 
     if not is_fresh(candidate.checkpoint.parent, candidate.exports, data_dir):
         try:
@@ -307,8 +316,8 @@ class Library:
         import numpy as np
         import pandas as pd
 
-        from trainable.annotations import load_annotations
-        from trainable.folds import species_matrix
+        from trainable.data.annotations import load_annotations
+        from trainable.data.folds import species_matrix
 
         name = dataset_name(pool[0])
         annotations = load_annotations(data_dir, name)
@@ -351,7 +360,7 @@ class Ensemble:
 
     @staticmethod
     def build(library: Library, average: str, max_steps: int, tolerance: float) -> Ensemble:
-        from search.blend import nested_score, ranks, select
+        from search.results.blend import nested_score, ranks, select
         from trainable.metrics import lwlrap
 
         oof = ranks(library.oof) if average == "rank" else library.oof
@@ -378,7 +387,7 @@ class Ensemble:
         return Ensemble(blend, nested, nested_single, average, [lwlrap(library.truth, p) for p in library.oof])
 
     def apply(self, predictions: np.ndarray) -> np.ndarray:
-        from search.blend import ranks
+        from search.results.blend import ranks
 
         return self.blend.apply(ranks(predictions) if self.average == "rank" else predictions)
 
@@ -387,8 +396,8 @@ def write(out: Path, ensemble: Ensemble, library: Library, data_dir: Path, start
     """Write the ensemble's files into `out`, replacing an older ensemble there as a whole."""
     import pandas as pd
 
-    from search.holdout import holdout_scores, load_truth
-    from trainable.datasets import dataset
+    from search.results.holdout import holdout_scores, load_truth
+    from trainable.data.layouts import dataset
 
     columns = library.columns
     oof = pd.DataFrame(ensemble.apply(library.oof), columns=columns)

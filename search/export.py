@@ -2,13 +2,13 @@
 competition's format, and their holdout scores.
 
 Loads the fold models of the trial's newest checkpoint, each fold's weights of the epoch the
-trial's selection chose (trainable.selection: each fold's best epoch in the reference's
+trial's selection chose (trainable.training.selection: each fold's best epoch in the reference's
 recipe), and writes, into
 DIR/exports/trial_<id>/:
     oof.csv          recording_id, fold, s0..sK-1: each tp recording predicted by the
                      model of the fold that held it out
     submission.csv   the data layout's submission (RFCx: exactly sample_submission.csv's header
-                     and row order, trainable.datasets): the mean over the folds' probabilities
+                     and row order, trainable.data.layouts): the mean over the folds' probabilities
                      of each test recording (windows overlapping by data.test_overlap, by the
                      trial's data.window_rule and data.window_score)
     windows.csv      recording_id, t_min, t_max (seconds), s0..: every window of those
@@ -35,22 +35,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 # Light imports only: --help and bad input answer at once; torch comes with the work.
-from search.holdout import HOLDOUT_FILE, PRIVATE, PUBLIC, HoldoutError, holdout_scores, load_truth, notes
-from search.trials import EXPORTS, LEADERBOARD_CSV, TrialNotFound, newest_checkpoint, scored_trials, trial_dir
-from trainable.annotations import AnnotationError, load_annotations
-from trainable.cache import DEFAULT_CACHE_NAME, CacheError, LogMelCache
+from search.results.holdout import HOLDOUT_FILE, PRIVATE, PUBLIC, HoldoutError, holdout_scores, load_truth, notes
+from search.results.trials import EXPORTS, LEADERBOARD_CSV, TrialNotFound, newest_checkpoint, scored_trials, trial_dir
 from trainable.config import ConfigError
+from trainable.data.annotations import AnnotationError, load_annotations
+from trainable.data.cache import DEFAULT_CACHE_NAME, CacheError, LogMelCache
 
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-    from trainable.annotations import Annotations
     from trainable.config import DataConfig, TrialConfig
-    from trainable.fit import Device
-    from trainable.folds import Fold
-    from trainable.inputs import InputPipeline
-    from trainable.model import SEDModel
+    from trainable.data.annotations import Annotations
+    from trainable.data.folds import Fold
+    from trainable.model.inputs import InputPipeline
+    from trainable.model.sed import SEDModel
+    from trainable.training.fit import Device
 
 OOF_FILE, SUBMISSION, WINDOWS = "oof.csv", "submission.csv", "windows.csv"
 TIME_COLUMNS = ("t_min", "t_max")  # windows.csv's window, in seconds
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if (args.experiment / LEADERBOARD_CSV).is_file():
-        from search.report import LEADERBOARD_MD, frame, refresh_leaderboard
+        from search.results.leaderboard import LEADERBOARD_MD, frame, refresh_leaderboard
 
         rows = refresh_leaderboard(args.experiment)
         if any(row.holdout for row in rows):
@@ -114,10 +114,10 @@ def export(experiment: Path, trial: str, data_dir: Path | None = None, cache_dir
     """Write oof.csv, submission.csv, windows.csv and (with test_truth.csv) holdout.json of one trial;
     returns their folder. `progress`: a progress bar per fold and split (on stderr)."""
     from trainable.atomic import atomic_write_text
-    from trainable.datasets import dataset
-    from trainable.folds import folds_of, species_matrix
-    from trainable.kfold import read_trial_file
+    from trainable.data.folds import folds_of, species_matrix
+    from trainable.data.layouts import dataset
     from trainable.recipes import resolve
+    from trainable.training.kfold import read_trial_file
 
     directory = trial_dir(experiment, trial)
     out = out or experiment / EXPORTS / directory.name
@@ -200,9 +200,9 @@ def predict_folds(checkpoint: Path, config: TrialConfig, annotations: Annotation
     import pandas as pd
     import torch
 
-    from trainable.fit import Device
-    from trainable.folds import fp_only_ids
-    from trainable.inputs import InputPipeline
+    from trainable.data.folds import fp_only_ids
+    from trainable.model.inputs import InputPipeline
+    from trainable.training.fit import Device
 
     device = Device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     windows_of = WindowPredictor(InputPipeline(config.model, config.augment), config.data, device, progress)
@@ -232,10 +232,10 @@ def fold_model(checkpoint: Path, config: TrialConfig, n_species: int, fold_index
     """A fold's model with the weights of the epoch the trial's selection chose.
 
     Raises:
-        ExportError: the checkpoint holds no such weights (trainable.kfold.load_fold_weights' message).
+        ExportError: the checkpoint holds no such weights (trainable.training.kfold.load_fold_weights' message).
     """
-    from trainable.kfold import load_fold_weights
-    from trainable.model import SEDModel
+    from trainable.model.sed import SEDModel
+    from trainable.training.kfold import load_fold_weights
 
     model = SEDModel(config.model, n_species).to(device.torch)
     try:
@@ -262,8 +262,8 @@ class WindowPredictor:
         import pandas as pd
         from tqdm import tqdm
 
-        from trainable.data import ClipWindows
-        from trainable.fit import clips_of_windows, predict_windows
+        from trainable.data.crops import ClipWindows
+        from trainable.training.fit import clips_of_windows, predict_windows
 
         columns = species_columns(model.n_species)
         if not ids:  # e.g. data without fp-only recordings; typed columns keep windows.csv's float columns float
@@ -274,7 +274,7 @@ class WindowPredictor:
         dataset = ClipWindows(cache, split, ids, width, overlap, n_species=model.n_species, rule=self.data.window_rule)
         batches = tqdm(dataset.batches(RECORDINGS_PER_BATCH), desc=label, unit="batch", file=sys.stderr,
                        disable=not self.progress)
-        # predict_windows only iterates its loader (trainable.fit annotates it DataLoader).
+        # predict_windows only iterates its loader (trainable.training.fit annotates it DataLoader).
         scores, counts = predict_windows(model, batches, self.pipeline, self.device)
         probabilities = scores[self.data.window_score]
         fps = cache.features.frames_per_second

@@ -21,8 +21,8 @@ import sys
 from pathlib import Path
 
 # Light imports only: --help and bad input answer at once.
-from search.lb_scores import LB_MEMO, LB_PRIVATE, LB_PUBLIC, load_lb, save_lb
-from search.trials import ENSEMBLE, LEADERBOARD_CSV, trial_rows
+from search.results.lb_scores import LB_MEMO, LB_PRIVATE, LB_PUBLIC, load_lb, save_lb
+from search.results.trials import ENSEMBLE, LEADERBOARD_CSV, trial_rows
 
 SUBMISSION_COLUMNS = ("fileName", "date", "description", "status", "publicScore", "privateScore")
 
@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     save_lb(args.experiment, {**recorded, **new})
-    from search.holdout import cv_versus_lb, spearman
-    from search.report import LEADERBOARD_MD, frame, refresh_leaderboard
+    from search.results.holdout import cv_versus_lb, spearman
+    from search.results.leaderboard import LEADERBOARD_MD, frame, refresh_leaderboard
 
     board = trial_rows(frame(refresh_leaderboard(args.experiment)))  # the CV-vs-LB line is over trials
     for trial, entry in new.items():

@@ -1,7 +1,7 @@
 """What defines a search, without Ray: the plan, its checks, and its record on disk.
 
 `search/run.py` builds a SearchPlan from the command line and checks it before anything
-heavy starts; `search.experiment` turns it into a Ray Tune experiment.
+heavy starts; `search.tuner.experiment` turns it into a Ray Tune experiment.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any, cast
 
 import optuna
 
-from search.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, migrated
 from search.storage import is_remote, local_copy_dir, local_path, read_text, upload
+from search.tuner.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, migrated
 from spaces import REFERENCE_WINDOWS, combine, recipe_point, set_context, windows_of
 from trainable.atomic import atomic_write_text
 from trainable.config import MODEL_KEYS, ConfigError, TrialConfig, to_dict
@@ -44,7 +44,7 @@ class SearchPlan:
     seed: int
     max_failures: int
     sampler: str = "tpe"  # one of SAMPLERS; an experiment from before this field used TPE
-    scheduler: str = DEFAULT_SCHEDULER  # a key of search.schedulers.SCHEDULERS
+    scheduler: str = DEFAULT_SCHEDULER  # a key of search.tuner.schedulers.SCHEDULERS
     scheduler_settings: dict[str, Any] = field(default_factory=dict)  # its settings, resolved and checked
 
     @property

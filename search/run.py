@@ -36,8 +36,8 @@ if __name__ == "__main__":  # Ctrl-C or SIGTERM during the imports below (second
     signal.signal(signal.SIGTERM, _exit_interrupted)
 
 # Light imports only: --help and argument errors must answer at once. Ray, torch and timm are
-# imported by the functions that need them (search.experiment, search.session).
-from search.default_data import QUICK_PRESET, QUICK_TRAINING, default_data_dir, ensure_synthetic
+# imported by the functions that need them (search.tuner.experiment, search.tuner.session).
+from datatools.builtin import QUICK_PRESET, QUICK_TRAINING, default_data_dir, ensure_synthetic
 from search.plan import (
     PLAN_FILE,
     SAMPLERS,
@@ -50,8 +50,6 @@ from search.plan import (
     report_dir,
     searched_keys,
 )
-from search.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, chosen_settings, owners, setting_names
-from search.signals import stop_on_sigterm_like_ctrl_c
 from search.storage import (
     DEFAULT_STORAGE,
     REMOTE_TIMEOUT_ENV,
@@ -61,14 +59,16 @@ from search.storage import (
     normalise,
     remote_timeout,
 )
+from search.tuner.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, chosen_settings, owners, setting_names
+from search.tuner.signals import stop_on_sigterm_like_ctrl_c
 from spaces import SPACES
-from trainable.cache import DEFAULT_CACHE_NAME
 from trainable.config import STAGES, ConfigError, TrainConfig, TrialConfig
+from trainable.data.cache import DEFAULT_CACHE_NAME
 from trainable.dotted import flatten_dotted, merge
 from trainable.recipes import DEFAULT_RECIPE, RECIPES, STAGE_RECIPES, resolve
 
 # max_failures: a reclaimed spot node is one failure for each trial it held, and a retry costs at
-# most the epoch in flight. The schedulers' settings and defaults are their own (search.schedulers).
+# most the epoch in flight. The schedulers' settings and defaults are their own (search.tuner.schedulers).
 DEFAULTS = {"num_samples": 8, "cpus_per_trial": 1.0, "gpus_per_trial": 0.0, "seed": 0, "max_failures": 5}
 # Flags that define a search; resuming takes them from the experiment itself.
 SEARCH_FLAGS = ("space", "recipe", "data_dir", "cache_dir", "num_samples", "max_concurrent", "epochs", "folds",
@@ -266,8 +266,8 @@ def read_config(path: Path) -> Any:
 
 def init_checkpoint(reference: str, storage: str) -> Path:
     """The checkpoint directory --init-from EXPERIMENT[:TRIAL] names: the trial's newest checkpoint."""
+    from search.results.trials import TrialNotFound, newest_checkpoint, split_trial_ref, trial_dir
     from search.storage import local_path
-    from search.trials import TrialNotFound, newest_checkpoint, split_trial_ref, trial_dir
 
     name, trial = split_trial_ref(reference)
     experiment = Path(name)
@@ -276,7 +276,7 @@ def init_checkpoint(reference: str, storage: str) -> Path:
         experiment = local / name
     if not experiment.is_dir():
         raise UsageError(f"--init-from {reference}: no experiment directory {name} (here or in {storage})")
-    from trainable.kfold import CheckpointError, read_trial_file
+    from trainable.training.kfold import CheckpointError, read_trial_file
     try:
         checkpoint = newest_checkpoint(trial_dir(experiment.resolve(), trial))
         read_trial_file(checkpoint)  # a checkpoint of an earlier format is refused here, in one line
@@ -289,11 +289,11 @@ def check_data(trial: TrialConfig) -> int:
     """The data, the cache, the folds and a teacher file, checked against each other before Ray
     starts (each would fail only inside every trial, retried --max-failures times); returns the
     number of species."""
-    from trainable.annotations import AnnotationError, load_annotations
-    from trainable.cache import CacheError, LogMelCache
-    from trainable.datasets import dataset
-    from trainable.folds import folds_of
-    from trainable.teacher import TeacherError, load_teachers
+    from trainable.data.annotations import AnnotationError, load_annotations
+    from trainable.data.cache import CacheError, LogMelCache
+    from trainable.data.folds import folds_of
+    from trainable.data.layouts import dataset
+    from trainable.data.teacher import TeacherError, load_teachers
 
     data_dir = Path(trial.data_dir)
     cache_dir = Path(trial.cache_dir or data_dir / DEFAULT_CACHE_NAME)
@@ -330,7 +330,7 @@ MISSING_SHOWN = 3  # recordings a missing-array message names
 def check_cached(annotations, layout, cache, data_dir: Path, command: str) -> None:
     """Every annotated recording and every test recording of the submission has its array, computed
     from its audio as it is now (a cache that prepare left incomplete, e.g. after it exited 1, or one
-    whose audio was regenerated since, is refused here); `layout`: the data's trainable.datasets.Dataset."""
+    whose audio was regenerated since, is refused here); `layout`: the data's trainable.data.layouts.Dataset."""
     wanted = [("train", rid) for rid in annotations.train_ids] + [("test", rid) for rid in annotations.test_ids]
     stale = [f"{split}/{rid}" for split, rid in wanted
              if cache.stale(split, rid, layout.audio_path(data_dir, split, rid))]
@@ -347,11 +347,11 @@ def check_cached(annotations, layout, cache, data_dir: Path, command: str) -> No
 def prepare_command(trial: TrialConfig, features=None) -> str:
     """The command that builds (or completes) the trial's cache, with the cache's own feature
     parameters where they are not prepare's defaults (prepare refuses a cache of others)."""
-    from trainable.annotations import DEFAULT_DATASET
+    from datatools.prepare import FEATURE_FLAGS
     from trainable.config import FeatureConfig
-    from trainable.prepare import FEATURE_FLAGS
+    from trainable.data.annotations import DEFAULT_DATASET
 
-    command = f"python -m trainable.prepare --data-dir {trial.data_dir}"
+    command = f"python -m datatools.prepare --data-dir {trial.data_dir}"
     if trial.data.dataset != DEFAULT_DATASET:
         command += f" --dataset {trial.data.dataset}"
     if trial.cache_dir:
@@ -368,9 +368,9 @@ def check_init_from(trial: TrialConfig, n_species: int) -> None:
     backbone and fold split, and weights that load into a model of `n_species`."""
     import torch
 
-    from trainable.fit import Device
-    from trainable.kfold import check_init_source, load_fold_weights
-    from trainable.model import SEDModel
+    from trainable.model.sed import SEDModel
+    from trainable.training.fit import Device
+    from trainable.training.kfold import check_init_source, load_fold_weights
 
     checkpoint = Path(trial.init_from)
     try:
@@ -383,7 +383,7 @@ def check_init_from(trial: TrialConfig, n_species: int) -> None:
 
 def check_weights(trial: TrialConfig) -> None:
     """The ImageNet weights load here (timm fetches them once, into its cache), before Ray starts."""
-    from trainable.model import create_backbone
+    from trainable.model.sed import create_backbone
 
     source = trial.model.pretrained_file or "the model hub"
     print(f"[rfcx-tune] loading the ImageNet weights of {trial.model.backbone} (model.pretrained) from {source}",
@@ -473,7 +473,7 @@ def check_address(address: str | None) -> None:
     is a gRPC server) whether what listens answers."""
     import grpc  # Ray's own RPC library
 
-    given = address or os.environ.get("RAY_ADDRESS")  # as search.session.run_search joins
+    given = address or os.environ.get("RAY_ADDRESS")  # as search.tuner.session.run_search joins
     if not given or given == "local":
         return
     flag = f"--address {address}" if address else f"RAY_ADDRESS={given}"
@@ -543,7 +543,7 @@ def make_plan(args: argparse.Namespace) -> SearchPlan:
         if not given:
             raise UsageError(f"--resume: no experiment to resume at {storage}/{name}")
     plan = new_plan(args, storage, name)
-    from search.experiment import can_resume  # Ray
+    from search.tuner.experiment import can_resume  # Ray
 
     if args.resume and not can_resume(plan):
         raise UsageError(f"--resume: no experiment to resume at {storage}/{name}")
@@ -565,14 +565,14 @@ def main(argv: list[str] | None = None) -> int:
     plan = None
     try:
         plan = make_plan(args)
-        from search.session import run_search  # starts Ray: only once the input is known to be good
+        from search.tuner.session import run_search  # starts Ray: only once the input is known to be good
         return run_search(plan, address=args.address)
     except (UsageError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         # Before the search, while Ray starts or the Tuner is built, or a second Ctrl-C while Tune
-        # stops: whatever was recorded is whole (atomic writes, search.experiment.WholeFiles).
+        # stops: whatever was recorded is whole (atomic writes, search.tuner.experiment.WholeFiles).
         print(interrupted_line(plan), file=sys.stderr)
         return 130
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from trainable import prepare
+from datatools import prepare
 
 # No model hub is reachable here: a test that would fetch ImageNet weights fails at once instead
 # of retrying for half a minute (subprocesses inherit it). Tests train with model.pretrained
@@ -27,7 +27,7 @@ SYNTH = dict(recordings=40, test_recordings=6, species=6, duration=12.0, sample_
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory) -> Path:
     """A synthetic dataset, generated once; tests must not modify it (copy it first)."""
-    from trainable.synth import generate
+    from datatools.synth import generate
 
     out = tmp_path_factory.mktemp("synth") / "data"
     generate(out, **SYNTH)
@@ -84,11 +84,11 @@ def trained_experiment(tmp_path_factory, tiny_trial) -> Path:
     import numpy as np
     import torch
 
-    from search.report import Row, frame
+    from search.results.leaderboard import Row, frame
     from trainable.config import TrialConfig, from_dict
     from trainable.dotted import merge
-    from trainable.fit import Device
-    from trainable.kfold import KFoldTraining
+    from trainable.training.fit import Device
+    from trainable.training.kfold import KFoldTraining
 
     root = tmp_path_factory.mktemp("experiment") / "exp"
     config = from_dict(TrialConfig, merge(tiny_trial, {"train.epochs": 1}))

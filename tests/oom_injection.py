@@ -44,8 +44,8 @@ def inject() -> None:
     import torch
 
     from trainable import tune
-    from trainable.fit import Device
-    from trainable.kfold import KFoldTraining
+    from trainable.training.fit import Device
+    from trainable.training.kfold import KFoldTraining
 
     key, value = os.environ[WHEN].split("=", 1)
     run_epoch = KFoldTraining.run_epoch

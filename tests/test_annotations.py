@@ -3,9 +3,9 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import drop_column, set_cell
-from trainable.annotations import EVENT_COLUMNS, AnnotationError, load_annotations
-from trainable.datasets import dataset
-from trainable.datasets.rfcx import ANNOTATION_COLUMNS, read_files
+from trainable.data.annotations import EVENT_COLUMNS, AnnotationError, load_annotations
+from trainable.data.layouts import dataset
+from trainable.data.layouts.rfcx import ANNOTATION_COLUMNS, read_files
 
 
 def load_error(data_dir: Path) -> str:

@@ -1,4 +1,4 @@
-"""ASHA across a resume (search.scheduler.RememberingASHA), on a real Tuner and local Ray.
+"""ASHA across a resume (search.tuner.remembering.RememberingASHA), on a real Tuner and local Ray.
 
 Ray does not save a scheduler's state (ray#30838). Three trials of known scores run one after the
 other, the third far below the first two; the search is interrupted (Ctrl-C) once the first two
@@ -19,7 +19,7 @@ import pytest
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
-from search.scheduler import RememberingASHA
+from search.tuner.remembering import RememberingASHA
 from trainable.reported import ITERATION, METRIC, MODE
 
 pytestmark = pytest.mark.ray
@@ -65,7 +65,7 @@ def epochs_run(results: tune.ResultGrid) -> dict[float, int]:
 
 def resumed(experiment: Path, scheduler: ASHAScheduler | None = None) -> dict[float, int]:
     """Resume the experiment with its scheduler from tuner.pkl (as pickled before the search
-    started: empty rungs), or with `scheduler` in its place, as search.experiment.restore_tuner
+    started: empty rungs), or with `scheduler` in its place, as search.tuner.experiment.restore_tuner
     puts RememberingASHA."""
     tuner = tune.Tuner.restore(str(experiment), known_scores, resume_unfinished=True)
     if scheduler is not None:
@@ -81,7 +81,7 @@ def test_a_trial_after_a_resume_is_stopped_as_in_an_uninterrupted_search(local_r
     uninterrupted = epochs_run(search(tmp_path, "straight", asha(RememberingASHA)).fit())
     assert uninterrupted == {0.8: EPOCHS, 0.9: EPOCHS, 0.1: 1}
 
-    # Started with Ray's ASHA (as searches were before search.scheduler), interrupted once the
+    # Started with Ray's ASHA (as searches were before search.tuner.remembering), interrupted once the
     # first two trials passed every rung, before the third started.
     before = epochs_run(search(tmp_path, "cut", asha(ASHAScheduler), callbacks=(CtrlCAfter(2),)).fit())
     assert before[0.8] == before[0.9] == EPOCHS and before.get(0.1, 0) == 0

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from trainable.augment import Mixup, augment_batch, draw_mixup, jitter, spec_augment, unit_scale
 from trainable.config import AugmentConfig
+from trainable.model.augment import Mixup, augment_batch, draw_mixup, jitter, spec_augment, unit_scale
 
 NO_AUG = AugmentConfig(time_masks=0, freq_masks=0, gamma=0.0, brightness=0.0)
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]

@@ -1,4 +1,4 @@
-"""search/blend.py and search/window_blend.py: ensemble selection and its nested CV on
+"""search/results/blend.py and search/results/window_blend.py: ensemble selection and its nested CV on
 hand-made out-of-fold arrays, and the blend of window predictions."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from search.blend import nested_score, ranks, select
-from search.window_blend import WindowsError, blend_windows
+from search.results.blend import nested_score, ranks, select
+from search.results.window_blend import WindowsError, blend_windows
 from trainable.metrics import lwlrap
 
 N, C = 60, 4

@@ -1,5 +1,5 @@
 """The cache knows what it was built from: each array's audio is recorded, and changed or
-replaced audio is recomputed by `python -m trainable.prepare` (issue 17, point 1)."""
+replaced audio is recomputed by `python -m datatools.prepare` (issue 17, point 1)."""
 
 import json
 import multiprocessing
@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainable import prepare
-from trainable.cache import SOURCES, AudioSource, LogMelCache
+from datatools import prepare
+from datatools.synth import generate
 from trainable.config import FeatureConfig
-from trainable.features import file_log_mel
-from trainable.synth import generate
+from trainable.data.cache import SOURCES, AudioSource, LogMelCache
+from trainable.data.features import file_log_mel
 
 # Tiny on purpose: 4 recordings of 2 s at 8 kHz, 16 mels; a prepare run takes about a second.
 TINY = dict(recordings=3, test_recordings=1, species=2, sample_rate=8000, seed=3, progress=False)

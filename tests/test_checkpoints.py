@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from trainable.checkpoints import CheckpointCadence
 from trainable.config import TrainConfig
+from trainable.training.cadence import CheckpointCadence
 
 
 def checkpointed_epochs(train: TrainConfig, epoch_s: float, start: int = 1) -> list[int]:
@@ -36,9 +36,9 @@ def test_a_resumed_trial_counts_the_period_from_its_restart():
 
 
 def test_a_search_checkpoints_its_trials_at_every_rung_where_asha_may_stop_them(tmp_path):
-    from search.experiment import trial_space
     from search.plan import SearchPlan
-    from search.schedulers import SCHEDULERS
+    from search.tuner.experiment import trial_space
+    from search.tuner.schedulers import SCHEDULERS
 
     def rungs_of(epochs: int, grace_period: int, reduction_factor: int) -> list[int]:
         return SCHEDULERS["asha"].milestones(dict(grace_period=grace_period, reduction_factor=reduction_factor), epochs)

@@ -1,4 +1,4 @@
-"""The reference's stages 2 and 3 on whole clips (trainable.clips): their windows, items,
+"""The reference's stages 2 and 3 on whole clips (trainable.data.clips): their windows, items,
 labels, loss, optimiser and schedule, the fp-only folds and both CVs of stage 3."""
 
 from __future__ import annotations
@@ -11,19 +11,19 @@ import pandas as pd
 import pytest
 import torch
 
-from trainable.annotations import load_annotations
-from trainable.clips import ClipSpec, collate_clips, padded_starts
 from trainable.config import TrialConfig, from_dict
+from trainable.data.annotations import load_annotations
+from trainable.data.clips import ClipSpec, collate_clips, padded_starts
+from trainable.data.folds import fp_only_ids, split_fp_only
+from trainable.data.targets import Targets
 from trainable.dotted import merge
-from trainable.fit import Device, EpochStats
-from trainable.folds import fp_only_ids, split_fp_only
-from trainable.inputs import InputPipeline, draw_units, reference_group
-from trainable.kfold import EpochProgress, FoldResult, KFoldTraining, batches_per_epoch
-from trainable.losses import SEDLoss
 from trainable.metrics import lwlrap
-from trainable.model import CLIP_ATT
+from trainable.model.inputs import InputPipeline, draw_units, reference_group
+from trainable.model.losses import SEDLoss
+from trainable.model.sed import CLIP_ATT
 from trainable.recipes import RECIPES
-from trainable.targets import Targets
+from trainable.training.fit import Device, EpochStats
+from trainable.training.kfold import EpochProgress, FoldResult, KFoldTraining, batches_per_epoch
 
 pytestmark = pytest.mark.slow
 

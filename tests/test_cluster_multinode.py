@@ -19,10 +19,10 @@ import ray
 from ray import tune
 from ray.cluster_utils import Cluster
 
-from search import experiment
-from search.default_data import default_data_dir
+from datatools.builtin import default_data_dir
 from search.run import make_plan, parse_args
-from search.session import cluster_problem
+from search.tuner import experiment
+from search.tuner.session import cluster_problem
 from tests.helpers import ENV, NO_HUB, tiny_search
 
 pytestmark = [pytest.mark.ray, pytest.mark.cluster]

@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 import torch
 
-from trainable.annotations import load_annotations
-from trainable.cache import LogMelCache, clip_statistics
 from trainable.config import DataConfig, LossConfig
-from trainable.data import (
+from trainable.data.annotations import load_annotations
+from trainable.data.cache import LogMelCache, clip_statistics
+from trainable.data.crops import (
     ClipWindows,
     TrainCrops,
     centre_frames,
@@ -19,8 +19,8 @@ from trainable.data import (
     epoch_size,
     window_starts,
 )
-from trainable.folds import make_folds, species_matrix
-from trainable.targets import Events, Labels, frame_targets, index_events
+from trainable.data.folds import make_folds, species_matrix
+from trainable.data.targets import Events, Labels, frame_targets, index_events
 
 FPS = 62.5
 # The fixed recipe's rules: one crop per event, frames an event touches, windows to the clip end.

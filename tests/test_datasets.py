@@ -1,4 +1,4 @@
-"""trainable.datasets: the RFCx layout behind the Dataset interface, the DATASETS registry and
+"""trainable.data.layouts: the RFCx layout behind the Dataset interface, the DATASETS registry and
 data.dataset, and a made-up layout (JSON events, wav audio, 3 species) that a k-fold training
 reads through the same seam."""
 
@@ -14,15 +14,15 @@ import pytest
 import soundfile as sf
 import torch
 
+from datatools import prepare
 from search import export
-from trainable import prepare
-from trainable.annotations import EVENT_COLUMNS, AnnotationError, Annotations, load_annotations
 from trainable.config import ConfigError, DataConfig, FeatureConfig, TrialConfig, from_dict
-from trainable.datasets import DATASETS, Dataset, UnknownDataset, dataset
-from trainable.datasets.rfcx import read_files
-from trainable.fit import Device
-from trainable.kfold import KFoldTraining
+from trainable.data.annotations import EVENT_COLUMNS, AnnotationError, Annotations, load_annotations
+from trainable.data.layouts import DATASETS, Dataset, UnknownDataset, dataset
+from trainable.data.layouts.rfcx import read_files
 from trainable.metrics import lwlrap
+from trainable.training.fit import Device
+from trainable.training.kfold import KFoldTraining
 
 # --------------------------------------------------------------------------------------------
 # The RFCx layout on the synthetic data (real flac files, the real CSV columns)

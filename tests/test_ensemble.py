@@ -14,13 +14,13 @@ import pytest
 
 from search import ensemble, lb
 from search.export import EXPORT_RECORD
-from search.holdout import PUBLIC, notes
-from search.report import Row, frame
-from search.trials import ENSEMBLE, scored_trials
-from trainable.annotations import load_annotations
+from search.results.holdout import PUBLIC, notes
+from search.results.leaderboard import Row, frame
+from search.results.trials import ENSEMBLE, scored_trials
 from trainable.atomic import atomic_directory
 from trainable.config import DataConfig, to_dict
-from trainable.folds import folds_of, species_matrix
+from trainable.data.annotations import load_annotations
+from trainable.data.folds import folds_of, species_matrix
 from trainable.metrics import lwlrap
 from trainable.recipes import resolve
 

@@ -14,19 +14,19 @@ import pytest
 import torch
 
 from search import export, lb
-from search.holdout import PRIVATE, PUBLIC, holdout_scores, load_truth
-from search.report import Row, frame
-from trainable import kfold
-from trainable.annotations import load_annotations
-from trainable.cache import LogMelCache
+from search.results.holdout import PRIVATE, PUBLIC, holdout_scores, load_truth
+from search.results.leaderboard import Row, frame
 from trainable.config import DataConfig
-from trainable.data import window_starts
+from trainable.data.annotations import load_annotations
+from trainable.data.cache import LogMelCache
+from trainable.data.crops import window_starts
+from trainable.data.folds import folds_of, fp_only_ids
 from trainable.dotted import merge
-from trainable.fit import Device
-from trainable.folds import folds_of, fp_only_ids
-from trainable.inputs import InputPipeline
-from trainable.kfold import BEST_OOF_FILE, KFoldTraining, best_weights_file
+from trainable.model.inputs import InputPipeline
 from trainable.recipes import resolve
+from trainable.training import kfold
+from trainable.training.fit import Device
+from trainable.training.kfold import BEST_OOF_FILE, KFoldTraining, best_weights_file
 
 pytestmark = pytest.mark.slow
 

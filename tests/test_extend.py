@@ -10,10 +10,10 @@ import re
 import pytest
 
 from search import run
-from search.experiment import build_tuner, fit, restore_tuner
-from search.optuna_search import STUDY_EXPORT_ENV
 from search.plan import report_dir, save_plan
-from search.report import STUDY_DB, load_study
+from search.results.leaderboard import STUDY_DB, load_study
+from search.tuner.experiment import build_tuner, fit, restore_tuner
+from search.tuner.searcher import STUDY_EXPORT_ENV
 from tests.helpers import NO_HUB, tiny_search
 
 pytestmark = pytest.mark.ray
@@ -39,7 +39,7 @@ def test_a_resumed_search_runs_more_trials_in_the_same_study(local_ray, cached_d
     arguments = tiny_search(cached_dir, tmp_path, "grow")[2:]
     arguments[arguments.index("--num-samples") + 1], arguments[arguments.index("--epochs") + 1] = "2", "1"
     plan = run.make_plan(run.parse_args(arguments))
-    monkeypatch.setenv(STUDY_EXPORT_ENV, str(report_dir(plan) / STUDY_DB))  # as search.session does
+    monkeypatch.setenv(STUDY_EXPORT_ENV, str(report_dir(plan) / STUDY_DB))  # as search.tuner.session does
     save_plan(plan)
     assert len(fit(build_tuner(plan))) == 2
     before = studied(load_study(report_dir(plan)))
@@ -56,7 +56,7 @@ def test_a_resumed_search_runs_more_trials_in_the_same_study(local_ray, cached_d
     results = fit(tuner)
     assert len(results) == 3 and all(result.error is None for result in results)
     # ASHA's one rung (epoch 1) holds the two trials from before the resume, read back from their
-    # result.json through the experiment's file system (search.scheduler), and the new one.
+    # result.json through the experiment's file system (search.tuner.remembering), and the new one.
     [(milestone, recorded)] = tuner._local_tuner._tune_config.scheduler._brackets[0]._rungs
     assert milestone == 1 and len(recorded) == 3
     assert len(list((tmp_path / "grow").glob("trial_*/result.json"))) == 3

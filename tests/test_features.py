@@ -4,7 +4,7 @@ import pytest
 import soundfile as sf
 
 from trainable.config import FeatureConfig
-from trainable.features import file_log_mel, load_audio
+from trainable.data.features import file_log_mel, load_audio
 
 
 def tone(seconds: float, rate: int, hz: float) -> np.ndarray:

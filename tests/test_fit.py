@@ -8,15 +8,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from trainable.augment import draw_mixup, unit_scale
 from trainable.config import AugmentConfig, LossConfig, ModelConfig, TrainConfig
-from trainable.data import collate_windows
-from trainable.fit import LOSS_KEYS, Device, predict_clips, train_epoch
-from trainable.inputs import InputPipeline, Placement
-from trainable.kfold import cosine
-from trainable.losses import SEDLoss
-from trainable.model import CLIP_ATT, CLIP_MAX, SEGMENT, SEDModel
-from trainable.targets import Targets
+from trainable.data.crops import collate_windows
+from trainable.data.targets import Targets
+from trainable.model.augment import draw_mixup, unit_scale
+from trainable.model.inputs import InputPipeline, Placement
+from trainable.model.losses import SEDLoss
+from trainable.model.sed import CLIP_ATT, CLIP_MAX, SEGMENT, SEDModel
+from trainable.training.fit import LOSS_KEYS, Device, predict_clips, train_epoch
+from trainable.training.kfold import cosine
 
 CPU = Device(torch.device("cpu"))
 # The fixed recipe's input: each crop min-max scaled, 1 channel (no clip statistics needed).

@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from trainable.annotations import EVENT_COLUMNS, Annotations, load_annotations
-from trainable.folds import make_folds, species_matrix
+from trainable.data.annotations import EVENT_COLUMNS, Annotations, load_annotations
+from trainable.data.folds import make_folds, species_matrix
 
 
 def rows(pairs, kind="tp"):

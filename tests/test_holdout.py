@@ -1,4 +1,4 @@
-"""search/holdout.py: the public/private split of the test set, the holdout scores, and how
+"""search/results/holdout.py: the public/private split of the test set, the holdout scores, and how
 well the CV ranks trials as the holdout does."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from search.holdout import PRIVATE, PUBLIC, HoldoutError, cv_trust, holdout_scores, is_public, versus_recipe
+from search.results.holdout import PRIVATE, PUBLIC, HoldoutError, cv_trust, holdout_scores, is_public, versus_recipe
 from trainable.metrics import lwlrap
 
 

@@ -15,7 +15,7 @@ import pytest
 from ray import tune
 
 from search import run
-from search.experiment import WholeFiles
+from search.tuner.experiment import WholeFiles
 from tests.helpers import ENV, REPO, tiny_search
 
 pytestmark = pytest.mark.ray

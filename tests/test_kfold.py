@@ -10,12 +10,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from trainable.annotations import load_annotations
 from trainable.config import ConfigError, TrainConfig, TrialConfig, from_dict
-from trainable.data import shuffled_batches
+from trainable.data.annotations import load_annotations
+from trainable.data.crops import shuffled_batches
 from trainable.dotted import merge
-from trainable.fit import Device, DivergedError
-from trainable.kfold import (
+from trainable.metrics import lwlrap
+from trainable.training.fit import Device, DivergedError
+from trainable.training.kfold import (
     BEST_OOF_FILE,
     TRIAL_FILE,
     KFoldTraining,
@@ -25,7 +26,6 @@ from trainable.kfold import (
     loader_workers,
     step_clamped,
 )
-from trainable.metrics import lwlrap
 
 pytestmark = pytest.mark.slow
 

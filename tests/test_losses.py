@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from trainable.augment import Mixup
 from trainable.config import LossConfig
-from trainable.losses import TERMS, SEDLoss, balanced_pos_weight
-from trainable.model import ATTENTION, ATTENTION_WEIGHTS, CLIP_ATT, CLIP_MAX, FRAME, SEGMENT
-from trainable.targets import Targets
+from trainable.data.targets import Targets
+from trainable.model.augment import Mixup
+from trainable.model.losses import TERMS, SEDLoss, balanced_pos_weight
+from trainable.model.sed import ATTENTION, ATTENTION_WEIGHTS, CLIP_ATT, CLIP_MAX, FRAME, SEGMENT
 
 B, C, SEGMENTS, FRAMES = 4, 3, 5, 20
 FIXED = LossConfig(pseudo_on="logits", frame_reduction="positive_mean")

@@ -8,7 +8,7 @@ import timm
 import torch
 
 from trainable.config import ConfigError, ModelConfig
-from trainable.model import ATTENTION, BACKBONES, CLIP_ATT, CLIP_MAX, FRAME, OUTPUTS, SEGMENT, SEDModel
+from trainable.model.sed import ATTENTION, BACKBONES, CLIP_ATT, CLIP_MAX, FRAME, OUTPUTS, SEGMENT, SEDModel
 
 pytestmark = pytest.mark.slow
 

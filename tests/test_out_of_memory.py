@@ -10,7 +10,7 @@ import optuna
 import pandas as pd
 import pytest
 
-from search.report import trial_status
+from search.results.leaderboard import trial_status
 from spaces import recipe_point
 from tests import oom_injection
 from tests.helpers import ENV, tiny_search

@@ -1,5 +1,5 @@
 """A trial whose process gets SIGTERM mid-epoch checkpoints at the next batch boundary, and its
-retry goes on from there (trainable.preemption)."""
+retry goes on from there (trainable.training.preemption)."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from ray import tune
 
 from trainable.config import TrialConfig, from_dict
 from trainable.dotted import merge
-from trainable.fit import Device
-from trainable.kfold import EPOCH_FILE, KFoldTraining
-from trainable.preemption import FOLDER
 from trainable.reported import METRIC, MODE
+from trainable.training.fit import Device
+from trainable.training.kfold import EPOCH_FILE, KFoldTraining
+from trainable.training.preemption import FOLDER
 from trainable.tune import PREEMPTIONS_FILE, train_sed
 
 pytestmark = pytest.mark.ray

@@ -1,4 +1,4 @@
-"""The log-mel cache build, through the real CLI: `python -m trainable.prepare`."""
+"""The log-mel cache build, through the real CLI: `python -m datatools.prepare`."""
 
 import os
 import shutil
@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from datatools import prepare
 from tests.helpers import drop_column, set_cell
-from trainable import prepare
-from trainable.cache import CacheError, LogMelCache
 from trainable.config import FeatureConfig
-from trainable.features import file_log_mel
+from trainable.data.cache import CacheError, LogMelCache
+from trainable.data.features import file_log_mel
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +23,7 @@ FRAMES_12S = 1 + 12 * 32000 // 512  # the synthetic clips are 12 s long
 
 
 def run_prepare(data_dir: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "trainable.prepare", "--data-dir", str(data_dir), *extra],
+    return subprocess.run([sys.executable, "-m", "datatools.prepare", "--data-dir", str(data_dir), *extra],
                           capture_output=True, text=True, timeout=300)
 
 
@@ -127,7 +127,7 @@ def many_recordings(tmp_path: Path, synth_dir: Path, copies: int) -> Path:
 def test_killed_run_leaves_no_partial_array_and_the_next_run_completes(tmp_path, synth_dir):
     data = many_recordings(tmp_path, synth_dir, copies=3)
     total = len(list(data.glob("*/*.flac")))
-    process = subprocess.Popen([sys.executable, "-m", "trainable.prepare", "--data-dir", str(data),
+    process = subprocess.Popen([sys.executable, "-m", "datatools.prepare", "--data-dir", str(data),
                                 "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
     deadline = time.monotonic() + 120
@@ -188,11 +188,11 @@ def test_missing_cache_and_unknown_recording_are_clear(tmp_path, cached_dir):
 
 
 def test_help_and_bad_arguments():
-    help_text = subprocess.run([sys.executable, "-m", "trainable.prepare", "--help"],
+    help_text = subprocess.run([sys.executable, "-m", "datatools.prepare", "--help"],
                                capture_output=True, text=True).stdout
     for flag in ("--data-dir", "--cache-dir", "--workers", "--n-mels"):
         assert flag in help_text
-    result = subprocess.run([sys.executable, "-m", "trainable.prepare", "--data-dir", "x", "--fmax", "99999"],
+    result = subprocess.run([sys.executable, "-m", "datatools.prepare", "--data-dir", "x", "--fmax", "99999"],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr and "fmax" in result.stderr
 

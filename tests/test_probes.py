@@ -86,7 +86,7 @@ def test_a_silent_or_absent_ray_cluster_is_one_line(capsys, cached_dir, silent_s
 def test_the_plan_is_written_before_ray_starts_and_the_banner_is_printed(capsys, cached_dir, tmp_path):
     import ray
 
-    from search.session import run_search
+    from search.tuner.session import run_search
 
     plan = run.make_plan(run.parse_args(search(cached_dir, "--storage", str(tmp_path), "--name", "exp")))
     (tmp_path / "file").write_text("x")
@@ -106,7 +106,7 @@ def cache_copy(cached_dir, tmp_path) -> Path:
 
 
 def test_a_cache_missing_arrays_is_refused_with_the_prepare_command(capsys, cache_copy, tmp_path):
-    from trainable.annotations import load_annotations
+    from trainable.data.annotations import load_annotations
 
     annotations = load_annotations(cache_copy)
     gone = [f"train/{annotations.train_ids[0]}", f"test/{annotations.test_ids[-1]}"]
@@ -116,7 +116,7 @@ def test_a_cache_missing_arrays_is_refused_with_the_prepare_command(capsys, cach
     err = error_of(capsys, search(cache_copy, "--storage", str(storage)))
     assert f"lacks 2 of the {len(annotations.train_ids) + len(annotations.test_ids)} recordings" in err
     assert all(array in err for array in gone)
-    assert err.endswith(f"update it: python -m trainable.prepare --data-dir {cache_copy.resolve()}")
+    assert err.endswith(f"update it: python -m datatools.prepare --data-dir {cache_copy.resolve()}")
     regenerated = annotations.train_ids[1]  # its audio replaced since it was cached: its array is stale
     shutil.copyfile(cache_copy / "train" / f"{annotations.train_ids[2]}.flac",
                     cache_copy / "train" / f"{regenerated}.flac")
@@ -127,12 +127,12 @@ def test_a_cache_missing_arrays_is_refused_with_the_prepare_command(capsys, cach
     err = error_of(capsys, search(cache_copy, "--storage", str(storage), "--cache-dir", str(moved)))
     assert err.endswith(f"--data-dir {cache_copy.resolve()} --cache-dir {moved.resolve()}")
     err = error_of(capsys, search(cache_copy, "--storage", str(storage)))
-    assert f"no log-mel cache at {cache_copy.resolve() / 'logmel'}; build it: python -m trainable.prepare" in err
+    assert f"no log-mel cache at {cache_copy.resolve() / 'logmel'}; build it: python -m datatools.prepare" in err
     assert not storage.exists()
 
 
 def test_more_folds_than_tp_recordings_are_refused_before_ray(capsys, cached_dir, tmp_path):
-    from trainable.annotations import load_annotations
+    from trainable.data.annotations import load_annotations
 
     recordings = len(set(load_annotations(cached_dir).tp.recording))
     err = error_of(capsys, search(cached_dir, "--storage", str(tmp_path / "x"), "--folds", "100"))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from search import report, review_logger
+from search.results import leaderboard
+from search.tuner import review_logger
 from trainable import reported
 from trainable.metrics import lwlrap
 
@@ -62,6 +63,6 @@ def test_the_readers_take_names_from_the_contract():
     assert review_logger.tag(reported.EPOCH) is None and review_logger.tag(reported.ITERATION) is None
     assert "cv/score" in review_logger.HPARAMS_METRICS and "cv/lwlrap" in review_logger.HPARAMS_METRICS
     # The leaderboard's CV columns are the contract's, the best-epoch ones shown where reported.
-    assert report.CV_COLUMNS == {reported.BEST_CV: "cv_lwlrap", reported.FOLD_BEST_CV: "cv_lwlrap_fold_best",
+    assert leaderboard.CV_COLUMNS == {reported.BEST_CV: "cv_lwlrap", reported.FOLD_BEST_CV: "cv_lwlrap_fold_best",
                                  reported.SCORE_LRAP_REFERENCE: "cv_lrap_reference"}
-    assert report.AT_BEST_COLUMNS[reported.RELABELLED] == reported.RELABELLED
+    assert leaderboard.AT_BEST_COLUMNS[reported.RELABELLED] == reported.RELABELLED

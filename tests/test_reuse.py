@@ -17,8 +17,8 @@ import optuna
 import pandas as pd
 import pytest
 
-from search.experiment import build_tuner, can_resume, fit, restore_tuner
 from search.run import make_plan, parse_args
+from search.tuner.experiment import build_tuner, can_resume, fit, restore_tuner
 from tests.helpers import ENV, REPO, tiny_search
 
 pytestmark = pytest.mark.ray
@@ -45,7 +45,7 @@ def test_a_search_killed_before_ray_saved_it_starts_over_with_its_config(local_r
 INTERRUPTED_STATE_COPIES = """
 import os, signal, sys
 from ray.train._internal.storage import get_fs_and_path
-from search.experiment import experiment_filesystem
+from search.tuner.experiment import experiment_filesystem
 from search.plan import load_plan
 
 plan = load_plan(sys.argv[1], sys.argv[2])

@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 
 from search import lb
-from search.lb_scores import LB_FILE
 from search.plan import SearchPlan, save_plan
-from search.report import Row, export_study, frame, refresh_leaderboard
-from search.review_logger import tag
-from search.schedulers import SCHEDULERS
+from search.results.lb_scores import LB_FILE
+from search.results.leaderboard import Row, export_study, frame, refresh_leaderboard
+from search.tuner.review_logger import tag
+from search.tuner.schedulers import SCHEDULERS
 from tests.helpers import colours, screenshot
 
 pytestmark = pytest.mark.slow
@@ -182,12 +182,12 @@ def test_tensorboard_tags_are_grouped_and_ray_bookkeeping_is_left_out():
 
 
 def test_a_failing_figure_costs_the_report_page_only(experiment, monkeypatch, capsys):
-    import search.report_page
+    import search.results.page
 
     def broken(directory, title):
         raise ValueError("no fonts")
 
-    monkeypatch.setattr(search.report_page, "write_report_page", broken)
+    monkeypatch.setattr(search.results.page, "write_report_page", broken)
     (experiment / "leaderboard.md").write_text("# exp: recipe v1_7, loss_weights\n")
     refresh_leaderboard(experiment)
     assert "warning: report.html not written: ValueError: no fonts" in capsys.readouterr().err

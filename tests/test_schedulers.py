@@ -1,4 +1,4 @@
-"""search/schedulers.py: each entry of SCHEDULERS (its settings and their checks, its milestones,
+"""search/tuner/schedulers.py: each entry of SCHEDULERS (its settings and their checks, its milestones,
 its wording, the Ray scheduler it builds), --scheduler on the command line, plans saved before
 the registry, and a tiny real search under every scheduler on local Ray."""
 
@@ -16,12 +16,12 @@ from ray.tune.schedulers import FIFOScheduler
 from ray.tune.schedulers.hyperband import HyperBandScheduler
 
 from search import run
-from search.experiment import build_tuner, fit, trial_space
-from search.optuna_search import STUDY_EXPORT_ENV, TruthfulOptunaSearch
 from search.plan import PLAN_FILE, load_plan, param_names, report_dir, save_plan
-from search.report import STUDY_DB, leaderboard, load_study, trial_status
-from search.scheduler import RememberingASHA, RememberingHyperBand
-from search.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, chosen_settings, scheduler_of
+from search.results.leaderboard import STUDY_DB, leaderboard, load_study, trial_status
+from search.tuner.experiment import build_tuner, fit, trial_space
+from search.tuner.remembering import RememberingASHA, RememberingHyperBand
+from search.tuner.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, chosen_settings, scheduler_of
+from search.tuner.searcher import STUDY_EXPORT_ENV, TruthfulOptunaSearch
 from tests.helpers import tiny_search
 from trainable import reported
 from trainable.config import ConfigError
@@ -224,7 +224,7 @@ def test_a_tiny_real_search_under_each_scheduler(name, local_ray, cached_dir, tm
     argv = arguments(cached_dir, tmp_path, name, ["--scheduler", name, *flags])
     argv[argv.index("--num-samples") + 1], argv[argv.index("--epochs") + 1] = str(trials), str(epochs)
     plan = run.make_plan(run.parse_args(argv))
-    monkeypatch.setenv(STUDY_EXPORT_ENV, str(report_dir(plan) / STUDY_DB))  # as search.session does
+    monkeypatch.setenv(STUDY_EXPORT_ENV, str(report_dir(plan) / STUDY_DB))  # as search.tuner.session does
     save_plan(plan)
     results = fit(build_tuner(plan))
     assert len(results) == trials and not results.errors

@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
+from datatools.builtin import FEATURES, QUICK_PRESET, QUICK_TRAINING, preset_note
 from search import run
-from search.default_data import FEATURES, QUICK_PRESET, QUICK_TRAINING, preset_note
 from search.plan import searched_keys
 from spaces import SPACES
 from tests.helpers import NO_HUB
@@ -75,7 +75,7 @@ def test_bad_input_is_one_line_and_exit_code_2(capsys, cached_dir, tmp_path):
 def test_data_without_its_cache_is_refused_with_the_command_that_builds_it(capsys, data_copy, tmp_path):
     shutil.rmtree(data_copy / "logmel", ignore_errors=True)
     err = error_of(capsys, ["--space", "mixup", "--data-dir", str(data_copy), "--storage", str(tmp_path)])
-    assert "no log-mel cache" in err and "python -m trainable.prepare" in err
+    assert "no log-mel cache" in err and "python -m datatools.prepare" in err
 
 
 def test_fixed_values_layer_preset_config_set_and_flags(cached_dir, tmp_path):
@@ -95,7 +95,7 @@ def test_fixed_values_layer_preset_config_set_and_flags(cached_dir, tmp_path):
 
 
 def test_hparams_show_list_parameters_as_text_and_keep_numbers():
-    from search.review_logger import _hparam
+    from search.tuner.review_logger import _hparam
 
     assert _hparam([32, 64, 128]) == "32,64,128"  # the crop offsets, instead of an empty cell
     assert _hparam(512) == 512 and isinstance(_hparam(512), int)
@@ -222,7 +222,7 @@ def teacher(cached_dir, tmp_path):
     """A valid recording-level teacher (as export's oof.csv) for the cached data."""
     import pandas as pd
 
-    from trainable.annotations import load_annotations
+    from trainable.data.annotations import load_annotations
 
     annotations = load_annotations(cached_dir)
     ids = sorted(set(annotations.tp.recording))

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from search.cluster import autoscaler_nodes, trials_at_once, trials_on, unfit_request
 from search.run import parse_args
 from search.storage import filesystem_type, is_network_filesystem, shared_storage_problem
+from search.tuner.cluster import autoscaler_nodes, trials_at_once, trials_on, unfit_request
 
 CLUSTER_YAML = Path(__file__).resolve().parents[1] / "cluster.yaml"
 

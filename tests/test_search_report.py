@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import optuna
 
-from search.report import Row, export_study, frame, importances, leaderboard, markdown, refresh_leaderboard
+from search.results.leaderboard import Row, export_study, frame, importances, leaderboard, markdown, refresh_leaderboard
 
 
 def study_with(trials: int) -> optuna.Study:

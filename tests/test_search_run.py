@@ -26,8 +26,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
 from search.export import submit_command
-from search.optuna_search import TruthfulOptunaSearch
-from search.schedulers import SCHEDULERS
+from search.tuner.schedulers import SCHEDULERS
+from search.tuner.searcher import TruthfulOptunaSearch
 from spaces import recipe_point
 from tests.helpers import ENV, REPO, colours, screenshot, tiny_search
 from trainable.config import TrialConfig, from_dict

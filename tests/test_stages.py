@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 import torch
 
-from trainable.annotations import load_annotations
 from trainable.config import ConfigError, TrialConfig, from_dict
+from trainable.data.annotations import load_annotations
 from trainable.dotted import merge
-from trainable.fit import Device
-from trainable.kfold import CheckpointError, EpochProgress, KFoldTraining, best_weights_file
+from trainable.training.fit import Device
+from trainable.training.kfold import CheckpointError, EpochProgress, KFoldTraining, best_weights_file
 
 pytestmark = pytest.mark.slow
 

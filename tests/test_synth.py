@@ -1,4 +1,4 @@
-"""Tests for trainable.synth: RFCx layout, label structure, determinism, learnability, CLI."""
+"""Tests for datatools.synth: RFCx layout, label structure, determinism, learnability, CLI."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from trainable import synth, synth_audio
+from datatools import synth, synth_audio
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = dict(recordings=24, test_recordings=8, species=8, duration=12.0, sample_rate=16000, seed=3)
@@ -215,7 +215,7 @@ def test_generate_rejects_bad_arguments(tmp_path: Path, bad: dict) -> None:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "trainable.synth", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "datatools.synth", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -252,6 +252,6 @@ def test_cli_refuses_foreign_output(tmp_path: Path) -> None:
 
 
 def test_imports_neither_torch_nor_ray() -> None:
-    code = "import sys, trainable.synth; print(sorted({'torch', 'ray'} & set(sys.modules)))"
+    code = "import sys, datatools.synth; print(sorted({'torch', 'ray'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr

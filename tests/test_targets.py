@@ -9,15 +9,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainable.annotations import load_annotations
-from trainable.augment import Mixup
-from trainable.cache import LogMelCache
 from trainable.config import DataConfig, LossConfig
-from trainable.data import TrainCrops, crop_start, teacher_crops
-from trainable.losses import SEDLoss
-from trainable.model import FRAME
-from trainable.targets import Events, Labels, Targets
-from trainable.teacher import WHOLE_CLIP, Teacher, TeacherWindows, load_teacher
+from trainable.data.annotations import load_annotations
+from trainable.data.cache import LogMelCache
+from trainable.data.crops import TrainCrops, crop_start, teacher_crops
+from trainable.data.targets import Events, Labels, Targets
+from trainable.data.teacher import WHOLE_CLIP, Teacher, TeacherWindows, load_teacher
+from trainable.model.augment import Mixup
+from trainable.model.losses import SEDLoss
+from trainable.model.sed import FRAME
 
 C, WIDTH = 4, 100
 # Recording "a": species 0 annotated in tp at frames 10..29 and in fp at 50..54 (another call

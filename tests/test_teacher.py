@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from trainable.annotations import load_annotations
-from trainable.teacher import WHOLE_CLIP, TeacherError, load_teacher, load_teachers
+from trainable.data.annotations import load_annotations
+from trainable.data.teacher import WHOLE_CLIP, TeacherError, load_teacher, load_teachers
 
 FPS = 62.5
 

@@ -13,8 +13,8 @@ import pytest
 from ray import tune
 
 from trainable.config import ConfigError
-from trainable.kfold import TRIAL_FILE, best_weights_file, fold_file
 from trainable.reported import METRIC, MODE
+from trainable.training.kfold import TRIAL_FILE, best_weights_file, fold_file
 from trainable.tune import train_sed
 
 pytestmark = pytest.mark.ray

@@ -14,7 +14,7 @@ import typing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from trainable.datasets import DATASETS
+from trainable.data.layouts import DATASETS
 from trainable.dotted import ConfigError, merge
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 @dataclass(frozen=True)
 class FeatureConfig:
-    """Log-mel feature parameters; they identify a cache (see trainable.prepare)."""
+    """Log-mel feature parameters; they identify a cache (see datatools.prepare)."""
 
     sample_rate: int = 32000  # Hz; every input is resampled to it, so frame rate is fixed
     n_fft: int = 2048  # samples per STFT window (64 ms at 32 kHz)
@@ -69,7 +69,7 @@ TRAIN_ITEMS = ("crops", "clips")  # see DataConfig.train_items
 class DataConfig:
     """Crops, negatives, evaluation windows and folds (the reference v1_7, stage 1)."""
 
-    dataset: str = "rfcx"  # the data layout of data_dir: a name of trainable.datasets.DATASETS
+    dataset: str = "rfcx"  # the data layout of data_dir: a name of trainable.data.layouts.DATASETS
     crop_frames: int = 512  # frames per training crop (8.2 s at 62.5 frames/s)
     crop_offsets: tuple[int, ...] = (32, 64, 128, 256)  # frames from crop start to event centre
     fp_per_epoch: int = 30  # train_fp recordings drawn anew each epoch as negative items (v1_7)
@@ -294,9 +294,9 @@ class TrainConfig:
     seed: int = 416  # model init, crops, augmentation (v1_7's seed); the same seed repeats a trial on CPU
     eval_recordings: int = 8  # recordings per evaluation forward (all their windows at once)
     # DataLoader worker processes for training crops; -1: on CUDA the assigned CPUs but one, on
-    # the CPU none (trainable.kfold.loader_workers); 0: in the trial's process.
+    # the CPU none (trainable.training.kfold.loader_workers); 0: in the trial's process.
     loader_workers: int = -1
-    # When a trial checkpoints (trainable.checkpoints): at the end of an epoch once this many
+    # When a trial checkpoints (trainable.training.cadence): at the end of an epoch once this many
     # seconds have passed since its previous checkpoint (0: every epoch), at checkpoint_epochs
     # (a search sets its scheduler's milestones) and at the last epoch.
     checkpoint_seconds: float = 60.0
@@ -340,11 +340,11 @@ class TrialConfig:
     cache_dir: str = ""  # the log-mel cache; "" = DATA_DIR/logmel
     # 1: the recipe (clip labels on every species, frame loss on tp frames); 2: loss only on
     # labelled frames and species (tp positive, fp negative); 3: stage 2 plus the teachers' labels
-    # (trainable.targets says what each stage labels; the recipes stage2-v2_1 and stage3-v4_2 are
+    # (trainable.data.targets says what each stage labels; the recipes stage2-v2_1 and stage3-v4_2 are
     # the reference's).
     stage: int = 1
     # stage 3: one or more predictions (an export's windows.csv, oof.csv or submission.csv),
-    # averaged window by window (trainable.teacher.load_teachers)
+    # averaged window by window (trainable.data.teacher.load_teachers)
     teacher_files: tuple[str, ...] = ()
     init_from: str = ""  # a checkpoint directory whose fold models start this trial's folds; "" = fresh
     data: DataConfig = DataConfig()

@@ -28,7 +28,7 @@ EPOCH = "epoch"  # the trial's own count of epochs done (survives Ray's restarts
 
 CV = "cv_lwlrap"  # this epoch's pooled out-of-fold LWLRAP: what schedulers compare at each report
 METRIC = CV
-# The trial's score by its recipe's selection (trainable.selection): what Optuna is told of a
+# The trial's score by its recipe's selection (trainable.training.selection): what Optuna is told of a
 # completed trial, what the leaderboard ranks, and the weights export and --init-from use.
 SCORE = "score"
 BEST_CV = "best_cv_lwlrap"
@@ -42,7 +42,7 @@ THROUGHPUT = "samples_per_s"
 
 # Per-fold values: fold/<index>/<name>.
 FOLD_LWLRAP, FOLD_LRAP_REFERENCE, FOLD_BEST_EPOCH = "lwlrap", "lrap_reference", "best_epoch"
-LOSS_PREFIX = "loss/"  # loss/<term>: the epoch's mean loss per training sample (trainable.losses)
+LOSS_PREFIX = "loss/"  # loss/<term>: the epoch's mean loss per training sample (trainable.model.losses)
 
 
 def fold_key(index: int, name: str) -> str:
@@ -69,7 +69,7 @@ class Outcome:
     samples: int  # training samples of the epoch over every fold
     seconds: float  # the time they took
     losses: dict[str, float]  # per loss term: the mean per training sample
-    selection: dict[str, float]  # what the selection reports (trainable.selection)
+    selection: dict[str, float]  # what the selection reports (trainable.training.selection)
     relabelled_truth: list[np.ndarray] | None = None  # stage 3 of whole clips: per fold the relabelled truth
     relabelled_scores: list[np.ndarray] | None = None  # and the scores it is compared with
 
@@ -115,7 +115,7 @@ METRICS: dict[str, Metric] = {
     RELABELLED: Metric("stage 3 of whole clips: the pooled LWLRAP against the relabelled truth"
                        " (the fp-only recordings included)", _relabelled, tag="cv/lwlrap_relabelled",
                        at_best=RELABELLED),
-    # The selection's values (trainable.selection says what each one is): the three CVs side
+    # The selection's values (trainable.training.selection says what each one is): the three CVs side
     # by side on the leaderboard, so a user can line them up with their notebook's.
     BEST_CV: Metric("the best pooled CV of any epoch so far", _selected(BEST_CV), tag="cv/best", column=CV),
     FOLD_BEST_CV: Metric("the pooled LWLRAP of each fold's own best epoch", _selected(FOLD_BEST_CV),

@@ -3,10 +3,10 @@
 The only module of `trainable` that imports Ray. Everything else a trial does lives in
 Ray-free modules (kfold, fit, ...), so it can be tested, benchmarked and exported without a
 cluster. One `training_iteration` = one epoch on every fold (trainable.reported: what a trial
-reports); every iteration reports the metrics, and a checkpoint when `trainable.checkpoints`
+reports); every iteration reports the metrics, and a checkpoint when `trainable.training.cadence`
 says so (by the clock, at the scheduler's milestones and at the end), so the scheduler can stop
 the trial there and Ray can resume it. A process that exits mid-epoch (SIGTERM: a draining or reclaimed node)
-checkpoints at the next batch boundary into the trial's storage folder (`trainable.preemption`),
+checkpoints at the next batch boundary into the trial's storage folder (`trainable.training.preemption`),
 and the retry goes on from there.
 """
 
@@ -22,12 +22,12 @@ import ray
 import torch
 from ray import tune
 
-from trainable import preemption
-from trainable.checkpoints import CheckpointCadence
 from trainable.config import ConfigError, TrainConfig
-from trainable.fit import Device, DivergedError
-from trainable.kfold import KFoldTraining
 from trainable.recipes import resolve
+from trainable.training import preemption
+from trainable.training.cadence import CheckpointCadence
+from trainable.training.fit import Device, DivergedError
+from trainable.training.kfold import KFoldTraining
 
 DIVERGED_FILE = "diverged.txt"  # in the trial directory: why the trial diverged
 OUT_OF_MEMORY_FILE = "out_of_gpu_memory.txt"  # in the trial directory: the line the trial ended with
@@ -164,7 +164,7 @@ def log_preemption(trial_dir: str, line: str) -> None:
 
 def save_preempted(training: KFoldTraining, since: SinceCheckpoint, storage: Any, trial_dir: str) -> None:
     """The process is exiting mid-training: store the state between two batches (see
-    trainable.preemption), with the results reported since Ray's latest checkpoint."""
+    trainable.training.preemption), with the results reported since Ray's latest checkpoint."""
     with preemption.local_folder() as local:
         training.save(Path(local))
         since.stored = True

@@ -1,0 +1,370 @@
+"""What a finished (or interrupted) search leaves for review.
+
+In the experiment directory:
+    leaderboard.md / .csv   one row per trial, ranked by its score (the `exp | CV | LB | memo`
+                            table users keep by hand, filled in)
+    best_config.yaml        the best trial's full resolved config, reusable with --config
+    study.db                the Optuna study in sqlite, for Optuna's own tools
+    report.html             the same with figures, one self-contained page (search.results.page)
+Every file is written atomically: a report cut short never replaces a good one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, cast
+
+import optuna
+import pandas as pd
+import yaml
+from ray import tune
+
+from search.results.holdout import HOLDOUT_FILE, notes
+from search.results.lb_scores import LB_MEMO, LB_PRIVATE, LB_PUBLIC, load_lb
+from search.results.trials import ENSEMBLE, EXPORTS
+from search.tuner.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, Scheduler
+from trainable import reported
+from trainable.atomic import TEMP_SUFFIX, atomic_write_text
+from trainable.config import to_dict
+from trainable.dotted import flatten_dotted, nest_dotted
+from trainable.recipes import resolve
+from trainable.reported import SCORE
+from trainable.tune import OUT_OF_MEMORY_ADVICE, OutOfGPUMemoryError
+
+LEADERBOARD_MD, LEADERBOARD_CSV = "leaderboard.md", "leaderboard.csv"
+BEST_CONFIG, STUDY_DB = "best_config.yaml", "study.db"
+MIN_TRIALS_FOR_IMPORTANCE = 4  # fANOVA on fewer trials is noise
+
+
+# Reported metric -> leaderboard column (trainable.reported): the CVs side by side, at the
+# trial's last report; and those read at the epoch of the best CV, shown where a trial
+# reports them (stage 3's CV against the relabelled truth, beside the CV on the original labels:
+# the gap between the two is what the seed's stage-3 CV hid).
+CV_COLUMNS, AT_BEST_COLUMNS = reported.leaderboard_columns(), reported.at_best_columns()
+
+
+@dataclass(frozen=True)
+class Row:
+    """One trial on the leaderboard."""
+
+    trial: str
+    # completed / stopped by ASHA at epoch n (the scheduler's words) / out of GPU memory at ... / errored: ...
+    status: str
+    score: float  # the trial's score by its recipe's selection (trainable.reported.SCORE)
+    fold_std: float  # std of the fold scores at the best common epoch
+    epochs: int
+    params: dict[str, Any]
+    wall_s: float
+    holdout: dict[str, float] = field(default_factory=dict)  # once exported: search/export.py
+    cvs: dict[str, float] = field(default_factory=dict)  # CV_COLUMNS' values
+    best_epochs: str = ""  # the epoch of each fold's selected weights, "7,5,9"
+    recipe_point: bool = False  # the trial of the search's baseline (the recipe with the fixed values)
+    fold_scores: str = ""  # each fold's LWLRAP at the best common epoch, "0.912,0.874"
+    lb: dict[str, Any] = field(default_factory=dict)  # recorded leaderboard scores: search/lb.py
+    memo: str = ""  # the ensemble's composition
+
+    @property
+    def is_ensemble(self) -> bool:
+        return self.trial == ENSEMBLE
+
+
+def trial_budget(config: dict[str, Any] | None, epochs: int) -> int:
+    """A trial's epoch budget: its own train.epochs (a space may search it), else the search's."""
+    return int(nest_dotted(config or {}).get("train", {}).get("epochs", epochs))
+
+
+def trial_status(done: int, budget: int, finished: bool, error: str | None = None,
+                 scheduler: Scheduler = SCHEDULERS[DEFAULT_SCHEDULER]) -> str:
+    """What the leaderboard and TensorBoard say of a trial that ran `done` of `budget` epochs:
+    out of GPU memory at ... / errored: ... / completed / what the scheduler says of a trial it
+    stopped (stopped by ASHA at epoch n), or, before it finished, interrupted at epoch n."""
+    if error is not None:
+        return out_of_memory_status(error) or f"errored: {error}"
+    if not finished:
+        return f"interrupted at epoch {done}"
+    return "completed" if done >= budget else scheduler.stopped(done)
+
+
+def out_of_memory_status(error: str) -> str | None:
+    """"out of GPU memory at 0.25 GPU per trial with train.batch_size 64 (...)" when the error's
+    line is an OutOfGPUMemoryError, else None: the trainable's own line, which names the share
+    and the batch sizes, without its advice (the same for every such trial; the printed
+    summary says it once)."""
+    _, name, message = error.partition(f"{OutOfGPUMemoryError.__name__}: ")
+    return message.removesuffix(f": {OUT_OF_MEMORY_ADVICE}") if name else None
+
+
+def leaderboard(results: tune.ResultGrid, epochs: int, param_names: list[str],
+                recipe: dict[str, Any] | None = None,
+                scheduler: Scheduler = SCHEDULERS[DEFAULT_SCHEDULER]) -> list[Row]:
+    """Rows of every trial, best first (trials without a score last); the trial whose config
+    has the `recipe` values (dotted keys; {} for a search of one configuration) is marked as the
+    recipe point; a trial stopped early has the `scheduler`'s words."""
+    rows = [_row(result, epochs, param_names, recipe, scheduler) for result in trial_results(results)]
+    return sorted(rows, key=lambda row: -row.score if math.isfinite(row.score) else math.inf)
+
+
+def _row(result: tune.Result, epochs: int, param_names: list[str], recipe: dict[str, Any] | None,
+         scheduler: Scheduler) -> Row:
+    metrics = result.metrics or {}
+    done = int(metrics.get(reported.EPOCH, 0))
+    if result.error is None and not metrics:
+        status = "not started"
+    else:  # Ray marks a finished or scheduler-stopped trial done
+        status = trial_status(done, trial_budget(result.config, epochs), finished=bool(metrics.get("done", False)),
+                              error=None if result.error is None else last_line(result.error), scheduler=scheduler)
+    flat = flatten_dotted(nest_dotted(result.config or {}))
+    params = {name: _display(flat.get(name)) for name in param_names}
+    history = result.metrics_dataframe
+    fold_std, fold_scores, at_best = math.nan, "", {}
+    if history is not None and reported.CV in history:
+        # cast: pandas-stubs' .loc takes no Hashable label (idxmax's type); Ray's frames have a RangeIndex.
+        best = history.loc[cast(int, history[reported.CV].idxmax())]
+        fold_std = float(best[reported.FOLD_STD])
+        at_best = {column: float(best[name]) for name, column in AT_BEST_COLUMNS.items() if name in history}
+        fold_scores = ",".join(f"{best[c]:.4f}" for c in reported.fold_keys(history.columns, reported.FOLD_LWLRAP))
+    trial = metrics.get("trial_id") or Path(result.path).name
+    cvs = {column: float(metrics.get(key, math.nan)) for key, column in CV_COLUMNS.items()} | at_best
+    folds = reported.fold_keys(metrics, reported.FOLD_BEST_EPOCH)
+    return Row(trial, status, float(metrics.get(SCORE, math.nan)), fold_std, done, params,
+               float(metrics.get("time_total_s", 0.0)), cvs=cvs,
+               best_epochs=",".join(str(int(metrics[key])) for key in folds), fold_scores=fold_scores,
+               recipe_point=recipe is not None and all(_same(flat.get(key), value) for key, value in recipe.items()))
+
+
+def _same(value: Any, expected: Any) -> bool:
+    """Config values equal, floats up to rounding (a value may have passed through JSON)."""
+    if isinstance(expected, float) and isinstance(value, (int, float)):
+        return math.isclose(value, expected, rel_tol=1e-9, abs_tol=1e-12)
+    if isinstance(expected, (list, tuple)):
+        return isinstance(value, (list, tuple)) and list(value) == list(expected)
+    return value == expected
+
+
+def last_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+def _display(value: Any) -> Any:
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+
+
+def frame(rows: list[Row]) -> pd.DataFrame:
+    """The leaderboard as a table (leaderboard.csv): the LB columns once a score was recorded."""
+    holdout = sorted({name for row in rows for name in row.holdout}, reverse=True)  # public, private
+    lb = [LB_PUBLIC, LB_PRIVATE, LB_MEMO] if any(row.lb for row in rows) else []
+    records = [{"rank": i + 1, "trial": row.trial, "status": row.status, SCORE: row.score,
+                **{name: row.cvs.get(name, math.nan) for name in cv_columns(rows)},
+                "best_epochs": row.best_epochs, "fold_std": row.fold_std,
+                **{name: row.holdout.get(name, math.nan) for name in holdout},
+                **{name: row.lb.get(name, "" if name == LB_MEMO else math.nan) for name in lb},
+                "epochs": row.epochs, **row.params, "wall_s": round(row.wall_s, 1), "recipe_point": row.recipe_point,
+                "fold_scores": row.fold_scores}
+               for i, row in enumerate(rows)]
+    columns = ["rank", "trial", "status", SCORE, *CV_COLUMNS.values(), "best_epochs", "fold_std", "epochs", "wall_s",
+               "recipe_point", "fold_scores"]
+    return pd.DataFrame.from_records(records) if records else pd.DataFrame(columns=columns)
+
+
+def cv_columns(rows: list[Row]) -> list[str]:
+    """The leaderboard's CV columns: CV_COLUMNS', and AT_BEST_COLUMNS' where a trial has them."""
+    return [*CV_COLUMNS.values(), *(name for name in AT_BEST_COLUMNS.values() if any(name in row.cvs for row in rows))]
+
+
+def markdown(rows: list[Row], title: str, importances: dict[str, float] | None) -> str:
+    """The leaderboard as the markdown table users keep, with LB and memo left to fill."""
+    if not rows:
+        return f"# {title}\n\nNo trial has run yet.\n"
+    table = frame(rows).drop(columns="fold_scores")
+    lines_below = notes(table)
+    table["LB"] = [_lb_cell(row.lb) for row in rows]
+    table["memo"] = ["; ".join(part for part in ("recipe point" if row.recipe_point else "", row.memo,
+                                                 row.lb.get(LB_MEMO, "")) if part) for row in rows]
+    table = table.drop(columns=[c for c in ("recipe_point", LB_PUBLIC, LB_PRIVATE, LB_MEMO) if c in table])
+    for name in (SCORE, *cv_columns(rows), "fold_std", *{name for row in rows for name in row.holdout}):
+        table[name] = table[name].map(lambda v: f"{v:.4f}" if math.isfinite(v) else "-")
+    for name in (rows[0].params if rows else {}):  # searched values, short enough to read
+        table[name] = table[name].map(_short)
+    lines = [f"# {title}", "", _markdown_table(table)]
+    for note in lines_below:
+        lines += ["", note]
+    if importances:
+        lines += ["", "Parameter importance (Optuna, completed trials):", "",
+                  _markdown_table(pd.DataFrame({"parameter": list(importances),
+                                                "importance": [f"{v:.3f}" for v in importances.values()]}))]
+    return "\n".join(lines) + "\n"
+
+
+def _lb_cell(lb: dict[str, Any]) -> str:
+    """"0.912 / 0.905" (public / private), "0.912" without a private score, "" without any."""
+    scores = [lb.get(name) for name in (LB_PUBLIC, LB_PRIVATE)]
+    return " / ".join(f"{v:.4f}" for v in scores if isinstance(v, float) and math.isfinite(v))
+
+
+def _short(value: Any) -> Any:
+    if isinstance(value, float):
+        return f"{value:.4g}" if math.isfinite(value) else "-"
+    return "-" if value is None else value
+
+
+def _markdown_table(table: pd.DataFrame) -> str:
+    # Written by hand: pandas' to_markdown needs the tabulate package for one table.
+    cells = [[str(c) for c in table.columns]] + [["" if v is None else str(v) for v in row]
+                                                 for row in table.itertuples(index=False)]
+    return "\n".join(["| " + " | ".join(cells[0]) + " |", "|" + "---|" * len(cells[0])]
+                     + ["| " + " | ".join(row) + " |" for row in cells[1:]])
+
+
+def importances(study: optuna.Study) -> dict[str, float] | None:
+    """Optuna's parameter importances for the completed trials' scores, once enough trials
+    completed to mean something."""
+    completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return importances_for([(trial, trial.value) for trial in completed])
+
+
+def importances_for(pairs: Sequence[tuple[optuna.trial.FrozenTrial, float | None]]) -> dict[str, float] | None:
+    """Optuna's fANOVA importances (seeded) of the trials' parameters for the values paired
+    with them (a trial's score, or the value it reached at a rung); None below
+    MIN_TRIALS_FOR_IMPORTANCE trials with a value."""
+    pairs = [(t, v) for t, v in pairs if v is not None and math.isfinite(v) and t.params]
+    if len(pairs) < MIN_TRIALS_FOR_IMPORTANCE:
+        return None
+    study = optuna.create_study(direction="maximize")
+    study.add_trials([optuna.trial.create_trial(params=t.params, distributions=t.distributions, value=v)
+                      for t, v in pairs])
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return optuna.importance.get_param_importances(
+                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    except Exception:  # e.g. every trial had the same values; never lose the report over it
+        return None
+
+
+def write_reports(directory: Path, results: tune.ResultGrid, study: optuna.Study | None, epochs: int,
+                  param_names: list[str], title: str, recipe: dict[str, Any] | None = None,
+                  scheduler: Scheduler = SCHEDULERS[DEFAULT_SCHEDULER]) -> list[Row]:
+    """Write the leaderboard and the best config into `directory`; return the rows. `recipe`:
+    the values of the search's recipe point, which marks its trial; `scheduler`: the search's,
+    whose words a trial it stopped has.
+
+    The study itself is exported by the searcher after every trial (search.tuner.searcher).
+    """
+    rows = with_scores(leaderboard(results, epochs, param_names, recipe, scheduler), directory)
+    best = _best_result(results)
+    if best is not None:
+        assert best.config is not None  # a trial with a score ran with its config
+        config = to_dict(resolve(best.config))
+        atomic_write_text(directory / BEST_CONFIG, yaml.safe_dump(config, sort_keys=False))
+    _write_leaderboard(directory, rows, title, importances(study) if study else None)
+    return rows
+
+
+def refresh_leaderboard(directory: Path) -> list[Row]:
+    """Rewrite the leaderboard of `directory` (and its report.html) with the holdout and LB
+    scores recorded since; its rows, title and importances come from the files the search wrote."""
+    table = pd.read_csv(directory / LEADERBOARD_CSV, dtype={"trial": str, "best_epochs": str, "fold_scores": str})
+    params = param_columns(table)
+    text = lambda value: "" if pd.isna(value) else value  # noqa: E731
+    rows = with_scores([Row(r.trial, r.status, r[SCORE], r.fold_std, int(r.epochs), {name: r[name] for name in params},
+                            r.wall_s, cvs={name: r[name] for name in (*CV_COLUMNS.values(), *AT_BEST_COLUMNS.values())
+                                           if name in r},
+                            best_epochs=text(r.best_epochs), recipe_point=bool(r.get("recipe_point", False)),
+                            fold_scores=text(r.get("fold_scores", "")))
+                        for _, r in table.iterrows() if r.trial != ENSEMBLE], directory)
+    old = (directory / LEADERBOARD_MD).read_text().splitlines() if (directory / LEADERBOARD_MD).exists() else []
+    title = old[0].removeprefix("# ") if old else directory.name
+    study = load_study(directory)
+    _write_leaderboard(directory, rows, title, importances(study) if study else None)
+    return rows
+
+
+def param_columns(table: pd.DataFrame) -> list[str]:
+    """The searched parameters of a leaderboard table: its columns between epochs and wall_s."""
+    columns = list(table.columns)
+    return columns[columns.index("epochs") + 1:columns.index("wall_s")]
+
+
+def load_study(directory: Path) -> optuna.Study | None:
+    """The study the searcher exported into `directory` (study.db, which holds that one study),
+    or None before any export."""
+    path = directory / STUDY_DB
+    if not path.exists():
+        return None
+    storage = f"sqlite:///{path}"
+    return optuna.load_study(study_name=optuna.get_all_study_names(storage)[0], storage=storage)
+
+
+def with_scores(rows: list[Row], directory: Path) -> list[Row]:
+    """The rows with the holdout scores of the trials exported so far (search/export.py), the
+    leaderboard scores recorded so far (search/lb.py) and the ensemble's row (search/ensemble.py),
+    best first."""
+    def holdout(trial: str) -> dict[str, float]:
+        path = directory / EXPORTS / f"trial_{trial}" / HOLDOUT_FILE
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    recorded = load_lb(directory)
+    trials = [replace(row, holdout=holdout(row.trial), lb=recorded.get(row.trial, {}))
+              for row in rows if not row.is_ensemble]
+    ensemble = [replace(row, lb=recorded.get(ENSEMBLE, {})) for row in ensemble_rows(trials, directory)]
+    return sorted(trials + ensemble, key=lambda row: -row.score if math.isfinite(row.score) else math.inf)
+
+
+def ensemble_rows(rows: list[Row], directory: Path) -> list[Row]:
+    """The row of the experiment's ensemble (search/ensemble.py), if it has one: ranked by its
+    nested CV, its in-sample OOF score as its cv_lwlrap."""
+    from search.ensemble import recorded
+
+    record = recorded(directory)
+    if record is None:
+        return []
+    weights = record["weights"]
+    cvs = {name: math.nan for name in CV_COLUMNS.values()} | {CV_COLUMNS[reported.BEST_CV]: record["oof_lwlrap"]}
+    params = {name: math.nan for name in (rows[0].params if rows else {})}
+    blend = ", ".join(f"{weight:.2f} {trial}" for trial, weight in weights.items())
+    memo = f"in-sample {record['oof_lwlrap']:.4f}; {blend}"
+    status = f"ensemble of {len(weights)} trial{'s' if len(weights) > 1 else ''}"
+    return [Row(ENSEMBLE, status, record["nested_oof_lwlrap"], math.nan, 0, params,
+                record["wall_s"], holdout=record.get("holdout", {}), cvs=cvs, memo=memo)]
+
+
+def _write_leaderboard(directory: Path, rows: list[Row], title: str, found: dict[str, float] | None) -> None:
+    from search.results.page import write_report_page  # matplotlib, only once there is a leaderboard
+
+    atomic_write_text(directory / LEADERBOARD_CSV, frame(rows).to_csv(index=False))
+    atomic_write_text(directory / LEADERBOARD_MD, markdown(rows, title, found))
+    try:
+        write_report_page(directory, title)
+    except Exception as error:  # the figures are extra: never lose the search's end over them
+        print(f"warning: report.html not written: {type(error).__name__}: {error}", file=sys.stderr)
+
+
+def trial_results(results: tune.ResultGrid) -> list[tune.Result]:
+    """The results of every trial, in order (a ResultGrid is iterated by index, which mypy
+    does not follow)."""
+    return [results[i] for i in range(len(results))]
+
+
+def _best_result(results: tune.ResultGrid) -> tune.Result | None:
+    scored = [r for r in trial_results(results) if r.metrics and math.isfinite(r.metrics.get(SCORE, math.nan))]
+    return max(scored, key=lambda r: (r.metrics or {})[SCORE], default=None)  # every one scored has metrics
+
+
+def export_study(study: optuna.Study, path: Path) -> None:
+    """Copy the study into a sqlite file, replacing the old one only when complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + TEMP_SUFFIX)
+    partial.unlink(missing_ok=True)
+    copy = optuna.create_study(storage=f"sqlite:///{partial}", study_name=study.study_name or "search",
+                               directions=study.directions)
+    copy.add_trials(study.get_trials(deepcopy=False))
+    del copy  # release the sqlite engine before the rename
+    os.replace(partial, path)
