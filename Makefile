@@ -1,11 +1,14 @@
 # The two quick-start commands of the README, and the steps they are made of.
 #   make run    set up .venv, then the main job: a real search on the built-in synthetic data
 #   make test   set up .venv, then the test suite (what CI runs)
-# Developer habits (CI runs `make lint typecheck` before `make test`):
+# Developer habits (CI runs `make lint typecheck docs` before `make test`):
 #   make test-fast   the tests that start no Ray, no cluster, no S3 server and are not slow (under a minute)
-#   make lint        ruff: pyflakes, pycodestyle, bugbear, pyupgrade and import order (no reformatting)
+#   make lint        ruff (pyflakes, pycodestyle, bugbear, pyupgrade, import order; no reformatting) and
+#                    import-linter (the layers and "no import cycle" of pyproject.toml's [tool.importlinter])
 #   make typecheck   mypy over trainable/, spaces/, search/, datatools/ and bench/
 #   make check       both
+#   make docs        the guide (docs/, mkdocs.yml) built into site/ with mkdocs --strict: a broken link or
+#                    anchor fails it (the optional `docs` extra)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -15,7 +18,7 @@ WORKERS ?= 2
 
 SPACE ?= loss_weights
 
-.PHONY: setup run data synth prepare test test-fast lint typecheck check clean
+.PHONY: setup run data synth prepare test test-fast lint typecheck check docs clean
 
 setup: $(VENV)/.installed
 
@@ -56,11 +59,16 @@ test-fast: setup
 
 lint: setup
 	$(VENV)/bin/ruff check trainable spaces search datatools bench tests
+	$(VENV)/bin/lint-imports
 
 typecheck: setup
 	$(VENV)/bin/mypy
 
 check: lint typecheck
 
+docs: setup
+	$(PY) -m pip install --quiet -e '.[docs]'
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet  # without mkdocs-material's banner about MkDocs 2
+
 clean:
-	rm -rf $(DATA) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(DATA) site .pytest_cache .mypy_cache .ruff_cache

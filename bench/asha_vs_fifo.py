@@ -7,7 +7,7 @@ both runs as fixed points, so the two runs differ in their scheduler only.
     python -m bench.asha_vs_fifo [--space loss_weights] [--trials 8] [--epochs 8] [--grace-period 4]
 
 The defaults are make run's: its trials, the quick preset's epochs, and ASHA's own settings
-(search.tuner.schedulers, as search/run.py builds both schedulers).
+(search.stopping and search.tuner.schedulers, as search/run.py builds both schedulers).
 
 Target: ASHA reaches >= 98% of FIFO's best cv_lwlrap with <= 70% of its trained epochs. (Under
 make run's grace of 4 of 8 epochs every trial trains half the budget, so 50% is the floor; with
@@ -29,7 +29,8 @@ from bench.common import cores, header, synthetic_data, verdict
 from datatools.builtin import QUICK_PRESET, QUICK_TRAINING
 from search.plan import DefineByRun
 from search.results.leaderboard import trial_results
-from search.tuner.schedulers import SCHEDULERS
+from search.stopping import SCHEDULERS
+from search.tuner.schedulers import ray_scheduler
 from spaces import SPACES
 from trainable.reported import ITERATION, METRIC, MODE, SCORE
 from trainable.tune import train_sed
@@ -83,14 +84,16 @@ def main(argv: list[str] | None = None) -> None:
     fixed = {**QUICK_PRESET, **QUICK_TRAINING, "train.epochs": args.epochs, "train.t_max": args.epochs,
              "data_dir": str(synthetic_data())}
     points = sampled_points(args.space, args.trials, args.epochs, args.seed)
-    asha, fifo = SCHEDULERS["asha"], SCHEDULERS["fifo"]
+    asha = SCHEDULERS["asha"]
     settings = asha.resolve({s.name: getattr(args, s.name) for s in asha.settings}, args.epochs)
     header(f"ASHA vs FIFO: {args.trials} configurations of {args.space} (seed {args.seed}), {args.epochs} epochs;"
            f" {asha.summary(settings)}")
     ray.init(num_cpus=cores(), include_dashboard=False, configure_logging=False, log_to_driver=False)
     with tempfile.TemporaryDirectory(prefix="rfcx-bench-asha-") as storage:
-        fifo_best, fifo_epochs, fifo_wall = run(points, fixed, fifo.build({}, args.epochs), storage, "fifo")
-        asha_best, asha_epochs, asha_wall = run(points, fixed, asha.build(settings, args.epochs), storage, "asha")
+        fifo_best, fifo_epochs, fifo_wall = run(points, fixed, ray_scheduler("fifo", {}, args.epochs), storage,
+                                                "fifo")
+        asha_best, asha_epochs, asha_wall = run(points, fixed, ray_scheduler("asha", settings, args.epochs), storage,
+                                                "asha")
     ray.shutdown()
     quality, share = asha_best / fifo_best, asha_epochs / fifo_epochs
     print(f"FIFO: best cv_lwlrap {fifo_best:.4f} with {fifo_epochs} epochs ({fifo_wall:.0f} s)")

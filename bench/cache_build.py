@@ -21,8 +21,7 @@ import numpy as np
 
 from bench.common import cores, header, synthetic_data, verdict
 from datatools.prepare import build_cache, find_recordings
-from trainable.config import FeatureConfig
-from trainable.data.cache import LogMelCache
+from trainable.data.cache import FeatureConfig, LogMelCache
 
 SCALING_TARGET = 0.8  # of N
 START_UP_RECORDINGS = (200, 2000)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from bench.common import efficiency_parser, header, interleaved, timed, trial, verdict
-from trainable.data.crops import ClipWindows, collate_windows
+from trainable.data.windows import ClipWindows, collate_windows
 from trainable.model.sed import SEGMENT
 
 TARGET = 0.90
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         return n_windows
 
     def trainable() -> int:
-        scores = training._predict_fold(run, data.window_rule, data.valid_overlap)[data.window_score]
+        scores = training.predict_fold(run, data.window_rule, data.valid_overlap)[data.window_score]
         assert np.isfinite(scores).all()
         return n_windows
 

@@ -37,18 +37,17 @@ def trial_worker(backbone: str, batch: int, threads: int, seconds: float, start:
     """One packed trial: warm up, wait for the others, then train epochs for `seconds`."""
     from bench.common import trial
     from trainable.training.fit import Device
-    from trainable.training.kfold import EpochProgress
 
     torch.set_num_threads(threads)
     torch.backends.cudnn.benchmark = True
     training = trial({"model.backbone": backbone, "train.batch_size": batch, "data.n_folds": 2, "train.folds": [0],
                       "data.fp_per_epoch": 1000}, Device(torch.device("cuda")))
     run = training.runs[0]
-    training._train_fold(run, EpochProgress(lr=0.0))  # warm-up: cuDNN autotuning, allocator
+    training.train_fold(run)  # warm-up: cuDNN autotuning, allocator
     start.wait()
     samples, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
-        samples += training._train_fold(run, EpochProgress(lr=0.0)).samples  # a new epoch each (lr: unused)
+        samples += training.train_fold(run).samples  # a pass of its own each
     torch.cuda.synchronize()
     out.put(samples / (time.perf_counter() - started))
 

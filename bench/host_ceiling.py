@@ -42,21 +42,15 @@ from torch import nn
 
 from bench.common import cores, header, timed, verdict
 from bench.real_sized import real_sized_data
-from search.tuner.schedulers import SCHEDULERS
+from search.stopping import SCHEDULERS
 from trainable.config import ModelConfig, TrainConfig, TrialConfig, from_dict
-from trainable.data.crops import (
-    ClipWindows,
-    EpochBatches,
-    TrainCrops,
-    epoch_crops,
-    epoch_size,
-    shuffled_batches,
-    window_starts,
-)
+from trainable.data.crops import TrainCrops, epoch_crops, epoch_size
+from trainable.data.windows import ClipWindows, window_starts
 from trainable.model.sed import SEDModel
 from trainable.training.cadence import CheckpointCadence
 from trainable.training.fit import Device
-from trainable.training.kfold import KFoldTraining, training_loader
+from trainable.training.kfold import KFoldTraining
+from trainable.training.loader import EpochBatches, shuffled_batches, training_loader
 from trainable.training.selection import weights_copy
 
 TRAIN_TARGET, EVAL_TARGET, CHECKPOINT_TARGET = 2500.0, 5000.0, 0.05
@@ -233,6 +227,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"at GPU speed ({GPU_EPOCH_S:g} s of GPU work per epoch, assumed), the host's parts in one core:"
           f" {data_s + eval_s:.2f} s of data per epoch, {(data_s + eval_s) / GPU_EPOCH_S:.0%} of the GPU's time")
 
+    print_checkpoint_policy(train, per_checkpoint)
+
+
+def print_checkpoint_policy(train: TrainConfig, per_checkpoint: float) -> None:
+    """The share of a trial's wall time its checkpoints take at GPU speed: under the checkpoint
+    policy (by the clock, at ASHA's rungs, at the end), and checkpointing every epoch."""
     asha = SCHEDULERS["asha"]  # the default search's scheduler at its default settings
     rungs = asha.milestones(asha.resolve({}, train.epochs), train.epochs)
     policy = TrainConfig(epochs=train.epochs, checkpoint_epochs=tuple(rungs))

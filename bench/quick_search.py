@@ -27,7 +27,7 @@ from bench.common import header, synthetic_data, verdict
 from datatools.builtin import FEATURES, QUICK_PRESET, QUICK_TRAINING, SYNTHETIC
 from search.results.holdout import PRIVATE, PUBLIC
 from search.results.leaderboard import CV_COLUMNS
-from search.tuner.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
+from search.stopping import DEFAULT_SCHEDULER, SCHEDULERS
 from trainable import reported
 from trainable.config import ModelConfig, TrialConfig, from_dict
 from trainable.dotted import merge

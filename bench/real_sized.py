@@ -17,8 +17,7 @@ import numpy as np
 from datatools import synth
 from datatools.builtin import default_data_dir
 from trainable.atomic import atomic_write_text
-from trainable.config import FeatureConfig
-from trainable.data.cache import DEFAULT_CACHE_NAME, LogMelCache
+from trainable.data.cache import DEFAULT_CACHE_NAME, FeatureConfig, LogMelCache
 from trainable.data.layouts.rfcx import FP_FILE, TP_FILE
 
 NAME = "host-bench-v1"  # change when what is written changes

@@ -27,7 +27,7 @@ DATA_NAME = "synthetic-quick-v1"
 # frames overlapping by 26 cover up to the last 3 frames (as its 8 windows cover 60 s).
 SYNTHETIC: dict[str, Any] = dict(recordings=480, test_recordings=120, species=12, duration=11.5, sample_rate=32000,
                                  seed=0)
-FEATURES = {"n_mels": 32}  # the cache's mel bands; the rest are the recipe's (trainable.config.FeatureConfig)
+FEATURES = {"n_mels": 32}  # the cache's mel bands; the rest are the recipe's (trainable.data.cache.FeatureConfig)
 # Trial settings for the built-in data, each chosen by measurement on a 2-core CPU (the
 # figures: docs/benchmarks.md, section 7). test_resnet, timm's smallest ResNet, is the backbone
 # measured that learns from scratch fast enough for 8 trials in minutes (resnet10t learns more

@@ -24,8 +24,8 @@ from pathlib import Path
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from trainable.config import ConfigError, FeatureConfig
-from trainable.data.annotations import DEFAULT_DATASET, AnnotationError
+from trainable.config import ConfigError
+from trainable.data.annotations import AnnotationError
 from trainable.data.cache import (
     CHANGED,
     DEFAULT_CACHE_NAME,
@@ -34,11 +34,13 @@ from trainable.data.cache import (
     SPLITS,
     AudioSource,
     CacheError,
+    FeatureConfig,
     LogMelCache,
+    cache_location,
     source_key,
 )
 from trainable.data.features import file_log_mel, warm_up
-from trainable.data.layouts import DATASETS, Dataset, dataset
+from trainable.data.layouts import DATASETS, DEFAULT_DATASET, Dataset, dataset
 
 FEATURE_FLAGS = {  # FeatureConfig field -> --help text of its flag
     "sample_rate": "Hz; audio is resampled to it",
@@ -268,9 +270,9 @@ def prepare(data_dir: Path, cache_dir: Path, features: FeatureConfig, workers: i
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    cache_dir = args.cache_dir or args.data_dir / DEFAULT_CACHE_NAME
     try:
-        return prepare(args.data_dir, cache_dir, args.features, args.workers, args.dataset)
+        return prepare(args.data_dir, cache_location(args.data_dir, args.cache_dir), args.features, args.workers,
+                       args.dataset)
     except (AnnotationError, CacheError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -3,7 +3,7 @@ blend of searched trials, chosen by greedy selection on their out-of-fold predic
 honest (nested) CV of that choice.
 
 Reads each trial's export (EXPERIMENT/exports/trial_<id>/, search/export.py; a trial without
-an export of its newest checkpoint is exported first) and writes, into
+an export of its newest checkpoint is exported first; the blend: search.results.ensembles) and writes, into
 FIRST_EXPERIMENT/exports/ensemble/ unless --out says otherwise, replaced as a whole:
     weights.json     trial -> weight, the selection path (the pooled OOF LWLRAP after each
                      step), the in-sample and the nested CV, and each fold's nested blend
@@ -19,27 +19,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-from search.export import (
+import pandas as pd
+
+# No Ray here: --help and bad input answer at once.
+from search.results.blend import AVERAGES, DEFAULT_MAX_STEPS, DEFAULT_TOLERANCE
+from search.results.ensembles import Candidate, Ensemble, EnsembleError, Library
+from search.results.exports import (
     EXPORT_ERRORS,
     OOF_FILE,
     SUBMISSION,
     WINDOWS,
     check_writable,
+    export,
     is_fresh,
-    species_columns,
     submit_command,
 )
-
-# No torch or Ray here: --help and bad input answer at once; torch comes with a trial to export.
-from search.results.blend import AVERAGES, DEFAULT_MAX_STEPS, DEFAULT_TOLERANCE
-from search.results.holdout import HOLDOUT_FILE, PRIVATE, PUBLIC
+from search.results.holdout import HOLDOUT_FILE, PRIVATE, PUBLIC, holdout_scores, load_truth
+from search.results.records import WEIGHTS, read_json, weights_record
 from search.results.trials import (
     ENSEMBLE,
     EXPORTS,
@@ -52,21 +52,10 @@ from search.results.trials import (
 from search.results.window_blend import WindowsError, blend_windows
 from trainable.atomic import atomic_directory
 from trainable.config import FOLD_SPLIT_KEYS
-from trainable.data.annotations import DEFAULT_DATASET
+from trainable.data.annotations import AnnotationError
+from trainable.data.layouts import dataset
 from trainable.dotted import flatten_dotted
 from trainable.reported import SCORE
-
-if TYPE_CHECKING:
-    import numpy as np
-
-    from search.results.blend import Blend, NestedScore
-
-WEIGHTS = "weights.json"
-
-
-class EnsembleError(Exception):
-    """Trials that cannot be blended; the message is one line (exit 2, nothing written)."""
-
 
 ENSEMBLE_ERRORS = (EnsembleError, WindowsError, *EXPORT_ERRORS)
 
@@ -97,24 +86,6 @@ def positive(text: str) -> int:
     return value
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """A scored trial that may join the blend."""
-
-    experiment: Path
-    trial: str  # its id
-    score: float  # its leaderboard score
-    checkpoint: Path  # its newest checkpoint
-    config: dict[str, Any]  # the checkpoint's config, dotted keys
-
-    @property
-    def exports(self) -> Path:
-        return self.experiment / EXPORTS / f"trial_{self.trial}"
-
-    def __str__(self) -> str:
-        return f"trial {self.trial} of {self.experiment}"
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
@@ -140,9 +111,10 @@ def main(argv: list[str] | None = None) -> int:
           f"windows:    {out / WINDOWS} (a stage-3 teacher: --teacher {out / WINDOWS})\n"
           f"submit:     {submit_command(first, ENSEMBLE, out)}")
     if out.resolve() == (first / EXPORTS / ENSEMBLE).resolve() and (first / LEADERBOARD_CSV).is_file():
-        from search.results.leaderboard import LEADERBOARD_MD, refresh_leaderboard
+        from search.results.leaderboard import LEADERBOARD_MD
+        from search.results.refresh import refresh_reports
 
-        refresh_leaderboard(first)
+        refresh_reports(first)
         print(f"leaderboard: {first / LEADERBOARD_MD} (the ensemble's row, ranked by its nested CV)")
     return 0
 
@@ -197,7 +169,7 @@ def candidates(references: list[str], top: int | None) -> list[Candidate]:
 
 def _candidate(experiment: Path, trial: str, score: float) -> tuple[Candidate | None, str | None]:
     """The trial as a candidate, or why it cannot be one."""
-    from trainable.training.kfold import read_trial_file  # torch is here already: trainable.data.cache imports it
+    from trainable.training.checkpoint import read_trial_file  # torch is here already: trainable.data.cache imports it
 
     try:
         checkpoint = newest_checkpoint(trial_dir(experiment, trial))
@@ -238,7 +210,7 @@ def check_compatible(pool: list[Candidate], data_dir: Path) -> None:
                     f"{candidate} was trained with {key} = {candidate.config[key]}, {first} with {first.config[key]}:"
                     f" out-of-fold predictions of other fold splits cannot be blended (a blend chosen on them would"
                     f" see each recording's label through another fold's model)")
-    names = [dataset_name(candidate) for candidate in pool]
+    names = [candidate.dataset for candidate in pool]
     other = next((i for i, name in enumerate(names) if name != names[0]), None)
     if other is not None:
         raise EnsembleError(f"{pool[other]} was trained on data.dataset {names[other]!r}, {first} on {names[0]!r}")
@@ -249,20 +221,12 @@ def check_compatible(pool: list[Candidate], data_dir: Path) -> None:
                             f" other species cannot be blended")
 
 
-def dataset_name(candidate: Candidate) -> str:
-    """The data layout a trial was trained on (data.dataset; a trial older than the key: RFCx)."""
-    return candidate.config.get("data.dataset", DEFAULT_DATASET)
-
-
 def species_count(candidate: Candidate, data_dir: Path) -> int:
     """The species of a trial's predictions: its export's columns, or before an export the
     data layout's species count."""
-    from trainable.data.annotations import AnnotationError
-    from trainable.data.layouts import dataset
-
     if not is_fresh(candidate.checkpoint.parent, candidate.exports, data_dir):
         try:
-            return dataset(dataset_name(candidate)).species_count(data_dir)
+            return dataset(candidate.dataset).species_count(data_dir)
         except AnnotationError as error:
             raise EnsembleError(str(error)) from None
     header = candidate.exports / OOF_FILE
@@ -277,8 +241,6 @@ def species_count(candidate: Candidate, data_dir: Path) -> int:
 def export_missing(pool: list[Candidate], data_dir: Path, moved_to: Path | None, cache_dir: Path | None) -> None:
     """Export the candidates that have no export of their newest checkpoint on `data_dir`
     (`moved_to`: --data-dir, when given)."""
-    from search.export import export
-
     missing = [c for c in pool if not is_fresh(c.checkpoint.parent, c.exports, data_dir)]
     for number, candidate in enumerate(missing, start=1):
         print(f"[rfcx-tune] exporting {candidate} ({number} of {len(missing)}: no export of its"
@@ -286,119 +248,8 @@ def export_missing(pool: list[Candidate], data_dir: Path, moved_to: Path | None,
         export(candidate.experiment, candidate.trial, moved_to, cache_dir)
 
 
-@dataclass(frozen=True)
-class Library:
-    """The candidates' predictions, aligned: out-of-fold on the same recordings and folds, and
-    the submission on the same test recordings."""
-
-    candidates: list[Candidate]
-    recording_ids: list[str]  # (N,), sorted
-    folds: np.ndarray  # (N,) the fold that held each recording out
-    truth: np.ndarray  # (N, C) the tp species of each recording
-    oof: np.ndarray  # (M, N, C)
-    test_ids: list[str]  # (T,) the data layout's test recordings, in its order
-    submissions: np.ndarray  # (M, T, C)
-    dataset: str  # data.dataset: the layout that writes the submission
-
-    @property
-    def columns(self) -> list[str]:
-        return species_columns(self.truth.shape[1])
-
-    @staticmethod
-    def load(pool: list[Candidate], data_dir: Path) -> Library:
-        """Read the candidates' oof.csv and submission.csv.
-
-        Raises:
-            EnsembleError: an oof.csv without every train_tp recording of the data or every
-                fold, or holding other folds or recordings than the others; a submission of
-                other test recordings.
-        """
-        import numpy as np
-        import pandas as pd
-
-        from trainable.data.annotations import load_annotations
-        from trainable.data.folds import species_matrix
-
-        name = dataset_name(pool[0])
-        annotations = load_annotations(data_dir, name)
-        columns = species_columns(annotations.n_species)
-        expected = sorted(set(annotations.tp.recording))
-        oofs, submissions, first = [], [], None
-        for candidate in pool:
-            oof = pd.read_csv(candidate.exports / OOF_FILE, dtype={"recording_id": str}).sort_values("recording_id")
-            if list(oof.recording_id) != expected:
-                raise EnsembleError(f"{candidate.exports / OOF_FILE} does not hold every train_tp recording of"
-                                    f" {data_dir} once ({len(oof)} rows, {len(expected)} recordings)")
-            n_folds = candidate.config["data.n_folds"]
-            if sorted(set(oof.fold)) != list(range(n_folds)):
-                raise EnsembleError(f"{candidate.exports / OOF_FILE} has predictions of folds"
-                                    f" {sorted(set(oof.fold))} only, of {n_folds}")
-            if first is not None and not (oof.fold.to_numpy() == first.fold.to_numpy()).all():
-                raise EnsembleError(f"{candidate} held other recordings out in its folds than {pool[0]}")
-            first = oof if first is None else first
-            submission = pd.read_csv(candidate.exports / SUBMISSION, dtype={"recording_id": str})
-            if sorted(submission.recording_id) != sorted(annotations.test_ids):
-                raise EnsembleError(f"{candidate.exports / SUBMISSION} does not hold the test recordings of"
-                                    f" {data_dir} ({len(submission)} rows, {len(annotations.test_ids)} recordings)")
-            oofs.append(oof[columns].to_numpy(np.float64))
-            submissions.append(submission.set_index("recording_id").loc[list(annotations.test_ids), columns]
-                               .to_numpy(np.float64))
-        assert first is not None  # the pool is not empty (pool[0] above): its first oof
-        return Library(pool, expected, first.fold.to_numpy(), species_matrix(annotations.tp, expected, len(columns)),
-                       np.stack(oofs), list(annotations.test_ids), np.stack(submissions), name)
-
-
-@dataclass(frozen=True)
-class Ensemble:
-    """The blend chosen on all OOF rows, and its nested CV."""
-
-    blend: Blend
-    nested: NestedScore
-    nested_single: NestedScore  # the same nested CV of choosing one trial (max_steps 0)
-    average: str  # AVERAGES
-    singles: list[float]  # each candidate's OOF LWLRAP (of its probabilities, whatever the averaging)
-
-    @staticmethod
-    def build(library: Library, average: str, max_steps: int, tolerance: float) -> Ensemble:
-        from search.results.blend import nested_score, ranks, select
-        from trainable.metrics import lwlrap
-
-        oof = ranks(library.oof) if average == "rank" else library.oof
-        space = "" if average == "probability" else "; the scores below are of the ranks"
-        print(f"[rfcx-tune] ensemble selection over {len(library.candidates)} trials on {len(library.recording_ids)}"
-              f" recordings' out-of-fold predictions ({average} averaging{space})", flush=True)
-        blend = select(oof, library.truth, max_steps, tolerance)
-        for number, step in enumerate(blend.path):
-            added = library.candidates[step.model].trial
-            print(f"[rfcx-tune] step {number}: {'trial ' + added + ' alone' if number == 0 else '+ ' + added}:"
-                  f" oof lwlrap {step.score:.4f}", flush=True)
-        ended = (f"--max-steps {max_steps} reached" if len(blend.path) > max_steps
-                 else f"no trial adds more than {tolerance:g}")
-        nested = nested_score(oof, library.truth, library.folds, max_steps, tolerance)
-        nested_single = nested_score(oof, library.truth, library.folds, max_steps=0)
-        best = library.candidates[blend.path[0].model].trial
-        chosen = int((blend.counts > 0).sum())
-        print(f"[rfcx-tune] {ended}: an ensemble of {chosen} trial{'s' if chosen > 1 else ''}\n"
-              f"[rfcx-tune] in-sample oof lwlrap: the ensemble {blend.score:.4f}, the best single trial {best}"
-              f" {blend.path[0].score:.4f}\n"
-              f"[rfcx-tune] nested oof lwlrap (each fold's recordings blended by the weights chosen on the other"
-              f" folds): the ensemble {nested.score:.4f}, one trial chosen the same way {nested_single.score:.4f}",
-              flush=True)
-        return Ensemble(blend, nested, nested_single, average, [lwlrap(library.truth, p) for p in library.oof])
-
-    def apply(self, predictions: np.ndarray) -> np.ndarray:
-        from search.results.blend import ranks
-
-        return self.blend.apply(ranks(predictions) if self.average == "rank" else predictions)
-
-
 def write(out: Path, ensemble: Ensemble, library: Library, data_dir: Path, started: float) -> None:
     """Write the ensemble's files into `out`, replacing an older ensemble there as a whole."""
-    import pandas as pd
-
-    from search.results.holdout import holdout_scores, load_truth
-    from trainable.data.layouts import dataset
-
     columns = library.columns
     oof = pd.DataFrame(ensemble.apply(library.oof), columns=columns)
     oof.insert(0, "recording_id", library.recording_ids)
@@ -428,50 +279,6 @@ def write(out: Path, ensemble: Ensemble, library: Library, data_dir: Path, start
         than = (f" (the best single trial {best.trial}: public {single[PUBLIC]:.4f}, private {single[PRIVATE]:.4f})"
                 if single else "")
         print(f"[rfcx-tune] holdout lwlrap: public {holdout[PUBLIC]:.4f}, private {holdout[PRIVATE]:.4f}{than}")
-
-
-def weights_record(ensemble: Ensemble, library: Library, holdout: dict[str, float], wall_s: float) -> dict[str, Any]:
-    """weights.json: what was blended, how it was chosen and what it scored."""
-    trials = [candidate.trial for candidate in library.candidates]
-    best = library.candidates[ensemble.blend.path[0].model]
-
-    def weights(blend: Blend) -> dict[str, float]:
-        return {trials[i]: float(w) for i, w in enumerate(blend.weights) if w}
-
-    return {
-        "weights": weights(ensemble.blend),
-        "path": [{"step": n, "trial": trials[step.model], "oof_lwlrap": step.score}
-                 for n, step in enumerate(ensemble.blend.path)],
-        "oof_lwlrap": ensemble.blend.score,
-        "nested_oof_lwlrap": ensemble.nested.score,
-        "nested_folds": {str(fold): weights(blend) for fold, blend in ensemble.nested.folds.items()},
-        "nested_single_oof_lwlrap": ensemble.nested_single.score,
-        "best_single": {"trial": best.trial, "oof_lwlrap": ensemble.blend.path[0].score,
-                        "holdout": read_json(best.exports / HOLDOUT_FILE)},
-        "holdout": holdout,
-        "average": ensemble.average,
-        "candidates": [{"trial": c.trial, "experiment": str(c.experiment.resolve()), "score": c.score,
-                        "oof_lwlrap": single, "checkpoint": c.checkpoint.name}
-                       for c, single in zip(library.candidates, ensemble.singles)],
-        "recordings": len(library.recording_ids),
-        "wall_s": round(wall_s, 1),
-    }
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def recorded(experiment: Path) -> dict[str, Any] | None:
-    """The weights.json of the experiment's ensemble (EXPERIMENT/exports/ensemble), or None."""
-    record = read_json(experiment / EXPORTS / ENSEMBLE / WEIGHTS)
-    scores = [record.get(key) for key in ("oof_lwlrap", "nested_oof_lwlrap", "nested_single_oof_lwlrap", "wall_s")]
-    whole = all(isinstance(v, (int, float)) and math.isfinite(v) for v in scores) and isinstance(
-        record.get("weights"), dict) and isinstance(record.get("path"), list)
-    return record if whole else None  # a file written by hand or by an older version is not shown
 
 
 if __name__ == "__main__":

@@ -68,9 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     save_lb(args.experiment, {**recorded, **new})
     from search.results.holdout import cv_versus_lb, spearman
-    from search.results.leaderboard import LEADERBOARD_MD, frame, refresh_leaderboard
+    from search.results.leaderboard import LEADERBOARD_MD, frame
+    from search.results.page import REPORT_HTML
+    from search.results.refresh import refresh_reports
 
-    board = trial_rows(frame(refresh_leaderboard(args.experiment)))  # the CV-vs-LB line is over trials
+    board = trial_rows(frame(refresh_reports(args.experiment)))  # the CV-vs-LB line is over trials
     for trial, entry in new.items():
         private = entry[LB_PRIVATE]
         print(f"trial {trial}: LB {entry[LB_PUBLIC]:.4f} public"
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{unmatched} scored submissions name no trial of {args.experiment} (left out)")
     _, count = spearman(board, LB_PUBLIC)
     print(cv_versus_lb(board) or f"CV vs LB: {count} trials with an LB score; the Spearman needs 3")
-    print(f"leaderboard: {args.experiment / LEADERBOARD_MD}\nreport:      {args.experiment / 'report.html'}")
+    print(f"leaderboard: {args.experiment / LEADERBOARD_MD}\nreport:      {args.experiment / REPORT_HTML}")
     return 0
 
 

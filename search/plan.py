@@ -1,4 +1,5 @@
-"""What defines a search, without Ray: the plan, its checks, and its record on disk.
+"""What defines a search, without Ray: the plan, its checks, its record on disk, and the
+command that resumes it.
 
 `search/run.py` builds a SearchPlan from the command line and checks it before anything
 heavy starts; `search.tuner.experiment` turns it into a Ray Tune experiment.
@@ -14,13 +15,13 @@ from typing import Any, cast
 
 import optuna
 
-from search.storage import is_remote, local_copy_dir, local_path, read_text, upload
-from search.tuner.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, migrated
+from search.stopping import DEFAULT_SCHEDULER, SCHEDULERS, Scheduler, migrated
+from search.storage import DEFAULT_STORAGE, is_remote, local_copy_dir, local_path, normalise, read_text, upload
 from spaces import REFERENCE_WINDOWS, combine, recipe_point, set_context, windows_of
 from trainable.atomic import atomic_write_text
-from trainable.config import MODEL_KEYS, ConfigError, TrialConfig, to_dict
+from trainable.config import MODEL_KEYS, ConfigError, TrialConfig, resolve, to_dict
 from trainable.dotted import flatten_dotted, merge
-from trainable.recipes import resolve
+from trainable.recipes import DEFAULT_RECIPE, RECIPES
 
 PLAN_FILE = "search_plan.json"  # in the experiment directory: the settings it was started with
 SAMPLERS = ("tpe", "random")  # Optuna's TPESampler, or its RandomSampler as the baseline to beat
@@ -44,7 +45,7 @@ class SearchPlan:
     seed: int
     max_failures: int
     sampler: str = "tpe"  # one of SAMPLERS; an experiment from before this field used TPE
-    scheduler: str = DEFAULT_SCHEDULER  # a key of search.tuner.schedulers.SCHEDULERS
+    scheduler: str = DEFAULT_SCHEDULER  # a key of search.stopping.SCHEDULERS
     scheduler_settings: dict[str, Any] = field(default_factory=dict)  # its settings, resolved and checked
 
     @property
@@ -68,6 +69,29 @@ class SearchPlan:
     def baseline(self) -> dict[str, Any]:
         """The config the search starts from (its recipe with the fixed values), dotted."""
         return flatten_dotted(to_dict(resolve(self.fixed)))
+
+
+def fixed_stage(fixed: dict[str, Any]) -> int:
+    """The stage of a search's fixed keys: their own, else their recipe's."""
+    if "stage" in fixed:
+        return fixed["stage"]
+    return RECIPES[fixed.get("recipe", DEFAULT_RECIPE)].values.get("stage", 1)
+
+
+def scheduler_of(plan: SearchPlan) -> Scheduler:
+    """The plan's entry of search.stopping.SCHEDULERS."""
+    return SCHEDULERS[plan.scheduler]
+
+
+def milestones(plan: SearchPlan) -> list[int]:
+    """The epochs where the plan's scheduler compares trials; they checkpoint there."""
+    return scheduler_of(plan).milestones(plan.scheduler_settings, plan.epochs)
+
+
+def resume_command(plan: SearchPlan) -> str:
+    """The command that continues the plan's experiment (what an interrupted search says)."""
+    where = "" if plan.storage == normalise(DEFAULT_STORAGE) else f" --storage {plan.storage}"
+    return f"python search/run.py --resume --name {plan.name}{where}"
 
 
 def optuna_sampler(plan: SearchPlan) -> optuna.samplers.BaseSampler:
@@ -172,7 +196,7 @@ def check_plan(plan: SearchPlan) -> None:
         raise ConfigError(f"--init-from starts every trial from one model, but --space {' '.join(plan.spaces)}"
                           f" searches {model_keys[0]}, which needs another")
     recipe = recipe_config(plan.spaces, epochs, plan.teacher, plan.baseline)
-    SCHEDULERS[plan.scheduler].check(plan.scheduler_settings, epochs)
+    scheduler_of(plan).check(plan.scheduler_settings, epochs)
     plan.trial_config(recipe)
 
 

@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import drop_column, set_cell
-from trainable.data.annotations import EVENT_COLUMNS, AnnotationError, load_annotations
-from trainable.data.layouts import dataset
+from trainable.data.annotations import EVENT_COLUMNS, AnnotationError
+from trainable.data.layouts import dataset, load_annotations
 from trainable.data.layouts.rfcx import ANNOTATION_COLUMNS, read_files
 
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from trainable.config import AugmentConfig
-from trainable.model.augment import Mixup, augment_batch, draw_mixup, jitter, spec_augment, unit_scale
+from trainable.data.mixup import Mixup
+from trainable.model.augment import augment_batch, draw_mixup, jitter, spec_augment, unit_scale
 
 NO_AUG = AugmentConfig(time_masks=0, freq_masks=0, gamma=0.0, brightness=0.0)
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]

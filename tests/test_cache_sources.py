@@ -12,8 +12,7 @@ import pytest
 
 from datatools import prepare
 from datatools.synth import generate
-from trainable.config import FeatureConfig
-from trainable.data.cache import SOURCES, AudioSource, LogMelCache
+from trainable.data.cache import SOURCES, AudioSource, FeatureConfig, LogMelCache
 from trainable.data.features import file_log_mel
 
 # Tiny on purpose: 4 recordings of 2 s at 8 kHz, 16 mels; a prepare run takes about a second.

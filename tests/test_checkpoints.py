@@ -37,8 +37,8 @@ def test_a_resumed_trial_counts_the_period_from_its_restart():
 
 def test_a_search_checkpoints_its_trials_at_every_rung_where_asha_may_stop_them(tmp_path):
     from search.plan import SearchPlan
+    from search.stopping import SCHEDULERS
     from search.tuner.experiment import trial_space
-    from search.tuner.schedulers import SCHEDULERS
 
     def rungs_of(epochs: int, grace_period: int, reduction_factor: int) -> list[int]:
         return SCHEDULERS["asha"].milestones(dict(grace_period=grace_period, reduction_factor=reduction_factor), epochs)

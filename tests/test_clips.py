@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from trainable.config import TrialConfig, from_dict
-from trainable.data.annotations import load_annotations
 from trainable.data.clips import ClipSpec, collate_clips, padded_starts
 from trainable.data.folds import fp_only_ids, split_fp_only
+from trainable.data.layouts import load_annotations
 from trainable.data.targets import Targets
 from trainable.dotted import merge
 from trainable.metrics import lwlrap
@@ -23,7 +23,9 @@ from trainable.model.losses import SEDLoss
 from trainable.model.sed import CLIP_ATT
 from trainable.recipes import RECIPES
 from trainable.training.fit import Device, EpochStats
-from trainable.training.kfold import EpochProgress, FoldResult, KFoldTraining, batches_per_epoch
+from trainable.training.kfold import KFoldTraining
+from trainable.training.optim import batches_per_epoch
+from trainable.training.state import EpochProgress, FoldResult
 
 pytestmark = pytest.mark.slow
 
@@ -85,7 +87,7 @@ def test_stage_2_batches_are_every_tp_and_fp_recording_of_the_fold_in_8_windows(
     # One epoch's batches: each item once, 4 recordings = 32 windows a batch.
     stage2.progress = EpochProgress(lr=0.0)
     progress = stage2.progress
-    stage2._train_fold(run, progress)
+    stage2.train_fold(run, progress)
     drawn = [item for batch in progress.batches for item in batch]
     assert sorted(map(str, drawn)) == sorted(map(str, items)) and {len(b) for b in progress.batches[:-1]} == {4}
     assert progress.passed.batches == len(progress.batches) == batches_per_epoch(len(items), 4)
@@ -141,7 +143,7 @@ def test_stage_2_optimiser_and_schedule_are_the_references(tiny_trial):
     assert isinstance(run.optimizer, torch.optim.Adam) and run.optimizer.param_groups[0]["lr"] == 3e-4
     assert (run.scheduler.T_max, run.scheduler.eta_min) == (5 * batches, 0.0)  # one cosine over the 5 epochs
     stage2.progress = EpochProgress(lr=0.0)
-    stage2._train_fold(run, stage2.progress)
+    stage2.train_fold(run, stage2.progress)
     assert run.scheduler.last_epoch == batches  # stepped after every batch
     assert run.optimizer.param_groups[0]["lr"] == pytest.approx(3e-4 * (1 + math.cos(math.pi / 5)) / 2)
 
@@ -323,9 +325,12 @@ def test_a_checkpoint_within_a_stage_3_epoch_holds_its_clips_and_fp_only_scores(
     stage3.progress.done.append(FoldResult(0.6, score, EpochStats({}, 1, 1.0), fp_only))
     try:
         stage3.save(tmp_path)
+        stage3.progress = None
+        stage3.load(tmp_path)
+        restored = stage3.progress
     finally:
         stage3.progress = None
-    restored = stage3._load_progress(tmp_path)
+    assert restored is not None
     assert restored.batches == [stage3._epoch_items(stage3.runs[1])[:3]]
     assert all(isinstance(item, ClipSpec) for item in restored.batches[0])
     np.testing.assert_array_equal(restored.done[0].scores, score)

@@ -39,7 +39,7 @@ from search.run import parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_YAML = ROOT / "cluster.yaml"
-README = ROOT / "README.md"
+CLUSTER_GUIDE = ROOT / "docs" / "cluster.md"  # the guide's "Running on a cluster"
 
 PROJECT_DIR = "/home/ray/rfcx-tune"  # where file_mounts puts the project's code in the container
 DATA_DIR = "/home/ray/rfcx-data"  # where every node pulls the annotations and the log-mel cache
@@ -435,12 +435,12 @@ def test_data_and_results_share_one_bucket(config, text):
     assert s3_buckets(text) == {bucket}, "one bucket throughout the file"
 
 
-def test_readme_uses_the_same_bucket_and_data_prefix(config):
-    readme = README.read_text()
-    assert "## Running on a cluster" in readme
+def test_the_guide_uses_the_same_bucket_and_data_prefix(config):
+    guide = CLUSTER_GUIDE.read_text()
+    assert "# Running on a cluster" in guide
     source, _ = s3_sync(config)
-    assert source in readme, "the README pushes the data where the nodes pull them from"
-    assert s3_buckets(readme) == s3_buckets(source)
+    assert source in guide, "the guide pushes the data where the nodes pull them from"
+    assert s3_buckets(guide) == s3_buckets(source)
 
 
 def test_placeholders_are_marked(text, config):

@@ -1,7 +1,17 @@
 import pytest
 
-from trainable.config import ConfigError, DataConfig, FeatureConfig, TrialConfig, from_dict, to_dict
+from trainable.config import (
+    ConfigError,
+    DataConfig,
+    TrialConfig,
+    from_dict,
+    resolve,
+    scaled_overlap,
+    to_dict,
+)
+from trainable.data.cache import FeatureConfig
 from trainable.dotted import flatten_dotted, merge, nest_dotted
+from trainable.recipes import RECIPES
 
 
 def test_defaults_are_the_seed_recipe():
@@ -91,8 +101,6 @@ def test_trial_config_from_a_tune_dict_names_the_bad_key():
 
 
 def test_a_config_is_its_recipes_defaults_under_its_own_keys():
-    from trainable.recipes import RECIPES, resolve
-
     assert resolve({"data_dir": "d"}) == TrialConfig(data_dir="d")  # v1_7: the dataclass defaults
     exp0109 = resolve({"data_dir": "d", "recipe": "exp0109", "loss.w_max": 0.25})
     assert (exp0109.loss.w_max, exp0109.loss.w_pseudo, exp0109.augment.group_gamma) == (0.25, 0.0, 0.0)
@@ -110,8 +118,6 @@ def test_a_config_is_its_recipes_defaults_under_its_own_keys():
 
 
 def test_an_overlap_keeps_its_share_of_the_window_at_another_width():
-    from trainable.config import scaled_overlap
-
     assert scaled_overlap(51, 512, 512) == 51
     assert scaled_overlap(51, 512, 256) == 26 and scaled_overlap(51, 512, 768) == 76  # 25.5, 76.5: half to even
     assert scaled_overlap(511, 512, 8) == 7  # always less than the new width

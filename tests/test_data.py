@@ -7,20 +7,12 @@ import pytest
 import torch
 
 from trainable.config import DataConfig, LossConfig
-from trainable.data.annotations import load_annotations
 from trainable.data.cache import LogMelCache, clip_statistics
-from trainable.data.crops import (
-    ClipWindows,
-    TrainCrops,
-    centre_frames,
-    crop,
-    crop_start,
-    epoch_crops,
-    epoch_size,
-    window_starts,
-)
+from trainable.data.crops import TrainCrops, centre_frames, crop, crop_start, epoch_crops, epoch_size
 from trainable.data.folds import make_folds, species_matrix
+from trainable.data.layouts import load_annotations
 from trainable.data.targets import Events, Labels, frame_targets, index_events
+from trainable.data.windows import ClipWindows, window_starts
 
 FPS = 62.5
 # The fixed recipe's rules: one crop per event, frames an event touches, windows to the clip end.

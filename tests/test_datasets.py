@@ -15,10 +15,11 @@ import soundfile as sf
 import torch
 
 from datatools import prepare
-from search import export
-from trainable.config import ConfigError, DataConfig, FeatureConfig, TrialConfig, from_dict
-from trainable.data.annotations import EVENT_COLUMNS, AnnotationError, Annotations, load_annotations
-from trainable.data.layouts import DATASETS, Dataset, UnknownDataset, dataset
+from search.results import exports
+from trainable.config import ConfigError, DataConfig, TrialConfig, from_dict
+from trainable.data.annotations import EVENT_COLUMNS, AnnotationError, Annotations
+from trainable.data.cache import FeatureConfig
+from trainable.data.layouts import DATASETS, Dataset, UnknownDataset, dataset, load_annotations
 from trainable.data.layouts.rfcx import read_files
 from trainable.metrics import lwlrap
 from trainable.training.fit import Device
@@ -109,12 +110,17 @@ def test_the_registry_names_its_layouts_in_one_line():
     assert str(caught.value) == "unknown dataset 'birdclef' (known: rfcx)"
 
 
-def test_data_dataset_defaults_to_rfcx_and_refuses_other_names():
+def test_data_dataset_defaults_to_rfcx_and_other_names_are_refused_where_the_layout_is_looked_up(tmp_path):
     assert DataConfig().dataset == "rfcx"
     assert from_dict(TrialConfig, {"data_dir": "d"}).data.dataset == "rfcx"  # configs older than the key
-    with pytest.raises(ConfigError) as caught:
-        from_dict(TrialConfig, {"data_dir": "d", "data": {"dataset": "birdclef"}})
-    assert str(caught.value) == "data: dataset must be one of rfcx, got 'birdclef'"
+    # The config holds the name; the layouts refuse it, in one line, a config error like the others.
+    config = from_dict(TrialConfig, {"data_dir": str(tmp_path), "data": {"dataset": "birdclef"}})
+    for refused in (lambda: dataset(config.data.dataset), lambda: load_annotations(tmp_path, config.data.dataset),
+                    lambda: KFoldTraining(config, Device(torch.device("cpu")))):
+        with pytest.raises(UnknownDataset) as caught:
+            refused()
+        assert isinstance(caught.value, ConfigError)
+        assert str(caught.value) == "unknown dataset 'birdclef' (known: rfcx)"
 
 
 def test_prepare_offers_the_registered_layouts(capsys):
@@ -222,7 +228,7 @@ def test_a_made_up_layout_trains_one_epoch_through_the_seam(json_layout, tmp_pat
 
     # The export predicts the layout's test recordings and writes the layout's submission.
     training.save(tmp_path / "exp" / "trial_one" / "checkpoint_000000")
-    out = export.export(tmp_path / "exp", "one", progress=False)
+    out = exports.export(tmp_path / "exp", "one", progress=False)
     submission = json.loads((out / "submission.csv").read_text())
     assert [row["clip"] for row in submission] == ["probe0", "probe1"]
     assert all(0 <= row[f"bird{k}"] <= 1 for row in submission for k in range(SPECIES))
@@ -230,5 +236,6 @@ def test_a_made_up_layout_trains_one_epoch_through_the_seam(json_layout, tmp_pat
 
 
 def test_the_made_up_layout_is_refused_where_it_is_not_registered(tmp_path):
-    with pytest.raises(ConfigError, match="data: dataset must be one of rfcx, got 'json'"):
-        from_dict(TrialConfig, {"data_dir": str(tmp_path), "data": {"dataset": "json"}})
+    config = from_dict(TrialConfig, {"data_dir": str(tmp_path), "data": {"dataset": "json"}})
+    with pytest.raises(UnknownDataset, match=r"unknown dataset 'json' \(known: rfcx\)"):
+        load_annotations(tmp_path, config.data.dataset)

@@ -13,16 +13,15 @@ import pandas as pd
 import pytest
 
 from search import ensemble, lb
-from search.export import EXPORT_RECORD
+from search.results.exports import EXPORT_RECORD
 from search.results.holdout import PUBLIC, notes
 from search.results.leaderboard import Row, frame
 from search.results.trials import ENSEMBLE, scored_trials
 from trainable.atomic import atomic_directory
-from trainable.config import DataConfig, to_dict
-from trainable.data.annotations import load_annotations
+from trainable.config import DataConfig, resolve, to_dict
 from trainable.data.folds import folds_of, species_matrix
+from trainable.data.layouts import load_annotations
 from trainable.metrics import lwlrap
-from trainable.recipes import resolve
 
 EXPORT_FILES = ("weights.json", "oof.csv", "submission.csv", "windows.csv")
 

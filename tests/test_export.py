@@ -1,5 +1,5 @@
-"""search/export.py: a trained trial's out-of-fold and test predictions in the competition's
-format, from real fold checkpoints of a tiny trial."""
+"""search/export.py (search.results.exports): a trained trial's out-of-fold and test predictions in
+the competition's format, from real fold checkpoints of a tiny trial."""
 
 from __future__ import annotations
 
@@ -14,19 +14,19 @@ import pytest
 import torch
 
 from search import export, lb
+from search.results import exports
 from search.results.holdout import PRIVATE, PUBLIC, holdout_scores, load_truth
 from search.results.leaderboard import Row, frame
-from trainable.config import DataConfig
-from trainable.data.annotations import load_annotations
+from trainable.config import DataConfig, resolve
 from trainable.data.cache import LogMelCache
-from trainable.data.crops import window_starts
 from trainable.data.folds import folds_of, fp_only_ids
+from trainable.data.layouts import load_annotations
+from trainable.data.windows import window_starts
 from trainable.dotted import merge
 from trainable.model.inputs import InputPipeline
-from trainable.recipes import resolve
-from trainable.training import kfold
+from trainable.training.checkpoint import BEST_OOF_FILE, TRIAL_FILE, best_weights_file, read_trial_file
 from trainable.training.fit import Device
-from trainable.training.kfold import BEST_OOF_FILE, KFoldTraining, best_weights_file
+from trainable.training.kfold import KFoldTraining
 
 pytestmark = pytest.mark.slow
 
@@ -107,11 +107,12 @@ def test_windows_hold_the_fold_models_mean_on_fp_only_and_test_recordings(experi
     assert fp_only == sorted(set(annotations.fp.recording) - set(annotations.tp.recording)) and fp_only
     windows = pd.read_csv(exported / "windows.csv", dtype={"recording_id": str})
     checkpoint = experiment / "trial_abc" / "checkpoint_000000"
-    config = resolve(kfold.read_trial_file(checkpoint)["config"])
+    config = resolve(read_trial_file(checkpoint)["config"])
     device = Device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    predictor = export.WindowPredictor(InputPipeline(config.model, config.augment), config.data, device, progress=False)
+    pipeline = InputPipeline(config.model, config.augment)
+    predictor = exports.WindowPredictor(pipeline, config.data, device, progress=False)
     cache = LogMelCache.open(cached_dir / "logmel")
-    models = [export.fold_model(checkpoint, config, annotations.n_species, fold, device) for fold in range(2)]
+    models = [exports.fold_model(checkpoint, config, annotations.n_species, fold, device) for fold in range(2)]
     for split, ids, overlap in (("train", fp_only, config.data.valid_overlap),
                                 ("test", annotations.test_ids, config.data.test_overlap)):
         per_fold = [predictor(model, cache, split, ids, overlap, "check")[0] for model in models]
@@ -162,13 +163,13 @@ def test_bad_trials_and_checkpoints_are_one_line_errors(experiment, tmp_path, ca
     error = error_of(capsys, ["--experiment", str(broken), "--trial", "abc"])
     assert error.endswith("holds another model than model.backbone=test_resnet with 6 species")
 
-    torch.save({"conv": export.ExportError("an object, not weights")}, checkpoint / best_weights_file(0))
+    torch.save({"conv": exports.ExportError("an object, not weights")}, checkpoint / best_weights_file(0))
     error = error_of(capsys, ["--experiment", str(broken), "--trial", "abc"])
     assert "holds objects other than weights: not loaded" in error
     (checkpoint / best_weights_file(0)).write_text("not a checkpoint")
     assert "not a fold checkpoint" in error_of(capsys, ["--experiment", str(broken), "--trial", "abc"])
 
-    trial_file = checkpoint / kfold.TRIAL_FILE  # a checkpoint from before recipes
+    trial_file = checkpoint / TRIAL_FILE  # a checkpoint from before recipes
     trial_file.write_text(json.dumps({**json.loads(trial_file.read_text()), "format": 1}))
     assert "was made before recipes (format 1)" in error_of(capsys, ["--experiment", str(broken), "--trial", "abc"])
 
@@ -232,7 +233,7 @@ def test_an_out_folder_that_cannot_be_written_is_refused_before_any_inference(ex
     def no_inference(*args, **kwargs):
         raise AssertionError("predicted before --out was checked")
 
-    monkeypatch.setattr(export, "predict_folds", no_inference)
+    monkeypatch.setattr(exports, "predict_folds", no_inference)
     command = ["--experiment", str(experiment), "--trial", "abc", "--out"]
     a_file = tmp_path / "taken.csv"
     a_file.write_text("kept")

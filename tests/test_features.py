@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from trainable.config import FeatureConfig
+from trainable.data.cache import FeatureConfig
 from trainable.data.features import file_log_mel, load_audio
 
 

@@ -9,14 +9,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from trainable.config import AugmentConfig, LossConfig, ModelConfig, TrainConfig
-from trainable.data.crops import collate_windows
+from trainable.data.placement import Placement
 from trainable.data.targets import Targets
+from trainable.data.windows import collate_windows
 from trainable.model.augment import draw_mixup, unit_scale
-from trainable.model.inputs import InputPipeline, Placement
+from trainable.model.inputs import InputPipeline
 from trainable.model.losses import SEDLoss
 from trainable.model.sed import CLIP_ATT, CLIP_MAX, SEGMENT, SEDModel
 from trainable.training.fit import LOSS_KEYS, Device, predict_clips, train_epoch
-from trainable.training.kfold import cosine
+from trainable.training.optim import cosine
 
 CPU = Device(torch.device("cpu"))
 # The fixed recipe's input: each crop min-max scaled, 1 channel (no clip statistics needed).

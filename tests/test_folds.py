@@ -2,8 +2,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from trainable.data.annotations import EVENT_COLUMNS, Annotations, load_annotations
+from trainable.data.annotations import EVENT_COLUMNS, Annotations
 from trainable.data.folds import make_folds, species_matrix
+from trainable.data.layouts import load_annotations
 
 
 def rows(pairs, kind="tp"):

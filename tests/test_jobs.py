@@ -1,4 +1,4 @@
-"""Searches as Ray Jobs, as the README's cluster section runs them: two searches submitted to
+"""Searches as Ray Jobs, as docs/cluster.md runs them: two searches submitted to
 one local Ray cluster through its job server (the dashboard), followed with `ray job logs
 --follow`; one is stopped mid-run with `ray job stop`'s signal, the other goes on and finishes,
 and the stopped one resumes when its command is submitted again."""
@@ -112,7 +112,7 @@ def test_two_searches_share_a_cluster_as_jobs_and_a_stopped_one_resumes(job_serv
     going, stopping = (tiny_search(cached_dir, storage, name) + ["--num-samples", "1", "--epochs", str(epochs),
                                                                   "--grace-period", str(epochs)]
                        for name, epochs in (("going", 3), ("stopping", 2)))
-    cli_env = {**ENV, "RAY_API_SERVER_ADDRESS": job_server}  # as the README's `export` sets it
+    cli_env = {**ENV, "RAY_API_SERVER_ADDRESS": job_server}  # as docs/cluster.md's `export` sets it
     first = submit(client, going)
     follow = subprocess.Popen([RAY_CLI, "job", "logs", "--follow", first], env=cli_env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

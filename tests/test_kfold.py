@@ -11,21 +11,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from trainable.config import ConfigError, TrainConfig, TrialConfig, from_dict
-from trainable.data.annotations import load_annotations
-from trainable.data.crops import shuffled_batches
+from trainable.data.layouts import load_annotations
 from trainable.dotted import merge
 from trainable.metrics import lwlrap
+from trainable.training.checkpoint import BEST_OOF_FILE, TRIAL_FILE, best_weights_file, fold_file
 from trainable.training.fit import Device, DivergedError
-from trainable.training.kfold import (
-    BEST_OOF_FILE,
-    TRIAL_FILE,
-    KFoldTraining,
-    batches_per_epoch,
-    best_weights_file,
-    fold_file,
-    loader_workers,
-    step_clamped,
-)
+from trainable.training.kfold import KFoldTraining
+from trainable.training.loader import loader_workers, shuffled_batches
+from trainable.training.optim import batches_per_epoch, step_clamped
 
 pytestmark = pytest.mark.slow
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from trainable.config import LossConfig
+from trainable.data.mixup import Mixup
 from trainable.data.targets import Targets
-from trainable.model.augment import Mixup
 from trainable.model.losses import TERMS, SEDLoss, balanced_pos_weight
 from trainable.model.sed import ATTENTION, ATTENTION_WEIGHTS, CLIP_ATT, CLIP_MAX, FRAME, SEGMENT
 

@@ -14,7 +14,7 @@ from search.results.leaderboard import trial_status
 from spaces import recipe_point
 from tests import oom_injection
 from tests.helpers import ENV, tiny_search
-from trainable.recipes import resolve
+from trainable.config import resolve
 from trainable.tune import out_of_memory_message
 
 pytestmark = pytest.mark.ray

@@ -17,8 +17,9 @@ from ray import tune
 from trainable.config import TrialConfig, from_dict
 from trainable.dotted import merge
 from trainable.reported import METRIC, MODE
+from trainable.training.checkpoint import EPOCH_FILE
 from trainable.training.fit import Device
-from trainable.training.kfold import EPOCH_FILE, KFoldTraining
+from trainable.training.kfold import KFoldTraining
 from trainable.training.preemption import FOLDER
 from trainable.tune import PREEMPTIONS_FILE, train_sed
 
@@ -119,4 +120,4 @@ def test_a_trial_terminated_mid_epoch_resumes_from_the_next_batch_in_its_retry(l
     assert stopped and lines[1] == f"pid {retry}: resumed at {stopped.group(1)}"
     assert re.search(r"after batch [1-9]\d* of|trained, its validation to do", stopped.group(1))
     assert not list(tmp_path.glob(f"sigterm/*/{FOLDER}"))  # the final checkpoint superseded it
-    assert terminate.failures == 1  # Ray 2.60 counts the exit against max_failures (see the README)
+    assert terminate.failures == 1  # Ray 2.60 counts the exit against max_failures (see docs/trainable.md)

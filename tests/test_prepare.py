@@ -13,8 +13,7 @@ import pytest
 
 from datatools import prepare
 from tests.helpers import drop_column, set_cell
-from trainable.config import FeatureConfig
-from trainable.data.cache import CacheError, LogMelCache
+from trainable.data.cache import CacheError, FeatureConfig, LogMelCache
 from trainable.data.features import file_log_mel
 
 pytestmark = pytest.mark.slow

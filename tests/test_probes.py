@@ -106,7 +106,7 @@ def cache_copy(cached_dir, tmp_path) -> Path:
 
 
 def test_a_cache_missing_arrays_is_refused_with_the_prepare_command(capsys, cache_copy, tmp_path):
-    from trainable.data.annotations import load_annotations
+    from trainable.data.layouts import load_annotations
 
     annotations = load_annotations(cache_copy)
     gone = [f"train/{annotations.train_ids[0]}", f"test/{annotations.test_ids[-1]}"]
@@ -132,7 +132,7 @@ def test_a_cache_missing_arrays_is_refused_with_the_prepare_command(capsys, cach
 
 
 def test_more_folds_than_tp_recordings_are_refused_before_ray(capsys, cached_dir, tmp_path):
-    from trainable.data.annotations import load_annotations
+    from trainable.data.layouts import load_annotations
 
     recordings = len(set(load_annotations(cached_dir).tp.recording))
     err = error_of(capsys, search(cached_dir, "--storage", str(tmp_path / "x"), "--folds", "100"))

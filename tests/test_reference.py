@@ -25,21 +25,22 @@ import pandas as pd
 import pytest
 import torch
 
-from trainable.config import AugmentConfig, DataConfig, LossConfig, ModelConfig, TrainConfig
+from trainable.config import AugmentConfig, DataConfig, LossConfig, ModelConfig, TrainConfig, resolve
 from trainable.data.annotations import Annotations
 from trainable.data.cache import clip_statistics
-from trainable.data.crops import crop_start, feasible_offset, window_starts
+from trainable.data.crops import crop_start, feasible_offset
 from trainable.data.folds import folds_of, species_matrix
 from trainable.data.layouts.rfcx import ANNOTATION_COLUMNS, to_events
+from trainable.data.mixup import Mixup
+from trainable.data.placement import Placement
 from trainable.data.targets import Events, Targets, event_frames, frame_targets
+from trainable.data.windows import window_starts
 from trainable.metrics import reference_lrap
-from trainable.model.augment import Mixup
-from trainable.model.inputs import InputPipeline, Placement, brightness_contrast, reference_group
+from trainable.model.inputs import InputPipeline, brightness_contrast, reference_group
 from trainable.model.losses import SEDLoss, balanced_pos_weight
 from trainable.model.sed import ATTENTION, ATTENTION_WEIGHTS, CLIP_ATT, CLIP_MAX, FRAME, SEGMENT, SEDModel
-from trainable.recipes import resolve
 from trainable.training.fit import WINDOW_SCORES, clips_of_windows
-from trainable.training.kfold import batches_per_epoch, cosine
+from trainable.training.optim import batches_per_epoch, cosine
 
 # The reference's constants, written out here (not read from the project).
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)

@@ -15,9 +15,10 @@ import pytest
 from search import lb
 from search.plan import SearchPlan, save_plan
 from search.results.lb_scores import LB_FILE
-from search.results.leaderboard import Row, export_study, frame, refresh_leaderboard
+from search.results.leaderboard import Row, export_study, frame
+from search.results.refresh import refresh_reports
+from search.stopping import SCHEDULERS
 from search.tuner.review_logger import tag
-from search.tuner.schedulers import SCHEDULERS
 from tests.helpers import colours, screenshot
 
 pytestmark = pytest.mark.slow
@@ -67,7 +68,7 @@ def make_experiment(tmp_path: Path) -> Path:
             for k, (trial, score) in enumerate(zip(TRIALS, SCORES))]
     (tmp_path / "exp" / "leaderboard.csv").write_text(frame(rows).to_csv(index=False))
     (tmp_path / "exp" / "leaderboard.md").write_text("# exp: recipe v1_7, loss_weights\n")
-    refresh_leaderboard(tmp_path / "exp")  # writes report.html too
+    refresh_reports(tmp_path / "exp")  # writes report.html too
     return tmp_path / "exp"
 
 
@@ -113,7 +114,7 @@ def test_recording_lb_scores_fills_the_leaderboard_and_the_cv_vs_lb_figure(exper
     page = html.unescape((experiment / "report.html").read_text())
     assert "CV vs LB" in images(page) and "3 trials with a LB score" in page and "public +0.50" in page
 
-    refresh_leaderboard(experiment)  # what an export does: the scores stay
+    refresh_reports(experiment)  # what an export does: the scores stay
     assert pd.read_csv(experiment / "leaderboard.csv").lb_public.notna().sum() == 3
 
 
@@ -182,13 +183,13 @@ def test_tensorboard_tags_are_grouped_and_ray_bookkeeping_is_left_out():
 
 
 def test_a_failing_figure_costs_the_report_page_only(experiment, monkeypatch, capsys):
-    import search.results.page
+    import search.results.refresh
 
     def broken(directory, title):
         raise ValueError("no fonts")
 
-    monkeypatch.setattr(search.results.page, "write_report_page", broken)
+    monkeypatch.setattr(search.results.refresh, "write_report_page", broken)
     (experiment / "leaderboard.md").write_text("# exp: recipe v1_7, loss_weights\n")
-    refresh_leaderboard(experiment)
+    refresh_reports(experiment)
     assert "warning: report.html not written: ValueError: no fonts" in capsys.readouterr().err
     assert "| aa_00000 |" in (experiment / "leaderboard.md").read_text()

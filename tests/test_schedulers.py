@@ -1,5 +1,5 @@
-"""search/tuner/schedulers.py: each entry of SCHEDULERS (its settings and their checks, its milestones,
-its wording, the Ray scheduler it builds), --scheduler on the command line, plans saved before
+"""search/stopping.py and search/tuner/schedulers.py: each entry of SCHEDULERS (its settings and their
+checks, its milestones, its wording, the Ray scheduler it builds), --scheduler on the command line, plans saved before
 the registry, and a tiny real search under every scheduler on local Ray."""
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ from ray.tune.schedulers import FIFOScheduler
 from ray.tune.schedulers.hyperband import HyperBandScheduler
 
 from search import run
-from search.plan import PLAN_FILE, load_plan, param_names, report_dir, save_plan
+from search.plan import PLAN_FILE, load_plan, param_names, report_dir, save_plan, scheduler_of
 from search.results.leaderboard import STUDY_DB, leaderboard, load_study, trial_status
+from search.stopping import DEFAULT_SCHEDULER, SCHEDULERS, chosen_settings
 from search.tuner.experiment import build_tuner, fit, trial_space
 from search.tuner.remembering import RememberingASHA, RememberingHyperBand
-from search.tuner.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, chosen_settings, scheduler_of
+from search.tuner.schedulers import RAY_SCHEDULERS, ray_scheduler
 from search.tuner.searcher import STUDY_EXPORT_ENV, TruthfulOptunaSearch
 from tests.helpers import tiny_search
 from trainable import reported
@@ -64,20 +65,21 @@ def test_a_saved_setting_the_scheduler_does_not_have_is_refused():
 def test_milestones_are_where_the_ray_scheduler_compares_trials():
     settings = {"grace_period": 1, "reduction_factor": 2}
     assert ASHA.milestones(settings, 50) == [1, 2, 4, 8, 16, 32]
-    built = ASHA.build(settings, 50)
+    built = ray_scheduler("asha", settings, 50)
     assert isinstance(built, RememberingASHA) and built._time_attr == reported.ITERATION and built._max_t == 50
     assert sorted(milestone for milestone, _ in built._brackets[0]._rungs) == ASHA.milestones(settings, 50)
-    assert FIFO.milestones({}, 50) == [] and type(FIFO.build({}, 50)) is FIFOScheduler
+    assert FIFO.milestones({}, 50) == [] and type(ray_scheduler("fifo", {}, 50)) is FIFOScheduler
     for epochs, eta in ((3, 3), (8, 3), (9, 3), (16, 2), (50, 3)):
-        built = HYPERBAND.build({"reduction_factor": eta}, epochs)
+        built = ray_scheduler("hyperband", {"reduction_factor": eta}, epochs)
         assert isinstance(built, RememberingHyperBand) and isinstance(built, HyperBandScheduler)
         assert (built._time_attr, built._max_t_attr, built._eta) == (reported.ITERATION, epochs, eta)
         assert HYPERBAND.milestones({"reduction_factor": eta}, epochs) == ray_hyperband_milestones(built)
     assert HYPERBAND.milestones({"reduction_factor": 3}, 3) == [1]
     assert HYPERBAND.milestones({"reduction_factor": 3}, 2) == []  # bracket 1 would start at int(2 / 3) = 0
     # Built without metric and mode: the Tuner's TuneConfig gives them (Ray refuses a scheduler with its own).
-    for entry in SCHEDULERS.values():
-        assert entry.build(entry.resolve({}, 8), 8).set_search_properties(reported.METRIC, reported.MODE)
+    assert list(RAY_SCHEDULERS) == list(SCHEDULERS)  # every entry builds one
+    for name, entry in SCHEDULERS.items():
+        assert ray_scheduler(name, entry.resolve({}, 8), 8).set_search_properties(reported.METRIC, reported.MODE)
 
 
 def ray_hyperband_milestones(scheduler: HyperBandScheduler) -> list[int]:
@@ -115,7 +117,7 @@ class FakeTrial:
 
 
 def test_hyperband_forgets_restored_finished_trials_and_marks_the_paused_ones_it_stops_done():
-    hyperband = HYPERBAND.build({"reduction_factor": 3}, 3)
+    hyperband = ray_scheduler("hyperband", {"reduction_factor": 3}, 3)
     hyperband.set_search_properties(reported.METRIC, reported.MODE)
     finished = FakeTrial("a", Trial.TERMINATED, {reported.ITERATION: 3, reported.METRIC: 0.5})
     hyperband.on_trial_add(None, finished)  # restored with the experiment: its bracket must not wait for it
@@ -257,7 +259,7 @@ def test_a_resumed_hyperband_search_does_not_wait_for_the_trials_that_finished_b
     def tuner(name: str, callbacks: tuple = ()) -> tune.Tuner:
         return tune.Tuner(known_scores, param_space={"quality": tune.grid_search(HYPERBAND_QUALITIES)},
                           tune_config=tune.TuneConfig(metric=reported.METRIC, mode=reported.MODE,
-                                                      scheduler=HYPERBAND.build({"reduction_factor": 3}, 3),
+                                                      scheduler=ray_scheduler("hyperband", {"reduction_factor": 3}, 3),
                                                       max_concurrent_trials=1, reuse_actors=True),
                           run_config=tune.RunConfig(name=name, storage_path=str(tmp_path), verbose=0,
                                                     callbacks=list(callbacks)))
@@ -265,7 +267,8 @@ def test_a_resumed_hyperband_search_does_not_wait_for_the_trials_that_finished_b
     before = epochs_run(tuner("cut", (CtrlCAfter(3),)).fit())
     assert sorted(before.values()).count(3) >= 2  # the first bracket's two trials ran to the end
     restored = tune.Tuner.restore(str(tmp_path / "cut"), known_scores, resume_unfinished=True)
-    restored._local_tuner._tune_config.scheduler = HYPERBAND.build({"reduction_factor": 3}, 3)  # as restore_tuner
+    # as restore_tuner does
+    restored._local_tuner._tune_config.scheduler = ray_scheduler("hyperband", {"reduction_factor": 3}, 3)
     results = restored.fit()
     assert len(results) == len(HYPERBAND_QUALITIES) and not results.errors
     assert all(result.metrics.get(DONE) for result in results), epochs_run(results)

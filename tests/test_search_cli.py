@@ -11,9 +11,9 @@ from search import run
 from search.plan import searched_keys
 from spaces import SPACES
 from tests.helpers import NO_HUB
-from trainable.config import to_dict
+from trainable.config import resolve, to_dict
 from trainable.dotted import flatten_dotted
-from trainable.recipes import RECIPES, resolve
+from trainable.recipes import RECIPES
 
 FLAGS = ("--space", "--data-dir", "--num-samples", "--max-concurrent", "--epochs", "--grace-period",
          "--reduction-factor", "--folds", "--backbone", "--cpus-per-trial", "--gpus-per-trial", "--address",
@@ -222,7 +222,7 @@ def teacher(cached_dir, tmp_path):
     """A valid recording-level teacher (as export's oof.csv) for the cached data."""
     import pandas as pd
 
-    from trainable.data.annotations import load_annotations
+    from trainable.data.layouts import load_annotations
 
     annotations = load_annotations(cached_dir)
     ids = sorted(set(annotations.tp.recording))

@@ -25,8 +25,8 @@ from matplotlib.image import imread
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
-from search.export import submit_command
-from search.tuner.schedulers import SCHEDULERS
+from search.results.exports import submit_command
+from search.stopping import SCHEDULERS
 from search.tuner.searcher import TruthfulOptunaSearch
 from spaces import recipe_point
 from tests.helpers import ENV, REPO, colours, screenshot, tiny_search

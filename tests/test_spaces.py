@@ -10,9 +10,9 @@ import pytest
 
 from spaces import SPACES, combine, recipe_point, set_context, windows_of
 from spaces.definitions import CROP_OFFSET_SETS, CROP_WIDTHS, VARIANTS, offsets_in_frames
-from trainable.config import ConfigError, TrialConfig, to_dict
+from trainable.config import ConfigError, TrialConfig, resolve, to_dict
 from trainable.dotted import flatten_dotted, merge
-from trainable.recipes import RECIPES, resolve
+from trainable.recipes import RECIPES
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

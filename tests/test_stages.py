@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from trainable.config import ConfigError, TrialConfig, from_dict
-from trainable.data.annotations import load_annotations
+from trainable.data.layouts import load_annotations
 from trainable.dotted import merge
+from trainable.training.checkpoint import CheckpointError, best_weights_file
 from trainable.training.fit import Device
-from trainable.training.kfold import CheckpointError, EpochProgress, KFoldTraining, best_weights_file
+from trainable.training.kfold import KFoldTraining
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +57,7 @@ def test_stage_3_trains_on_the_teachers_test_recordings_when_asked(tiny_trial, t
     assert sorted(stage3.test_frames) == pseudo  # the test recordings with a teacher positive
     stage2 = training(tiny_trial, stage=2, **{"train.batch_size": 64})
     run2, run3 = stage2.runs[0], stage3.runs[0]
-    samples = [stage._train_fold(run, EpochProgress(lr=0.0)).samples for stage, run in ((stage2, run2), (stage3, run3))]
+    samples = [stage.train_fold(run).samples for stage, run in ((stage2, run2), (stage3, run3))]
     assert samples[1] == samples[0] + len(pseudo)
     assert np.isfinite(stage3.run_epoch()["cv_lwlrap"])
     # The reference's stage 3 did not; neither does a stage 3 that does not ask.

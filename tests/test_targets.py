@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from trainable.config import DataConfig, LossConfig
-from trainable.data.annotations import load_annotations
 from trainable.data.cache import LogMelCache
 from trainable.data.crops import TrainCrops, crop_start, teacher_crops
+from trainable.data.layouts import load_annotations
+from trainable.data.mixup import Mixup
 from trainable.data.targets import Events, Labels, Targets
 from trainable.data.teacher import WHOLE_CLIP, Teacher, TeacherWindows, load_teacher
-from trainable.model.augment import Mixup
 from trainable.model.losses import SEDLoss
 from trainable.model.sed import FRAME
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from trainable.data.annotations import load_annotations
+from trainable.data.layouts import load_annotations
 from trainable.data.teacher import WHOLE_CLIP, TeacherError, load_teacher, load_teachers
 
 FPS = 62.5

@@ -14,7 +14,7 @@ from ray import tune
 
 from trainable.config import ConfigError
 from trainable.reported import METRIC, MODE
-from trainable.training.kfold import TRIAL_FILE, best_weights_file, fold_file
+from trainable.training.checkpoint import TRIAL_FILE, best_weights_file, fold_file
 from trainable.tune import train_sed
 
 pytestmark = pytest.mark.ray
@@ -91,7 +91,7 @@ def test_a_killed_trial_repeats_only_the_epochs_since_its_checkpoint_and_ends_li
         local_ray, tiny_trial, tmp_path):
     """Two identical trials of 3 epochs that checkpoint at epoch 1 and at the end only (the
     clock never triggers); one is killed once it reported epoch 2, and Ray retries it from its
-    epoch-1 checkpoint. The README's bound: a killed trial repeats the epochs since its last
+    epoch-1 checkpoint. The guide's bound: a killed trial repeats the epochs since its last
     checkpoint, here epoch 2 (reported) and 3 (in flight)."""
     trial = {**tiny_trial, "train": {**tiny_trial["train"], "epochs": 3, "checkpoint_seconds": 1e9,
                                       "checkpoint_epochs": [1]}}

@@ -1,59 +1,21 @@
-"""Typed, frozen configuration: the reference recipe's values as the defaults, each former
-deviation from it a named switch (trainable.recipes names whole sets of values).
+"""Typed, frozen configuration of a trial: the reference recipe's values as the defaults, each
+former deviation from it a named switch (trainable.recipes names whole sets of values).
 
 Every default carries a comment with its unit or its source. `from_dict` turns a plain
-dict (a Ray Tune config, a YAML file, a manifest) into a config and fails loudly on an
-unknown key or a value of the wrong type, so a typo never becomes a silent default.
+dict (a Ray Tune config, a YAML file, a manifest) into a config strictly (trainable.strict):
+an unknown key or a value of the wrong type fails loudly, so a typo never becomes a silent
+default. `resolve` (or from_dict of a TrialConfig) lays a config over its recipe's defaults.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
-from trainable.data.layouts import DATASETS
 from trainable.dotted import ConfigError, merge
-
-if TYPE_CHECKING:
-    from _typeshed import DataclassInstance
-
-T = TypeVar("T", bound="DataclassInstance")  # from_dict builds dataclasses only
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
-
-
-def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    _require(value in choices, f"{name} must be one of {', '.join(choices)}, got {value!r}")
-
-
-@dataclass(frozen=True)
-class FeatureConfig:
-    """Log-mel feature parameters; they identify a cache (see datatools.prepare)."""
-
-    sample_rate: int = 32000  # Hz; every input is resampled to it, so frame rate is fixed
-    n_fft: int = 2048  # samples per STFT window (64 ms at 32 kHz)
-    hop_length: int = 512  # samples between frames: 32000 / 512 = 62.5 frames/s, 3751 per 60 s
-    n_mels: int = 128  # mel bands (seed recipe)
-    fmin: float = 50.0  # Hz; below the lowest RFCx call (94 Hz)
-    fmax: float = 16000.0  # Hz; Nyquist at 32 kHz, above the highest RFCx call (13.7 kHz)
-
-    def __post_init__(self) -> None:
-        _require(self.sample_rate > 0 and self.n_fft > 0 and self.hop_length > 0, "sizes must be > 0")
-        _require(self.n_mels > 0, "n_mels must be > 0")
-        _require(0 <= self.fmin < self.fmax <= self.sample_rate / 2,
-                 f"need 0 <= fmin < fmax <= sample_rate / 2, got fmin={self.fmin}, fmax={self.fmax}")
-
-    @property
-    def frames_per_second(self) -> float:
-        """Frame rate of the log-mel arrays (62.5 with the defaults)."""
-        return self.sample_rate / self.hop_length
-
+from trainable.recipes import DEFAULT_RECIPE, RECIPES
+from trainable.strict import T, build, choice, require
 
 # The named switches: each deviation from the reference is one, the reference's value first.
 CROP_RULES = ("recording", "event")  # see DataConfig.crop_rule
@@ -69,7 +31,9 @@ TRAIN_ITEMS = ("crops", "clips")  # see DataConfig.train_items
 class DataConfig:
     """Crops, negatives, evaluation windows and folds (the reference v1_7, stage 1)."""
 
-    dataset: str = "rfcx"  # the data layout of data_dir: a name of trainable.data.layouts.DATASETS
+    # The data layout of data_dir: a name of trainable.data.layouts.DATASETS, checked where the
+    # layout is looked up (trainable.data.layouts.dataset), so this schema knows no layout.
+    dataset: str = "rfcx"
     crop_frames: int = 512  # frames per training crop (8.2 s at 62.5 frames/s)
     crop_offsets: tuple[int, ...] = (32, 64, 128, 256)  # frames from crop start to event centre
     fp_per_epoch: int = 30  # train_fp recordings drawn anew each epoch as negative items (v1_7)
@@ -110,22 +74,21 @@ class DataConfig:
     teacher_test_recordings: bool = False
 
     def __post_init__(self) -> None:
-        _choice("dataset", self.dataset, tuple(DATASETS))
-        _choice("crop_rule", self.crop_rule, CROP_RULES)
-        _choice("train_items", self.train_items, TRAIN_ITEMS)
-        _choice("event_frames", self.event_frames, EVENT_FRAMES)
-        _choice("window_rule", self.window_rule, WINDOW_RULES)
-        _choice("window_score", self.window_score, WINDOW_SCORES)
-        _choice("fold_labels", self.fold_labels, FOLD_LABELS)
-        _require(self.crop_frames > 0, "crop_frames must be > 0")
-        _require(len(self.crop_offsets) > 0, "crop_offsets must not be empty")
-        _require(all(0 <= o < self.crop_frames for o in self.crop_offsets),
-                 f"every crop offset must be in [0, crop_frames={self.crop_frames})")
-        _require(self.fp_per_epoch >= 0, "fp_per_epoch must be >= 0")
+        choice("crop_rule", self.crop_rule, CROP_RULES)
+        choice("train_items", self.train_items, TRAIN_ITEMS)
+        choice("event_frames", self.event_frames, EVENT_FRAMES)
+        choice("window_rule", self.window_rule, WINDOW_RULES)
+        choice("window_score", self.window_score, WINDOW_SCORES)
+        choice("fold_labels", self.fold_labels, FOLD_LABELS)
+        require(self.crop_frames > 0, "crop_frames must be > 0")
+        require(len(self.crop_offsets) > 0, "crop_offsets must not be empty")
+        require(all(0 <= o < self.crop_frames for o in self.crop_offsets),
+                f"every crop offset must be in [0, crop_frames={self.crop_frames})")
+        require(self.fp_per_epoch >= 0, "fp_per_epoch must be >= 0")
         for name in ("valid_overlap", "test_overlap", "clip_overlap"):
-            _require(0 <= getattr(self, name) < self.crop_frames,
-                     f"{name} ({getattr(self, name)}) must be in [0, crop_frames={self.crop_frames})")
-        _require(self.n_folds >= 2, "n_folds must be >= 2")
+            require(0 <= getattr(self, name) < self.crop_frames,
+                    f"{name} ({getattr(self, name)}) must be in [0, crop_frames={self.crop_frames})")
+        require(self.n_folds >= 2, "n_folds must be >= 2")
 
 
 def scaled_overlap(overlap: int, width: int, new_width: int) -> int:
@@ -164,11 +127,11 @@ class ModelConfig:
     upsample: str = "repeat"
 
     def __post_init__(self) -> None:
-        _require(bool(self.backbone), "backbone must not be empty")
-        _require(not self.pretrained_file or self.pretrained, "pretrained_file needs pretrained: true")
-        _choice("input", self.input, INPUTS)
-        _choice("orientation", self.orientation, ORIENTATIONS)
-        _choice("upsample", self.upsample, UPSAMPLING)
+        require(bool(self.backbone), "backbone must not be empty")
+        require(not self.pretrained_file or self.pretrained, "pretrained_file needs pretrained: true")
+        choice("input", self.input, INPUTS)
+        choice("orientation", self.orientation, ORIENTATIONS)
+        choice("upsample", self.upsample, UPSAMPLING)
 
     @property
     def in_chans(self) -> int:
@@ -216,17 +179,17 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         weights = (self.w_att, self.w_max, self.w_pseudo, self.w_frame)
-        _require(all(w >= 0 for w in weights), "loss weights must be >= 0")
-        _require(any(w > 0 for w in weights), "at least one loss weight must be > 0")
-        _require(0 < self.pseudo_threshold < 1, "pseudo_threshold must be in (0, 1)")
-        _require(0 < self.teacher_threshold < 1, "teacher_threshold must be in (0, 1)")
-        _require(0 < self.teacher_weight <= 1, "teacher_weight must be in (0, 1]")
-        _require(0 < self.teacher_negative_below < self.teacher_threshold,
-                 "need 0 < teacher_negative_below < teacher_threshold")
-        _choice("clip_reduction", self.clip_reduction, CLIP_REDUCTIONS)
-        _choice("class_counts", self.class_counts, CLASS_COUNTS)
-        _choice("pseudo_on", self.pseudo_on, PSEUDO_ON)
-        _choice("frame_reduction", self.frame_reduction, FRAME_REDUCTIONS)
+        require(all(w >= 0 for w in weights), "loss weights must be >= 0")
+        require(any(w > 0 for w in weights), "at least one loss weight must be > 0")
+        require(0 < self.pseudo_threshold < 1, "pseudo_threshold must be in (0, 1)")
+        require(0 < self.teacher_threshold < 1, "teacher_threshold must be in (0, 1)")
+        require(0 < self.teacher_weight <= 1, "teacher_weight must be in (0, 1]")
+        require(0 < self.teacher_negative_below < self.teacher_threshold,
+                "need 0 < teacher_negative_below < teacher_threshold")
+        choice("clip_reduction", self.clip_reduction, CLIP_REDUCTIONS)
+        choice("class_counts", self.class_counts, CLASS_COUNTS)
+        choice("pseudo_on", self.pseudo_on, PSEUDO_ON)
+        choice("frame_reduction", self.frame_reduction, FRAME_REDUCTIONS)
 
 
 AUGMENT_POLICIES = ("reference", "jitter")  # see AugmentConfig.policy
@@ -256,17 +219,17 @@ class AugmentConfig:
     brightness: float = 0.1  # jitter: x + b with b uniform in [-brightness, brightness]
 
     def __post_init__(self) -> None:
-        _require(self.mixup_alpha >= 0, "mixup_alpha must be >= 0")
-        _choice("mixup_on", self.mixup_on, MIXUP_TARGETS)
-        _choice("policy", self.policy, AUGMENT_POLICIES)
+        require(self.mixup_alpha >= 0, "mixup_alpha must be >= 0")
+        choice("mixup_on", self.mixup_on, MIXUP_TARGETS)
+        choice("policy", self.policy, AUGMENT_POLICIES)
         sizes = (self.time_masks, self.time_mask_frames, self.freq_masks, self.freq_mask_bins)
-        _require(all(n >= 0 for n in sizes), "mask counts and sizes must be >= 0")
-        _require(self.gamma >= 0 and self.brightness >= 0 and self.group_gamma >= 0,
-                 "gamma, group_gamma and brightness must be >= 0")
+        require(all(n >= 0 for n in sizes), "mask counts and sizes must be >= 0")
+        require(self.gamma >= 0 and self.brightness >= 0 and self.group_gamma >= 0,
+                "gamma, group_gamma and brightness must be >= 0")
         probabilities = (self.brightness_contrast_p, self.group_p)
-        _require(all(0 <= p <= 1 for p in probabilities), "brightness_contrast_p and group_p must be in [0, 1]")
-        _require(0 <= self.brightness_limit < 1 and 0 <= self.contrast_limit < 1,
-                 "brightness_limit and contrast_limit must be in [0, 1)")
+        require(all(0 <= p <= 1 for p in probabilities), "brightness_contrast_p and group_p must be in [0, 1]")
+        require(0 <= self.brightness_limit < 1 and 0 <= self.contrast_limit < 1,
+                "brightness_limit and contrast_limit must be in [0, 1)")
 
 
 SCHEDULES = ("cosine_per_batch", "cosine_clamped")  # see TrainConfig.schedule
@@ -294,7 +257,7 @@ class TrainConfig:
     seed: int = 416  # model init, crops, augmentation (v1_7's seed); the same seed repeats a trial on CPU
     eval_recordings: int = 8  # recordings per evaluation forward (all their windows at once)
     # DataLoader worker processes for training crops; -1: on CUDA the assigned CPUs but one, on
-    # the CPU none (trainable.training.kfold.loader_workers); 0: in the trial's process.
+    # the CPU none (trainable.training.loader.loader_workers); 0: in the trial's process.
     loader_workers: int = -1
     # When a trial checkpoints (trainable.training.cadence): at the end of an epoch once this many
     # seconds have passed since its previous checkpoint (0: every epoch), at checkpoint_epochs
@@ -303,17 +266,17 @@ class TrainConfig:
     checkpoint_epochs: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        _require(self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1")
-        _require(self.lr > 0 and 0 <= self.min_lr <= self.lr, "need lr > 0 and 0 <= min_lr <= lr")
-        _require(self.t_max >= 1, "t_max must be >= 1")
-        _choice("schedule", self.schedule, SCHEDULES)
-        _choice("selection", self.selection, SELECTIONS)
-        _require(len(set(self.folds)) == len(self.folds) and all(f >= 0 for f in self.folds),
-                 "folds must be distinct fold numbers >= 0")
-        _require(self.eval_recordings >= 1 and self.loader_workers >= -1,
-                 "need eval_recordings >= 1 and loader_workers >= -1")
-        _require(self.checkpoint_seconds >= 0 and all(e >= 1 for e in self.checkpoint_epochs),
-                 "need checkpoint_seconds >= 0 and checkpoint_epochs >= 1")
+        require(self.epochs >= 1 and self.batch_size >= 1, "epochs and batch_size must be >= 1")
+        require(self.lr > 0 and 0 <= self.min_lr <= self.lr, "need lr > 0 and 0 <= min_lr <= lr")
+        require(self.t_max >= 1, "t_max must be >= 1")
+        choice("schedule", self.schedule, SCHEDULES)
+        choice("selection", self.selection, SELECTIONS)
+        require(len(set(self.folds)) == len(self.folds) and all(f >= 0 for f in self.folds),
+                "folds must be distinct fold numbers >= 0")
+        require(self.eval_recordings >= 1 and self.loader_workers >= -1,
+                "need eval_recordings >= 1 and loader_workers >= -1")
+        require(self.checkpoint_seconds >= 0 and all(e >= 1 for e in self.checkpoint_epochs),
+                "need checkpoint_seconds >= 0 and checkpoint_epochs >= 1")
 
 
 STAGES = (1, 2, 3)  # the seed's stages; see TrialConfig.stage
@@ -336,7 +299,7 @@ class TrialConfig:
     """
 
     data_dir: str = ""  # the data, in the layout data.dataset names (RFCx: train_tp.csv, train/, ...); required
-    recipe: str = "v1_7"  # the named set of defaults this config was built on (trainable.recipes)
+    recipe: str = DEFAULT_RECIPE  # the named set of defaults this config was built on (trainable.recipes)
     cache_dir: str = ""  # the log-mel cache; "" = DATA_DIR/logmel
     # 1: the recipe (clip labels on every species, frame loss on tp frames); 2: loss only on
     # labelled frames and species (tp positive, fp negative); 3: stage 2 plus the teachers' labels
@@ -354,19 +317,17 @@ class TrialConfig:
     train: TrainConfig = TrainConfig()
 
     def __post_init__(self) -> None:
-        _require(bool(self.data_dir), "data_dir is required")
-        from trainable.recipes import RECIPES  # built from this module
-
-        _require(self.recipe in RECIPES, f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
-        _require(self.stage in STAGES, f"stage must be one of {', '.join(map(str, STAGES))}, got {self.stage}")
-        _require((self.stage == 3) == bool(self.teacher_files),
-                 "stage 3 needs teacher_files" if self.stage == 3 else
-                 f"teacher_files are used by stage 3 only (this trial is stage {self.stage})")
+        require(bool(self.data_dir), "data_dir is required")
+        require(self.recipe in RECIPES, f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
+        require(self.stage in STAGES, f"stage must be one of {', '.join(map(str, STAGES))}, got {self.stage}")
+        require((self.stage == 3) == bool(self.teacher_files),
+                "stage 3 needs teacher_files" if self.stage == 3 else
+                f"teacher_files are used by stage 3 only (this trial is stage {self.stage})")
         changed = [key for key, value in STAGE_3_KEYS.items() if _dotted_value(self, key) != value]
-        _require(self.stage == 3 or not changed, f"{changed[0] if changed else ''} is used by stage 3 only"
-                                                 f" (this trial is stage {self.stage}): it would change nothing")
-        _require(all(f < self.data.n_folds for f in self.train.folds),
-                 f"train.folds {list(self.train.folds)} must be < data.n_folds ({self.data.n_folds})")
+        require(self.stage == 3 or not changed, f"{changed[0] if changed else ''} is used by stage 3 only"
+                                                f" (this trial is stage {self.stage}): it would change nothing")
+        require(all(f < self.data.n_folds for f in self.train.folds),
+                f"train.folds {list(self.train.folds)} must be < data.n_folds ({self.data.n_folds})")
 
     @property
     def fold_indices(self) -> tuple[int, ...]:
@@ -375,42 +336,41 @@ class TrialConfig:
 
 
 def from_dict(cls: type[T], values: dict[str, Any], path: str = "") -> T:
-    """Build the dataclass `cls` from `values`, strictly.
-
-    Args:
-        cls: a (frozen) dataclass type; nested dataclass fields take nested dicts.
-        values: field name -> value. Missing fields keep their defaults.
-        path: dotted prefix used in error messages for nested configs.
+    """Build the config dataclass `cls` from `values`, strictly (trainable.strict.build); a
+    TrialConfig over its recipe's defaults (`resolve`).
 
     Raises:
-        ConfigError: on an unknown key, a value of the wrong type, or a value the
+        ConfigError: an unknown recipe or key, a value of the wrong type, or a value the
             dataclass itself rejects; the message names the key.
     """
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path or cls.__name__}: expected a mapping, got {type(values).__name__}")
-    if cls is TrialConfig:
-        values = _over_recipe(values)
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - fields)
-    if unknown:
-        raise ConfigError(f"unknown config key {path}{unknown[0]!s} (known: {', '.join(sorted(fields))})")
-    kwargs = {name: _convert(hints[name], value, f"{path}{name}") for name, value in values.items()}
-    try:
-        return cls(**kwargs)
-    except ConfigError as error:
-        raise ConfigError(f"{path.rstrip('.') or cls.__name__}: {error}") from None
+    return build(cls, _over_recipe(values) if cls is TrialConfig and isinstance(values, dict) else values, path)
+
+
+def resolve(values: dict[str, Any]) -> TrialConfig:
+    """The TrialConfig of a (nested or dotted) dict: its recipe's defaults, then its own keys
+    (`from_dict(TrialConfig, ...)` lays every config over its recipe; build configs with one of
+    the two, not with TrialConfig(...), which would take the reference's values under any name).
+
+    Raises:
+        ConfigError: an unknown recipe, key or value (the message names it).
+    """
+    return from_dict(TrialConfig, values)
 
 
 def _over_recipe(values: dict[str, Any]) -> dict[str, Any]:
-    """A TrialConfig dict laid over its recipe's defaults (trainable.recipes), so a config named
-    after a recipe always has that recipe's values where it does not say its own."""
-    from trainable.recipes import DEFAULT_RECIPE, recipe_values  # recipes are built from this module
+    """A TrialConfig dict laid over its recipe's defaults (trainable.recipes) and the key
+    `recipe` itself, so a config named after a recipe always has that recipe's values where it
+    does not say its own.
 
+    Raises:
+        ConfigError: no such recipe (the message lists the known ones).
+    """
     name = values.get("recipe", DEFAULT_RECIPE)
     if not isinstance(name, str):
         raise ConfigError(f"config key recipe: expected a recipe name, got {name!r}")
-    return merge(recipe_values(name), upgrade_keys(values))
+    if name not in RECIPES:
+        raise ConfigError(f"unknown recipe {name!r} (known: {', '.join(RECIPES)})")
+    return merge({**RECIPES[name].values, "recipe": name}, upgrade_keys(values))
 
 
 def upgrade_keys(values: dict[str, Any]) -> dict[str, Any]:
@@ -425,29 +385,6 @@ def upgrade_keys(values: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError("config keys teacher_file and teacher_files: give teacher_files only")
     values["teacher_files"] = [old] if old else []
     return merge({"data.teacher_test_recordings": True}, values) if old else values
-
-
-def _convert(hint: Any, value: Any, key: str) -> Any:
-    """Check `value` against the type `hint`, converting only lossless cases (int->float, list->tuple)."""
-    if dataclasses.is_dataclass(hint):
-        assert isinstance(hint, type)  # a field's type hint: a dataclass type, never an instance
-        return from_dict(hint, value, path=f"{key}.")
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        return _convert(next(a for a in args if a is not type(None)), value, key)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key {key}: expected a list, got {value!r}")
-        item = args[0]
-        return tuple(_convert(item, v, f"{key}[{i}]") for i, v in enumerate(value))
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    # bool is a subclass of int: `True` for an int field is a mistake, not a 1.
-    if not isinstance(value, hint) or (hint is not bool and isinstance(value, bool)):
-        raise ConfigError(f"config key {key}: expected {hint.__name__}, got {value!r}")
-    return value
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -4,20 +4,18 @@ The dataclass defaults of trainable.config are the reference stage 1 (trtd56/RFC
 notebook of exp0073), so `v1_7` changes nothing. Every other recipe is the dotted keys it
 changes, laid under what a trial config gives itself:
 
-    resolve({"data_dir": "/d", "recipe": "exp0109", "train.lr": 3e-4})
+    trainable.config.resolve({"data_dir": "/d", "recipe": "exp0109", "train.lr": 3e-4})
         == v1_7's defaults, then exp0109's keys, then train.lr = 3e-4
 
-`trainable.config.from_dict(TrialConfig, ...)` does this for every config, so a config named
-after a recipe always has its values; a resolved config holds every key, so resolving it again
-changes nothing.
+Only data here: trainable.config resolves a config over its recipe (`from_dict(TrialConfig, ...)`
+does it for every config, so a config named after a recipe always has its values; a resolved
+config holds every key, so resolving it again changes nothing).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-
-from trainable.config import ConfigError, TrialConfig, from_dict
 
 DEFAULT_RECIPE = "v1_7"
 
@@ -70,25 +68,3 @@ RECIPES: dict[str, Recipe] = {
         "the reference stage 3 (exp0210, v4_2): stage 2 plus the teachers' mean, fp-only recordings in the folds",
         {"stage": 3, **WHOLE_CLIPS}),
 }
-
-
-def recipe_values(name: str) -> dict[str, Any]:
-    """The dotted keys recipe `name` sets (with `recipe` itself).
-
-    Raises:
-        ConfigError: no such recipe (the message lists the known ones).
-    """
-    if name not in RECIPES:
-        raise ConfigError(f"unknown recipe {name!r} (known: {', '.join(RECIPES)})")
-    return {**RECIPES[name].values, "recipe": name}
-
-
-def resolve(values: dict[str, Any]) -> TrialConfig:
-    """The TrialConfig of a (nested or dotted) dict: its recipe's defaults, then its own keys
-    (`from_dict(TrialConfig, ...)` lays every config over its recipe; build configs with one of
-    the two, not with TrialConfig(...), which would take the reference's values under any name).
-
-    Raises:
-        ConfigError: an unknown recipe, key or value (the message names it).
-    """
-    return from_dict(TrialConfig, values)

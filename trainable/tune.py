@@ -22,8 +22,7 @@ import ray
 import torch
 from ray import tune
 
-from trainable.config import ConfigError, TrainConfig
-from trainable.recipes import resolve
+from trainable.config import ConfigError, TrainConfig, TrialConfig, resolve
 from trainable.training import preemption
 from trainable.training.cadence import CheckpointCadence
 from trainable.training.fit import Device, DivergedError
@@ -64,28 +63,12 @@ def train_sed(config: dict[str, Any]) -> None:
             share (the trial ends; the others go on).
     """
     trial = resolve(config)
-    paths = [(key, getattr(trial, key)) for key in ("data_dir", "cache_dir", "init_from")]
-    for key, path in [*paths, *(("teacher_files", path) for path in trial.teacher_files)]:
-        if path and not os.path.isabs(path):
-            raise ConfigError(f"{key} must be an absolute path, got {path!r}: a trial runs in its own"
-                              f" working directory, maybe on another node")
+    check_absolute_paths(trial)
     # The trial's working directory: the same for every attempt of the trial. Ray's get_trial_dir()
     # names another folder in a process reused from a finished trial than in a fresh one.
     trial_dir = tune.get_context().get_storage().trial_working_directory
-    diverged = os.path.join(trial_dir, DIVERGED_FILE)
-    if os.path.exists(diverged):
-        # Ray retries failed trials (FailureConfig); a divergence would only repeat itself.
-        with open(diverged) as marker:
-            raise DivergedError(f"{marker.read()} (an earlier attempt diverged; not retried)")
-    out_of_memory = os.path.join(trial_dir, OUT_OF_MEMORY_FILE)
-    if os.path.exists(out_of_memory):
-        # The same share and batch size would only run out of memory again. Ray 2.60 offers no
-        # cleaner way: FailureConfig retries every trial error alike (Trial.should_recover
-        # only counts them), and a trial that returned instead of raising would be a success
-        # to Ray's results, ASHA, Optuna and TensorBoard. So each retry fails here at once,
-        # with the first attempt's line, in seconds and without training.
-        with open(out_of_memory) as marker:
-            raise OutOfGPUMemoryError(marker.read())
+    diverged, out_of_memory = os.path.join(trial_dir, DIVERGED_FILE), os.path.join(trial_dir, OUT_OF_MEMORY_FILE)
+    refuse_a_failed_trial(diverged, out_of_memory)
     training = KFoldTraining(trial, assigned_device())
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -109,6 +92,42 @@ def train_sed(config: dict[str, Any]) -> None:
                 else:
                     tune.report(metrics)
                     since.reports.append(dict(metrics))
+
+
+def check_absolute_paths(trial: TrialConfig) -> None:
+    """Refuse a relative data, cache, init_from or teacher path: a trial runs in its own working
+    directory, maybe on another node.
+
+    Raises:
+        ConfigError: naming the key.
+    """
+    paths = [(key, getattr(trial, key)) for key in ("data_dir", "cache_dir", "init_from")]
+    for key, path in [*paths, *(("teacher_files", path) for path in trial.teacher_files)]:
+        if path and not os.path.isabs(path):
+            raise ConfigError(f"{key} must be an absolute path, got {path!r}: a trial runs in its own"
+                              f" working directory, maybe on another node")
+
+
+def refuse_a_failed_trial(diverged: str, out_of_memory: str) -> None:
+    """Fail a retry at once, with the first attempt's line, when that attempt left the marker
+    of a failure that would only repeat itself (`run_epoch` writes them).
+
+    Ray retries failed trials (FailureConfig), and Ray 2.60 offers no cleaner way: FailureConfig
+    retries every trial error alike (Trial.should_recover only counts them), and a trial that
+    returned instead of raising would be a success to Ray's results, ASHA, Optuna and
+    TensorBoard. So each retry fails here, in seconds and without training.
+
+    Raises:
+        DivergedError: an earlier attempt diverged.
+        OutOfGPUMemoryError: an earlier attempt ran out of GPU memory (the same share and batch
+            size would again).
+    """
+    if os.path.exists(diverged):
+        with open(diverged) as marker:
+            raise DivergedError(f"{marker.read()} (an earlier attempt diverged; not retried)")
+    if os.path.exists(out_of_memory):
+        with open(out_of_memory) as marker:
+            raise OutOfGPUMemoryError(marker.read())
 
 
 def run_epoch(training: KFoldTraining, train: TrainConfig, diverged: str, out_of_memory: str) -> dict[str, float]:

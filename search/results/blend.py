@@ -7,7 +7,7 @@ refit models, and none of the common packages selects among fixed predictions by
 ranking metric such as LWLRAP with a nested estimate of the selection's own optimism.
 
 Pure numpy over arrays of one shape: predictions (M models, N recordings, C species) and
-truth (N, C); search/ensemble.py reads them from the trials' exports.
+truth (N, C); search.results.ensembles reads them from the trials' exports.
 """
 
 from __future__ import annotations

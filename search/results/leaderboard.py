@@ -5,8 +5,8 @@ In the experiment directory:
                             table users keep by hand, filled in)
     best_config.yaml        the best trial's full resolved config, reusable with --config
     study.db                the Optuna study in sqlite, for Optuna's own tools
-    report.html             the same with figures, one self-contained page (search.results.page)
-Every file is written atomically: a report cut short never replaces a good one.
+Every file is written atomically: a report cut short never replaces a good one. The report page
+(report.html, search.results.page) is drawn from them: search.results.refresh writes both.
 """
 
 from __future__ import annotations
@@ -14,29 +14,30 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import optuna
 import pandas as pd
 import yaml
-from ray import tune
 
 from search.results.holdout import HOLDOUT_FILE, notes
 from search.results.lb_scores import LB_MEMO, LB_PRIVATE, LB_PUBLIC, load_lb
+from search.results.records import recorded
 from search.results.trials import ENSEMBLE, EXPORTS
-from search.tuner.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, Scheduler
+from search.stopping import DEFAULT_SCHEDULER, SCHEDULERS, Scheduler
 from trainable import reported
 from trainable.atomic import TEMP_SUFFIX, atomic_write_text
-from trainable.config import to_dict
+from trainable.config import resolve, to_dict
 from trainable.dotted import flatten_dotted, nest_dotted
-from trainable.recipes import resolve
 from trainable.reported import SCORE
 from trainable.tune import OUT_OF_MEMORY_ADVICE, OutOfGPUMemoryError
+
+if TYPE_CHECKING:
+    from ray import tune  # the Tuner's results, read here as they are (metrics, config, error, path)
 
 LEADERBOARD_MD, LEADERBOARD_CSV = "leaderboard.md", "leaderboard.csv"
 BEST_CONFIG, STUDY_DB = "best_config.yaml", "study.db"
@@ -252,7 +253,8 @@ def importances_for(pairs: Sequence[tuple[optuna.trial.FrozenTrial, float | None
 def write_reports(directory: Path, results: tune.ResultGrid, study: optuna.Study | None, epochs: int,
                   param_names: list[str], title: str, recipe: dict[str, Any] | None = None,
                   scheduler: Scheduler = SCHEDULERS[DEFAULT_SCHEDULER]) -> list[Row]:
-    """Write the leaderboard and the best config into `directory`; return the rows. `recipe`:
+    """Write the leaderboard and the best config into `directory` (search.results.refresh.write_page
+    draws the report page from them); return the rows. `recipe`:
     the values of the search's recipe point, which marks its trial; `scheduler`: the search's,
     whose words a trial it stopped has.
 
@@ -269,8 +271,9 @@ def write_reports(directory: Path, results: tune.ResultGrid, study: optuna.Study
 
 
 def refresh_leaderboard(directory: Path) -> list[Row]:
-    """Rewrite the leaderboard of `directory` (and its report.html) with the holdout and LB
-    scores recorded since; its rows, title and importances come from the files the search wrote."""
+    """Rewrite the leaderboard of `directory` with the holdout and LB scores recorded since; its
+    rows, title and importances come from the files the search wrote (search.results.refresh
+    redraws the report page with it)."""
     table = pd.read_csv(directory / LEADERBOARD_CSV, dtype={"trial": str, "best_epochs": str, "fold_scores": str})
     params = param_columns(table)
     text = lambda value: "" if pd.isna(value) else value  # noqa: E731
@@ -280,11 +283,15 @@ def refresh_leaderboard(directory: Path) -> list[Row]:
                             best_epochs=text(r.best_epochs), recipe_point=bool(r.get("recipe_point", False)),
                             fold_scores=text(r.get("fold_scores", "")))
                         for _, r in table.iterrows() if r.trial != ENSEMBLE], directory)
-    old = (directory / LEADERBOARD_MD).read_text().splitlines() if (directory / LEADERBOARD_MD).exists() else []
-    title = old[0].removeprefix("# ") if old else directory.name
     study = load_study(directory)
-    _write_leaderboard(directory, rows, title, importances(study) if study else None)
+    _write_leaderboard(directory, rows, leaderboard_title(directory), importances(study) if study else None)
     return rows
+
+
+def leaderboard_title(directory: Path) -> str:
+    """The title leaderboard.md has (the search's), else the directory's name."""
+    old = (directory / LEADERBOARD_MD).read_text().splitlines() if (directory / LEADERBOARD_MD).exists() else []
+    return old[0].removeprefix("# ") if old else directory.name
 
 
 def param_columns(table: pd.DataFrame) -> list[str]:
@@ -321,8 +328,6 @@ def with_scores(rows: list[Row], directory: Path) -> list[Row]:
 def ensemble_rows(rows: list[Row], directory: Path) -> list[Row]:
     """The row of the experiment's ensemble (search/ensemble.py), if it has one: ranked by its
     nested CV, its in-sample OOF score as its cv_lwlrap."""
-    from search.ensemble import recorded
-
     record = recorded(directory)
     if record is None:
         return []
@@ -337,14 +342,8 @@ def ensemble_rows(rows: list[Row], directory: Path) -> list[Row]:
 
 
 def _write_leaderboard(directory: Path, rows: list[Row], title: str, found: dict[str, float] | None) -> None:
-    from search.results.page import write_report_page  # matplotlib, only once there is a leaderboard
-
     atomic_write_text(directory / LEADERBOARD_CSV, frame(rows).to_csv(index=False))
     atomic_write_text(directory / LEADERBOARD_MD, markdown(rows, title, found))
-    try:
-        write_report_page(directory, title)
-    except Exception as error:  # the figures are extra: never lose the search's end over them
-        print(f"warning: report.html not written: {type(error).__name__}: {error}", file=sys.stderr)
 
 
 def trial_results(results: tune.ResultGrid) -> list[tune.Result]:

@@ -4,6 +4,7 @@ Built from the files the experiment directory already has (leaderboard.csv, stud
 search_plan.json), so it is refreshed wherever they change: at the end of a search, after
 an export and after an LB score is recorded. The figures are PNGs embedded in the page
 (base64): it opens from disk, offline, and can be mailed or attached as one file.
+search.results.refresh writes it after the leaderboard.
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
-from search.ensemble import recorded
-from search.plan import PLAN_FILE, load_plan
+from search.plan import PLAN_FILE, load_plan, milestones, scheduler_of
 from search.results import figures
 from search.results.holdout import MIN_RANKED, PRIVATE, PUBLIC, notes, rho_text, spearman
 from search.results.lb_scores import LB_PRIVATE, LB_PUBLIC
@@ -29,8 +29,9 @@ from search.results.leaderboard import (
     load_study,
     param_columns,
 )
+from search.results.records import recorded
 from search.results.trials import trial_rows
-from search.tuner.schedulers import DEFAULT_SCHEDULER, SCHEDULERS, Scheduler, milestones, scheduler_of
+from search.stopping import DEFAULT_SCHEDULER, SCHEDULERS, Scheduler
 from trainable.atomic import atomic_write_text
 from trainable.reported import METRIC, SCORE
 

@@ -2,10 +2,10 @@
 
 One trial = `trainable.tune.train_sed` with the fixed config of the search and the
 parameters that Optuna suggests from the chosen spaces. OptunaSearch (seeded, the recipe
-first) proposes, the plan's scheduler (search.tuner.schedulers: ASHA by default, with its rungs rebuilt
-on a resume) stops weak trials on `training_iteration`, and every trial keeps its checkpoints so
-a killed driver or node loses nothing. A resumed search runs the plan's trial count, which
-`--resume --num-samples` may raise.
+first) proposes, the plan's scheduler (search.stopping; its Ray scheduler from
+search.tuner.schedulers: ASHA by default, with its rungs rebuilt on a resume) stops weak trials
+on `training_iteration`, and every trial keeps its checkpoints so a killed driver or node loses
+nothing. A resumed search runs the plan's trial count, which `--resume --num-samples` may raise.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import fnmatch
 import json
 import os
 import pickle
-import sys
 import uuid
 
 import pyarrow.fs
@@ -25,8 +24,17 @@ from ray.tune.execution.tune_controller import TuneController
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.search import ConcurrencyLimiter, Searcher, SearchGenerator
 
-from search.plan import DefineByRun, SearchPlan, experiment_path, optuna_sampler, save_plan, trial_resources
+from search.plan import (
+    DefineByRun,
+    SearchPlan,
+    experiment_path,
+    milestones,
+    optuna_sampler,
+    save_plan,
+    trial_resources,
+)
 from search.tuner import review_logger, schedulers
+from search.tuner.legacy import register_old_names
 from search.tuner.searcher import TruthfulOptunaSearch
 from spaces import recipe_point, windows_of
 from trainable.reported import METRIC, MODE
@@ -68,7 +76,7 @@ def build_tuner(plan: SearchPlan) -> tune.Tuner:
 def trial_space(plan: SearchPlan) -> dict:
     """The fixed config of every trial, with the scheduler's milestones among the epochs it
     checkpoints: a trial stopped or paused there resumes from (or ends with) that epoch's state."""
-    rungs = set(schedulers.milestones(plan)) | set(plan.trial_config({}).train.checkpoint_epochs)
+    rungs = set(milestones(plan)) | set(plan.trial_config({}).train.checkpoint_epochs)
     return {**plan.fixed, "train.checkpoint_epochs": sorted(rungs)}
 
 
@@ -80,10 +88,9 @@ def trial_dirname(trial) -> str:
 def restore_tuner(plan: SearchPlan) -> tune.Tuner:
     """The interrupted experiment `plan.name`: finished trials stay, unfinished ones resume
     from their last checkpoints, the searcher goes on with its study up to the plan's trial
-    count, and the scheduler knows the trials that reported before (search.tuner.schedulers)."""
-    # Experiments started before ReviewLogger pickled search.tensorboard.HParamsLogger (a
-    # module name that shadowed the tensorboard package for scripts in search/).
-    sys.modules.setdefault("search.tensorboard", review_logger)
+    count, and the scheduler knows the trials that reported before (search.stopping)."""
+    # Ray's saved state names our classes by the module paths they had when it was saved.
+    register_old_names()
     tuner = tune.Tuner.restore(experiment_path(plan), trainable(plan), resume_unfinished=True,
                                resume_errored=False, restart_errored=False,
                                storage_filesystem=experiment_filesystem(plan))

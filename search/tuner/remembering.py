@@ -18,7 +18,7 @@ finished ones included, and a bracket waits (its other trials paused) until all 
 reach the milestone: a finished trial never does. RememberingHyperBand takes a restored finished
 or errored trial out of its bracket at once. Its halving decisions are not replayed (a bracket's
 state is its sequence of halvings, not a set of results): after a resume, the unfinished trials
-are compared with the trials of their bracket from then on (search.tuner.schedulers says so).
+are compared with the trials of their bracket from then on (search.stopping says so).
 """
 
 from __future__ import annotations

@@ -33,9 +33,9 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.writer import FileWriter
 
 from search.results.leaderboard import last_line, trial_status
-from search.tuner.schedulers import DEFAULT_SCHEDULER, SCHEDULERS
+from search.stopping import DEFAULT_SCHEDULER, SCHEDULERS
 from trainable import reported
-from trainable.recipes import resolve
+from trainable.config import resolve
 
 logger = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import optuna
 import ray
+from ray import tune
 
 from datatools.builtin import default_data_dir, preset_note
-from search.export import EXPORT_ERRORS, export
 from search.plan import (
     SearchPlan,
     experiment_path,
@@ -19,9 +19,12 @@ from search.plan import (
     param_names,
     recipe_config,
     report_dir,
+    resume_command,
     save_plan,
+    scheduler_of,
     trial_resources,
 )
+from search.results.exports import EXPORT_ERRORS, export
 from search.results.holdout import TRUTH_FILE, load_truth, notes
 from search.results.leaderboard import (
     BEST_CONFIG,
@@ -30,14 +33,13 @@ from search.results.leaderboard import (
     Row,
     frame,
     load_study,
-    refresh_leaderboard,
     write_reports,
 )
 from search.results.page import REPORT_HTML
-from search.storage import DEFAULT_STORAGE, download, is_remote, normalise, shared_storage_problem, upload
+from search.results.refresh import refresh_reports, write_page
+from search.storage import download, is_remote, shared_storage_problem, upload
 from search.tuner.cluster import autoscaler_nodes, trials_at_once, unfit_request
 from search.tuner.experiment import build_tuner, can_resume, fit, restore_tuner
-from search.tuner.schedulers import scheduler_of
 from search.tuner.searcher import STUDY_EXPORT_ENV
 from search.tuner.signals import stop_on_sigterm_like_ctrl_c
 from trainable.tune import OUT_OF_MEMORY, OUT_OF_MEMORY_ADVICE
@@ -73,22 +75,8 @@ def run_search(plan: SearchPlan, address: str | None) -> int:
         return storage_error(plan, error)
     # Inside a Ray job (`ray job submit` sets RAY_ADDRESS) the search joins the job's cluster;
     # otherwise "local", never None: ray.init(None) would join any cluster `ray start` left here.
-    address = address or os.environ.get("RAY_ADDRESS") or "local"
-    if not start_ray(address):
+    if not join_cluster(plan, address or os.environ.get("RAY_ADDRESS") or "local"):
         return 2
-    stop_on_sigterm_like_ctrl_c()  # again: ray.init replaced it with Ray's, which exits at once
-    alive = [node["Resources"] for node in ray.nodes() if node["Alive"]]
-    coming = autoscaler_nodes() if address != "local" else []  # a local Ray has no autoscaler
-    problem = cluster_problem(plan, alive, coming)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 2
-    if coming and plan.max_concurrent is None:
-        # With a searcher of its own, Tune keeps one trial waiting for resources at a time, and
-        # the autoscaler starts nodes for waiting trials only: it would add one node after the
-        # other. Let as many trials wait as the whole cluster can run, so it scales up at once.
-        capacity = trials_at_once(alive + coming, trial_resources(plan))
-        os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(capacity))
     try:  # after the cluster's checks, so a refused search leaves nothing behind
         if not resuming:
             save_plan(plan)
@@ -96,26 +84,59 @@ def run_search(plan: SearchPlan, address: str | None) -> int:
             download(experiment_path(plan), directory)
     except OSError as error:
         return storage_error(plan, error)
-    spaces = (f"spaces {', '.join(plan.spaces)} (sampler {plan.sampler})" if plan.spaces
-              else "no space (the recipe's own configuration)")
-    print(f"[rfcx-tune] {'resuming' if resuming else 'starting'} experiment {experiment_path(plan)}:"
-          f" recipe {plan.baseline['recipe']}, {spaces}; {plan.num_samples} trials of {plan.epochs} epochs;"
-          f" {scheduler_of(plan).summary(plan.scheduler_settings)}{stage_note(plan)}", flush=True)
+    print(start_line(plan, resuming), flush=True)
     if builtin_data(plan):
         print(f"[rfcx-tune] {preset_note(plan.baseline)}", flush=True)
     os.environ[STUDY_EXPORT_ENV] = str(directory / STUDY_DB)
-    tuner = restore_tuner(plan) if resuming else build_tuner(plan)
-    results = fit(tuner)
-    study = load_study(directory)
-    rows = write_reports(directory, results, study, plan.epochs, param_names(plan.spaces, plan.epochs, plan.teacher),
-                         title=f"{plan.name}: recipe {plan.baseline['recipe']}, {', '.join(plan.spaces) or 'no space'}",
+    results = fit(restore_tuner(plan) if resuming else build_tuner(plan))
+    return report(plan, results)
+
+
+def join_cluster(plan: SearchPlan, address: str) -> bool:
+    """Start or join Ray at `address` and check that the search can run there; False (and one
+    line) when it cannot."""
+    if not start_ray(address):
+        return False
+    stop_on_sigterm_like_ctrl_c()  # again: ray.init replaced it with Ray's, which exits at once
+    alive = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+    coming = autoscaler_nodes() if address != "local" else []  # a local Ray has no autoscaler
+    problem = cluster_problem(plan, alive, coming)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return False
+    if coming and plan.max_concurrent is None:
+        # With a searcher of its own, Tune keeps one trial waiting for resources at a time, and
+        # the autoscaler starts nodes for waiting trials only: it would add one node after the
+        # other. Let as many trials wait as the whole cluster can run, so it scales up at once.
+        capacity = trials_at_once(alive + coming, trial_resources(plan))
+        os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(capacity))
+    return True
+
+
+def start_line(plan: SearchPlan, resuming: bool) -> str:
+    """What the search is, said once it starts."""
+    spaces = (f"spaces {', '.join(plan.spaces)} (sampler {plan.sampler})" if plan.spaces
+              else "no space (the recipe's own configuration)")
+    return (f"[rfcx-tune] {'resuming' if resuming else 'starting'} experiment {experiment_path(plan)}:"
+            f" recipe {plan.baseline['recipe']}, {spaces}; {plan.num_samples} trials of {plan.epochs} epochs;"
+            f" {scheduler_of(plan).summary(plan.scheduler_settings)}{stage_note(plan)}")
+
+
+def report(plan: SearchPlan, results: tune.ResultGrid) -> int:
+    """Write the reports of the search's results, score its top trials on the holdout, copy the
+    reports to a remote store and print the summary; returns run_search's exit code."""
+    directory = report_dir(plan)
+    title = f"{plan.name}: recipe {plan.baseline['recipe']}, {', '.join(plan.spaces) or 'no space'}"
+    rows = write_reports(directory, results, load_study(directory), plan.epochs,
+                         param_names(plan.spaces, plan.epochs, plan.teacher), title=title,
                          recipe=recipe_config(plan.spaces, plan.epochs, plan.teacher, plan.baseline),
                          scheduler=scheduler_of(plan))
+    write_page(directory, title)
     # The reports are written before the holdout scoring, which rewrites them with its scores:
     # a failure or a kill while predicting leaves a complete leaderboard.
     interrupted = any(row.status.startswith(("interrupted", "not started")) for row in rows)
     if not interrupted and score_on_holdout(plan, rows):  # after Ctrl-C, stop at once
-        rows = refresh_leaderboard(directory)
+        rows = refresh_reports(directory)
     if is_remote(plan.storage):
         try:
             upload(directory, experiment_path(plan))
@@ -123,8 +144,7 @@ def run_search(plan: SearchPlan, address: str | None) -> int:
             print(f"warning: could not copy the reports to {experiment_path(plan)}: {error}", file=sys.stderr)
     print(summary(rows, directory, experiment_path(plan)))
     if interrupted:
-        where = "" if plan.storage == normalise(DEFAULT_STORAGE) else f" --storage {plan.storage}"
-        print(f"interrupted: continue with python search/run.py --resume --name {plan.name}{where}")
+        print(f"interrupted: continue with {resume_command(plan)}")
         return 130
     return 0 if any(math.isfinite(row.score) for row in rows) else 1
 
@@ -154,7 +174,7 @@ def builtin_data(plan: SearchPlan) -> bool:
 
 def score_on_holdout(plan: SearchPlan, rows: list[Row]) -> bool:
     """Export the top TOP_ROWS trials and the recipe point when the data have test_truth.csv
-    (search/export.py: their predictions, and holdout.json); returns whether any was scored.
+    (search.results.exports: their predictions, and holdout.json); returns whether any was scored.
 
     Runs in the driver, after the trials: predicting is a small part of training, and a
     failure here costs the search nothing (the trial keeps its checkpoints; export it by hand).

@@ -1,5 +1,5 @@
 """The annotations of a data directory, whatever its layout: events by kind, species count and
-test recordings, read through the layout's module in trainable/data/layouts (`load_annotations`).
+test recordings (a layout reads them: trainable.data.layouts.load_annotations).
 
 Every reader outside trainable/data/layouts sees events in the neutral columns EVENT_COLUMNS;
 only a layout's module knows its files and their column names.
@@ -8,7 +8,6 @@ only a layout's module knows its files and their column names.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 
@@ -16,7 +15,6 @@ import pandas as pd
 # start), kind ("tp": the species calls there; "fp": a similar sound that is not the species)
 EVENT_COLUMNS = ("recording", "species", "start_s", "end_s", "kind")
 KINDS = ("tp", "fp")
-DEFAULT_DATASET = "rfcx"  # DataConfig.dataset's default
 
 
 class AnnotationError(ValueError):
@@ -68,18 +66,4 @@ class Annotations:
     def train_ids(self) -> list[str]:
         """Every annotated train recording (tp or fp), sorted."""
         return sorted(set(self.tp.recording) | set(self.fp.recording))
-
-
-def load_annotations(data_dir: Path, dataset: str = DEFAULT_DATASET) -> Annotations:
-    """The annotations of a data directory in the layout `dataset` (a name of DATASETS).
-
-    Raises:
-        AnnotationError: the layout's one-line message naming the file, the line and the problem.
-    """
-    from trainable.data.layouts import dataset as layout  # the layouts import this module
-
-    chosen, data_dir = layout(dataset), Path(data_dir)
-    return Annotations.from_events(chosen.events(data_dir), tuple(chosen.submission_recordings(data_dir)),
-                                   chosen.species_count(data_dir))
-
 

@@ -35,7 +35,8 @@ import numpy as np
 import torch
 
 from trainable.atomic import atomic_write, atomic_write_text, remove_partial_files
-from trainable.config import ConfigError, FeatureConfig, from_dict, to_dict
+from trainable.config import ConfigError, from_dict, to_dict
+from trainable.strict import require
 
 MANIFEST = "manifest.json"
 SOURCES = "sources.json"  # per array, the audio it was computed from
@@ -43,6 +44,36 @@ SOURCES_LOCK = ".sources.lock"  # flock'ed while a run merges its records: concu
 CACHE_FORMAT = 1  # bump when the layout changes
 SPLITS = ("train", "test")
 DEFAULT_CACHE_NAME = "logmel"  # DATA/logmel unless a cache directory is given
+
+
+def cache_location(data_dir: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """Where the cache of `data_dir` is: `cache_dir` when given (TrialConfig.cache_dir,
+    --cache-dir), else DATA_DIR/logmel. The one place that says so, for the trials, prepare,
+    the search and export."""
+    return Path(cache_dir) if cache_dir else Path(data_dir) / DEFAULT_CACHE_NAME
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Log-mel feature parameters; they identify a cache (see datatools.prepare)."""
+
+    sample_rate: int = 32000  # Hz; every input is resampled to it, so frame rate is fixed
+    n_fft: int = 2048  # samples per STFT window (64 ms at 32 kHz)
+    hop_length: int = 512  # samples between frames: 32000 / 512 = 62.5 frames/s, 3751 per 60 s
+    n_mels: int = 128  # mel bands (seed recipe)
+    fmin: float = 50.0  # Hz; below the lowest RFCx call (94 Hz)
+    fmax: float = 16000.0  # Hz; Nyquist at 32 kHz, above the highest RFCx call (13.7 kHz)
+
+    def __post_init__(self) -> None:
+        require(self.sample_rate > 0 and self.n_fft > 0 and self.hop_length > 0, "sizes must be > 0")
+        require(self.n_mels > 0, "n_mels must be > 0")
+        require(0 <= self.fmin < self.fmax <= self.sample_rate / 2,
+                f"need 0 <= fmin < fmax <= sample_rate / 2, got fmin={self.fmin}, fmax={self.fmax}")
+
+    @property
+    def frames_per_second(self) -> float:
+        """Frame rate of the log-mel arrays (62.5 with the defaults)."""
+        return self.sample_rate / self.hop_length
 
 
 STD_EPS = 1e-6  # the reference's mono_to_color: std + eps, and the smallest range it scales

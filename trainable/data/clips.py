@@ -28,9 +28,9 @@ from torch.utils.data import Dataset
 
 from trainable.data.cache import LogMelCache
 from trainable.config import DataConfig
-from trainable.data.crops import concatenated, cut_windows
+from trainable.data.windows import concatenated, cut_windows
 from trainable.data.folds import Fold
-from trainable.model.inputs import Placement
+from trainable.data.placement import Placement
 from trainable.data.targets import Labels, Targets
 
 

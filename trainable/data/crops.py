@@ -1,4 +1,4 @@
-"""Training crops and evaluation windows over the log-mel cache.
+"""Training crops over the log-mel cache (evaluation windows: trainable.data.windows).
 
 Times become frames by DataConfig.event_frames. A training crop is `crop_frames` wide and
 placed so that its event's centre lands `offset` frames after the crop start (offset drawn
@@ -11,32 +11,25 @@ recording  the reference's: one item per tp recording of the fold, around the mi
 event      one item per tp event, any offset, clipped to the clip; an fp item of a recording
            in both files still carries its true positives.
 
-Every item carries its Placement (trainable.model.inputs): where it lies in its clip, and the
+Every item carries its Placement (trainable.data.placement): where it lies in its clip, and the
 clip's statistics.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 
-from trainable.data.cache import LogMelCache
 from trainable.config import DataConfig
-from trainable.data.folds import Fold, species_matrix
-from trainable.model.inputs import Placement, placement
+from trainable.data.cache import LogMelCache
+from trainable.data.folds import Fold
+from trainable.data.placement import Placement, placement
 from trainable.data.targets import Labels, Targets, event_frames
 from trainable.data.teacher import Teacher
-
-if TYPE_CHECKING:  # trainable.data.clips imports this module
-    from trainable.data.clips import ClipSpec
-
-REFERENCE_VALID_OVERLAP = DataConfig.valid_overlap  # the reference's: each next start = previous end - 51
 
 
 def centre_frames(rows: pd.DataFrame, frames_per_second: float) -> np.ndarray:
@@ -82,26 +75,6 @@ def crop(spectrogram: np.ndarray, start: int, width: int) -> np.ndarray:
         return window
     floor = np.min(spectrogram) if spectrogram.size else 0
     return np.pad(window, ((0, 0), (0, width - window.shape[1])), constant_values=floor)
-
-
-def window_starts(n_frames: int, width: int, overlap: int, rule: str = "reference") -> np.ndarray:
-    """Starts of windows over a whole clip, neighbours sharing `overlap` frames
-    (DataConfig.window_rule).
-
-    "reference": 0, then each previous end - overlap, while the window fits in the clip (at
-    3751 frames, width 512, overlap 51: the reference's 8 windows 0, 461, ..., 3227); "cover":
-    the same, with a last window aligned to the clip end so no frame is left out. A clip
-    shorter than one window gets a single (padded) window.
-
-    Returns:
-        (W,) int64, increasing.
-    """
-    if n_frames <= width:
-        return np.zeros(1, dtype=np.int64)
-    starts = np.arange(0, n_frames - width + 1, width - overlap, dtype=np.int64)
-    if rule == "cover" and starts[-1] + width < n_frames:
-        starts = np.append(starts, n_frames - width)
-    return starts
 
 
 @dataclass(frozen=True)
@@ -201,114 +174,3 @@ class TrainCrops(Dataset):
                                    negative_item=spec.negative_item)
         where = placement(spectrogram, self.cache.statistics(spec.split, spec.recording_id), start)
         return torch.from_numpy(x), targets, where
-
-
-def shuffled_batches(crops: Sequence[CropSpec | ClipSpec], batch_size: int,
-                     generator: torch.Generator) -> list[list[CropSpec | ClipSpec]]:
-    """An epoch's crops in random order, in batches, never a last batch of one sample.
-
-    The order is the one a shuffling DataLoader drew from `generator` before trials kept one
-    loader (its iterator takes a base seed first, then RandomSampler a permutation), so trials
-    and their checkpoints go on with the numbers they had. A batch of one breaks BatchNorm in
-    training mode (resnest's split attention pools to 1x1), so only such a lone sample is
-    dropped; a dataset smaller than a batch still trains.
-    """
-    torch.empty((), dtype=torch.int64).random_(generator=generator)  # the loader iterator's base seed
-    order = torch.randperm(len(crops), generator=generator).tolist()
-    batches = [[crops[i] for i in order[start:start + batch_size]] for start in range(0, len(order), batch_size)]
-    return batches[:-1] if batches and len(batches[-1]) == 1 else batches
-
-
-class EpochBatches(Sampler):
-    """The batches of the loader's next pass, set before each pass (see TrainCrops)."""
-
-    def __init__(self):
-        self.batches: list[list[CropSpec | ClipSpec]] = []
-
-    def __iter__(self):
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-
-class ClipWindows(Dataset):
-    """Whole clips cut into overlapping windows, for validation and test.
-
-    Item i is `(windows, truth, placements)`:
-        windows: (W, 1, n_mels, crop_frames) float16, covering recording i.
-        truth: (n_species,) float32 clip labels (all zero when no labels are given).
-        placements: each window's Placement, batched: stats (W, 4), start (W,), frames (W,).
-    """
-
-    def __init__(self, cache: LogMelCache, split: str, recording_ids: list[str] | tuple[str, ...],
-                 crop_frames: int, overlap: int, truth: np.ndarray | None = None, n_species: int = 0,
-                 rule: str = "reference"):
-        self.cache, self.split, self.recording_ids = cache, split, list(recording_ids)
-        self.crop_frames, self.overlap, self.rule = crop_frames, overlap, rule
-        self.truth = truth if truth is not None else np.zeros((len(self.recording_ids), n_species), np.float32)
-
-    @classmethod
-    def validation(cls, cache: LogMelCache, fold: Fold, tp: pd.DataFrame, n_species: int, config: DataConfig,
-                   rule: str | None = None, overlap: int | None = None) -> ClipWindows:
-        """The out-of-fold recordings of `fold` with their clip labels from train_tp, in the
-        config's windows unless `rule` and `overlap` say others."""
-        truth = species_matrix(tp, fold.valid_ids, n_species).astype(np.float32)
-        return cls(cache, "train", fold.valid_ids, config.crop_frames,
-                   config.valid_overlap if overlap is None else overlap, truth,
-                   rule=config.window_rule if rule is None else rule)
-
-    def __len__(self) -> int:
-        return len(self.recording_ids)
-
-    def starts(self, n_frames: int) -> np.ndarray:
-        return window_starts(n_frames, self.crop_frames, self.overlap, self.rule)
-
-    def batches(self, recordings: int, pin_memory: bool = False) -> DataLoader:
-        """The windows of `recordings` recordings at a time (`collate_windows`), cut in this
-        process: over 10,000 windows per second per core (docs/benchmarks.md, section 9) keep up
-        with a GPU, and loader workers would start anew for every pass."""
-        return DataLoader(self, batch_size=recordings, collate_fn=collate_windows, pin_memory=pin_memory)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, Placement]:
-        rid = self.recording_ids[i]
-        spectrogram = self.cache.load(self.split, rid)  # (M, T)
-        windows, where = cut_windows(spectrogram, self.cache.statistics(self.split, rid),
-                                     self.starts(spectrogram.shape[1]), self.crop_frames)
-        return windows, torch.from_numpy(self.truth[i].astype(np.float32)), where
-
-
-def cut_windows(spectrogram: np.ndarray, stats: np.ndarray, starts: np.ndarray,
-                width: int) -> tuple[torch.Tensor, Placement]:
-    """A clip's windows [start, start + width), padded past its end (`crop`).
-
-    Returns:
-        (W, 1, n_mels, width) float16 windows, and their placements: stats (W, 4), start (W,),
-        frames (W,) (the clip field is the batch's to set: trainable.data.clips.collate_clips).
-    """
-    windows = np.stack([crop(spectrogram, start, width) for start in starts])[:, None]  # (W, 1, M, width)
-    count = len(starts)
-    where = Placement(torch.from_numpy(stats).expand(count, 4), torch.from_numpy(starts),
-                      torch.full((count,), spectrogram.shape[1]))
-    return torch.from_numpy(windows), where
-
-
-def collate_windows(items: list[tuple[torch.Tensor, torch.Tensor, Placement]]
-                    ) -> tuple[torch.Tensor, list[int], torch.Tensor, Placement]:
-    """Batch several recordings' windows into one forward pass.
-
-    Clips may differ in length, so windows are concatenated rather than stacked.
-
-    Returns:
-        windows (sum W_i, 1, M, crop), the window count of each recording, truth (B, C), and
-        the windows' placements (sum W_i, ...).
-    """
-    windows, truth, where = zip(*items)
-    return torch.cat(windows), [len(w) for w in windows], torch.stack(truth), concatenated(where)
-
-
-def concatenated(placements: tuple[Placement, ...], clip: torch.Tensor | None = None) -> Placement:
-    """Several items' window placements as one batch's: stats, start and frames concatenated,
-    `clip` (each window's clip in the batch, trainable.data.clips) or the default (draws of their own)."""
-    parts = [torch.cat(field) for field in zip(*(where[:3] for where in placements))]
-    return Placement(*parts) if clip is None else Placement(*parts)._replace(clip=clip)

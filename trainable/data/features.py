@@ -13,7 +13,7 @@ import librosa
 import numpy as np
 import soundfile as sf
 
-from trainable.config import FeatureConfig
+from trainable.data.cache import FeatureConfig
 
 AMIN = 1e-10  # power floor before the log: -100 dB, far below any recording's noise
 RESAMPLER = "soxr_hq"  # librosa's resampler: the SoX library's high-quality setting

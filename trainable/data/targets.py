@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from trainable.model.augment import Mixup
+from trainable.data.mixup import Mixup
 from trainable.config import LossConfig
 from trainable.data.teacher import Teacher
 

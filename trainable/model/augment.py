@@ -1,5 +1,5 @@
 """Training-time augmentation of log-mel batches: unit scaling, gamma/brightness jitter,
-SpecAugment masks and mixup.
+SpecAugment masks, and the mixup draws (trainable.data.mixup: what a draw does).
 
 Everything works on whole batches with tensor ops on the batch's device. All randomness comes
 from the `np.random.Generator` passed in (one per fold, checkpointed by the training loop), so
@@ -9,12 +9,11 @@ moved to the device, and the heavy work is done in torch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
 from trainable.config import AugmentConfig
+from trainable.data.mixup import Mixup
 
 
 def _work_dtype(x: torch.Tensor) -> torch.dtype:
@@ -134,25 +133,6 @@ def spec_augment(x: torch.Tensor, config: AugmentConfig, rng: np.random.Generato
 def augment_batch(x: torch.Tensor, config: AugmentConfig, rng: np.random.Generator) -> torch.Tensor:
     """Training-time input augmentation, `jitter` then `spec_augment`: (B, 1, M, T) in [0, 1] -> same."""
     return spec_augment(jitter(x, config, rng), config, rng)
-
-
-@dataclass(frozen=True, eq=False)  # eq=False: comparing tensor fields with == is ambiguous
-class Mixup:
-    """One mixup draw for a batch: out = lam * t + (1 - lam) * t[perm] along dim 0.
-
-    The same draw mixes the input or the backbone feature map and the targets (clip and
-    frame), so the labels follow the mixed signal.
-    """
-
-    lam: float  # weight of the sample itself
-    perm: torch.Tensor  # (B,) long, on the batch's device; sample i is mixed with perm[i]
-
-    def __call__(self, t: torch.Tensor) -> torch.Tensor:
-        """Mix t: (B, ...) -> (B, ...) of the same dtype."""
-        if t.shape[0] != self.perm.shape[0]:
-            raise ValueError(f"mixup drawn for batch {self.perm.shape[0]}, got a tensor of batch {t.shape[0]}")
-        partner = t.index_select(0, self.perm.to(t.device))  # (B, ...)
-        return self.lam * t + (1.0 - self.lam) * partner
 
 
 def draw_mixup(batch_size: int, alpha: float, rng: np.random.Generator,

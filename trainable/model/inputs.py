@@ -20,36 +20,16 @@ whole clip) and "jitter" (trainable.model.augment: always-on gamma and brightnes
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
 import torch
 
 from trainable.config import AugmentConfig, ModelConfig
 from trainable.data.cache import STD_EPS
+from trainable.data.placement import Placement
 from trainable.model.augment import _per_sample, augment_batch, to_device, unit_scale
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's Normalize of the reference
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-class Placement(NamedTuple):
-    """Where a crop lies in its clip, and that clip's statistics; batched field by field."""
-
-    stats: torch.Tensor  # (4,) float64: the clip's mean, std, and min and max of its standardised values
-    start: torch.Tensor  # () int64: the crop's first frame in the clip
-    frames: torch.Tensor  # () int64: the clip's frames
-    # () int64: which clip of its batch the crop is cut from, where several crops share one
-    # clip's augmentation draws (whole clips in windows: the reference augmented the clip, then
-    # cut it); -1: every crop draws its own. (A default tensor is never written to.)
-    clip: torch.Tensor = torch.tensor(-1)
-    # start, frames and clip stay on the CPU (the draws need them there); stats go to the device.
-
-
-def placement(spectrogram: np.ndarray, stats: np.ndarray, start: int) -> Placement:
-    """The Placement of a crop starting at `start` of this clip, with draws of its own."""
-    return Placement(torch.from_numpy(stats), torch.tensor(start, dtype=torch.int64),
-                     torch.tensor(spectrogram.shape[1], dtype=torch.int64))
 
 
 def draw_units(where: Placement, batch: int) -> np.ndarray:

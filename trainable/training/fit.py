@@ -20,6 +20,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from trainable.config import AugmentConfig
+from trainable.data.mixup import Mixup
+from trainable.data.targets import Targets
 from trainable.model.augment import draw_mixup
 from trainable.model.inputs import InputPipeline
 from trainable.model.losses import TERMS, SEDLoss
@@ -51,7 +53,7 @@ class Device:
     """Where a trial computes, and the CUDA-only speed-ups that go with it."""
 
     torch: torch.device
-    cpus: int = 1  # the CPUs Ray assigned the trial (trainable.training.kfold.loader_workers)
+    cpus: int = 1  # the CPUs Ray assigned the trial (trainable.training.loader.loader_workers)
 
     @property
     def cuda(self) -> bool:
@@ -137,12 +139,7 @@ def train_epoch(model: nn.Module, loader: DataLoader, loss_fn: SEDLoss, optimize
     for x, targets, where in loader:
         x = device.layout(pipeline.training(device.batch(x), where, rng))  # (B, in_chans, M, T)
         targets = targets.to(device.torch)  # clip (B, C), frame (B, C, T) and their weights
-        mix = draw_mixup(len(x), augment.mixup_alpha, rng, device.torch)
-        if mix is not None:
-            if augment.mixup_on == "input":
-                x = mix(x)
-            targets = targets.mixed(mix)
-        feature_mix = mix if augment.mixup_on == "features" else None
+        x, targets, feature_mix = mixed_batch(x, targets, augment, rng, device)
         with device.autocast():
             logits = model(x, mix=feature_mix)
         terms = loss_fn(logits, targets)
@@ -162,6 +159,19 @@ def train_epoch(model: nn.Module, loader: DataLoader, loss_fn: SEDLoss, optimize
         raise DivergedError("the loss is not finite (" + ", ".join(
             f"{key} {value:.4g}" for key, value in losses.items()) + "); lower train.lr or check the data")
     return EpochStats(losses, progress.samples, progress.elapsed())
+
+
+def mixed_batch(x: torch.Tensor, targets: Targets, augment: AugmentConfig, rng: np.random.Generator,
+                device: Device) -> tuple[torch.Tensor, Targets, Mixup | None]:
+    """The batch under one mixup draw (AugmentConfig.mixup_alpha): its targets mixed, and its
+    input mixed here or its feature map by the model (AugmentConfig.mixup_on: the draw to hand the
+    model, else None). Unchanged without mixup."""
+    mix = draw_mixup(len(x), augment.mixup_alpha, rng, device.torch)
+    if mix is None:
+        return x, targets, None
+    if augment.mixup_on == "input":
+        x = mix(x)
+    return x, targets.mixed(mix), mix if augment.mixup_on == "features" else None
 
 
 @torch.no_grad()

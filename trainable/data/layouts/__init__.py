@@ -3,6 +3,9 @@
 A layout is one module here with one class meeting `Dataset`, and one entry of DATASETS. Only
 the layout's module knows its files and their columns; everything else reads the events in the
 neutral columns of trainable.data.annotations.EVENT_COLUMNS (`load_annotations(data_dir, name)`).
+
+The config names a layout as a plain string (DataConfig.dataset); the name is checked here,
+where the layout is looked up (`dataset`), so the config schema knows no layout.
 """
 
 from __future__ import annotations
@@ -13,7 +16,11 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
+from trainable.data.annotations import Annotations
 from trainable.data.layouts.rfcx import RFCx
+from trainable.dotted import ConfigError
+
+DEFAULT_DATASET = "rfcx"  # DataConfig.dataset's default
 
 
 class Dataset(Protocol):
@@ -62,8 +69,8 @@ class Dataset(Protocol):
 DATASETS: dict[str, Dataset] = {"rfcx": RFCx()}
 
 
-class UnknownDataset(ValueError):
-    """A name that DATASETS does not hold; the message is one line naming those it holds."""
+class UnknownDataset(ConfigError):
+    """A name that DATASETS does not hold (data.dataset); the message is one line naming those it holds."""
 
 
 def dataset(name: str) -> Dataset:
@@ -75,3 +82,15 @@ def dataset(name: str) -> Dataset:
     if name not in DATASETS:
         raise UnknownDataset(f"unknown dataset {name!r} (known: {', '.join(DATASETS)})")
     return DATASETS[name]
+
+
+def load_annotations(data_dir: Path, name: str = DEFAULT_DATASET) -> Annotations:
+    """The annotations of a data directory in the layout `name` (a name of DATASETS).
+
+    Raises:
+        UnknownDataset: no such layout.
+        AnnotationError: the layout's one-line message naming the file, the line and the problem.
+    """
+    layout, data_dir = dataset(name), Path(data_dir)
+    return Annotations.from_events(layout.events(data_dir), tuple(layout.submission_recordings(data_dir)),
+                                   layout.species_count(data_dir))
