@@ -5,7 +5,7 @@
     recipe_point(["mixup"], 50)   -> {"augment.mixup_alpha": 0.1, "augment.mixup_on": "features"}
 
 A space's dict has TrialConfig dotted paths as keys; lay it over a base config with
-`trainable.dotted.merge` and build it with `trainable.recipes.resolve`. `recipe_point` gives
+`trainable.dotted.merge` and build it with `trainable.config.resolve`. `recipe_point` gives
 the Optuna parameters that reproduce a recipe's config, so a search can evaluate it first.
 """
 

@@ -106,8 +106,9 @@ def trained_experiment(tmp_path_factory, tiny_trial) -> Path:
 # The longest test files (minutes of real Ray searches each), longest first. `make test` hands
 # whole files to its two processes in collection order: run these first, so that the short files
 # fill the gaps and no process is left with one long file at the end while the other is idle.
-LONGEST_FIRST = ("test_search_run", "test_cluster_multinode", "test_tune", "test_reuse", "test_interrupts",
-                 "test_search_s3", "test_jobs", "test_out_of_memory", "test_extend", "test_preemption")
+LONGEST_FIRST = ("test_search_run", "test_cluster_multinode", "test_tune", "test_legacy_experiment", "test_reuse",
+                 "test_interrupts", "test_search_s3", "test_jobs", "test_out_of_memory", "test_extend",
+                 "test_preemption")
 
 
 def pytest_collection_modifyitems(items):

@@ -15,7 +15,7 @@ from spaces import recipe_point
 from tests import oom_injection
 from tests.helpers import ENV, tiny_search
 from trainable.config import resolve
-from trainable.tune import out_of_memory_message
+from trainable.training.out_of_memory import out_of_memory_message
 
 pytestmark = pytest.mark.ray
 

@@ -27,23 +27,11 @@ from trainable.training import preemption
 from trainable.training.cadence import CheckpointCadence
 from trainable.training.fit import Device, DivergedError
 from trainable.training.kfold import KFoldTraining
+from trainable.training.out_of_memory import OutOfGPUMemoryError, out_of_memory_message
 
 DIVERGED_FILE = "diverged.txt"  # in the trial directory: why the trial diverged
 OUT_OF_MEMORY_FILE = "out_of_gpu_memory.txt"  # in the trial directory: the line the trial ended with
 PREEMPTIONS_FILE = "preemptions.txt"  # in the trial directory: where each exit checkpointed, where each retry resumed
-OUT_OF_MEMORY = "out of GPU memory"  # how that line starts, and the trial's status on the leaderboard
-OUT_OF_MEMORY_ADVICE = ("give each trial more of a GPU (--gpus-per-trial) or lower train.batch_size"
-                        " or train.eval_recordings")
-
-
-class OutOfGPUMemoryError(RuntimeError):
-    """The trial's batches do not fit in its share of the GPU; the message says what to change."""
-
-
-def out_of_memory_message(gpu_share: float, train: TrainConfig) -> str:
-    """The one line a trial that ran out of GPU memory ends with: its share and its batch sizes."""
-    return (f"{OUT_OF_MEMORY} at {gpu_share:g} GPU per trial with train.batch_size {train.batch_size}"
-            f" (train.eval_recordings {train.eval_recordings}): {OUT_OF_MEMORY_ADVICE}")
 
 
 def train_sed(config: dict[str, Any]) -> None:

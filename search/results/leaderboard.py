@@ -34,7 +34,7 @@ from trainable.atomic import TEMP_SUFFIX, atomic_write_text
 from trainable.config import resolve, to_dict
 from trainable.dotted import flatten_dotted, nest_dotted
 from trainable.reported import SCORE
-from trainable.tune import OUT_OF_MEMORY_ADVICE, OutOfGPUMemoryError
+from trainable.training.out_of_memory import OUT_OF_MEMORY_ADVICE, OutOfGPUMemoryError
 
 if TYPE_CHECKING:
     from ray import tune  # the Tuner's results, read here as they are (metrics, config, error, path)

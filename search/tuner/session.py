@@ -42,7 +42,7 @@ from search.tuner.cluster import autoscaler_nodes, trials_at_once, unfit_request
 from search.tuner.experiment import build_tuner, can_resume, fit, restore_tuner
 from search.tuner.searcher import STUDY_EXPORT_ENV
 from search.tuner.signals import stop_on_sigterm_like_ctrl_c
-from trainable.tune import OUT_OF_MEMORY, OUT_OF_MEMORY_ADVICE
+from trainable.training.out_of_memory import OUT_OF_MEMORY, OUT_OF_MEMORY_ADVICE
 
 TOP_ROWS = 5  # leaderboard rows printed at the end, and scored on the holdout with the recipe point
 
