@@ -8,6 +8,7 @@ module the map names exists, so the map neither misses a module nor keeps a stal
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -62,3 +63,15 @@ def test_every_module_is_in_the_map(package):
 def test_every_module_in_the_map_exists(package):
     stale = sorted(name for name in modules_in_map() - modules_on_disk() if name.startswith(package + "/"))
     assert not stale, f"{DESIGN.relative_to(ROOT)}'s module map names modules that do not exist: {stale}"
+
+
+def test_no_module_is_ignored_by_git():
+    """A module that .gitignore matches is missing from every clone (`data/` once hid trainable/data/'s
+    new modules): every module of the packages must be outside the ignore patterns."""
+    paths = sorted(str(path.relative_to(ROOT)) for package in PACKAGES for path in (ROOT / package).rglob("*.py")
+                   if "__pycache__" not in path.parts)
+    # --no-index: the patterns alone, whether or not the file is tracked already.
+    checked = subprocess.run(["git", "check-ignore", "--no-index", "--stdin"], cwd=ROOT, input="\n".join(paths),
+                             capture_output=True, text=True)
+    assert checked.returncode in (0, 1), checked.stderr  # 1: nothing ignored
+    assert checked.stdout.split() == [], f"modules that .gitignore hides from a clone: {checked.stdout.split()}"
