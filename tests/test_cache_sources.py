@@ -165,4 +165,3 @@ def test_unusable_cache_dir_is_one_line_before_any_work(tmp_path, capsys, monkey
     code, out, err = run_main(data, capsys, "--cache-dir", str(where(data)))
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith("error: ") and expected in err, err
-

@@ -271,4 +271,3 @@ class WindowPredictor:
 
 def species_columns(n_species: int) -> list[str]:
     return [f"s{i}" for i in range(n_species)]
-

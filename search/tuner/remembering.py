@@ -121,4 +121,3 @@ def recorded_results(trial: Trial) -> list[dict]:
         except ValueError:  # a last line cut by a killed copy: the lines before it are whole
             continue
     return results
-

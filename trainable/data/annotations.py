@@ -66,4 +66,3 @@ class Annotations:
     def train_ids(self) -> list[str]:
         """Every annotated train recording (tp or fp), sorted."""
         return sorted(set(self.tp.recording) | set(self.fp.recording))
-

@@ -26,12 +26,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from trainable.data.cache import LogMelCache
 from trainable.config import DataConfig
-from trainable.data.windows import concatenated, cut_windows
+from trainable.data.cache import LogMelCache
 from trainable.data.folds import Fold
 from trainable.data.placement import Placement
 from trainable.data.targets import Labels, Targets
+from trainable.data.windows import concatenated, cut_windows
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 
-from trainable.data.annotations import Annotations
 from trainable.config import DataConfig
+from trainable.data.annotations import Annotations
 
 
 @dataclass(frozen=True)

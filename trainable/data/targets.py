@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from trainable.data.mixup import Mixup
 from trainable.config import LossConfig
+from trainable.data.mixup import Mixup
 from trainable.data.teacher import Teacher
 
 

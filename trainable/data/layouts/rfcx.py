@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from trainable.data.annotations import EVENT_COLUMNS, AnnotationError
 from trainable.atomic import atomic_write_text
+from trainable.data.annotations import EVENT_COLUMNS, AnnotationError
 from trainable.metrics import lwlrap
 
 TP_FILE = "train_tp.csv"
