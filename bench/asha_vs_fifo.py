@@ -7,7 +7,7 @@ both runs as fixed points, so the two runs differ in their scheduler only.
     python -m bench.asha_vs_fifo [--space loss_weights] [--trials 8] [--epochs 8] [--grace-period 4]
 
 The defaults are make run's: its trials, the quick preset's epochs, and ASHA's own settings
-(search.stopping and search.tuner.schedulers, as search/run.py builds both schedulers).
+(search.stopping's settings, built as a search builds them: search.tuner.schedulers.ray_scheduler).
 
 Target: ASHA reaches >= 98% of FIFO's best cv_lwlrap with <= 70% of its trained epochs. (Under
 make run's grace of 4 of 8 epochs every trial trains half the budget, so 50% is the floor; with

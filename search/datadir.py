@@ -37,6 +37,7 @@ def open_data(data_dir: Path, name: str = DEFAULT_DATASET, cache_dir: str | Path
     Raises:
         AnnotationError: the annotations cannot be read (the layout's one-line message).
         CacheError: no cache (the message has the command that builds it), or one that cannot be read.
+        UnknownDataset: no layout of that name (data.dataset; a ConfigError).
     """
     data_dir = Path(data_dir)
     annotations = load_annotations(data_dir, name)

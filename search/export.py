@@ -30,7 +30,7 @@ import argparse
 import sys
 from pathlib import Path
 
-# Light imports only: --help and bad input answer at once; torch comes with the work.
+# No Ray here: --help and bad input answer in the seconds torch takes to import (the cache's module needs it).
 from search.results.exports import EXPORT_ERRORS, OOF_FILE, SUBMISSION, WINDOWS, ExportError, export, submit_command
 from search.results.holdout import notes
 from search.results.trials import LEADERBOARD_CSV, scored_trials, trial_dir

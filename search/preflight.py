@@ -1,6 +1,9 @@
-"""Every check search/run.py makes before Ray starts: each one answers in one line (UsageError,
-exit code 2) what would otherwise fail inside every trial, retried --max-failures times, or
-leave Ray retrying for minutes.
+"""The checks search/run.py makes before Ray starts of what the trials will read and where they
+will run: --config, the resources, --name, the data, the backbone, the ImageNet weights,
+--init-from and --address (the storage is search.storage's, the scheduler's settings
+search.stopping's, the plan's own search.plan's). Each one answers in one line (UsageError, exit
+code 2) what would otherwise fail inside every trial, retried --max-failures times, or leave Ray
+retrying for minutes.
 
 The command line's own values (--config, the resources, --init-from, --address), then the data
 (search.datadir opens and validates it), the backbone, the --init-from checkpoint and the

@@ -34,8 +34,9 @@ if __name__ == "__main__":  # Ctrl-C or SIGTERM during the imports below (second
     signal.signal(signal.SIGINT, _exit_interrupted)
     signal.signal(signal.SIGTERM, _exit_interrupted)
 
-# Light imports only: --help and argument errors must answer at once. Ray, torch and timm are
-# imported by the functions that need them (search.preflight, search.tuner.session).
+# Light imports only: --help and argument errors must answer at once. Ray and timm are imported by
+# the functions that need them (search.preflight, search.tuner.session); torch comes with the cache's
+# module (DEFAULT_CACHE_NAME).
 from datatools.builtin import QUICK_PRESET, QUICK_TRAINING, default_data_dir, ensure_synthetic
 from search.plan import (
     PLAN_FILE,

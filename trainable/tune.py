@@ -1,13 +1,14 @@
 """The Ray Tune trainable: the full k-fold training of one configuration as one trial.
 
 The only module of `trainable` that imports Ray. Everything else a trial does lives in
-Ray-free modules (kfold, fit, ...), so it can be tested, benchmarked and exported without a
-cluster. One `training_iteration` = one epoch on every fold (trainable.reported: what a trial
-reports); every iteration reports the metrics, and a checkpoint when `trainable.training.cadence`
-says so (by the clock, at the scheduler's milestones and at the end), so the scheduler can stop
-the trial there and Ray can resume it. A process that exits mid-epoch (SIGTERM: a draining or reclaimed node)
-checkpoints at the next batch boundary into the trial's storage folder (`trainable.training.preemption`),
-and the retry goes on from there.
+Ray-free modules (trainable.training.kfold, trainable.training.fit, ...), so it can be tested,
+benchmarked and exported without a cluster. One `training_iteration` = one epoch on every fold
+(trainable.reported: what a trial reports); every iteration reports the metrics, and a
+checkpoint when `trainable.training.cadence` says so (by the clock, at the scheduler's
+milestones and at the end), so the scheduler can stop the trial there and Ray can resume it. A
+process that exits mid-epoch (SIGTERM: a draining or reclaimed node) checkpoints at the next
+batch boundary into the trial's storage folder (`trainable.training.preemption`), and the retry
+goes on from there.
 """
 
 from __future__ import annotations

@@ -237,7 +237,6 @@ class WindowPredictor:
         dataset = ClipWindows(cache, split, ids, width, overlap, n_species=model.n_species, rule=self.data.window_rule)
         batches = tqdm(dataset.batches(RECORDINGS_PER_BATCH), desc=label, unit="batch", file=sys.stderr,
                        disable=not self.progress)
-        # predict_windows only iterates its loader (trainable.training.fit annotates it DataLoader).
         scores, counts = predict_windows(model, batches, self.pipeline, self.device)
         probabilities = scores[self.data.window_score]
         fps = cache.features.frames_per_second

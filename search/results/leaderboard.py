@@ -1,4 +1,4 @@
-"""What a finished (or interrupted) search leaves for review.
+"""The leaderboard of a finished (or interrupted) search, and the files beside it.
 
 In the experiment directory:
     leaderboard.md / .csv   one row per trial, ranked by its score (the `exp | CV | LB | memo`

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 LEADERBOARD_CSV = "leaderboard.csv"
-TRIAL_FILE = "trial.json"  # trainable.training.checkpoint.TRIAL_FILE, repeated here to keep torch out of the CLIs
+TRIAL_FILE = "trial.json"  # trainable.training.checkpoint.TRIAL_FILE, repeated here to keep torch out of search/lb.py
 ENSEMBLE = "ensemble"  # the leaderboard row of search/ensemble.py's blend; Ray's trial ids are hex
 EXPORTS = "exports"  # EXPERIMENT/exports/trial_<id>/: what search/export.py writes (and ensemble/)
 

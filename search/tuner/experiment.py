@@ -88,7 +88,7 @@ def trial_dirname(trial) -> str:
 def restore_tuner(plan: SearchPlan) -> tune.Tuner:
     """The interrupted experiment `plan.name`: finished trials stay, unfinished ones resume
     from their last checkpoints, the searcher goes on with its study up to the plan's trial
-    count, and the scheduler knows the trials that reported before (search.stopping)."""
+    count, and the scheduler knows the trials that reported before (search.tuner.remembering)."""
     # Ray's saved state names our classes by the module paths they had when it was saved.
     register_old_names()
     tuner = tune.Tuner.restore(experiment_path(plan), trainable(plan), resume_unfinished=True,

@@ -1,6 +1,7 @@
 """Audio -> log-mel: the one place that decides what the model sees.
 
-Every input is downmixed to mono and resampled to `FeatureConfig.sample_rate`, so the
+Every input is downmixed to mono and resampled to `FeatureConfig.sample_rate` (trainable.data.cache: the
+feature parameters identify a cache), so the
 frame rate (sample_rate / hop_length, 62.5 frames/s by default) is the same for a
 48 kHz competition file and a 16 kHz synthetic one.
 """

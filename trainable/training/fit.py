@@ -182,7 +182,7 @@ def predict_windows(model: nn.Module, loader: Iterable, pipeline: InputPipeline,
     max over time of the segment probability), from one forward pass.
 
     Args:
-        loader: batches from `data.collate_windows`: windows (sum W, 1, M, T), window
+        loader: batches from `trainable.data.windows.collate_windows`: windows (sum W, 1, M, T), window
             counts per recording, truth (unused here), placements.
         at_boundary: called after every batch (trainable.training.preemption; a checkpoint taken there
             repeats the whole prediction).
