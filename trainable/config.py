@@ -343,7 +343,7 @@ def from_dict(cls: type[T], values: dict[str, Any], path: str = "") -> T:
         ConfigError: an unknown recipe or key, a value of the wrong type, or a value the
             dataclass itself rejects; the message names the key.
     """
-    return build(cls, _over_recipe(values) if cls is TrialConfig and isinstance(values, dict) else values, path)
+    return build(cls, over_recipe(values) if cls is TrialConfig and isinstance(values, dict) else values, path)
 
 
 def resolve(values: dict[str, Any]) -> TrialConfig:
@@ -357,7 +357,7 @@ def resolve(values: dict[str, Any]) -> TrialConfig:
     return from_dict(TrialConfig, values)
 
 
-def _over_recipe(values: dict[str, Any]) -> dict[str, Any]:
+def over_recipe(values: dict[str, Any]) -> dict[str, Any]:
     """A TrialConfig dict laid over its recipe's defaults (trainable.recipes) and the key
     `recipe` itself, so a config named after a recipe always has that recipe's values where it
     does not say its own.

@@ -31,12 +31,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainable.config import FOLD_SPLIT_KEYS, MODEL_KEYS, ConfigError, TrialConfig, to_dict, upgrade_keys
+from trainable.config import (
+    FOLD_SPLIT_KEYS,
+    MODEL_KEYS,
+    ConfigError,
+    TrialConfig,
+    over_recipe,
+    to_dict,
+    upgrade_keys,
+)
 from trainable.data.clips import ClipSpec
 from trainable.data.crops import CropSpec
 from trainable.dotted import flatten_dotted, merge
 from trainable.model.sed import SEDModel
-from trainable.recipes import DEFAULT_RECIPE, RECIPES
+from trainable.recipes import DEFAULT_RECIPE
 from trainable.training.fit import Device
 from trainable.training.selection import Selection
 from trainable.training.state import EpochProgress, FoldRun
@@ -237,12 +245,9 @@ def _check_same_recipe(saved: dict, current: dict, directory: Path) -> None:
     free = {"data_dir", "cache_dir", "teacher_file", "teacher_files", "init_from", "model.pretrained_file",
             "train.epochs", "train.folds", "train.loader_workers", "train.eval_recordings",
             "train.checkpoint_seconds", "train.checkpoint_epochs"}
-    name = saved.get("recipe", DEFAULT_RECIPE)
-    if name not in RECIPES:
-        raise ConfigError(f"checkpoint {directory} was made with recipe {name!r}, unknown to this version")
     # The recipe's values over the dataclass defaults, not resolved: a stage 3 recipe alone is no
     # valid config (it needs teacher_files), and resolving it refused every stage 3 resume.
-    recipe = {**RECIPES[name].values, "recipe": name}
+    recipe = over_recipe({"recipe": saved.get("recipe", DEFAULT_RECIPE)})
     defaults = flatten_dotted(merge(to_dict(TrialConfig(data_dir=current["data_dir"])), recipe))
     saved, current = {**defaults, **flatten_dotted(upgrade_keys(saved))}, flatten_dotted(current)
     for key in sorted((set(saved) | set(current)) - free):
