@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
           f"windows:    {out / WINDOWS} (a stage-3 teacher: --teacher {out / WINDOWS})\n"
           f"submit:     {submit_command(first, ENSEMBLE, out)}")
     if out.resolve() == (first / EXPORTS / ENSEMBLE).resolve() and (first / LEADERBOARD_CSV).is_file():
+        # optuna and matplotlib, only where there is a leaderboard to refresh
         from search.results.leaderboard import LEADERBOARD_MD
         from search.results.refresh import refresh_reports
 
@@ -169,7 +170,7 @@ def candidates(references: list[str], top: int | None) -> list[Candidate]:
 
 def _candidate(experiment: Path, trial: str, score: float) -> tuple[Candidate | None, str | None]:
     """The trial as a candidate, or why it cannot be one."""
-    from trainable.training.checkpoint import read_trial_file  # torch is here already: trainable.data.cache imports it
+    from trainable.training.checkpoint import read_trial_file  # timm (its fold models): not for --help
 
     try:
         checkpoint = newest_checkpoint(trial_dir(experiment, trial))

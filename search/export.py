@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if (args.experiment / LEADERBOARD_CSV).is_file():
+        # optuna and matplotlib, only where there is a leaderboard to refresh
         from search.results.leaderboard import LEADERBOARD_MD, frame
         from search.results.refresh import refresh_reports
 

@@ -86,7 +86,7 @@ def check_resources(num_samples: int | None, max_concurrent: int | None, cpus: f
 
 def init_checkpoint(reference: str, storage: str) -> Path:
     """The checkpoint directory --init-from EXPERIMENT[:TRIAL] names: the trial's newest checkpoint."""
-    from trainable.training.checkpoint import CheckpointError, read_trial_file  # torch
+    from trainable.training.checkpoint import CheckpointError, read_trial_file  # torch and timm
 
     name, trial = split_trial_ref(reference)
     experiment = Path(name)

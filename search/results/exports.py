@@ -21,7 +21,7 @@ from search.datadir import DataDir, open_data
 from search.results.holdout import HOLDOUT_FILE, PRIVATE, PUBLIC, HoldoutError, holdout_scores, load_truth
 from search.results.trials import EXPORTS, TrialNotFound, newest_checkpoint, trial_dir
 from trainable.atomic import atomic_write_text
-from trainable.config import ConfigError
+from trainable.config import ConfigError, resolve
 from trainable.data.annotations import AnnotationError
 from trainable.data.cache import CacheError, LogMelCache
 
@@ -95,8 +95,6 @@ def export(experiment: Path, trial: str, data_dir: Path | None = None, cache_dir
 def trial_config(saved: dict[str, Any], data_dir: Path | None, cache_dir: Path | None) -> TrialConfig:
     """A checkpoint's config, on other data (`data_dir`: its cache there unless `cache_dir`)
     or with another cache where given."""
-    from trainable.config import resolve
-
     if data_dir is not None:
         saved = {**saved, "data_dir": str(data_dir.resolve()), "cache_dir": ""}
     if cache_dir is not None:
