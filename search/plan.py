@@ -47,6 +47,11 @@ class SearchPlan:
     sampler: str = "tpe"  # one of SAMPLERS; an experiment from before this field used TPE
     scheduler: str = DEFAULT_SCHEDULER  # a key of search.stopping.SCHEDULERS
     scheduler_settings: dict[str, Any] = field(default_factory=dict)  # its settings, resolved and checked
+    # Seeds per repeated configuration (search.tuner.repeats), the plan's own train.seed first: the
+    # recipe point always, and the top `confirm` configurations in a confirmation round at the end.
+    # An experiment from before these fields repeated nothing.
+    repeats: int = 1
+    confirm: int = 0
 
     @property
     def epochs(self) -> int:
@@ -69,6 +74,27 @@ class SearchPlan:
     def baseline(self) -> dict[str, Any]:
         """The config the search starts from (its recipe with the fixed values), dotted."""
         return flatten_dotted(to_dict(resolve(self.fixed)))
+
+
+def repeat_seeds(plan: SearchPlan) -> list[int]:
+    """The seeds a repeated configuration trains under besides the plan's own train.seed."""
+    seed = int(plan.baseline["train.seed"])
+    return list(range(seed + 1, seed + plan.repeats))
+
+
+def trial_bound(plan: SearchPlan) -> int:
+    """The most trials the plan can run: every proposal under every seed (the seed repeats end the
+    search themselves, search.tuner.repeats; Ray's trial count must only not stop them first)."""
+    return plan.num_samples * plan.repeats
+
+
+def repeats_summary(plan: SearchPlan) -> str:
+    """How the plan repeats configurations, for the start-up line ("" when it does not)."""
+    if plan.repeats < 2:
+        return ""
+    seeds = f"{plan.repeats} seeds"
+    confirm = f"; then the top {plan.confirm} configurations under the same seeds" if plan.confirm else ""
+    return f"; the recipe point under {seeds} ({plan.repeats - 1} more trials){confirm}"
 
 
 def fixed_stage(fixed: dict[str, Any]) -> int:
@@ -197,7 +223,25 @@ def check_plan(plan: SearchPlan) -> None:
                           f" searches {model_keys[0]}, which needs another")
     recipe = recipe_config(plan.spaces, epochs, plan.teacher, plan.baseline)
     scheduler_of(plan).check(plan.scheduler_settings, epochs)
+    check_repeats(plan)
     plan.trial_config(recipe)
+
+
+def check_repeats(plan: SearchPlan) -> None:
+    """--repeats and --confirm: seeds to repeat under, and configurations that have more than one."""
+    if plan.repeats < 1:
+        raise ConfigError(f"--repeats {plan.repeats}: the seeds of the recipe point, 1 (no repeat) or more")
+    if plan.confirm < 0:
+        raise ConfigError(f"--confirm {plan.confirm}: the configurations confirmed at the end, 0 (none) or more")
+    if plan.confirm and plan.repeats < 2:
+        raise ConfigError(f"--confirm {plan.confirm} trains the top configurations again under --repeats seeds;"
+                          f" give --repeats 2 or more, or --confirm 0")
+    if plan.confirm and not plan.spaces:
+        raise ConfigError(f"--confirm {plan.confirm}: without --space there is one configuration, the recipe"
+                          f" point (its seeds: --repeats)")
+    if plan.confirm > plan.num_samples:
+        raise ConfigError(f"--confirm {plan.confirm}: more configurations than the search's {plan.num_samples}"
+                          f" trials")
 
 
 @dataclass(frozen=True)

@@ -77,10 +77,16 @@ from trainable.recipes import DEFAULT_RECIPE, RECIPES, STAGE_RECIPES
 # max_failures: a reclaimed spot node is one failure for each trial it held, and a retry costs at
 # most the epoch in flight. The schedulers' settings and defaults are their own (search.stopping).
 DEFAULTS = {"num_samples": 8, "cpus_per_trial": 1.0, "gpus_per_trial": 0.0, "seed": 0, "max_failures": 5}
+# Seed repeats by default where they cost little beside the search: 2 more trials (3 seeds, the
+# fewest that give a std) once a search has REPEATS_FROM trials or more, and always on the built-in
+# data (make run), where a newcomer should see the noise; the confirmation round (CONFIRM more
+# configurations x 2 seeds) from REPEATS_FROM trials. A search of 12 then runs 18 trials, one of
+# 8 on the user's own data none more: there a trial of the recipe costs hours.
+REPEATS, CONFIRM, REPEATS_FROM = 3, 2, 12
 # Flags that define a search; resuming takes them from the experiment itself.
 SEARCH_FLAGS = ("space", "recipe", "data_dir", "cache_dir", "num_samples", "max_concurrent", "epochs", "folds",
                 "backbone", "cpus_per_trial", "gpus_per_trial", "seed", "set", "config", "max_failures", "stage",
-                "teacher", "init_from", "sampler", "scheduler", *setting_names())
+                "teacher", "init_from", "sampler", "scheduler", "repeats", "confirm", *setting_names())
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -107,6 +113,14 @@ def add_search_flags(parser: argparse.ArgumentParser) -> None:
     add("--seed", type=int, help=f"Optuna sampler seed (default: {DEFAULTS['seed']})")
     add("--sampler", choices=SAMPLERS, help="how Optuna proposes: tpe (TPE, after random proposals for half the"
                                             " trials, at most 10) or random (default: tpe)")
+    add("--repeats", type=int, metavar="K",
+        help=f"seeds of the recipe point: K-1 more trials of it under other train.seed values, trained to the end,"
+             f" beside --num-samples; its seed mean and std are the noise every margin is measured in (default:"
+             f" {REPEATS} from {REPEATS_FROM} trials and on the built-in data, else 1)")
+    add("--confirm", type=int, metavar="N",
+        help=f"after the search, train its top N configurations again under the same K seeds and rank them by"
+             f" their seed mean (best_config.yaml, export's best and --init-from follow it); Optuna sees each"
+             f" configuration once (default: {CONFIRM} from {REPEATS_FROM} trials, else 0; 0 turns it off)")
 
 
 def add_data_flags(parser: argparse.ArgumentParser) -> None:
@@ -299,11 +313,15 @@ def new_plan(args: argparse.Namespace, storage: str, name: str) -> SearchPlan:
     if trial.init_from:
         check_init_from(trial, n_species)
     num_samples = _value(args, "num_samples") if args.space else 1
+    many = num_samples >= REPEATS_FROM
+    repeats = args.repeats if args.repeats is not None else REPEATS if many or synthetic or args.confirm else 1
+    confirm = args.confirm if args.confirm is not None else CONFIRM if many and args.space else 0
     plan = SearchPlan(spaces=tuple(dict.fromkeys(args.space)), fixed=fixed, num_samples=num_samples,
                       max_concurrent=args.max_concurrent,
                       cpus_per_trial=_value(args, "cpus_per_trial"), gpus_per_trial=_value(args, "gpus_per_trial"),
                       storage=storage, name=name, seed=_value(args, "seed"), max_failures=_value(args, "max_failures"),
-                      sampler=args.sampler or SAMPLERS[0], scheduler=scheduler, scheduler_settings=settings)
+                      sampler=args.sampler or SAMPLERS[0], scheduler=scheduler, scheduler_settings=settings,
+                      repeats=repeats, confirm=confirm)
     check_plan(plan)
     if trial.model.pretrained:  # last: every cheap check answers first
         check_weights(trial)

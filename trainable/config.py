@@ -25,6 +25,10 @@ FOLD_LABELS = ("single", "multi_hot")  # see DataConfig.fold_labels
 WINDOW_SCORES = ("att_max_mean", "segment_max")  # see DataConfig.window_score
 FOLD_SPLIT_KEYS = ("data.n_folds", "data.fold_seed", "data.fold_labels")  # what decides the folds
 TRAIN_ITEMS = ("crops", "clips")  # see DataConfig.train_items
+# Not a setting: the search's mark on the trials of one configuration trained under several seeds
+# (search.tuner.repeats): the id of the configuration's first trial. The trial trains the same
+# with or without it; resolve() drops it.
+SEED_GROUP = "seed_group"
 
 
 @dataclass(frozen=True)
@@ -354,7 +358,7 @@ def resolve(values: dict[str, Any]) -> TrialConfig:
     Raises:
         ConfigError: an unknown recipe, key or value (the message names it).
     """
-    return from_dict(TrialConfig, values)
+    return from_dict(TrialConfig, {key: value for key, value in values.items() if key != SEED_GROUP})
 
 
 def over_recipe(values: dict[str, Any]) -> dict[str, Any]:

@@ -1,9 +1,10 @@
 """The leaderboard of a finished (or interrupted) search, and the files beside it.
 
 In the experiment directory:
-    leaderboard.md / .csv   one row per trial, ranked by its score (the `exp | CV | LB | memo`
-                            table users keep by hand, filled in)
-    best_config.yaml        the best trial's full resolved config, reusable with --config
+    leaderboard.md / .csv   one row per trial, ranked by its configuration's score (its seed mean
+                            where it has several seeds: search.results.seeds; the `exp | CV | LB
+                            | memo` table users keep by hand, filled in)
+    best_config.yaml        the best configuration's full resolved config, reusable with --config
     study.db                the Optuna study in sqlite, for Optuna's own tools
 Every file is written atomically: a report cut short never replaces a good one. The report page
 (report.html, search.results.page) is drawn from them: search.results.refresh writes both.
@@ -26,12 +27,24 @@ import yaml
 
 from search.results.holdout import HOLDOUT_FILE, notes
 from search.results.lb_scores import LB_MEMO, LB_PRIVATE, LB_PUBLIC, load_lb
-from search.results.records import recorded
+from search.results.records import recorded, seed_verdict
+from search.results.seeds import (
+    MARGIN_SD,
+    SEED,
+    SEED_GROUP_COLUMN,
+    SEED_MEAN,
+    SEED_STD,
+    SEEDS,
+    Seeds,
+    margin_sd,
+    noise_line,
+    seed_groups,
+)
 from search.results.trials import ENSEMBLE, EXPORTS
 from search.stopping import DEFAULT_SCHEDULER, SCHEDULERS, Scheduler
 from trainable import reported
 from trainable.atomic import TEMP_SUFFIX, atomic_write_text
-from trainable.config import resolve, to_dict
+from trainable.config import SEED_GROUP, ConfigError, resolve, to_dict
 from trainable.dotted import flatten_dotted, nest_dotted
 from trainable.reported import SCORE
 from trainable.training.out_of_memory import OUT_OF_MEMORY_ADVICE, OutOfGPUMemoryError
@@ -70,10 +83,27 @@ class Row:
     fold_scores: str = ""  # each fold's LWLRAP at the best common epoch, "0.912,0.874"
     lb: dict[str, Any] = field(default_factory=dict)  # recorded leaderboard scores: search/lb.py
     memo: str = ""  # the ensemble's composition
+    seed: float = math.nan  # the trial's train.seed
+    seed_group: str = ""  # the first trial of its configuration, when it is one of several seeds
+    # Its configuration's seeds (with_seed_stats): how many completed, their mean and std, and the
+    # configuration's score above the recipe point's seed mean in units of its seed std.
+    seeds: int = 0
+    seed_mean: float = math.nan
+    seed_std: float = math.nan
+    margin_sd: float = math.nan
 
     @property
     def is_ensemble(self) -> bool:
         return self.trial == ENSEMBLE
+
+    @property
+    def group(self) -> str:
+        """Its configuration: the trials under other seeds of the same configuration share it."""
+        return self.seed_group or self.trial
+
+    @property
+    def is_repeat(self) -> bool:
+        return self.group != self.trial
 
 
 def trial_budget(config: dict[str, Any] | None, epochs: int) -> int:
@@ -132,12 +162,22 @@ def _row(result: tune.Result, epochs: int, param_names: list[str], recipe: dict[
         at_best = {column: float(best[name]) for name, column in AT_BEST_COLUMNS.items() if name in history}
         fold_scores = ",".join(f"{best[c]:.4f}" for c in reported.fold_keys(history.columns, reported.FOLD_LWLRAP))
     trial = metrics.get("trial_id") or Path(result.path).name
+    config = result.config or {}
     cvs = {column: float(metrics.get(key, math.nan)) for key, column in CV_COLUMNS.items()} | at_best
     folds = reported.fold_keys(metrics, reported.FOLD_BEST_EPOCH)
     return Row(trial, status, float(metrics.get(SCORE, math.nan)), fold_std, done, params,
                float(metrics.get("time_total_s", 0.0)), cvs=cvs,
                best_epochs=",".join(str(int(metrics[key])) for key in folds), fold_scores=fold_scores,
-               recipe_point=recipe is not None and all(_same(flat.get(key), value) for key, value in recipe.items()))
+               recipe_point=recipe is not None and all(_same(flat.get(key), value) for key, value in recipe.items()),
+               seed=trial_seed(config), seed_group=str(config.get(SEED_GROUP, "")))
+
+
+def trial_seed(config: dict[str, Any]) -> float:
+    """The train.seed a trial ran with (its recipe's when the search did not set one)."""
+    try:
+        return float(resolve(config).train.seed)
+    except ConfigError:  # a config this version cannot read (an old experiment's): no seed to show
+        return math.nan
 
 
 def _same(value: Any, expected: Any) -> bool:
@@ -166,12 +206,14 @@ def frame(rows: list[Row]) -> pd.DataFrame:
                 **{name: row.cvs.get(name, math.nan) for name in cv_columns(rows)},
                 "best_epochs": row.best_epochs, "fold_std": row.fold_std,
                 **{name: row.holdout.get(name, math.nan) for name in holdout},
+                SEED: pd.NA if math.isnan(row.seed) else int(row.seed), SEEDS: row.seeds, SEED_MEAN: row.seed_mean, SEED_STD: row.seed_std,
+                MARGIN_SD: row.margin_sd, SEED_GROUP_COLUMN: "" if row.is_ensemble else row.group,
                 **{name: row.lb.get(name, "" if name == LB_MEMO else math.nan) for name in lb},
                 "epochs": row.epochs, **row.params, "wall_s": round(row.wall_s, 1), "recipe_point": row.recipe_point,
                 "fold_scores": row.fold_scores}
                for i, row in enumerate(rows)]
-    columns = ["rank", "trial", "status", SCORE, *CV_COLUMNS.values(), "best_epochs", "fold_std", "epochs", "wall_s",
-               "recipe_point", "fold_scores"]
+    columns = ["rank", "trial", "status", SCORE, *CV_COLUMNS.values(), "best_epochs", "fold_std", SEED, SEEDS,
+               SEED_MEAN, SEED_STD, MARGIN_SD, SEED_GROUP_COLUMN, "epochs", "wall_s", "recipe_point", "fold_scores"]
     return pd.DataFrame.from_records(records) if records else pd.DataFrame(columns=columns)
 
 
@@ -185,13 +227,18 @@ def markdown(rows: list[Row], title: str, importances: dict[str, float] | None) 
     if not rows:
         return f"# {title}\n\nNo trial has run yet.\n"
     table = frame(rows).drop(columns="fold_scores")
-    lines_below = notes(table)
+    lines_below = notes_below(table)
     table["LB"] = [_lb_cell(row.lb) for row in rows]
-    table["memo"] = ["; ".join(part for part in ("recipe point" if row.recipe_point else "", row.memo,
-                                                 row.lb.get(LB_MEMO, "")) if part) for row in rows]
-    table = table.drop(columns=[c for c in ("recipe_point", LB_PUBLIC, LB_PRIVATE, LB_MEMO) if c in table])
-    for name in (SCORE, *cv_columns(rows), "fold_std", *{name for row in rows for name in row.holdout}):
+    table["memo"] = ["; ".join(part for part in ("recipe point" if row.recipe_point else "",
+                                                 f"seed {row.seed:g} of {row.group}" if row.is_repeat else "",
+                                                 row.memo, row.lb.get(LB_MEMO, "")) if part) for row in rows]
+    table = table.drop(columns=[c for c in ("recipe_point", SEED_GROUP_COLUMN, LB_PUBLIC, LB_PRIVATE, LB_MEMO)
+                                if c in table])
+    for name in (SCORE, *cv_columns(rows), "fold_std", SEED_MEAN, SEED_STD,
+                 *{name for row in rows for name in row.holdout}):
         table[name] = table[name].map(lambda v: f"{v:.4f}" if math.isfinite(v) else "-")
+    table[MARGIN_SD] = table[MARGIN_SD].map(lambda v: f"{v:+.1f}" if math.isfinite(v) else "-")
+    table[SEED] = table[SEED].map(lambda v: "-" if pd.isna(v) else v)
     for name in (rows[0].params if rows else {}):  # searched values, short enough to read
         table[name] = table[name].map(_short)
     lines = [f"# {title}", "", _markdown_table(table)]
@@ -202,6 +249,13 @@ def markdown(rows: list[Row], title: str, importances: dict[str, float] | None) 
                   _markdown_table(pd.DataFrame({"parameter": list(importances),
                                                 "importance": [f"{v:.3f}" for v in importances.values()]}))]
     return "\n".join(lines) + "\n"
+
+
+def notes_below(board: pd.DataFrame) -> list[str]:
+    """The lines below a leaderboard: the seed noise first (search.results.seeds), then the
+    holdout's and the LB's (search.results.holdout.notes)."""
+    line = noise_line(board)
+    return ([line] if line else []) + notes(board)
 
 
 def _lb_cell(lb: dict[str, Any]) -> str:
@@ -261,7 +315,7 @@ def write_reports(directory: Path, results: tune.ResultGrid, study: optuna.Study
     The study itself is exported by the searcher after every trial (search.tuner.searcher).
     """
     rows = with_scores(leaderboard(results, epochs, param_names, recipe, scheduler), directory)
-    best = _best_result(results)
+    best = _best_result(results, rows)
     if best is not None:
         assert best.config is not None  # a trial with a score ran with its config
         config = to_dict(resolve(best.config))
@@ -274,14 +328,17 @@ def refresh_leaderboard(directory: Path) -> list[Row]:
     """Rewrite the leaderboard of `directory` with the holdout and LB scores recorded since; its
     rows, title and importances come from the files the search wrote (search.results.refresh
     redraws the report page with it)."""
-    table = pd.read_csv(directory / LEADERBOARD_CSV, dtype={"trial": str, "best_epochs": str, "fold_scores": str})
+    table = pd.read_csv(directory / LEADERBOARD_CSV, dtype={"trial": str, "best_epochs": str, "fold_scores": str,
+                                                            SEED_GROUP_COLUMN: str})
     params = param_columns(table)
     text = lambda value: "" if pd.isna(value) else value  # noqa: E731
     rows = with_scores([Row(r.trial, r.status, r[SCORE], r.fold_std, int(r.epochs), {name: r[name] for name in params},
                             r.wall_s, cvs={name: r[name] for name in (*CV_COLUMNS.values(), *AT_BEST_COLUMNS.values())
                                            if name in r},
                             best_epochs=text(r.best_epochs), recipe_point=bool(r.get("recipe_point", False)),
-                            fold_scores=text(r.get("fold_scores", "")))
+                            fold_scores=text(r.get("fold_scores", "")), seed=float(r.get(SEED, math.nan)),
+                            seed_group="" if text(r.get(SEED_GROUP_COLUMN, "")) == r.trial
+                            else text(r.get(SEED_GROUP_COLUMN, "")))
                         for _, r in table.iterrows() if r.trial != ENSEMBLE], directory)
     study = load_study(directory)
     _write_leaderboard(directory, rows, leaderboard_title(directory), importances(study) if study else None)
@@ -322,7 +379,35 @@ def with_scores(rows: list[Row], directory: Path) -> list[Row]:
     trials = [replace(row, holdout=holdout(row.trial), lb=recorded.get(row.trial, {}))
               for row in rows if not row.is_ensemble]
     ensemble = [replace(row, lb=recorded.get(ENSEMBLE, {})) for row in ensemble_rows(trials, directory)]
-    return sorted(trials + ensemble, key=lambda row: -row.score if math.isfinite(row.score) else math.inf)
+    return ranked(trials + ensemble)
+
+
+def ranked(rows: list[Row]) -> list[Row]:
+    """The rows with their configurations' seed columns, best first: a configuration ranks by its
+    seed mean (its score with one seed), its trials together, the first one first; once a
+    confirmation round has run (a configuration besides the recipe point has several seeds),
+    the configurations with several seeds rank above those with one, whose single score is a
+    lucky draw as often as not. Trials without a score come last."""
+    groups = seed_groups([row.group for row in rows], [row.status for row in rows], [row.score for row in rows])
+    recipe = next((groups[row.group] for row in rows if row.recipe_point and row.group in groups), None)
+    confirmed = any(seeds.n >= 2 and seeds is not recipe for seeds in groups.values())
+
+    def value(row: Row) -> float:
+        return groups[row.group].mean if row.group in groups else row.score
+
+    def key(row: Row) -> tuple:
+        several = confirmed and groups.get(row.group, Seeds(())).n >= 2
+        known = math.isfinite(value(row))
+        return (not known, not several, -value(row) if known else 0.0, row.group, row.is_repeat, row.seed)
+
+    def with_stats(row: Row) -> Row:
+        if row.is_ensemble:  # not a configuration: its noise is judged in its memo (search/ensemble.py)
+            return row
+        seeds = groups.get(row.group, Seeds(()))
+        return replace(row, seeds=seeds.n, seed_mean=seeds.mean, seed_std=seeds.std,
+                       margin_sd=margin_sd(value(row), recipe))
+
+    return sorted((with_stats(row) for row in rows), key=key)
 
 
 def ensemble_rows(rows: list[Row], directory: Path) -> list[Row]:
@@ -335,7 +420,7 @@ def ensemble_rows(rows: list[Row], directory: Path) -> list[Row]:
     cvs = {name: math.nan for name in CV_COLUMNS.values()} | {CV_COLUMNS[reported.BEST_CV]: record["oof_lwlrap"]}
     params = {name: math.nan for name in (rows[0].params if rows else {})}
     blend = ", ".join(f"{weight:.2f} {trial}" for trial, weight in weights.items())
-    memo = f"in-sample {record['oof_lwlrap']:.4f}; {blend}"
+    memo = "; ".join(part for part in (f"in-sample {record['oof_lwlrap']:.4f}", blend, seed_verdict(record)) if part)
     status = f"ensemble of {len(weights)} trial{'s' if len(weights) > 1 else ''}"
     return [Row(ENSEMBLE, status, record["nested_oof_lwlrap"], math.nan, 0, params,
                 record["wall_s"], holdout=record.get("holdout", {}), cvs=cvs, memo=memo)]
@@ -352,9 +437,10 @@ def trial_results(results: tune.ResultGrid) -> list[tune.Result]:
     return [results[i] for i in range(len(results))]
 
 
-def _best_result(results: tune.ResultGrid) -> tune.Result | None:
-    scored = [r for r in trial_results(results) if r.metrics and math.isfinite(r.metrics.get(SCORE, math.nan))]
-    return max(scored, key=lambda r: (r.metrics or {})[SCORE], default=None)  # every one scored has metrics
+def _best_result(results: tune.ResultGrid, rows: list[Row]) -> tune.Result | None:
+    """The result of the leaderboard's best trial: its first with a score (ranked by seed mean)."""
+    best = next((row.trial for row in rows if not row.is_ensemble and math.isfinite(row.score)), None)
+    return next((r for r in trial_results(results) if (r.metrics or {}).get("trial_id") == best), None)
 
 
 def export_study(study: optuna.Study, path: Path) -> None:

@@ -140,7 +140,8 @@ def noise_line(board: pd.DataFrame) -> str | None:
             f" (mean +- std; its folds' std {fold_std:.4f})")
     if best == recipe or best not in cv:
         return line + "; the best configuration is the recipe point"
-    line += f"; the best configuration {best} ({_seeds(cv[best])}) {cv[best].mean:.4f}: {margin(cv[best], cv[recipe]).text()}"
+    line += (f"; the best configuration {best} ({_seeds(cv[best])}) {cv[best].mean:.4f}:"
+             f" {margin(cv[best], cv[recipe]).text()}")
     held = holdout_means(board)
     if held is not None:
         on_holdout = board_seeds(board, held)

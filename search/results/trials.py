@@ -42,7 +42,7 @@ def scored_board(experiment: Path) -> pd.DataFrame:
     board_path = experiment / LEADERBOARD_CSV
     if not board_path.is_file():
         raise TrialNotFound(f"no {LEADERBOARD_CSV} in {experiment}: name a trial, or finish the search first")
-    board = trial_rows(pd.read_csv(board_path, dtype={"trial": str}))
+    board = trial_rows(pd.read_csv(board_path, dtype={"trial": str, "seed_group": str}))
     scored = board[board[SCORE].map(lambda v: isinstance(v, float) and math.isfinite(v))]
     if scored.empty:
         raise TrialNotFound(f"no trial of {experiment} has a score yet")

@@ -30,11 +30,14 @@ from search.plan import (
     experiment_path,
     milestones,
     optuna_sampler,
+    repeat_seeds,
     save_plan,
+    trial_bound,
     trial_resources,
 )
 from search.tuner import review_logger, schedulers
 from search.tuner.legacy import register_old_names
+from search.tuner.repeats import SeedRepeats
 from search.tuner.searcher import TruthfulOptunaSearch
 from spaces import recipe_point, windows_of
 from trainable.reported import METRIC, MODE
@@ -48,7 +51,7 @@ EXPERIMENT_STATE = TuneController.CKPT_FILE_TMPL.format("*")  # Ray's trials and
 def build_tuner(plan: SearchPlan) -> tune.Tuner:
     """A new experiment."""
     epochs = plan.epochs
-    searcher = TruthfulOptunaSearch(
+    proposer = TruthfulOptunaSearch(
         space=DefineByRun(plan.spaces, epochs, plan.teacher, windows_of(plan.baseline)),
         metric=METRIC, mode=MODE,  # a define-by-run searcher does not take them from TuneConfig
         sampler=optuna_sampler(plan),
@@ -57,12 +60,13 @@ def build_tuner(plan: SearchPlan) -> tune.Tuner:
         max_iterations=epochs,
         study_name=plan.name,
     )
+    searcher = SeedRepeats(proposer, plan.num_samples, repeat_seeds(plan), plan.confirm, epochs)
     return tune.Tuner(
         trainable(plan),
         param_space=trial_space(plan),
         tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=searcher,
                                     scheduler=schedulers.build(plan),
-                                    num_samples=plan.num_samples, max_concurrent_trials=plan.max_concurrent,
+                                    num_samples=trial_bound(plan), max_concurrent_trials=plan.max_concurrent,
                                     trial_dirname_creator=trial_dirname,
                                     # A new trial runs in the process of a finished one: it skips the
                                     # ~6 s a fresh process spends importing torch and timm. train_sed
@@ -118,12 +122,15 @@ def continue_search(config: tune.TuneConfig, plan: SearchPlan) -> None:
     restores the study into (its state file), so the study goes on. A fresh scheduler of the
     plan's replaces the pickled one (Ray saves no scheduler state; RememberingASHA rebuilds its
     rungs from the trials' results), also the stock ASHAScheduler of experiments from before it."""
-    # tuner.pkl holds the TruthfulOptunaSearch that build_tuner gave: Ray writes it for a new Tuner only.
+    # tuner.pkl holds the searcher that build_tuner gave (SeedRepeats; a TruthfulOptunaSearch in an
+    # experiment from before it): Ray writes it for a new Tuner only.
     assert isinstance(config.search_alg, Searcher)
-    config.search_alg = PlannedSearch(limited(config.search_alg, plan.max_concurrent), plan.num_samples)
+    if isinstance(config.search_alg, SeedRepeats):
+        config.search_alg.proposals = plan.num_samples
+    config.search_alg = PlannedSearch(limited(config.search_alg, plan.max_concurrent), trial_bound(plan))
     # Ray applies max_concurrent_trials to a Searcher only (warning otherwise): applied above.
     config.max_concurrent_trials = None
-    config.num_samples = plan.num_samples
+    config.num_samples = trial_bound(plan)
     config.scheduler = schedulers.build(plan)
 
 
@@ -134,8 +141,8 @@ def limited(searcher: Searcher, max_concurrent: int | None) -> Searcher:
 
 
 class PlannedSearch(SearchGenerator):
-    """Ray's SearchGenerator that creates `num_samples` trials in all, also when its state is
-    restored from an experiment started with fewer (Ray's would keep the saved count), and
+    """Ray's SearchGenerator that creates at most `num_samples` trials in all, also when its state
+    is restored from an experiment started with fewer (Ray's would keep the saved count), and
     when Ray starts an unsaved experiment over (its Tuner.restore passes no num_samples, so
     Ray's would create one trial)."""
 
@@ -150,6 +157,9 @@ class PlannedSearch(SearchGenerator):
     def set_state(self, state: dict) -> None:
         super().set_state(state)
         self._total_samples = self.num_samples
+        # The searcher says again whether it is done (search.tuner.repeats): a search that ended
+        # and is now extended with --resume --num-samples is not.
+        self._finished = False
 
 
 def trainable(plan: SearchPlan):

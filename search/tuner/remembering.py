@@ -19,6 +19,12 @@ reach the milestone: a finished trial never does. RememberingHyperBand takes a r
 or errored trial out of its bracket at once. Its halving decisions are not replayed (a bracket's
 state is its sequence of halvings, not a set of results): after a resume, the unfinished trials
 are compared with the trials of their bracket from then on (search.stopping says so).
+
+Neither stops a trial of a seed group (search.tuner.repeats: the recipe point and the seeds of a
+configuration, trained to the end to measure the noise). ASHA keeps the recipe point's own trial
+in its rungs (the proposals are compared with it, as without repeats) and leaves the repeats out
+(one configuration would count several times); HyperBand runs them all outside its brackets,
+first come first served, since a bracket pauses its trials and halves them.
 """
 
 from __future__ import annotations
@@ -30,8 +36,10 @@ import math
 from ray.air.constants import EXPR_RESULT_FILE
 from ray.tune.experiment import Trial
 from ray.tune.result import DONE
-from ray.tune.schedulers import ASHAScheduler, HyperBandScheduler
+from ray.tune.schedulers import ASHAScheduler, HyperBandScheduler, TrialScheduler
 from ray.tune.utils import flatten_dict
+
+from trainable.config import SEED_GROUP
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +53,20 @@ class RememberingASHA(ASHAScheduler):
 
     def on_trial_add(self, tune_controller, trial: Trial) -> None:
         super().on_trial_add(tune_controller, trial)
-        if first_seen_restored(self._added, trial, self._time_attr):
+        if first_seen_restored(self._added, trial, self._time_attr) and not is_repeat(trial):
             self._replay(trial)
+
+    def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
+        if is_repeat(trial):
+            return TrialScheduler.CONTINUE
+        action = super().on_trial_result(tune_controller, trial, result)
+        return TrialScheduler.CONTINUE if seed_group(trial) else action  # the recipe point: compared, never stopped
+
+    def on_trial_complete(self, tune_controller, trial: Trial, result: dict) -> None:
+        if is_repeat(trial):
+            self._trial_info.pop(trial.trial_id, None)
+        else:
+            super().on_trial_complete(tune_controller, trial, result)
 
     def _replay(self, trial: Trial) -> None:
         """Record the trial's saved results in its bracket; ASHA's decisions on them were
@@ -67,6 +87,17 @@ class RememberingASHA(ASHAScheduler):
         return checkpointed.metrics.get(self._time_attr, 0) if checkpointed else 0
 
 
+def seed_group(trial: Trial) -> str | None:
+    """The trial's seed group (search.tuner.repeats), or None: a trial no scheduler stops."""
+    return (trial.config or {}).get(SEED_GROUP)
+
+
+def is_repeat(trial: Trial) -> bool:
+    """Whether the trial repeats another's configuration under another seed."""
+    group = seed_group(trial)
+    return group is not None and group != trial.trial_id
+
+
 def first_seen_restored(added: set[str], trial: Trial, time_attr: str) -> bool:
     """Whether a trial added to a scheduler for the first time comes from the saved experiment:
     it reported before it was ever added (run_metadata: Trial.last_result makes up a result for a
@@ -84,13 +115,29 @@ class RememberingHyperBand(HyperBandScheduler):
         self._added: set[str] = set()
 
     def on_trial_add(self, tune_controller, trial: Trial) -> None:
+        if seed_group(trial):
+            return  # run first come first served, outside the brackets
         super().on_trial_add(tune_controller, trial)
         restored = first_seen_restored(self._added, trial, self._time_attr)
         if restored and trial.status in (Trial.TERMINATED, Trial.ERROR):
             bracket, _ = self._trial_info[trial]
             bracket.cleanup_trial(trial)
 
-    def on_trial_remove(self, tune_controller, trial: Trial) -> None:
+    def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
+        if seed_group(trial):
+            return TrialScheduler.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
+
+    def choose_trial_to_run(self, tune_controller) -> Trial | None:
+        chosen = super().choose_trial_to_run(tune_controller)
+        if chosen is not None:
+            return chosen
+        return next((trial for trial in tune_controller.get_trials()
+                     if trial.status == Trial.PENDING and seed_group(trial)), None)
+
+    def on_trial_remove(self, tune_controller, trial: Trial) -> None:  # also on its complete and error
+        if seed_group(trial):
+            return
         if trial.status == Trial.PAUSED:
             # HyperBand stops a paused trial itself (halved out, or its bracket finished), and Ray
             # then records no last result done: mark it done, as Ray marks a trial stopped at a

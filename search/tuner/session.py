@@ -18,6 +18,7 @@ from search.plan import (
     local_experiment_dir,
     param_names,
     recipe_config,
+    repeats_summary,
     report_dir,
     resume_command,
     save_plan,
@@ -25,7 +26,7 @@ from search.plan import (
     trial_resources,
 )
 from search.results.exports import EXPORT_ERRORS, export
-from search.results.holdout import TRUTH_FILE, load_truth, notes
+from search.results.holdout import TRUTH_FILE, load_truth
 from search.results.leaderboard import (
     BEST_CONFIG,
     LEADERBOARD_MD,
@@ -33,6 +34,7 @@ from search.results.leaderboard import (
     Row,
     frame,
     load_study,
+    notes_below,
     write_reports,
 )
 from search.results.page import REPORT_HTML
@@ -119,7 +121,7 @@ def start_line(plan: SearchPlan, resuming: bool) -> str:
               else "no space (the recipe's own configuration)")
     return (f"[rfcx-tune] {'resuming' if resuming else 'starting'} experiment {experiment_path(plan)}:"
             f" recipe {plan.baseline['recipe']}, {spaces}; {plan.num_samples} trials of {plan.epochs} epochs;"
-            f" {scheduler_of(plan).summary(plan.scheduler_settings)}{stage_note(plan)}")
+            f" {scheduler_of(plan).summary(plan.scheduler_settings)}{repeats_summary(plan)}{stage_note(plan)}")
 
 
 def report(plan: SearchPlan, results: tune.ResultGrid) -> int:
@@ -191,10 +193,15 @@ def score_on_holdout(plan: SearchPlan, rows: list[Row]) -> bool:
     top = [row.trial for row in scored[:TOP_ROWS]]
     recipe = next((row.trial for row in scored if row.recipe_point), None)
     chosen = top + [recipe] if recipe is not None and recipe not in top else top
+    # Every seed of the configurations scored: their holdout noise is measured like their CV's.
+    groups = {row.group for row in scored if row.trial in chosen and row.seeds > 1}
+    seeds = [row.trial for row in scored if row.group in groups and row.trial not in chosen]
+    chosen += seeds
     if not chosen:
         return False
     which = (f"the top {len(top)} by score" + ("" if recipe is None else " (the recipe point among them)"
-                                                if recipe in top else " and the recipe point"))
+                                                if recipe in top else " and the recipe point")
+             + (f", and {len(seeds)} more seeds of them" if seeds else ""))
     print(f"[rfcx-tune] scoring {len(chosen)} trials on the holdout ({len(truth)} test recordings with their"
           f" {TRUTH_FILE}): {which}", flush=True)
     done = False
@@ -224,8 +231,8 @@ def summary(rows: list[Row], directory: Path, experiment: str) -> str:
     trial beats the recipe point on the holdout, how well the CV ranks as the holdout does,
     which trials ran out of GPU memory, and where everything is."""
     board = frame(rows)
-    top = board.drop(columns=["recipe_point", "fold_scores"]).head(TOP_ROWS).to_string(index=False)
-    below = "".join(f"{line}\n" for line in [*notes(board), *out_of_memory_lines(rows)])
+    top = board.drop(columns=["recipe_point", "fold_scores", "seed_group"]).head(TOP_ROWS).to_string(index=False)
+    below = "".join(f"{line}\n" for line in [*notes_below(board), *out_of_memory_lines(rows)])
     best = directory / BEST_CONFIG
     reuse = f"best config: {best} (reuse: --config {best})\n" if best.exists() else ""
     return (f"\n{top}\n\n{below}leaderboard: {directory / LEADERBOARD_MD}\n"
