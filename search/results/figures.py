@@ -6,13 +6,17 @@ and parallel coordinates show completed trials only (the few survivors), nothing
 importances cannot be computed on the value every trial reached at a rung. Optuna still
 computes the importances (search.results.leaderboard.importances_for).
 
-Each function returns a Figure or None when there is nothing to draw yet.
+Each function returns a Figure or None when there is nothing to draw yet. The history and the
+CV-vs-holdout figures take the recipe point's seed band (a Band: its scores under several seeds,
+mean +- std) when the search repeated it: a trial inside the band is no further from the recipe
+point than a change of seed moves it.
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,6 +27,32 @@ from matplotlib.ticker import MaxNLocator
 
 COMPLETED, STOPPED, BEST, PRIVATE_COLOUR = "#1f77b4", "#9a9a9a", "#d62728", "#ff7f0e"
 SIZE = (7.5, 4.2)  # inches at 100 dpi: 750 x 420 pixels
+BAND, BAND_ALPHA = "#2ca02c", 0.18  # green, translucent: the dots stay readable inside the band
+
+
+@dataclass(frozen=True)
+class Band:
+    """A configuration's spread under several seeds: mean +- std, and its legend label."""
+
+    mean: float
+    std: float
+    label: str
+
+    @property
+    def low(self) -> float:
+        return self.mean - self.std
+
+    @property
+    def high(self) -> float:
+        return self.mean + self.std
+
+
+def draw_band(axes, band: Band, vertical: bool = False) -> None:
+    """`band` across the whole plot: a translucent span from mean - std to mean + std with a
+    line at the mean (vertical: along the x axis)."""
+    span, line = (axes.axvspan, axes.axvline) if vertical else (axes.axhspan, axes.axhline)
+    span(band.low, band.high, color=BAND, alpha=BAND_ALPHA, linewidth=0, label=band.label, zorder=1)
+    line(band.mean, color=BAND, linewidth=1.2, zorder=2)
 
 
 def png(figure: Figure) -> bytes:
@@ -32,13 +62,16 @@ def png(figure: Figure) -> bytes:
 
 
 def history(numbers: Sequence[int], best: Sequence[float], stopped: Sequence[bool], metric: str,
-            stopped_label: str) -> Figure | None:
+            stopped_label: str, band: Band | None = None) -> Figure | None:
     """Each trial's best `metric` in the order the trials were proposed, stopped trials as
-    crosses (legend: `stopped_label`, the scheduler's "stopped by ASHA"), and the best so far."""
+    crosses (legend: `stopped_label`, the scheduler's "stopped by ASHA"), the best so far, and
+    the recipe point's seed `band` of `metric` when there is one."""
     if not numbers:
         return None
     figure = Figure(figsize=SIZE)
     axes = figure.subplots()
+    if band is not None:
+        draw_band(axes, band)
     xs, ys, crossed = np.asarray(numbers), np.asarray(best, float), np.asarray(stopped, bool)
     axes.scatter(xs[~crossed], ys[~crossed], color=COMPLETED, label="completed", zorder=3)
     axes.scatter(xs[crossed], ys[crossed], color=STOPPED, marker="x", label=stopped_label, zorder=3)
@@ -152,9 +185,11 @@ def fold_spread(trials: Sequence[str], folds: Sequence[Sequence[float]]) -> Figu
     return figure
 
 
-def cv_versus(score: pd.Series, public: pd.Series, private: pd.Series | None, what: str) -> Figure | None:
+def cv_versus(score: pd.Series, public: pd.Series, private: pd.Series | None, what: str,
+              cv_band: Band | None = None, what_band: Band | None = None) -> Figure | None:
     """The trials' CV score against their `what` scores (public dots, private triangles), with
-    the line of equality."""
+    the line of equality; the recipe point's seed bands when there are: of its CV scores
+    (vertical) and of its `what` scores (horizontal)."""
     shown = score.notna() & public.notna()
     if not shown.any():
         return None
@@ -166,6 +201,10 @@ def cv_versus(score: pd.Series, public: pd.Series, private: pd.Series | None, wh
         both = score.notna() & private.notna()
         axes.scatter(score[both], private[both], color=PRIVATE_COLOUR, marker="^", label=f"{what} private", zorder=3)
         values += [*private[both]]
+    for band, vertical in ((cv_band, True), (what_band, False)):
+        if band is not None:
+            draw_band(axes, band, vertical)
+            values += [band.low, band.high]  # the limits below are set by hand: the band must fit in them
     low, high = min(values), max(values)
     pad = max((high - low) * 0.08, 0.005)
     axes.plot([low - pad, high + pad], [low - pad, high + pad], color="black", linewidth=1, linestyle=":",

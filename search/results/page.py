@@ -5,6 +5,10 @@ search_plan.json), so it is refreshed wherever they change: at the end of a sear
 an export and after an LB score is recorded. The figures are PNGs embedded in the page
 (base64): it opens from disk, offline, and can be mailed or attached as one file.
 search.results.refresh writes it after the leaderboard.
+
+Once the recipe point has run under several seeds (search/results/seeds.py), the history and
+the CV-vs-holdout figures draw its seed band and the page prints the seed-noise line under the
+leaderboard: the margins the figures show are read against that noise.
 """
 
 from __future__ import annotations
@@ -20,20 +24,23 @@ import pandas as pd
 
 from search.plan import PLAN_FILE, load_plan, milestones, scheduler_of
 from search.results import figures
-from search.results.holdout import MIN_RANKED, PRIVATE, PUBLIC, notes, rho_text, spearman
+from search.results.holdout import MIN_RANKED, PRIVATE, PUBLIC, rho_text, spearman
 from search.results.lb_scores import LB_PRIVATE, LB_PUBLIC
 from search.results.leaderboard import (
+    CV_COLUMNS,
     LEADERBOARD_CSV,
     MIN_TRIALS_FOR_IMPORTANCE,
     importances_for,
     load_study,
+    notes_below,
     param_columns,
 )
 from search.results.records import recorded
+from search.results.seeds import SEED_GROUP_COLUMN, Seeds, board_seeds, holdout_means, recipe_group
 from search.results.trials import trial_rows
 from search.stopping import DEFAULT_SCHEDULER, SCHEDULERS, Scheduler
 from trainable.atomic import atomic_write_text
-from trainable.reported import METRIC, SCORE
+from trainable.reported import BEST_CV, METRIC, SCORE
 
 REPORT_HTML = "report.html"
 TOP_FOLDS = 5  # trials in the per-fold figure
@@ -51,7 +58,8 @@ class Panel:
 
 def write_report_page(directory: Path, title: str) -> Path:
     """Write DIRECTORY/report.html (atomically) from its leaderboard, study and plan."""
-    board = pd.read_csv(directory / LEADERBOARD_CSV, dtype={"trial": str, "fold_scores": str})
+    # Trial ids as text, and the seed groups that name them: an all-digit id must not become a number.
+    board = pd.read_csv(directory / LEADERBOARD_CSV, dtype={"trial": str, "fold_scores": str, SEED_GROUP_COLUMN: str})
     trials_board = trial_rows(board)  # the figures of configurations leave the ensemble out
     study = load_study(directory)
     trials = [] if study is None else study.get_trials(deepcopy=False)
@@ -63,13 +71,20 @@ def write_report_page(directory: Path, title: str) -> Path:
     # under FIFO (no milestone) every trial reaches the budget.
     first = None if plan is None else (compared or [plan.epochs])[0]
     where = f"{scheduler.label}'s first rung" if compared else "the end of the budget"
-    panels = [history_panel(trials, scheduler), curves_panel(trials, compared, scheduler),
+    # The recipe point's seeds in each figure's units: the history plots each trial's best pooled
+    # CV (the leaderboard's column of it), the CV-vs-holdout figure the score and the holdout's
+    # mean of the halves. No band on the LB axis: seeds are not submitted one by one.
+    best_cv = CV_COLUMNS[BEST_CV]
+    held = holdout_means(trials_board)
+    on_history = recipe_seeds(trials_board, trials_board[best_cv] if best_cv in trials_board else None)
+    on_cv, on_holdout = recipe_seeds(trials_board), None if held is None else recipe_seeds(trials_board, held)
+    panels = [history_panel(trials, scheduler, on_history), curves_panel(trials, compared, scheduler),
               parallel_panel(trials_board), importance_panel(trials, first, where, scheduler),
               folds_panel(trials_board),
               versus_panel(trials_board, "holdout", PUBLIC, PRIVATE, "when the data have test_truth.csv, the search"
-                           " scores its top trials on the holdout (search/export.py scores any)"),
+                           " scores its top trials on the holdout (search/export.py scores any)", on_cv, on_holdout),
               versus_panel(trials_board, "LB", LB_PUBLIC, LB_PRIVATE, "record real leaderboard scores with"
-                           " python search/lb.py EXPERIMENT TRIAL --public S")]
+                           " python search/lb.py EXPERIMENT TRIAL --public S", on_cv)]
     record = recorded(directory)
     if record is not None:
         panels.append(ensemble_panel(record))
@@ -78,16 +93,41 @@ def write_report_page(directory: Path, title: str) -> Path:
     return path
 
 
-def history_panel(trials: list[optuna.trial.FrozenTrial], scheduler: Scheduler) -> Panel:
+def recipe_seeds(board: pd.DataFrame, values: pd.Series | None = None) -> Seeds | None:
+    """The recipe point's completed seeds by `values` (default: the score), None below two: one
+    seed has no spread to draw."""
+    group = recipe_group(board)
+    found = None if group is None else board_seeds(board, values).get(group)
+    return found if found is not None and found.n >= 2 else None
+
+
+def band(recipe: Seeds | None, what: str) -> figures.Band | None:
+    return None if recipe is None else figures.Band(recipe.mean, recipe.std,
+                                                    f"recipe point, {recipe.n} seeds: {what} mean ± std")
+
+
+def band_words(bands: list[tuple[str, Seeds | None]]) -> str:
+    """The caption's sentence on a figure's seed bands, each (what it is of, the recipe point's
+    seeds or None); "" without any."""
+    said = [f"the recipe point's {what} under its {recipe.n} seeds, {recipe.mean:.4f} ± {recipe.std:.4f}"
+            for what, recipe in bands if recipe is not None]
+    if not said:
+        return ""
+    return (f" Green: {'; '.join(said)} (mean ± std, a line at the mean). A trial inside a band is within one seed"
+            f" std of the recipe point: as close as a change of seed alone would put it.")
+
+
+def history_panel(trials: list[optuna.trial.FrozenTrial], scheduler: Scheduler, recipe: Seeds | None = None) -> Panel:
+    """`recipe`: the recipe point's seeds by their best METRIC, the figure's axis."""
     shown = [t for t in trials if _best(t) is not None]
     stopped = sum(t.state in STOPPED for t in shown)
     failed = sum(t.state == optuna.trial.TrialState.FAIL for t in trials)
     caption = (f"{len(shown)} trials: each one's best {METRIC} over its epochs, in the order Optuna proposed them;"
                f" {stopped} {scheduler.stopped_words} (crosses), {failed} errored (not shown). The red line is the"
-               f" best so far.")
+               f" best so far.{band_words([(f'best {METRIC}', recipe)])}")
     best = [b for t in shown if (b := _best(t)) is not None]  # each shown trial's: shown are those with one
     figure = figures.history([t.number for t in shown], best, [t.state in STOPPED for t in shown],
-                             METRIC, scheduler.stopped_words)
+                             METRIC, scheduler.stopped_words, band(recipe, METRIC))
     return _panel("Optimisation history", caption, figure)
 
 
@@ -141,7 +181,9 @@ def folds_panel(board: pd.DataFrame) -> Panel:
     return _panel("Per-fold spread of the top trials", caption, figures.fold_spread(list(top.trial), folds))
 
 
-def versus_panel(board: pd.DataFrame, what: str, public: str, private: str, how: str) -> Panel:
+def versus_panel(board: pd.DataFrame, what: str, public: str, private: str, how: str,
+                 on_cv: Seeds | None = None, on_what: Seeds | None = None) -> Panel:
+    """`on_cv`, `on_what`: the recipe point's seeds by their score and by their `what` scores."""
     title = f"CV vs {what}"
     if public not in board or board[public].isna().all():
         return Panel(title, f"no {what} score yet: {how}.")
@@ -150,8 +192,11 @@ def versus_panel(board: pd.DataFrame, what: str, public: str, private: str, how:
     rhos = (f"public {rho_text(rho_public)}" + (f", private {rho_text(rho_private)}" if private_count >= MIN_RANKED
                                                 else "")) if count >= MIN_RANKED else f"needs {MIN_RANKED} trials"
     caption = (f"{count} trials with a {what} score: the CV score against it, with the line of equality;"
-               f" Spearman {rhos}. Points below the line: the CV promised more than the {what} gave.")
-    figure = figures.cv_versus(board[SCORE], board[public], board[private] if private in board else None, what)
+               f" Spearman {rhos}. Points below the line: the CV promised more than the {what} gave."
+               + band_words([("CV score (vertical band)", on_cv),
+                             (f"{what} score, the mean of its halves (horizontal band)", on_what)]))
+    figure = figures.cv_versus(board[SCORE], board[public], board[private] if private in board else None, what,
+                               band(on_cv, "CV"), band(on_what, what))
     return _panel(title, caption, figure)
 
 
@@ -174,7 +219,7 @@ def ensemble_panel(record: dict) -> Panel:
 def page(title: str, board: pd.DataFrame, panels: list[Panel]) -> str:
     table = board.drop(columns=[c for c in ("fold_scores",) if c in board]).to_html(
         index=False, na_rep="-", float_format=lambda v: f"{v:.4f}", border=0, classes="board")
-    lines = "".join(f"<p>{html.escape(line)}</p>" for line in notes(board))
+    lines = "".join(f"<p>{html.escape(line)}</p>" for line in notes_below(board))  # the seed noise first
     sections = "".join(_section(panel) for panel in panels)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
