@@ -6,13 +6,20 @@ Reads each trial's export (EXPERIMENT/exports/trial_<id>/, search/export.py; a t
 an export of its newest checkpoint is exported first; the blend: search.results.ensembles) and writes, into
 FIRST_EXPERIMENT/exports/ensemble/ unless --out says otherwise, replaced as a whole:
     weights.json     trial -> weight, the selection path (the pooled OOF LWLRAP after each
-                     step), the in-sample and the nested CV, and each fold's nested blend
+                     step), the in-sample and the nested CV, and each fold's nested blend; the
+                     seed ensemble and whether the nested gain exceeds the seed noise (below)
     oof.csv          recording_id, fold, s0..sK-1: the blend of the trials' out-of-fold predictions
     submission.csv   the data layout's submission (RFCx: sample_submission.csv's header and rows): the blend
     windows.csv      recording_id, t_min, t_max, s0..: the blend of their window probabilities
                      (always averaged as probabilities), a stage-3 teacher (--teacher FILE)
     holdout.json     with the data's test_truth.csv: the submission's public and private LWLRAP
 The ensemble then has a row on the first experiment's leaderboard, ranked by its nested CV.
+
+Beside the blend: the seed ensemble, the first experiment's best configuration (its
+leaderboard's first scored trial's seed group) with its seeds' predictions averaged, the
+cheapest ensemble of all; and one line saying whether the blend's nested gain over one trial
+chosen the same way exceeds the recipe point's seed noise (search.results.seeds). Without two
+seeds of the best configuration, or of the recipe point, a line says so and the rest goes on.
 """
 
 from __future__ import annotations
@@ -27,7 +34,15 @@ import pandas as pd
 
 # No Ray here: --help and bad input answer at once.
 from search.results.blend import AVERAGES, DEFAULT_MAX_STEPS, DEFAULT_TOLERANCE
-from search.results.ensembles import Candidate, Ensemble, EnsembleError, Library
+from search.results.ensembles import (
+    Candidate,
+    Ensemble,
+    EnsembleError,
+    Library,
+    SeedEnsemble,
+    SeedVerdict,
+    nested_gain,
+)
 from search.results.exports import (
     EXPORT_ERRORS,
     OOF_FILE,
@@ -40,6 +55,7 @@ from search.results.exports import (
 )
 from search.results.holdout import HOLDOUT_FILE, PRIVATE, PUBLIC, holdout_scores, load_truth
 from search.results.records import WEIGHTS, read_json, weights_record
+from search.results.seeds import COMPLETED, SEED_GROUP_COLUMN, Seeds, board_seeds, recipe_group
 from search.results.trials import (
     ENSEMBLE,
     EXPORTS,
@@ -96,10 +112,15 @@ def main(argv: list[str] | None = None) -> int:
         first = split_ref(args.experiments[0])[0]
         out = args.out or first / EXPORTS / ENSEMBLE
         check_writable(out)
-        export_missing(pool, data_dir, args.data_dir, args.cache_dir)
+        board = scored_board(first)
+        group, seeds = seed_members(first, board)
+        # the seeds are exported as the candidates are: --top or a named trial may leave them out of the pool
+        export_missing(pool + [c for c in seeds if c.key not in {p.key for p in pool}], data_dir, args.data_dir,
+                       args.cache_dir)
         library = Library.load(pool, data_dir)
         result = Ensemble.build(library, args.average, args.max_steps, args.tolerance)
-        write(out, result, library, data_dir, started)
+        verdict = judge(result, board, group, seeds, data_dir, args.average)
+        write(out, result, library, verdict, data_dir, started)
     except ENSEMBLE_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -249,7 +270,45 @@ def export_missing(pool: list[Candidate], data_dir: Path, moved_to: Path | None,
         export(candidate.experiment, candidate.trial, moved_to, cache_dir)
 
 
-def write(out: Path, ensemble: Ensemble, library: Library, data_dir: Path, started: float) -> None:
+def seed_members(experiment: Path, board: pd.DataFrame) -> tuple[str, list[Candidate]]:
+    """The best configuration's seed group (that of `board`'s first trial: the experiment's
+    scored_board) and its completed trials that trained every fold, the seeds to average; none,
+    with a line that says why, when they are fewer than two."""
+    # a trial without a seed group (no repeats, or a leaderboard older than them) is its own
+    groups = (board[SEED_GROUP_COLUMN].where(board[SEED_GROUP_COLUMN].notna(), board.trial)
+              if SEED_GROUP_COLUMN in board else board.trial).astype(str)
+    group = groups.iloc[0]
+    members, problems = [], []
+    for _, row in board[(groups == group) & (board.status == COMPLETED)].iterrows():  # a stopped trial is no seed
+        candidate, problem = _candidate(experiment, row.trial, float(row[SCORE]))
+        if candidate is None:
+            problems.append(f"{row.trial} {problem}")
+        else:
+            members.append(candidate)
+    if len(members) >= 2:
+        return group, members
+    why = ("; ".join(problems) if problems else
+           "a confirmation round trains the top configurations under more: search/run.py --confirm")
+    print(f"[rfcx-tune] no seed ensemble: the best configuration {group} has {len(members)} completed"
+          f" seed{'s' if len(members) != 1 else ''} to average ({why})", flush=True)
+    return group, []
+
+
+def judge(result: Ensemble, board: pd.DataFrame, group: str, seeds: list[Candidate], data_dir: Path,
+          average: str) -> SeedVerdict:
+    """The seed ensemble of `seeds` (exported; none: no seed ensemble) and the blend's nested
+    gain against the recipe point's seed noise on `board`, printed beside the blend's figures."""
+    found = None if not seeds else SeedEnsemble.build(Library.load(seeds, data_dir), group, average,
+                                                       load_truth(data_dir))
+    recipe = recipe_group(board)
+    noise: Seeds | None = None if recipe is None else board_seeds(board).get(recipe)
+    verdict = SeedVerdict(nested_gain(result.nested.score, result.nested_single.score, noise), noise, found)
+    print(verdict.line(), flush=True)
+    return verdict
+
+
+def write(out: Path, ensemble: Ensemble, library: Library, verdict: SeedVerdict, data_dir: Path,
+          started: float) -> None:
     """Write the ensemble's files into `out`, replacing an older ensemble there as a whole."""
     columns = library.columns
     oof = pd.DataFrame(ensemble.apply(library.oof), columns=columns)
@@ -263,7 +322,7 @@ def write(out: Path, ensemble: Ensemble, library: Library, data_dir: Path, start
     truth = load_truth(data_dir)
     holdout = {} if truth is None else holdout_scores(submission, truth)
     best = library.candidates[ensemble.blend.path[0].model]
-    record = weights_record(ensemble, library, holdout, time.monotonic() - started)
+    record = weights_record(ensemble, library, holdout, verdict, time.monotonic() - started)
 
     def fill(folder: Path) -> None:
         for name, table in ((OOF_FILE, oof), (WINDOWS, windows)):
@@ -277,9 +336,16 @@ def write(out: Path, ensemble: Ensemble, library: Library, data_dir: Path, start
     atomic_directory(out, fill)
     if holdout:
         single = read_json(best.exports / HOLDOUT_FILE)
-        than = (f" (the best single trial {best.trial}: public {single[PUBLIC]:.4f}, private {single[PRIVATE]:.4f})"
-                if single else "")
-        print(f"[rfcx-tune] holdout lwlrap: public {holdout[PUBLIC]:.4f}, private {holdout[PRIVATE]:.4f}{than}")
+        beside = [f"the best single trial {best.trial}: {halves(single)}"] if single else []
+        if verdict.seeds is not None:
+            beside.append(f"the seed ensemble: {halves(verdict.seeds.holdout)}")
+        than = f" ({'; '.join(beside)})" if beside else ""
+        print(f"[rfcx-tune] holdout lwlrap: {halves(holdout)}{than}")
+
+
+def halves(holdout: dict[str, float]) -> str:
+    """A holdout.json's two scores, as the holdout line shows them."""
+    return f"public {holdout[PUBLIC]:.4f}, private {holdout[PRIVATE]:.4f}"
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """A blend of trials: their predictions aligned (Library, read from their exports) and the
-blend chosen on them with its nested CV (Ensemble, search.results.blend's selection).
+blend chosen on them with its nested CV (Ensemble, search.results.blend's selection); beside
+it the best configuration's seeds averaged (SeedEnsemble) and the blend's nested gain against
+the seed noise (SeedVerdict).
 
 search/ensemble.py finds the candidates, exports those without an export, builds the Ensemble
 and writes its files (weights.json: search.results.records).
@@ -7,6 +9,7 @@ and writes its files (weights.json: search.results.records).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,8 @@ import pandas as pd
 
 from search.results.blend import Blend, NestedScore, nested_score, ranks, select
 from search.results.exports import OOF_FILE, SUBMISSION, species_columns
+from search.results.holdout import holdout_scores
+from search.results.seeds import STANDARD_ERRORS, Margin, Seeds
 from search.results.trials import EXPORTS
 from trainable.data.folds import species_matrix
 from trainable.data.layouts import DEFAULT_DATASET, load_annotations
@@ -39,6 +44,11 @@ class Candidate:
     @property
     def exports(self) -> Path:
         return self.experiment / EXPORTS / f"trial_{self.trial}"
+
+    @property
+    def key(self) -> tuple[Path, str]:
+        """Which trial it is, wherever its experiment was named from."""
+        return self.experiment.resolve(), self.trial
 
     @property
     def dataset(self) -> str:
@@ -142,3 +152,82 @@ class Ensemble:
 
     def apply(self, predictions: np.ndarray) -> np.ndarray:
         return self.blend.apply(ranks(predictions) if self.average == "rank" else predictions)
+
+
+@dataclass(frozen=True)
+class SeedEnsemble:
+    """The best configuration's seeds averaged with equal weights: the cheapest ensemble of all.
+    Nothing in it is chosen on the labels, so its OOF LWLRAP needs no nested CV."""
+
+    group: str  # the seed group: the id of the configuration's first trial
+    trials: list[str]
+    oof_lwlrap: float
+    seed_scores: list[float]  # each seed's own OOF LWLRAP (of its probabilities, as Ensemble.singles)
+    submission: pd.DataFrame  # recording_id, s0..: the seeds' test predictions averaged
+    holdout: dict[str, float]  # the submission's public and private LWLRAP; {} without test_truth.csv
+
+    @property
+    def seeds(self) -> Seeds:
+        return Seeds(tuple(self.seed_scores))
+
+    @staticmethod
+    def build(library: Library, group: str, average: str, truth: pd.DataFrame | None) -> SeedEnsemble:
+        """Average the library's (the seeds') predictions, as ranks under rank averaging so that
+        its score sits on the same footing as the trial ensemble's.
+
+        Args:
+            truth: test_truth.csv (search.results.holdout.load_truth), or None.
+        """
+        def averaged(predictions: np.ndarray) -> np.ndarray:
+            return (ranks(predictions) if average == "rank" else predictions).mean(axis=0)
+
+        submission = pd.DataFrame(averaged(library.submissions), columns=library.columns)
+        submission.insert(0, "recording_id", library.test_ids)
+        seeds = SeedEnsemble(group, [c.trial for c in library.candidates],
+                             lwlrap(library.truth, averaged(library.oof)),
+                             [lwlrap(library.truth, p) for p in library.oof], submission,
+                             {} if truth is None else holdout_scores(submission, truth))
+        alone = seeds.seeds
+        print(f"[rfcx-tune] seed ensemble: the best configuration {group}'s {alone.n} seeds averaged"
+              f" ({', '.join(seeds.trials)}): oof lwlrap {seeds.oof_lwlrap:.4f}; its seeds alone"
+              f" {alone.mean:.4f} +- {alone.std:.4f} (mean +- std)", flush=True)
+        return seeds
+
+
+@dataclass(frozen=True)
+class SeedVerdict:
+    """The trial ensemble judged against the seeds: its nested gain in units of the recipe
+    point's seed noise, and the seed ensemble beside it."""
+
+    gain: Margin  # the nested ensemble over one trial chosen the same nested way (nested_gain)
+    noise: Seeds | None  # the recipe point's seeds (its leaderboard scores); None: not repeated
+    seeds: SeedEnsemble | None  # None: the best configuration has fewer than two seeds to average
+
+    def line(self) -> str:
+        """"the ensemble's nested gain over one trial chosen the same way: +0.0066 = +0.2 sd,
+        within the noise (2 SE = 0.1188), against the recipe point's seed std 0.0420 over 3 seeds"."""
+        start = f"[rfcx-tune] the ensemble's nested gain over one trial chosen the same way: {self.gain.text()}"
+        n = 0 if self.noise is None else self.noise.n
+        if not math.isfinite(self.gain.threshold):
+            return (f"{start}: the recipe point has {n} completed seed{'s' if n != 1 else ''}"
+                    f" (search/run.py --repeats trains it under more)")
+        assert self.noise is not None  # a finite threshold comes from its std
+        return f"{start}, against the recipe point's seed std {self.noise.std:.4f} over {n} seeds"
+
+
+def nested_gain(nested: float, nested_single: float, noise: Seeds | None) -> Margin:
+    """`nested` - `nested_single` against the seed noise: 2 standard errors of the difference
+    of two single figures, each with the recipe point's seed std (as seeds.margin does for means).
+
+    The gain is taken over one trial chosen the same nested way, not over the best
+    configuration's seed mean: both figures come from the same procedure on the same rows, so
+    their difference is the blending alone, while the seed mean belongs to the configuration
+    picked as the best of many on these very labels (the winner's curse this comparison is
+    there to expose) and exists only once a confirmation round ran; the nested single choice
+    always does.
+    """
+    value = nested - nested_single
+    std = noise.std if noise is not None else math.nan
+    if not std > 0:
+        return Margin(value, math.nan, math.nan)
+    return Margin(value, value / std, STANDARD_ERRORS * std * math.sqrt(2))  # sqrt(1/1 + 1/1): one figure each
