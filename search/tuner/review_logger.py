@@ -6,6 +6,12 @@ other CVs, the fold std), `fold/<k>` (a fold's LWLRAP; `fold/<k>/...` its other 
 `loss/<term>`, `lr`, `throughput` (training samples/s), `time/epoch_s`, `status/epochs`.
 Ray's bookkeeping (done, iterations_since_restore, timestamps, ...) is not written.
 
+Seed noise (search.results.seeds): every trial's HParams row holds `train.seed` and `seed_group`
+(the id of its configuration's first trial), so the table groups and filters the seeds of one
+configuration; once the search has reported, `write_seed_metrics` adds each trial's group
+statistics, `seed/mean`, `seed/std`, `seed/margin_sd` (the leaderboard's columns), as metric
+columns of the table.
+
 TensorBoard keeps the first HParams record of a run and ignores later ones, so a trial's
 parameters are written once, at its first epoch; its status lives in the `status` text
 (running / stopped by ASHA at epoch n, in the scheduler's words / completed / errored: ...), in the HParams column
@@ -20,22 +26,30 @@ callbacks, and it writes every reported value under `ray/tune/`.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, BinaryIO, cast
 
+import pandas as pd
 from ray.tune.logger import LoggerCallback
 from ray.tune.result import AUTO_RESULT_KEYS
 from ray.tune.utils import flatten_dict
+from tensorboard.compat.proto.event_pb2 import Event
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2, summary_v2
+from tensorboard.summary.writer.record_writer import RecordWriter
 from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import scalar
 from torch.utils.tensorboard.writer import FileWriter
 
 from search.results.leaderboard import last_line, trial_status
+from search.results.seeds import MARGIN_SD, SEED_MEAN, SEED_STD
+from search.results.trials import ENSEMBLE
 from search.stopping import DEFAULT_SCHEDULER, SCHEDULERS
 from trainable import reported
-from trainable.config import resolve
+from trainable.atomic import TEMP_SUFFIX, atomic_write
+from trainable.config import SEED_GROUP, resolve
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +57,15 @@ RAY_TAGS = {"time_this_iter_s": "time/epoch_s"}  # what Ray adds to a result tha
 # Ray's bookkeeping and what the step already says.
 SKIPPED = set(AUTO_RESULT_KEYS) | {"done", "trial_id", "experiment_tag", "should_checkpoint", reported.EPOCH}
 EPOCHS_TAG, STATUS_TAG = "status/epochs", "status"
-# The HParams table's metric columns.
-HPARAMS_METRICS = (*(reported.tag(name) for name in (reported.SCORE, reported.BEST_CV, reported.CV)), EPOCHS_TAG)
+# A configuration's seed statistics: tag -> the leaderboard's column (search.results.seeds).
+SEED_TAGS = {"seed/mean": SEED_MEAN, "seed/std": SEED_STD, "seed/margin_sd": MARGIN_SD}
+# The HParams table's metric columns. TensorBoard takes them from the experiment record that
+# write_hparams writes at a trial's first epoch, so the seed statistics are declared there too,
+# long before write_seed_metrics gives them values.
+HPARAMS_METRICS = (*(reported.tag(name) for name in (reported.SCORE, reported.BEST_CV, reported.CV)), EPOCHS_TAG,
+                   *SEED_TAGS)
+# A trial's own events file of its seed statistics (`events.out.tfevents.<time>.seed_metrics`).
+SEED_SUFFIX = ".seed_metrics"
 LAYOUT_SUFFIX = ".layout"  # the experiment directory's own event file: the custom-scalars layout
 LAYOUT = {"Every trial": {f"{tag} of every trial": ["Multiline", [f"^{tag}$"]]
                           for tag in (reported.tag(reported.CV), reported.tag(reported.BEST_CV))}}
@@ -80,8 +101,7 @@ class ReviewLogger(LoggerCallback):
         writer, step = self._writers[trial], int(result.get(reported.ITERATION, iteration))
         try:
             if trial not in self._last:  # the first result since this writer started
-                params = {"recipe": resolve(trial.config).recipe, **trial.evaluated_params}  # a row without a space too
-                write_hparams(writer, params, trial.trial_id)
+                write_hparams(writer, hparams(trial), trial.trial_id)
             values = {key: value for key, value in result.items() if tag(key)}  # Ray adds the config, ...
             for key, value in flatten_dict(values, delimiter="/").items():
                 name = tag(key)
@@ -123,6 +143,54 @@ def _budget(trial) -> int:
     return resolve(trial.config).train.epochs
 
 
+def hparams(trial) -> dict[str, Any]:
+    """A trial's HParams values: its recipe (a row without a space has one too), its searched
+    parameters, and its seed and seed group (the columns that gather a configuration's seeds)."""
+    config = resolve(trial.config)
+    return {"recipe": config.recipe, **trial.evaluated_params, "train.seed": config.train.seed,
+            SEED_GROUP: str(trial.config.get(SEED_GROUP, trial.trial_id))}
+
+
+def write_seed_metrics(experiment_dir: Path, board: pd.DataFrame) -> None:
+    """Each trial's seed statistics (its leaderboard row's SEED_TAGS columns; NaN ones left out)
+    into its trial directory, as metric values of its HParams row.
+
+    A report rewrites them (a resumed search reports again): each call's file replaces the
+    previous one, so TensorBoard never shows two values. Its name carries the time of writing,
+    so that a TensorBoard already reading the trial reads it after the trial's own files, and
+    the newest value is the one it shows.
+    """
+    for row in board[board.trial != ENSEMBLE].to_dict("records"):
+        directory = experiment_dir / f"trial_{row['trial']}"
+        if directory.is_dir():  # not on this machine (a search on remote storage), or never started
+            write_trial_seed_metrics(directory, row)
+
+
+def write_trial_seed_metrics(directory: Path, row: dict[str, Any]) -> None:
+    """One trial's file of write_seed_metrics (`row`: its leaderboard row)."""
+    values = {name: _number(row.get(column)) for name, column in SEED_TAGS.items()}
+    values = {name: value for name, value in values.items() if math.isfinite(value)}
+    epochs = _number(row.get("epochs"))
+    path = directory / f"events.out.tfevents.{int(time.time()):010d}{SEED_SUFFIX}"
+    # What a write killed midway left: its name holds "tfevents", so TensorBoard would read its stale values.
+    for partial in directory.glob(f".events.out.tfevents.*{SEED_SUFFIX}.*{TEMP_SUFFIX}"):
+        partial.unlink(missing_ok=True)
+    if values:
+        # At the trial's last epoch: the statistics are of its whole training.
+        atomic_write(path, lambda handle: _write_scalars(handle, values, int(epochs) if math.isfinite(epochs) else 0))
+    for older in directory.glob(f"events.out.tfevents.*{SEED_SUFFIX}"):
+        if older != path:
+            older.unlink(missing_ok=True)
+
+
+def _write_scalars(handle: BinaryIO, values: dict[str, float], step: int) -> None:
+    """An events file of scalars, as a SummaryWriter writes it (which chooses its own file name)."""
+    records, now = RecordWriter(handle), time.time()
+    records.write(Event(wall_time=now, file_version="brain.Event:2").SerializeToString())
+    for name, value in values.items():
+        records.write(Event(wall_time=now, step=step, summary=scalar(name, value)).SerializeToString())
+
+
 def write_hparams(writer: SummaryWriter, params: dict[str, Any], trial_id: str) -> None:
     """The HParams table's columns (the parameters, HPARAMS_METRICS) and this run's values
     (its own row even when another trial drew the same values)."""
@@ -153,6 +221,14 @@ def write_layout(experiment: Path) -> None:
         return
     with SummaryWriter(str(experiment), filename_suffix=LAYOUT_SUFFIX) as writer:
         writer.add_custom_scalars(LAYOUT)
+
+
+def _number(value: Any) -> float:
+    """A leaderboard cell as a float; NaN when it is empty or not a number."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def _hparam(value: Any) -> Any:

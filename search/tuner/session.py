@@ -42,6 +42,7 @@ from search.results.refresh import refresh_reports, write_page
 from search.storage import download, is_remote, shared_storage_problem, upload
 from search.tuner.cluster import autoscaler_nodes, trials_at_once, unfit_request
 from search.tuner.experiment import build_tuner, can_resume, fit, restore_tuner
+from search.tuner.review_logger import write_seed_metrics
 from search.tuner.searcher import STUDY_EXPORT_ENV
 from search.tuner.signals import stop_on_sigterm_like_ctrl_c
 from trainable.training.out_of_memory import OUT_OF_MEMORY, OUT_OF_MEMORY_ADVICE
@@ -139,6 +140,7 @@ def report(plan: SearchPlan, results: tune.ResultGrid) -> int:
     interrupted = any(row.status.startswith(("interrupted", "not started")) for row in rows)
     if not interrupted and score_on_holdout(plan, rows):  # after Ctrl-C, stop at once
         rows = refresh_reports(directory)
+    write_seed_metrics(directory, frame(rows))  # TensorBoard's HParams: each configuration's seed columns
     if is_remote(plan.storage):
         try:
             upload(directory, experiment_path(plan))
