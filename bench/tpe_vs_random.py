@@ -48,7 +48,8 @@ def search(space: str, trials: int, sampler: str, seed: int, storage: Path, log)
     """One search; its best trial's CV and holdout scores and the recipe point's holdout."""
     name = f"{sampler}-{seed}"
     plan = run.make_plan(run.parse_args(["--space", space, "--num-samples", str(trials), "--sampler", sampler,
-                                         "--seed", str(seed), "--storage", str(storage), "--name", name]))
+                                         "--seed", str(seed), "--storage", str(storage), "--name", name,
+                                         "--repeats", "1"]))  # the samplers' proposals only, as measured before repeats
     started = time.perf_counter()
     with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         code = run_search(plan, address=None)

@@ -83,9 +83,10 @@ def repeat_seeds(plan: SearchPlan) -> list[int]:
 
 
 def trial_bound(plan: SearchPlan) -> int:
-    """The most trials the plan can run: every proposal under every seed (the seed repeats end the
-    search themselves, search.tuner.repeats; Ray's trial count must only not stop them first)."""
-    return plan.num_samples * plan.repeats
+    """The most trials a new search of the plan runs: its proposals, the recipe point's other
+    seeds and a confirmation round's (search.tuner.repeats ends the search itself, with fewer when
+    the recipe point is among the top configurations)."""
+    return plan.num_samples + (plan.repeats - 1) * min(plan.num_samples, 1 + plan.confirm)
 
 
 def repeats_summary(plan: SearchPlan) -> str:

@@ -41,6 +41,7 @@ def finished(score: float, epochs: int = EPOCHS) -> dict:
 def test_the_recipe_point_is_repeated_at_once_and_the_top_configurations_after_every_proposal():
     proposer = Proposer()
     repeats = SeedRepeats(proposer, proposals=3, seeds=[417, 418], confirm=2, max_iterations=EPOCHS)
+    assert repeats.most_trials() == 3 + 2 * 3  # the proposals, the recipe point's seeds and the round's
     recipe = repeats.suggest("r")
     assert recipe == {"w": 0, SEED_GROUP: "r"}  # marked: no scheduler stops it
     # Its seeds come next, before the other proposals.
@@ -59,6 +60,7 @@ def test_the_recipe_point_is_repeated_at_once_and_the_top_configurations_after_e
         {"w": 2, "train.seed": 417, SEED_GROUP: "b"}, {"w": 2, "train.seed": 418, SEED_GROUP: "b"},
         {"w": 1, "train.seed": 417, SEED_GROUP: "a"}, {"w": 1, "train.seed": 418, SEED_GROUP: "a"}]
     assert repeats.suggest("y") == Searcher.FINISHED
+    assert repeats.most_trials() == 3 + 2 * (3 + 2)  # room for an extended search's round
     # Optuna's side saw each configuration once: no repeat was proposed to it or reported to it.
     assert proposer.suggested == ["r", "a", "b"]
     assert proposer.results == ["r", "a"] and proposer.completed == ["r", "a", "b"]

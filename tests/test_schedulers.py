@@ -12,7 +12,7 @@ import pytest
 from ray import tune
 from ray.tune.experiment import Trial
 from ray.tune.result import DONE
-from ray.tune.schedulers import FIFOScheduler
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.schedulers.hyperband import HyperBandScheduler
 
 from search import run
@@ -25,7 +25,7 @@ from search.tuner.schedulers import RAY_SCHEDULERS, ray_scheduler
 from search.tuner.searcher import STUDY_EXPORT_ENV, TruthfulOptunaSearch
 from tests.helpers import tiny_search
 from trainable import reported
-from trainable.config import ConfigError
+from trainable.config import SEED_GROUP, ConfigError
 
 ASHA, FIFO, HYPERBAND = SCHEDULERS["asha"], SCHEDULERS["fifo"], SCHEDULERS["hyperband"]
 
@@ -109,11 +109,40 @@ def test_each_scheduler_words_a_trial_it_stopped():
 
 
 class FakeTrial:
-    """What HyperBand reads of a trial: its id, status and last result."""
+    """What ASHA and HyperBand read of a trial: its id, status, config and last result."""
 
-    def __init__(self, trial_id: str, status: str, last_result: dict):
-        self.trial_id, self.status = trial_id, status
+    def __init__(self, trial_id: str, status: str, last_result: dict, config: dict | None = None):
+        self.trial_id, self.status, self.config = trial_id, status, config or {}
         self.run_metadata = SimpleNamespace(last_result=last_result)
+
+
+def test_no_scheduler_stops_a_trial_of_a_seed_group_and_asha_compares_with_the_recipe_point_alone():
+    asha = ray_scheduler("asha", {"grace_period": 1, "reduction_factor": 2}, 4)
+    asha.set_search_properties(reported.METRIC, reported.MODE)
+    # The recipe point (its own seed group), a repeat of it, and two proposals, all new.
+    recipe, repeat = FakeTrial("r", Trial.RUNNING, {}, {SEED_GROUP: "r"}), FakeTrial("r1", Trial.RUNNING, {},
+                                                                                      {SEED_GROUP: "r"})
+    good, bad = FakeTrial("g", Trial.RUNNING, {}), FakeTrial("b", Trial.RUNNING, {})
+    for trial in (recipe, repeat, good, bad):
+        asha.on_trial_add(None, trial)
+
+    def at_rung(trial, score):
+        return asha.on_trial_result(None, trial, {reported.ITERATION: 1, reported.METRIC: score})
+
+    assert at_rung(good, 0.9) == at_rung(recipe, 0.1) == at_rung(repeat, 0.05) == TrialScheduler.CONTINUE
+    [(milestone, recorded)] = [(m, r) for m, r in asha._brackets[0]._rungs if m == 1]
+    assert sorted(recorded) == ["g", "r"]  # the repeat is the same configuration again: not counted
+    assert at_rung(bad, 0.2) == TrialScheduler.STOP  # below the better half of g and the recipe point
+    assert at_rung(FakeTrial("r2", Trial.RUNNING, {}, {SEED_GROUP: "r"}), 0.0) == TrialScheduler.CONTINUE
+
+    hyperband = ray_scheduler("hyperband", {"reduction_factor": 3}, 3)
+    hyperband.set_search_properties(reported.METRIC, reported.MODE)
+    pending = FakeTrial("r1", Trial.PENDING, {}, {SEED_GROUP: "r"})
+    hyperband.on_trial_add(None, pending)
+    assert pending not in hyperband._trial_info  # outside the brackets, which pause and halve
+    assert hyperband.on_trial_result(None, pending, {reported.ITERATION: 1, reported.METRIC: 0.0}) == "CONTINUE"
+    assert hyperband.choose_trial_to_run(SimpleNamespace(get_trials=lambda: [pending])) is pending
+    hyperband.on_trial_complete(None, pending, {})  # nothing to clean up
 
 
 def test_hyperband_forgets_restored_finished_trials_and_marks_the_paused_ones_it_stops_done():

@@ -34,7 +34,8 @@ def test_markdown_is_the_users_table_with_lb_and_memo_to_fill():
     assert header.startswith("| rank | trial | status | score | cv_lwlrap | cv_lwlrap_fold_best | cv_lrap_reference"
                              " | best_epochs | fold_std |")
     assert header.split(" | ")[-2:] == ["LB", "memo |"]
-    assert "| 1 | a1 | completed | 0.6100 | 0.6000 | 0.6100 | 0.7000 | 3,4 | 0.0200 | 4 | 0.5 |" in text
+    # The seed columns (seed, seeds, seed_mean, seed_std, margin_sd): a trial of no known seed has none.
+    assert "| 1 | a1 | completed | 0.6100 | 0.6000 | 0.6100 | 0.7000 | 3,4 | 0.0200 | - | 0 | - | - | - | 4 | 0.5 |" in text
     assert "| 2 | b2 | errored: DivergedError" in text and "| - | - |" in text
     assert "Parameter importance" in text
 

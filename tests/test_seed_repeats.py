@@ -25,10 +25,10 @@ from search.results.leaderboard import BEST_CONFIG, LEADERBOARD_CSV, load_study,
 from search.tuner import experiment
 from search.tuner.experiment import build_tuner, fit, restore_tuner
 from search.tuner.searcher import STUDY_EXPORT_ENV
+from tests.helpers import NO_HUB
 from trainable import reported
 from trainable.config import SEED_GROUP
 from trainable.reported import METRIC, SCORE
-from tests.helpers import NO_HUB
 
 pytestmark = pytest.mark.ray
 
@@ -123,7 +123,7 @@ def test_a_confirmation_round_interrupted_goes_on_where_it_was(local_ray, cached
     results = fit(restore_tuner(plan))
     runs = seeds_run(results)
     assert len(runs) == 11 and len(set(runs)) == 11  # every seed of the round once, none twice
-    assert all(r.error is None and r.metrics.get("done") for r in trial_results(results))
+    assert all(r.error is None and r.metrics.get("done") for r in trial_results(results)), [(r.path, r.error, r.metrics) for r in trial_results(results) if r.error is not None or not r.metrics.get("done")]
     reports(plan, results)
     proposals = sorted({w for w, seed in runs if seed == FIRST_SEED} - {RECIPE_W})
     assert best_w(plan) == pytest.approx(proposals[-2])

@@ -206,8 +206,9 @@ def frame(rows: list[Row]) -> pd.DataFrame:
                 **{name: row.cvs.get(name, math.nan) for name in cv_columns(rows)},
                 "best_epochs": row.best_epochs, "fold_std": row.fold_std,
                 **{name: row.holdout.get(name, math.nan) for name in holdout},
-                SEED: pd.NA if math.isnan(row.seed) else int(row.seed), SEEDS: row.seeds, SEED_MEAN: row.seed_mean, SEED_STD: row.seed_std,
-                MARGIN_SD: row.margin_sd, SEED_GROUP_COLUMN: "" if row.is_ensemble else row.group,
+                SEED: pd.NA if math.isnan(row.seed) else int(row.seed), SEEDS: row.seeds, SEED_MEAN: row.seed_mean,
+                SEED_STD: row.seed_std, MARGIN_SD: row.margin_sd,
+                SEED_GROUP_COLUMN: "" if row.is_ensemble else row.group,
                 **{name: row.lb.get(name, "" if name == LB_MEMO else math.nan) for name in lb},
                 "epochs": row.epochs, **row.params, "wall_s": round(row.wall_s, 1), "recipe_point": row.recipe_point,
                 "fold_scores": row.fold_scores}
@@ -403,9 +404,9 @@ def ranked(rows: list[Row]) -> list[Row]:
     def with_stats(row: Row) -> Row:
         if row.is_ensemble:  # not a configuration: its noise is judged in its memo (search/ensemble.py)
             return row
-        seeds = groups.get(row.group, Seeds(()))
+        seeds = groups.get(row.group, Seeds(()))  # none for a trial stopped early: no margin from part of a budget
         return replace(row, seeds=seeds.n, seed_mean=seeds.mean, seed_std=seeds.std,
-                       margin_sd=margin_sd(value(row), recipe))
+                       margin_sd=margin_sd(seeds.mean, recipe))
 
     return sorted((with_stats(row) for row in rows), key=key)
 

@@ -155,11 +155,20 @@ class PlannedSearch(SearchGenerator):
         self._total_samples = self.num_samples
 
     def set_state(self, state: dict) -> None:
+        # Called once the searchers' own states are restored: SeedRepeats knows its rounds.
         super().set_state(state)
-        self._total_samples = self.num_samples
+        self._total_samples = most_trials(self.searcher, self.num_samples)
         # The searcher says again whether it is done (search.tuner.repeats): a search that ended
         # and is now extended with --resume --num-samples is not.
         self._finished = False
+
+
+def most_trials(searcher: Searcher, planned: int) -> int:
+    """The trial count of a restored search: SeedRepeats' own bound (an extended search may
+    confirm more configurations than its plan's first round did), else the plan's."""
+    while not isinstance(searcher, SeedRepeats) and hasattr(searcher, "searcher"):
+        searcher = searcher.searcher  # through Ray's ConcurrencyLimiter
+    return searcher.most_trials() if isinstance(searcher, SeedRepeats) else planned
 
 
 def trainable(plan: SearchPlan):

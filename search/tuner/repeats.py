@@ -78,6 +78,13 @@ class SeedRepeats(Searcher):
             self._repeat(group)
         return self.suggest(trial_id) if self.queue else cast(dict, Searcher.FINISHED)
 
+    def most_trials(self) -> int:
+        """The most trials the search can make from here: every proposal, the seeds of the
+        configurations repeated so far, and those of a round still to come (the recipe point's,
+        and a confirmation round's: an extended search has one more)."""
+        to_come = self.confirm + (0 if self.repeated else 1)
+        return self.proposals + len(self.seeds) * (len(self.repeated) + to_come)
+
     def top(self) -> list[str]:
         """The configurations of the confirmation round: the top `confirm` by score."""
         if not self.seeds:
