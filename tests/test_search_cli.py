@@ -295,3 +295,23 @@ def test_names_data_dirs_and_configs_are_blamed_for_what_is_wrong_with_them(caps
     assert error_of(capsys, [*data, "--config", str(tmp_path)]) == (
         f"error: --config {tmp_path} is a directory, not a YAML file")
     assert not (tmp_path / "x").exists()
+
+
+def test_seed_repeats_default_by_cost_and_bad_counts_are_refused(capsys, cached_dir, tmp_path):
+    data = ["--data-dir", str(cached_dir), "--storage", str(tmp_path), *NO_HUB]
+
+    def plan(*flags: str):
+        return run.make_plan(run.parse_args([*data, *flags]))
+
+    # On your own data: nothing repeated below 12 trials; from 12, 3 seeds and 2 confirmed.
+    assert (plan("--space", "mixup").repeats, plan("--space", "mixup").confirm) == (1, 0)
+    many = plan("--space", "mixup", "--num-samples", "12")
+    assert (many.repeats, many.confirm) == (3, 2)
+    assert plan("--space", "mixup", "--confirm", "1").repeats == 3  # a round needs seeds to repeat under
+    assert plan("--repeats", "4").repeats == 4  # without a space: the recipe point alone, 4 times
+    assert "give --repeats 2 or more" in error_of(capsys, [*data, "--space", "mixup", "--confirm", "2",
+                                                           "--repeats", "1"])
+    assert "--repeats 0: the seeds of the recipe point" in error_of(capsys, [*data, "--repeats", "0"])
+    assert "without --space there is one configuration" in error_of(capsys, [*data, "--confirm", "1"])
+    assert "more configurations than the search's 8 trials" in error_of(capsys, [*data, "--space", "mixup",
+                                                                                 "--confirm", "9"])

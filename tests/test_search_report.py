@@ -35,7 +35,8 @@ def test_markdown_is_the_users_table_with_lb_and_memo_to_fill():
                              " | best_epochs | fold_std |")
     assert header.split(" | ")[-2:] == ["LB", "memo |"]
     # The seed columns (seed, seeds, seed_mean, seed_std, margin_sd): a trial of no known seed has none.
-    assert "| 1 | a1 | completed | 0.6100 | 0.6000 | 0.6100 | 0.7000 | 3,4 | 0.0200 | - | 0 | - | - | - | 4 | 0.5 |" in text
+    assert ("| 1 | a1 | completed | 0.6100 | 0.6000 | 0.6100 | 0.7000 | 3,4 | 0.0200 | - | 0 | - | - | - | 4 | 0.5 |"
+            in text)
     assert "| 2 | b2 | errored: DivergedError" in text and "| - | - |" in text
     assert "Parameter importance" in text
 

@@ -123,7 +123,9 @@ def test_a_confirmation_round_interrupted_goes_on_where_it_was(local_ray, cached
     results = fit(restore_tuner(plan))
     runs = seeds_run(results)
     assert len(runs) == 11 and len(set(runs)) == 11  # every seed of the round once, none twice
-    assert all(r.error is None and r.metrics.get("done") for r in trial_results(results)), [(r.path, r.error, r.metrics) for r in trial_results(results) if r.error is not None or not r.metrics.get("done")]
+    unfinished = [(r.path, r.error, r.metrics) for r in trial_results(results)
+                  if r.error is not None or not r.metrics.get("done")]
+    assert not unfinished
     reports(plan, results)
     proposals = sorted({w for w, seed in runs if seed == FIRST_SEED} - {RECIPE_W})
     assert best_w(plan) == pytest.approx(proposals[-2])
