@@ -85,7 +85,7 @@ class Row:
     memo: str = ""  # the ensemble's composition
     seed: float = math.nan  # the trial's train.seed
     seed_group: str = ""  # the first trial of its configuration, when it is one of several seeds
-    # Its configuration's seeds (with_seed_stats): how many completed, their mean and std, and the
+    # Its configuration's seeds (set by `ranked`): how many completed, their mean and std, and the
     # configuration's score above the recipe point's seed mean in units of its seed std.
     seeds: int = 0
     seed_mean: float = math.nan
