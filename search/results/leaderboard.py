@@ -149,7 +149,11 @@ def _row(result: tune.Result, epochs: int, param_names: list[str], recipe: dict[
     if result.error is None and not metrics:
         status = "not started"
     else:  # Ray marks a finished or scheduler-stopped trial done
-        status = trial_status(done, trial_budget(result.config, epochs), finished=bool(metrics.get("done", False)),
+        # ... except in the state it restores a trial from when the trial ended on its own (its
+        # function returned) just before the driver saved the experiment: a trial that reported its
+        # whole budget has finished, whatever the mark says.
+        budget = trial_budget(result.config, epochs)
+        status = trial_status(done, budget, finished=bool(metrics.get("done", False)) or done >= budget,
                               error=None if result.error is None else last_line(result.error), scheduler=scheduler)
     flat = flatten_dotted(nest_dotted(result.config or {}))
     params = {name: _display(flat.get(name)) for name in param_names}
