@@ -130,7 +130,8 @@ def read_submissions(path: Path) -> list[dict[str, str]]:
             raise LBError(f"{path}, line {line}: {len(SUBMISSION_COLUMNS)} fields expected")
         for column in ("publicScore", "privateScore"):
             value = row[column].strip()
-            if value and not _is_score(value):
+            row[column] = "" if value.lower() in MISSING else value  # read as empty from here on
+            if row[column] and not _is_score(value):
                 raise LBError(f"{path}, line {line}: {column} {value!r} is not a score in [0, 1]")
     return rows
 
@@ -157,6 +158,10 @@ def from_submissions(rows: list[dict[str, str]], trials: list[str], experiment: 
         found.setdefault(named[0], {LB_PUBLIC: float(row["publicScore"]),
                                     LB_PRIVATE: float(private) if private else math.nan, LB_MEMO: ""})
     return found, unmatched
+
+
+# How a missing score cell reads: empty (Kaggle's CLI), or a client's print of None or NaN.
+MISSING = ("", "none", "nan", "null")
 
 
 def _is_score(value: str) -> bool:

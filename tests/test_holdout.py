@@ -61,6 +61,8 @@ def test_the_best_trial_is_measured_against_the_recipe_point_on_the_holdout():
     worse = board_of(["best", "recipe"], "recipe", [0.70, 0.75], [0.60, 0.61])
     assert versus_recipe(worse).startswith("holdout: the best trial best does not beat the recipe point recipe:"
                                            " -0.0300")
+    tied = board_of(["best", "recipe"], "recipe", [0.75, 0.75], [0.625, 0.625])
+    assert versus_recipe(tied).startswith("holdout: the best trial best ties with the recipe point recipe: +0.0000")
     same = board_of(["recipe", "other"], "recipe", [0.70, 0.75], [0.60, 0.61])
     assert versus_recipe(same) == "holdout: the best trial recipe is the recipe point (public 0.7000, private 0.6000)"
 

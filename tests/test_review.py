@@ -122,10 +122,11 @@ def test_a_kaggle_submissions_list_is_matched_to_trials_by_name(experiment, tmp_
     submissions = tmp_path / "submissions.csv"
     submissions.write_text("\n".join([
         "fileName,date,description,status,publicScore,privateScore",
+        "submission.csv,2026-12-03 09:00:00,rfcx-tune exp bb_00001,error,None,nan",  # a client's missing scores
         "submission.csv,2026-12-02 09:00:00,rfcx-tune exp bb_00001,pending,,",  # newest, not scored yet
         "submission.csv,2026-12-01 12:00:00,rfcx-tune exp bb_00001,complete,0.812,0.801",
         "submission.csv,2026-12-01 11:00:00,rfcx-tune exp bb_00001,complete,0.700,0.690",  # older: ignored
-        "submission_aa_00000.csv,2026-12-01 10:00:00,blend,complete,0.830,",
+        "submission_aa_00000.csv,2026-12-01 10:00:00,blend,complete,0.830,None",
         "submission.csv,2026-12-01 09:00:00,from a notebook,complete,0.600,0.590",  # names no trial
     ]) + "\n")
     assert lb.main([str(experiment), "--submissions", str(submissions)]) == 0

@@ -76,3 +76,13 @@ def test_the_noise_line_judges_the_holdout_too_when_the_seeds_have_scores_there(
                                                     "holdout_private": holdout[r.trial]}}) for r in rows])
     line = noise_line(board)
     assert line is not None and "; holdout 0.8900 against 0.8800 +- 0.0200: +0.0100 = +0.5 sd, within the noise" in line
+
+
+def test_ties_rank_the_same_whatever_order_the_trials_come_in():
+    def tied(trial: str, cv: float) -> Row:
+        return Row(trial, "completed", 0.85, 0.01, 8, {}, 1.0, cvs={"cv_lwlrap": cv}, seed=416)
+
+    rows = [tied("c", 0.86), tied("a", 0.85), tied("b", 0.86), row("d", 0.90)]
+    orders = {tuple(r.trial for r in ranked(list(permuted))) for permuted in (rows, rows[::-1], rows[1:] + rows[:1])}
+    # The higher best CV first, then the trial id: one order, whatever Ray's.
+    assert orders == {("d", "b", "c", "a")}

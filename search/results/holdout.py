@@ -148,6 +148,6 @@ def versus_recipe(board: pd.DataFrame) -> str | None:
     if best == recipe.iloc[0]:
         return f"holdout: the best trial {best} is the recipe point ({halves})"
     margin = ((ours[PUBLIC] - theirs[PUBLIC]) + (ours[PRIVATE] - theirs[PRIVATE])) / 2
-    verdict = "beats" if margin > 0 else "does not beat"
+    verdict = "beats" if margin > 0 else "ties with" if margin == 0 else "does not beat"
     return (f"holdout: the best trial {best} {verdict} the recipe point {recipe.iloc[0]}: {margin:+.4f} on the mean"
             f" of the halves ({halves}; the recipe point public {theirs[PUBLIC]:.4f}, private {theirs[PRIVATE]:.4f})")

@@ -392,7 +392,7 @@ def ranked(rows: list[Row]) -> list[Row]:
     seed mean (its score with one seed), its trials together, the first one first; once a
     confirmation round has run (a configuration besides the recipe point has several seeds),
     the configurations with several seeds rank above those with one, whose single score is a
-    lucky draw as often as not. Trials without a score come last."""
+    lucky draw as often as not. Trials without a score come last; ties, see below."""
     groups = seed_groups([row.group for row in rows], [row.status for row in rows], [row.score for row in rows])
     recipe = next((groups[row.group] for row in rows if row.recipe_point and row.group in groups), None)
     confirmed = any(seeds.n >= 2 and seeds is not recipe for seeds in groups.values())
@@ -400,10 +400,16 @@ def ranked(rows: list[Row]) -> list[Row]:
     def value(row: Row) -> float:
         return groups[row.group].mean if row.group in groups else row.score
 
+    # Ties (equal scores) are broken the same way in every rewrite, whatever order Ray lists the
+    # trials in: the higher best pooled CV of the configuration's first trial, then its trial id.
+    first_cv = {row.group: row.cvs.get(CV_COLUMNS[reported.BEST_CV], math.nan) for row in rows if not row.is_repeat}
+
     def key(row: Row) -> tuple:
         several = confirmed and groups.get(row.group, Seeds(())).n >= 2
         known = math.isfinite(value(row))
-        return (not known, not several, -value(row) if known else 0.0, row.group, row.is_repeat, row.seed)
+        cv = first_cv.get(row.group, math.nan)
+        return (not known, not several, -value(row) if known else 0.0, -cv if math.isfinite(cv) else 0.0,
+                row.group, row.is_repeat, row.seed)
 
     def with_stats(row: Row) -> Row:
         if row.is_ensemble:  # not a configuration: its noise is judged in its memo (search/ensemble.py)
