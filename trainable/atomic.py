@@ -16,7 +16,9 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Write `path` through `write(binary_file)` so that readers see all of it or none.
 
     The data goes to a temporary file in the same directory (same filesystem), is flushed
-    to disk, then renamed over `path`, which POSIX makes atomic. On an exception the
+    to disk, then renamed over `path`, which POSIX makes atomic. The file has the mode open()
+    gives a new file under the process's umask (0644 under 022): teammates, a web server and
+    trials running as another user read it. On an exception the
     temporary file is removed; after a SIGKILL it stays, named `.<name>.*.partial`, and
     `remove_partial_files` clears it.
     """
@@ -24,6 +26,7 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
+        os.fchmod(fd, 0o666 & ~umask())  # as open() would create it: mkstemp makes it 0600 whatever the umask
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
@@ -32,6 +35,20 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+def umask() -> int:
+    """The process's umask. Linux states it in /proc/self/status; elsewhere it is read the only
+    way POSIX offers, by setting it and putting it back at once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -58,6 +75,7 @@ def atomic_directory(path: Path, fill: Callable[[Path], object]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX))
+    temp.chmod(0o777 & ~umask())  # as os.mkdir would: mkdtemp makes it 0700
     old = temp.with_name(temp.name.removesuffix(TEMP_SUFFIX) + ".old")
     try:
         fill(temp)
