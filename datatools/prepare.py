@@ -14,12 +14,24 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+
+
+def _exit_before_start(signum: int, frame) -> None:
+    # os._exit, not an exception: one raised inside torch's C extension imports aborts with a C++
+    # trace. Nothing has been written yet.
+    print("interrupted before the cache build started; the same command starts it", file=sys.stderr, flush=True)
+    os._exit(130)
+
+
+if __name__ == "__main__":  # Ctrl-C during the imports below (torch: seconds): one line, no traceback
+    signal.signal(signal.SIGINT, _exit_before_start)
 
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
@@ -121,9 +133,12 @@ class SourceRecords:
         self.flushed_at = time.monotonic()
 
 
-def _one_thread_each() -> None:
+def _worker_start() -> None:
     """Worker start: BLAS (the mel projection) on one thread, so N workers use N cores; with
-    a thread pool per worker, N workers would each run one thread per core and fight."""
+    a thread pool per worker, N workers would each run one thread per core and fight. Ctrl-C
+    reaches the whole process group: the workers leave it to the main process, which stops the
+    pool; a worker that took it while starting broke the pool with a traceback instead."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     threadpool_limits(1)
 
 
@@ -135,10 +150,11 @@ def build_cache(cache: LogMelCache, jobs: list[Job], workers: int) -> dict[Job, 
     warm_up(cache.features)  # once here, inherited by the forked workers
     progress = tqdm(total=len(jobs), unit="rec", desc="log-mel", file=sys.stderr, dynamic_ncols=True)
     # Processes, not threads: STFT and mel projection hold the GIL for much of their time.
-    with ProcessPoolExecutor(max_workers=workers, initializer=_one_thread_each) as pool:
-        futures = {pool.submit(cache_recording, cache, job): job for job in jobs}
+    with ProcessPoolExecutor(max_workers=workers, initializer=_worker_start) as pool:
+        futures: dict = {}
         seen = set()
-        try:
+        try:  # Ctrl-C while the jobs are submitted too: the pool's exit would otherwise run them all
+            futures = {pool.submit(cache_recording, cache, job): job for job in jobs}
             for future in as_completed(futures):
                 seen.add(future)
                 job, outcome = futures[future], future.result()
@@ -283,4 +299,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on, KeyboardInterrupt
     sys.exit(main())
