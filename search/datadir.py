@@ -9,6 +9,7 @@ data its trial's checkpoint names (search.results.exports).
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,11 +78,11 @@ def prepare_command(data_dir: Path, name: str, cache_dir: str | Path | None,
     parameters where they are not prepare's defaults (prepare refuses a cache of others)."""
     from datatools.prepare import FEATURE_FLAGS  # the audio libraries: only for this message
 
-    command = f"python -m datatools.prepare --data-dir {data_dir}"
+    command = f"python -m datatools.prepare --data-dir {shlex.quote(str(data_dir))}"
     if name != DEFAULT_DATASET:
         command += f" --dataset {name}"
     if cache_dir:
-        command += f" --cache-dir {cache_dir}"
+        command += f" --cache-dir {shlex.quote(str(cache_dir))}"
     if features is not None:
         defaults = FeatureConfig()
         command += "".join(f" --{flag.replace('_', '-')} {getattr(features, flag)}" for flag in FEATURE_FLAGS

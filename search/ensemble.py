@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
               " are kept, and the same command goes on from them", file=sys.stderr)
         return 130
     print(f"weights:    {out / WEIGHTS}\noof:        {out / OOF_FILE}\nsubmission: {out / SUBMISSION}\n"
-          f"windows:    {out / WINDOWS} (a stage-3 teacher: --teacher {out / WINDOWS})\n"
+          f"windows:    {out / WINDOWS} (a stage-3 teacher: --teacher {shlex.quote(str(out / WINDOWS))})\n"
           f"submit:     {submit_command(first, ENSEMBLE, out)}")
     if out.resolve() == (first / EXPORTS / ENSEMBLE).resolve() and (first / LEADERBOARD_CSV).is_file():
         # optuna and matplotlib, only where there is a leaderboard to refresh

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -117,7 +118,7 @@ def milestones(plan: SearchPlan) -> list[int]:
 
 def resume_command(plan: SearchPlan) -> str:
     """The command that continues the plan's experiment (what an interrupted search says)."""
-    where = "" if plan.storage == normalise(DEFAULT_STORAGE) else f" --storage {plan.storage}"
+    where = "" if plan.storage == normalise(DEFAULT_STORAGE) else f" --storage {shlex.quote(plan.storage)}"
     return f"python search/run.py --resume --name {plan.name}{where}"
 
 

@@ -66,6 +66,8 @@ def config_values(path: Path) -> dict[str, Any]:
 
 def check_name(name: str) -> None:
     """--name is a folder's name."""
+    if not name.strip():
+        raise UsageError("--name is empty: give a name, or leave --name out for SPACES-DATE-TIME")
     if Path(name).name != name or name in (".", ".."):
         raise UsageError(f"--name {name!r}: a plain name, without '/'")
     if len(name.encode()) > MAX_NAME_BYTES:

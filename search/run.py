@@ -274,7 +274,7 @@ def path_values(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
 
 
 def experiment_name(args: argparse.Namespace, storage: str) -> str:
-    if args.name:
+    if args.name is not None:  # "" too: refused, not taken for no name
         check_name(args.name)
         return args.name
     if args.resume:

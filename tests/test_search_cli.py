@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import shlex
 import shutil
+from pathlib import Path
 
 import pytest
 
 from datatools.builtin import FEATURES, QUICK_PRESET, QUICK_TRAINING, preset_note
 from search import run
-from search.plan import searched_keys
+from search.datadir import prepare_command
+from search.plan import resume_command, searched_keys
+from search.results.exports import submit_command
 from spaces import SPACES
 from tests.helpers import NO_HUB
 from trainable.config import resolve, to_dict
@@ -160,6 +164,7 @@ def test_impossible_resources_and_names_are_refused_before_ray(capsys, cached_di
     assert "a fraction of one GPU, or whole GPUs" in error_of(capsys, [*data, "--gpus-per-trial", "1.5"])
     assert "unknown backbone 'nope'" in error_of(capsys, [*data, "--backbone", "nope"])
     assert "a plain name" in error_of(capsys, [*data, "--name", "../x"])
+    assert "--name is empty" in error_of(capsys, [*data, "--name", ""])
 
 
 def test_an_existing_experiment_resumes_only_with_its_own_settings(capsys, cached_dir, tmp_path):
@@ -315,3 +320,16 @@ def test_seed_repeats_default_by_cost_and_bad_counts_are_refused(capsys, cached_
     assert "without --space there is one configuration" in error_of(capsys, [*data, "--confirm", "1"])
     assert "more configurations than the search's 8 trials" in error_of(capsys, [*data, "--space", "mixup",
                                                                                  "--confirm", "9"])
+
+
+def test_printed_commands_quote_paths_with_spaces(tmp_path):
+    spaced = tmp_path / "my data"
+    plan = run.SearchPlan(spaces=("mixup",), fixed={}, num_samples=1, max_concurrent=None, cpus_per_trial=1.0,
+                          gpus_per_trial=0.0, storage=str(tmp_path / "team runs"), name="x", seed=0, max_failures=0)
+    # Each printed command, split as a shell splits it, gives the path whole.
+    assert shlex.split(resume_command(plan))[-1] == str(tmp_path / "team runs")
+    prepare = shlex.split(prepare_command(spaced, "rfcx", spaced / "log mel"))
+    assert prepare[4::2] == [str(spaced), str(spaced / "log mel")]
+    command = shlex.split(submit_command(Path("exp"), "trial_abc", spaced))
+    assert command[command.index("-f") + 1] == str(spaced / "submission.csv")
+    assert command[-1] == "rfcx-tune exp abc"

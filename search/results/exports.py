@@ -11,6 +11,7 @@ CLI (search/export.py), by a search that scores its top trials on the holdout
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -55,7 +56,7 @@ def submit_command(experiment: Path, trial_dirname: str, out: Path) -> str:
     """The Kaggle command that submits a trial's predictions, its description naming the
     trial: search/lb.py --submissions matches the scores back by it."""
     description = f"rfcx-tune {experiment.resolve().name} {trial_dirname.removeprefix('trial_')}"
-    return f'kaggle competitions submit -c {COMPETITION} -f {out / SUBMISSION} -m "{description}"'
+    return f'kaggle competitions submit -c {COMPETITION} -f {shlex.quote(str(out / SUBMISSION))} -m "{description}"'
 
 
 def export(experiment: Path, trial: str, data_dir: Path | None = None, cache_dir: Path | None = None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -236,10 +237,10 @@ def summary(rows: list[Row], directory: Path, experiment: str) -> str:
     top = board.drop(columns=["recipe_point", "fold_scores", "seed_group"]).head(TOP_ROWS).to_string(index=False)
     below = "".join(f"{line}\n" for line in [*notes_below(board), *out_of_memory_lines(rows)])
     best = directory / BEST_CONFIG
-    reuse = f"best config: {best} (reuse: --config {best})\n" if best.exists() else ""
+    reuse = f"best config: {best} (reuse: --config {shlex.quote(str(best))})\n" if best.exists() else ""
     return (f"\n{top}\n\n{below}leaderboard: {directory / LEADERBOARD_MD}\n"
             f"report:      {directory / REPORT_HTML}\n{reuse}"
-            f"review:      tensorboard --logdir {experiment}\n"
+            f"review:      tensorboard --logdir {shlex.quote(experiment)}\n"
             f"resume:      the same command again (finished trials are kept)\n")
 
 
