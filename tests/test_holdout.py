@@ -4,6 +4,7 @@ well the CV ranks trials as the holdout does."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -73,3 +74,11 @@ def test_no_comparison_without_both_holdout_scores():
     assert versus_recipe(board_of(["best", "other"], "nobody", [0.8, 0.7], [0.7, 0.6])) is None  # no recipe trial
     no_holdout = board_of(["best", "recipe"], "recipe", [0.8, 0.7], [0.7, 0.6]).drop(columns=[PUBLIC, PRIVATE])
     assert versus_recipe(no_holdout) is None and cv_trust(no_holdout) is None
+
+
+def test_a_ranking_of_tied_scores_is_undefined_and_warns_nothing():
+    board = board_of(["a", "b", "c"], "a", [0.7, 0.7, 0.7], [0.6, 0.5, 0.4]).assign(fold_std=0.01)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scipy's ConstantInputWarning would fail here
+        line = cv_trust(board)
+    assert line is not None and "Spearman undefined (tied scores) (public), +1.00 (private)" in line

@@ -86,7 +86,10 @@ def spearman(board: pd.DataFrame, column: str) -> tuple[float, int]:
     if column not in board:
         return math.nan, 0
     both = board.dropna(subset=[SCORE, column])
-    return (both[SCORE].corr(both[column], method="spearman") if len(both) >= MIN_RANKED else math.nan), len(both)
+    # A side of one value has no ranking: nan, said as "undefined (tied scores)" (rho_text), without
+    # the warning scipy would print under every leaderboard rewrite.
+    ranked = len(both) >= MIN_RANKED and both[SCORE].nunique() > 1 and both[column].nunique() > 1
+    return (both[SCORE].corr(both[column], method="spearman") if ranked else math.nan), len(both)
 
 
 def _cv_versus(board: pd.DataFrame, what: str, public: str, private: str) -> str | None:
