@@ -80,12 +80,13 @@ def test_checkpoints_between_two_batches_resume_to_what_an_uninterrupted_trial_c
 
 
 class TerminateInEpoch(tune.Callback):
-    """Sends SIGTERM to the trial's process `delay_s` after the driver got its first result (the
-    next epoch is in flight), as Ray does to the processes of a draining node; records every
-    result (epoch, pid), where the trial's process writes its preemptions log, its failures."""
+    """Sends SIGTERM to the trial's process a `share` of the first epoch's time after the driver
+    got its first result (the next epoch is in flight), as Ray does to the processes of a draining
+    node; records every result (epoch, pid), where the trial's process writes its preemptions log,
+    its failures. A share, not a fixed delay: on a fast machine a whole epoch takes under a second."""
 
-    def __init__(self, delay_s: float):
-        self.delay_s, self.terminated = delay_s, False
+    def __init__(self, share: float):
+        self.share, self.terminated = share, False
         self.reports: list[tuple[int, int]] = []
         self.log: Path | None = None
         self.failures: int | None = None
@@ -95,14 +96,15 @@ class TerminateInEpoch(tune.Callback):
         self.log = Path(trial.storage.trial_working_directory) / PREEMPTIONS_FILE
         if not self.terminated:
             self.terminated = True
-            threading.Timer(self.delay_s, os.kill, (result["pid"], signal.SIGTERM)).start()
+            delay = self.share * result["time_this_iter_s"]
+            threading.Timer(delay, os.kill, (result["pid"], signal.SIGTERM)).start()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.failures = trial.run_metadata.num_failures
 
 
 def test_a_trial_terminated_mid_epoch_resumes_from_the_next_batch_in_its_retry(local_ray, tiny_trial, tmp_path):
-    terminate = TerminateInEpoch(delay_s=1.0)
+    terminate = TerminateInEpoch(share=0.3)
     tuner = tune.Tuner(
         tune.with_resources(train_sed, {"cpu": 1}), param_space=tiny_trial,  # 2 epochs; a checkpoint at the end only
         tune_config=tune.TuneConfig(metric=METRIC, mode=MODE),
