@@ -56,7 +56,7 @@ from search.results.exports import (
 )
 from search.results.holdout import HOLDOUT_FILE, PRIVATE, PUBLIC, holdout_scores, load_truth
 from search.results.records import WEIGHTS, read_json, weights_record
-from search.results.seeds import COMPLETED, SEED_GROUP_COLUMN, Seeds, board_seeds, recipe_group
+from search.results.seeds import COMPLETED, SEED_GROUP_COLUMN, recipe_seeds
 from search.results.trials import (
     ENSEMBLE,
     EXPORTS,
@@ -301,8 +301,7 @@ def judge(result: Ensemble, board: pd.DataFrame, group: str, seeds: list[Candida
     gain against the recipe point's seed noise on `board`, printed beside the blend's figures."""
     found = None if not seeds else SeedEnsemble.build(Library.load(seeds, data_dir), group, average,
                                                        load_truth(data_dir))
-    recipe = recipe_group(board)
-    noise: Seeds | None = None if recipe is None else board_seeds(board).get(recipe)
+    noise = recipe_seeds(board)
     verdict = SeedVerdict(nested_gain(result.nested.score, result.nested_single.score, noise), noise, found)
     print(verdict.line(), flush=True)
     return verdict

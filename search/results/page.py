@@ -36,7 +36,7 @@ from search.results.leaderboard import (
     param_columns,
 )
 from search.results.records import recorded
-from search.results.seeds import SEED_GROUP_COLUMN, Seeds, board_seeds, holdout_means, recipe_group
+from search.results.seeds import SEED_GROUP_COLUMN, Seeds, holdout_means, recipe_seeds
 from search.results.trials import trial_rows
 from search.stopping import DEFAULT_SCHEDULER, SCHEDULERS, Scheduler
 from trainable.atomic import atomic_write_text
@@ -76,8 +76,8 @@ def write_report_page(directory: Path, title: str) -> Path:
     # mean of the halves. No band on the LB axis: seeds are not submitted one by one.
     best_cv = CV_COLUMNS[BEST_CV]
     held = holdout_means(trials_board)
-    on_history = recipe_seeds(trials_board, trials_board[best_cv] if best_cv in trials_board else None)
-    on_cv, on_holdout = recipe_seeds(trials_board), None if held is None else recipe_seeds(trials_board, held)
+    on_history = recipe_band_seeds(trials_board, trials_board[best_cv] if best_cv in trials_board else None)
+    on_cv, on_holdout = recipe_band_seeds(trials_board), None if held is None else recipe_band_seeds(trials_board, held)
     panels = [history_panel(trials, scheduler, on_history), curves_panel(trials, compared, scheduler),
               parallel_panel(trials_board), importance_panel(trials, first, where, scheduler),
               folds_panel(trials_board),
@@ -93,11 +93,10 @@ def write_report_page(directory: Path, title: str) -> Path:
     return path
 
 
-def recipe_seeds(board: pd.DataFrame, values: pd.Series | None = None) -> Seeds | None:
+def recipe_band_seeds(board: pd.DataFrame, values: pd.Series | None = None) -> Seeds | None:
     """The recipe point's completed seeds by `values` (default: the score), None below two: one
     seed has no spread to draw."""
-    group = recipe_group(board)
-    found = None if group is None else board_seeds(board, values).get(group)
+    found = recipe_seeds(board, values)
     return found if found is not None and found.n >= 2 else None
 
 

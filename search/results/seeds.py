@@ -116,6 +116,13 @@ def recipe_group(board: pd.DataFrame) -> str | None:
     return None if recipe.empty else str(recipe[SEED_GROUP_COLUMN].iloc[0])
 
 
+def recipe_seeds(board: pd.DataFrame, value: pd.Series | None = None) -> Seeds | None:
+    """The recipe point's completed seeds on a leaderboard table (by SCORE or by `value`), or None
+    when it has no seed group there."""
+    group = recipe_group(board)
+    return None if group is None else board_seeds(board, value).get(group)
+
+
 def holdout_means(board: pd.DataFrame) -> pd.Series | None:
     """Each trial's holdout score, the mean of the two halves; None without a holdout."""
     if PUBLIC not in board or PRIVATE not in board:
@@ -127,27 +134,24 @@ def noise_line(board: pd.DataFrame) -> str | None:
     """One line: the recipe point's seed noise, and whether the best configuration (the board's
     first trial) beats it by more than that noise, on the CV and on the holdout when both have
     scores there; None until the recipe point has two completed seeds."""
-    recipe = recipe_group(board)
-    trials = board[board.trial != ENSEMBLE]
-    if recipe is None or trials.empty:
+    recipe, trials = recipe_seeds(board), board[board.trial != ENSEMBLE]
+    if recipe is None or recipe.n < 2 or trials.empty:
         return None
-    cv = board_seeds(board)
-    if recipe not in cv or cv[recipe].n < 2:
-        return None
+    group = recipe_group(board)
     best = str(trials[SEED_GROUP_COLUMN].iloc[0])
-    fold_std = trials[trials[SEED_GROUP_COLUMN].astype(str) == recipe].fold_std.mean()
-    line = (f"seed noise: the recipe point under {cv[recipe].n} seeds {cv[recipe].mean:.4f} +- {cv[recipe].std:.4f}"
+    fold_std = trials[trials[SEED_GROUP_COLUMN].astype(str) == group].fold_std.mean()
+    line = (f"seed noise: the recipe point under {recipe.n} seeds {recipe.mean:.4f} +- {recipe.std:.4f}"
             f" (mean +- std; its folds' std {fold_std:.4f})")
-    if best == recipe or best not in cv:
+    ours = board_seeds(board).get(best)
+    if best == group or ours is None:
         return line + "; the best configuration is the recipe point"
-    line += (f"; the best configuration {best} ({_seeds(cv[best])}) {cv[best].mean:.4f}:"
-             f" {margin(cv[best], cv[recipe]).text()}")
+    line += f"; the best configuration {best} ({_seeds(ours)}) {ours.mean:.4f}: {margin(ours, recipe).text()}"
     held = holdout_means(board)
     if held is not None:
-        on_holdout = board_seeds(board, held)
-        if recipe in on_holdout and best in on_holdout and on_holdout[recipe].n >= 2:
-            line += (f"; holdout {on_holdout[best].mean:.4f} against {on_holdout[recipe].mean:.4f} +-"
-                     f" {on_holdout[recipe].std:.4f}: {margin(on_holdout[best], on_holdout[recipe]).text()}")
+        theirs, ours = recipe_seeds(board, held), board_seeds(board, held).get(best)
+        if theirs is not None and ours is not None and theirs.n >= 2:
+            line += (f"; holdout {ours.mean:.4f} against {theirs.mean:.4f} +- {theirs.std:.4f}:"
+                     f" {margin(ours, theirs).text()}")
     return line
 
 
