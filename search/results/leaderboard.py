@@ -135,11 +135,10 @@ def out_of_memory_status(error: str) -> str | None:
 def leaderboard(results: tune.ResultGrid, epochs: int, param_names: list[str],
                 recipe: dict[str, Any] | None = None,
                 scheduler: Scheduler = SCHEDULERS[DEFAULT_SCHEDULER]) -> list[Row]:
-    """Rows of every trial, best first (trials without a score last); the trial whose config
-    has the `recipe` values (dotted keys; {} for a search of one configuration) is marked as the
-    recipe point; a trial stopped early has the `scheduler`'s words."""
-    rows = [_row(result, epochs, param_names, recipe, scheduler) for result in trial_results(results)]
-    return sorted(rows, key=lambda row: -row.score if math.isfinite(row.score) else math.inf)
+    """Rows of every trial, best first as `ranked` orders them (trials without a score last); the
+    trial whose config has the `recipe` values (dotted keys; {} for a search of one configuration)
+    is marked as the recipe point; a trial stopped early has the `scheduler`'s words."""
+    return ranked([_row(result, epochs, param_names, recipe, scheduler) for result in trial_results(results)])
 
 
 def _row(result: tune.Result, epochs: int, param_names: list[str], recipe: dict[str, Any] | None,
