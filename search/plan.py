@@ -83,13 +83,6 @@ def repeat_seeds(plan: SearchPlan) -> list[int]:
     return list(range(seed + 1, seed + plan.repeats))
 
 
-def trial_bound(plan: SearchPlan) -> int:
-    """The most trials a new search of the plan runs: its proposals, the recipe point's other
-    seeds and a confirmation round's (search.tuner.repeats ends the search itself, with fewer when
-    the recipe point is among the top configurations)."""
-    return plan.num_samples + (plan.repeats - 1) * min(plan.num_samples, 1 + plan.confirm)
-
-
 def repeats_summary(plan: SearchPlan) -> str:
     """How the plan repeats configurations, for the start-up line ("" when it does not)."""
     if plan.repeats < 2:

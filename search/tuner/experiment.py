@@ -32,7 +32,6 @@ from search.plan import (
     optuna_sampler,
     repeat_seeds,
     save_plan,
-    trial_bound,
     trial_resources,
 )
 from search.tuner import review_logger, schedulers
@@ -66,7 +65,7 @@ def build_tuner(plan: SearchPlan) -> tune.Tuner:
         param_space=trial_space(plan),
         tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=searcher,
                                     scheduler=schedulers.build(plan),
-                                    num_samples=trial_bound(plan), max_concurrent_trials=plan.max_concurrent,
+                                    num_samples=searcher.most_trials(), max_concurrent_trials=plan.max_concurrent,
                                     trial_dirname_creator=trial_dirname,
                                     # A new trial runs in the process of a finished one: it skips the
                                     # ~6 s a fresh process spends importing torch and timm. train_sed
@@ -127,10 +126,11 @@ def continue_search(config: tune.TuneConfig, plan: SearchPlan) -> None:
     assert isinstance(config.search_alg, Searcher)
     if isinstance(config.search_alg, SeedRepeats):
         config.search_alg.proposals = plan.num_samples
-    config.search_alg = PlannedSearch(limited(config.search_alg, plan.max_concurrent), trial_bound(plan))
+    bound = most_trials(config.search_alg, plan.num_samples)
+    config.search_alg = PlannedSearch(limited(config.search_alg, plan.max_concurrent), bound)
     # Ray applies max_concurrent_trials to a Searcher only (warning otherwise): applied above.
     config.max_concurrent_trials = None
-    config.num_samples = trial_bound(plan)
+    config.num_samples = bound
     config.scheduler = schedulers.build(plan)
 
 
