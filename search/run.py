@@ -80,8 +80,8 @@ DEFAULTS = {"num_samples": 8, "cpus_per_trial": 1.0, "gpus_per_trial": 0.0, "see
 # Seed repeats by default where they cost little beside the search: 2 more trials (3 seeds, the
 # fewest that give a std) once a search has REPEATS_FROM trials or more, and always on the built-in
 # data (make run), where a newcomer should see the noise; the confirmation round (CONFIRM more
-# configurations x 2 seeds) from REPEATS_FROM trials. A search of 12 then runs 18 trials, one of
-# 8 on the user's own data none more: there a trial of the recipe costs hours.
+# configurations x 2 seeds) from REPEATS_FROM trials. A search of 12 then runs 18 trials; one of 8
+# on the user's own data runs no more than its 8, since there a trial of the recipe costs hours.
 REPEATS, CONFIRM, REPEATS_FROM = 3, 2, 12
 # Flags that define a search; resuming takes them from the experiment itself.
 SEARCH_FLAGS = ("space", "recipe", "data_dir", "cache_dir", "num_samples", "max_concurrent", "epochs", "folds",

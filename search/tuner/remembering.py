@@ -88,7 +88,7 @@ class RememberingASHA(ASHAScheduler):
 
 
 def seed_group(trial: Trial) -> str | None:
-    """The trial's seed group (search.tuner.repeats), or None: a trial no scheduler stops."""
+    """The trial's seed group (search.tuner.repeats; no scheduler stops such a trial), or None."""
     return (trial.config or {}).get(SEED_GROUP)
 
 
