@@ -20,6 +20,10 @@ from trainable.data.layouts import DEFAULT_DATASET, Dataset, dataset, load_annot
 MISSING_SHOWN = 3  # recordings a missing-array message names
 
 
+class DataDirMissing(Exception):
+    """The data directory a trial was trained on, or the one --data-dir names, is not there; one line."""
+
+
 @dataclass(frozen=True)
 class DataDir:
     """An opened data directory: its layout, annotations and log-mel cache."""
@@ -47,6 +51,25 @@ def open_data(data_dir: Path, name: str = DEFAULT_DATASET, cache_dir: str | Path
         raise CacheError(f"no log-mel cache at {root}; build it: {prepare_command(data_dir, name, cache_dir)}")
     given = Path(cache_dir) if cache_dir else None
     return DataDir(data_dir, name, dataset(name), annotations, LogMelCache.open(root), given)
+
+
+def check_data_dir(data_dir: Path, trial: str | None = None) -> None:
+    """The data directory of `trial` (its checkpoint names it), or --data-dir's (None), is a
+    directory. Checked before the layout reads it: its first file would be reported as missing
+    ("train_tp.csv: not found in ..."), and a layout without its submission file counts its
+    default species, which blames the trials instead of the data.
+
+    Raises:
+        DataDirMissing: one line naming the directory and, for a trial's, the flag that replaces it.
+    """
+    data_dir = Path(data_dir)
+    if data_dir.is_dir():
+        return
+    exists = data_dir.exists()  # a file there
+    if trial is None:
+        raise DataDirMissing(f"--data-dir {data_dir} {'is not a directory' if exists else 'does not exist'}")
+    raise DataDirMissing(f"the data directory {data_dir} of trial {trial}"
+                         f" {'is no longer a directory' if exists else 'no longer exists'}: give --data-dir")
 
 
 def check_cached(data: DataDir) -> None:

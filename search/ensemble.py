@@ -34,6 +34,7 @@ from pathlib import Path
 import pandas as pd
 
 # No Ray here: --help and bad input answer at once.
+from search.datadir import check_data_dir
 from search.results.blend import AVERAGES, DEFAULT_MAX_STEPS, DEFAULT_TOLERANCE
 from search.results.ensembles import (
     Candidate,
@@ -109,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         pool = candidates(args.experiments, args.top)
         data_dir = args.data_dir or Path(same_data(pool))
+        # before the species counts: a layout counts its default species in a directory that is gone
+        check_data_dir(data_dir, None if args.data_dir else pool[0].trial)
         check_compatible(pool, data_dir)
         first = split_ref(args.experiments[0])[0]
         out = args.out or first / EXPORTS / ENSEMBLE
@@ -238,27 +241,29 @@ def check_compatible(pool: list[Candidate], data_dir: Path) -> None:
     if other is not None:
         raise EnsembleError(f"{pool[other]} was trained on data.dataset {names[other]!r}, {first} on {names[0]!r}")
     counts = [species_count(candidate, data_dir) for candidate in pool]
-    other = next((i for i, count in enumerate(counts) if count != counts[0]), None)
+    other = next((i for i, (count, _) in enumerate(counts) if count != counts[0][0]), None)
     if other is not None:
-        raise EnsembleError(f"{pool[other]} predicts {counts[other]} species, {first} {counts[0]}: predictions of"
-                            f" other species cannot be blended")
+        (count, source), (first_count, first_source) = counts[other], counts[0]
+        raise EnsembleError(f"{pool[other]} predicts {count} species ({source}), {first} {first_count}"
+                            f" ({first_source}): predictions of other species cannot be blended")
 
 
-def species_count(candidate: Candidate, data_dir: Path) -> int:
-    """The species of a trial's predictions: its export's columns, or before an export the
-    data layout's species count."""
+def species_count(candidate: Candidate, data_dir: Path) -> tuple[int, str]:
+    """The species of a trial's predictions, and where the count comes from: its export's
+    columns, or before an export the data layout's species count (the message names which)."""
     if not is_fresh(candidate.checkpoint.parent, candidate.exports, data_dir):
         try:
-            return dataset(candidate.dataset).species_count(data_dir)
+            count = dataset(candidate.dataset).species_count(data_dir)
         except AnnotationError as error:
             raise EnsembleError(str(error)) from None
+        return count, f"those of {data_dir}, where it has no export yet"
     header = candidate.exports / OOF_FILE
     try:
         with open(header) as f:
             columns = f.readline().strip().split(",")
     except OSError as error:
         raise EnsembleError(f"cannot read {header}: {error.strerror or error}") from None
-    return sum(column.startswith("s") and column[1:].isdigit() for column in columns)
+    return sum(column.startswith("s") and column[1:].isdigit() for column in columns), f"its {header.name}"
 
 
 def export_missing(pool: list[Candidate], data_dir: Path, moved_to: Path | None, cache_dir: Path | None) -> None:

@@ -29,6 +29,9 @@ SAMPLERS = ("tpe", "random")  # Optuna's TPESampler, or its RandomSampler as the
 # TPE proposes at random until this many trials have finished (Optuna's default, 10, which a
 # search of 8 trials never reaches); at most half of the budget, so TPE guides the rest.
 TPE_STARTUP_TRIALS = 10
+# Config keys that say where a trial's data and earlier models are, not how it trains.
+PATH_KEYS = ("data_dir", "cache_dir", "teacher_files", "teacher_file", "init_from")
+CHANGES_SHOWN = 3  # fixed values the start-up line names (search_plan.json has them all)
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,29 @@ class SearchPlan:
         return flatten_dotted(to_dict(resolve(self.fixed)))
 
 
+def fixed_changes(plan: SearchPlan) -> list[str]:
+    """The plan's fixed values that change its recipe, "key=value" in key order (the paths
+    aside): flags, the built-in data's preset, --config and --set alike."""
+    paths = {key: value for key, value in plan.fixed.items() if key in PATH_KEYS}
+    changed = plan.baseline
+    try:  # the recipe alone, at the plan's stage (a stage-3 recipe needs the plan's teachers)
+        recipe = flatten_dotted(to_dict(resolve({**paths, "recipe": changed["recipe"], "stage": changed["stage"]})))
+    except ConfigError:  # a stage the recipe cannot have alone: every fixed value counts
+        recipe = {}
+    return [f"{key}={value if isinstance(value, str) else json.dumps(value, separators=(',', ':'))}"
+            for key, value in sorted(changed.items()) if key not in PATH_KEYS and recipe.get(key) != value]
+
+
+def configuration_words(plan: SearchPlan) -> str:
+    """What a search without a space trains, for the start-up line: "the recipe's own
+    configuration" only where no fixed value changes it."""
+    changes = fixed_changes(plan)
+    if not changes:
+        return "the recipe's own configuration"
+    more = f" and {len(changes) - CHANGES_SHOWN} more values" if len(changes) > CHANGES_SHOWN else ""
+    return f"one fixed configuration: the recipe with {', '.join(changes[:CHANGES_SHOWN])}{more}"
+
+
 def repeat_seeds(plan: SearchPlan) -> list[int]:
     """The seeds a repeated configuration trains under besides the plan's own train.seed."""
     seed = int(plan.baseline["train.seed"])
@@ -89,7 +115,8 @@ def repeats_summary(plan: SearchPlan) -> str:
         return ""
     seeds = f"{plan.repeats} seeds"
     confirm = f"; then the top {plan.confirm} configurations under the same seeds" if plan.confirm else ""
-    return f"; the recipe point under {seeds} ({plan.repeats - 1} more trials){confirm}"
+    repeated = "the recipe point" if plan.spaces else "the configuration"
+    return f"; {repeated} under {seeds} ({plan.repeats - 1} more trials){confirm}"
 
 
 def fixed_stage(fixed: dict[str, Any]) -> int:
@@ -159,7 +186,7 @@ def extended(plan: SearchPlan, num_samples: int | None) -> SearchPlan:
     if num_samples is None or num_samples == plan.num_samples:
         return plan
     if not plan.spaces:
-        raise ConfigError(f"--num-samples {num_samples}: {plan.name} trains the recipe's one configuration"
+        raise ConfigError(f"--num-samples {num_samples}: {plan.name} trains one configuration"
                           f" (no --space); there is nothing to extend")
     if num_samples < plan.num_samples:
         raise ConfigError(f"--num-samples {num_samples}: {plan.name} has {plan.num_samples} trials planned"
@@ -232,8 +259,8 @@ def check_repeats(plan: SearchPlan) -> None:
         raise ConfigError(f"--confirm {plan.confirm} trains the top configurations again under --repeats seeds;"
                           f" give --repeats 2 or more, or --confirm 0")
     if plan.confirm and not plan.spaces:
-        raise ConfigError(f"--confirm {plan.confirm}: without --space there is one configuration, the recipe"
-                          f" point (its seeds: --repeats)")
+        raise ConfigError(f"--confirm {plan.confirm}: without --space there is one configuration (its seeds:"
+                          f" --repeats)")
     if plan.confirm > plan.num_samples:
         raise ConfigError(f"--confirm {plan.confirm}: more configurations than the search's {plan.num_samples}"
                           f" trials")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,8 @@ def check_data(trial: TrialConfig) -> int:
                           data.cache.features.frames_per_second)
     except (AnnotationError, CacheError, TeacherError) as error:
         raise UsageError(str(error)) from None
+    for line in data.layout.warnings(data_dir):  # said once here, not by every trial
+        print(f"warning: {line}", file=sys.stderr)
     try:
         folds_of(data.annotations, trial.data)  # the trials' own split, so whatever it refuses is refused here
     except ValueError as error:  # fewer tp recordings than folds

@@ -69,6 +69,7 @@ from search.stopping import DEFAULT_SCHEDULER, SCHEDULERS, chosen_settings, owne
 from search.storage import DEFAULT_STORAGE, StorageError, check_storage, newest_with, normalise
 from search.tuner.signals import stop_on_sigterm_like_ctrl_c
 from spaces import SPACES
+from trainable.atomic import DiskFullError, is_disk_full
 from trainable.config import STAGES, ConfigError, TrainConfig, resolve
 from trainable.data.cache import DEFAULT_CACHE_NAME
 from trainable.dotted import merge
@@ -180,6 +181,9 @@ def add_experiment_flags(parser: argparse.ArgumentParser) -> None:
                                                    f" (default: {DEFAULT_STORAGE})")
     add("--name", help="experiment name (default: SPACES-DATE-TIME); an existing one is resumed")
     add("--resume", action="store_true", help="continue the experiment --name (default: the newest)")
+    add("--verbose", action="store_true", help="Ray's own output too: its settings and result boxes, status tables"
+                                               " and a line per checkpoint (default: a line per trial event and a"
+                                               " progress line; not part of the experiment's settings)")
 
 
 def add_scheduler_flags(parser: argparse.ArgumentParser) -> None:
@@ -379,10 +383,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         plan = make_plan(args)
         from search.tuner.session import run_search  # starts Ray: only once the input is known to be good
-        return run_search(plan, address=args.address)
+        return run_search(plan, address=args.address, verbose=args.verbose)
     except (UsageError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # a full disk while the reports are written (search.tuner.full_disk stops the trials)
+        if not is_disk_full(error):
+            raise
+        full = error if isinstance(error, DiskFullError) else DiskFullError(error.filename or args.storage)
+        print(f"error: {full}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         # Before the search, while Ray starts or the Tuner is built, or a second Ctrl-C while Tune
         # stops: whatever was recorded is whole (atomic writes, search.tuner.experiment.WholeFiles).

@@ -186,9 +186,9 @@ def upload(local_dir: Path, storage_dir: str) -> None:
             pyarrow.fs.copy_files(str(path), f"{root}/{path.name}", destination_filesystem=filesystem)
 
 
-def download(storage_dir: str, local_dir: Path) -> None:
+def download(storage_dir: str, local_dir: Path, skip: tuple[str, ...] = ()) -> None:
     """Copy the files of `storage_dir` on an object store (not its subdirectories) into
-    `local_dir`, except those the local copy has in a newer version."""
+    `local_dir`, except those the local copy has in a newer version and those named in `skip`."""
     import pyarrow.fs
 
     filesystem, root = pyarrow.fs.FileSystem.from_uri(storage_dir)
@@ -196,7 +196,7 @@ def download(storage_dir: str, local_dir: Path) -> None:
     for info in filesystem.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True)):
         local = local_dir / info.base_name
         newer_here = local.exists() and local.stat().st_mtime >= info.mtime.timestamp()
-        if info.type == pyarrow.fs.FileType.File and not newer_here:
+        if info.type == pyarrow.fs.FileType.File and not newer_here and info.base_name not in skip:
             pyarrow.fs.copy_files(info.path, str(local), source_filesystem=filesystem)
 
 

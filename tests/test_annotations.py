@@ -5,7 +5,7 @@ import pytest
 from tests.helpers import drop_column, set_cell
 from trainable.data.annotations import EVENT_COLUMNS, AnnotationError
 from trainable.data.layouts import dataset, load_annotations
-from trainable.data.layouts.rfcx import ANNOTATION_COLUMNS, read_files
+from trainable.data.layouts.rfcx import ANNOTATION_COLUMNS, RFCx, read_files
 
 
 def load_error(data_dir: Path) -> str:
@@ -109,3 +109,42 @@ def test_a_first_row_with_a_field_too_many_names_its_line_not_shifted_columns(da
     lines[1] += ",extra"  # pandas took the first column as the index and blamed every line
     path.write_text("\n".join(lines) + "\n")
     assert load_error(data_copy) == "train_tp.csv line 2: 8 fields, the header has 7 (a comma too many?)"
+
+
+def test_a_species_outside_the_count_names_where_the_count_comes_from(data_copy):
+    # A submission with fewer species columns than the annotations use: the count is the
+    # submission's, which the line must name (it blamed train_tp.csv alone).
+    path = data_copy / "sample_submission.csv"
+    rows = [line.split(",") for line in path.read_text().splitlines()]
+    path.write_text("\n".join(",".join(row[:5]) for row in rows) + "\n")  # recording_id, s0..s3
+    message = load_error(data_copy)
+    assert message.startswith("train_tp.csv line ") and " species_id outside [0, 4) (" in message
+    assert message.endswith("; sample_submission.csv has 4 species columns, s0..s3")
+    path.unlink()
+    set_cell(data_copy / "train_tp.csv", 2, "species_id", "30")
+    assert load_error(data_copy).endswith("; RFCx's 24 species (no sample_submission.csv to count them from)")
+
+
+def test_copied_rows_are_named_with_their_lines_and_count(data_copy):
+    layout = RFCx()
+    assert layout.warnings(data_copy) == []
+    tp = data_copy / "train_tp.csv"
+    lines = tp.read_text().splitlines()
+    tp.write_text("\n".join([*lines[:4], lines[1], *lines[4:], lines[3], lines[1]]) + "\n")
+    rid, species, _, t_min, _, t_max, _ = lines[1].split(",")
+    n = len(lines)
+    # the copies are lines 5, n + 2 and n + 3 (of lines 2, 4 and 2); numbers compare as numbers
+    assert layout.warnings(data_copy) == [
+        f"train_tp.csv line 5 repeats line 2 exactly (recording {rid!r}, species {species},"
+        f" {float(t_min):g}-{float(t_max):g} s) [3 copied lines: 5, {n + 2}, {n + 3}]: kept, as the reference read"
+        f" them; a copy changes the fold labels, the class weights and the crops, so remove them if they are a"
+        f" mistake"]
+    fp = data_copy / "train_fp.csv"
+    tp.write_text("\n".join(lines) + "\n")
+    fp_lines = fp.read_text().splitlines()
+    fp.write_text("\n".join([*fp_lines, fp_lines[1].replace(",", ", ")]) + "\n")  # spaces: the same numbers
+    [message] = layout.warnings(data_copy)
+    assert message.startswith(f"train_fp.csv line {len(fp_lines) + 1} repeats line 2 exactly")
+    assert message.endswith(f"s) [1 copied line: {len(fp_lines) + 1}]: kept, as the reference read them; a copy"
+                            f" changes which fp event the negative crops are centred on, so remove it if it is a"
+                            f" mistake")

@@ -211,8 +211,9 @@ def test_trials_of_other_species_counts_are_refused(experiment, tmp_path, cached
     other = make_experiment(tmp_path / "other", cached_dir, {"fff": (0, 1), "ggg": (2, 3)}, species=5)
     code, _, err = run(capsys, [experiment, other])
     assert code == 2 and err.count("\n") == 1
-    assert re.search(r"trial \w+ of \S+ predicts (5 species, trial \w+ of \S+ 6|6 species, trial \w+ of \S+ 5):"
-                     r" predictions of other species cannot be blended", err), err
+    assert re.search(r"trial \w+ of \S+ predicts (5 species \(its oof.csv\), trial \w+ of \S+ 6|6 species"
+                     r" \(its oof.csv\), trial \w+ of \S+ 5) \(its oof.csv\): predictions of other species cannot"
+                     r" be blended", err), err
     assert nothing_written(experiment, tmp_path)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import shutil
 
 import pytest
 
@@ -45,12 +46,18 @@ def test_a_resumed_search_runs_more_trials_in_the_same_study(local_ray, cached_d
     before = studied(load_study(report_dir(plan)))
     assert len(before) == 2
 
-    resume = ["--resume", "--name", "grow", "--storage", str(tmp_path)]
+    # The experiment is moved to another folder before it is extended: it goes on from there (its
+    # new trials too: Ray would make them at the old place, search.tuner.experiment.PlannedSearch).
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    shutil.move(tmp_path / "grow", moved / "grow")
+    monkeypatch.setenv(STUDY_EXPORT_ENV, str(moved / "grow" / STUDY_DB))
+    resume = ["--resume", "--name", "grow", "--storage", str(moved)]
     assert "has 2 trials planned and a resume only adds trials (--num-samples 3 or more" in error_of(
         capsys, [*resume, "--num-samples", "1"])
     assert "drop --epochs" in error_of(capsys, [*resume, "--num-samples", "3", "--epochs", "2"])
     grown = run.make_plan(run.parse_args([*resume, "--num-samples", "3"]))
-    assert grown == dataclasses.replace(plan, num_samples=3)
+    assert grown == dataclasses.replace(plan, num_samples=3, storage=str(moved))
 
     tuner = restore_tuner(grown)
     results = fit(tuner)
@@ -59,8 +66,9 @@ def test_a_resumed_search_runs_more_trials_in_the_same_study(local_ray, cached_d
     # result.json through the experiment's file system (search.tuner.remembering), and the new one.
     [(milestone, recorded)] = tuner._local_tuner._tune_config.scheduler._brackets[0]._rungs
     assert milestone == 1 and len(recorded) == 3
-    assert len(list((tmp_path / "grow").glob("trial_*/result.json"))) == 3
-    after = studied(load_study(report_dir(plan)))
+    assert len(list((moved / "grow").glob("trial_*/result.json"))) == 3
+    assert not (tmp_path / "grow").exists()  # nothing written at the old place
+    after = studied(load_study(report_dir(grown)))
     assert after[:2] == before and len(after) == 3  # the study went on: its trials kept, one added
     assert after[2][1] not in (before[0][1], before[1][1])
     # The plan records the new count: a plain --resume goes on with 3 trials, and 2 are refused.
@@ -72,4 +80,4 @@ def test_a_search_without_a_space_has_nothing_to_extend(capsys, cached_dir, tmp_
     arguments = ["--data-dir", str(cached_dir), "--storage", str(tmp_path), "--name", "once", *NO_HUB]
     save_plan(run.make_plan(run.parse_args(arguments)))
     err = error_of(capsys, ["--resume", "--name", "once", "--storage", str(tmp_path), "--num-samples", "2"])
-    assert "trains the recipe's one configuration (no --space); there is nothing to extend" in err
+    assert "trains one configuration (no --space); there is nothing to extend" in err

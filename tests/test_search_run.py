@@ -186,7 +186,7 @@ def test_a_search_leaves_a_leaderboard_a_study_a_config_and_tensorboard_files(ca
     assert list(board.status).count(f"ensemble of {size} trial{'s' if size > 1 else ''}") == 1
     assert '<img alt="Ensemble selection"' in (experiment / "report.html").read_text()
 
-    # Stages 2 and 3 of the reference (no space: their recipes' own configurations, one trial each,
+    # Stages 2 and 3 of the reference (no space: their recipes with the fixed values above, one trial each,
     # one epoch): stage 2 from the best trial's fold models, stage 3 from them too, taught by two
     # teachers: the ensemble's windows and stage 2's (its search exported its trial).
     board = board[board.trial != "ensemble"].reset_index(drop=True)
@@ -196,7 +196,9 @@ def test_a_search_leaves_a_leaderboard_a_study_a_config_and_tensorboard_files(ca
     stage2 = subprocess.run([*command, "--stage", "2"], capture_output=True, text=True, env=ENV, cwd=tmp_path,
                             timeout=600)
     assert stage2.returncode == 0, stage2.stderr[-3000:]
-    assert "recipe stage2-v2_1, no space (the recipe's own configuration); 1 trials of 1 epochs" in stage2.stdout
+    assert ("recipe stage2-v2_1, no space (one fixed configuration: the recipe with data.clip_overlap=0,"
+            " data.crop_frames=128, data.crop_offsets=[16,32,64] and 9 more values); 1 trials of 1 epochs"
+            in stage2.stdout)
     [second] = (tmp_path / "stage2" / "exports").glob("trial_*/windows.csv")
     teachers = [str(folder / "windows.csv"), str(second)]
     command[command.index("--name") + 1] = "stage3"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -32,9 +33,53 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, path)
+    except OSError as error:
+        Path(temp).unlink(missing_ok=True)
+        if error.errno == errno.ENOSPC:
+            raise DiskFullError(path) from None
+        raise
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+class DiskFullError(OSError):
+    """No space was left on the disk of `path` to write it (errno ENOSPC), `needed` bytes when
+    known; the message is one line: what filled up, where, and how much it needed."""
+
+    def __init__(self, path: str | Path, needed: int | None = None):
+        super().__init__(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        self.path, self.needed = Path(path), needed
+
+    def __reduce__(self):  # OSError's would call __init__ with its own arguments (a trial's error crosses processes)
+        return type(self), (self.path, self.needed)
+
+    def __str__(self) -> str:
+        size = "" if self.needed is None else f" ({size_text(self.needed)})"
+        return (f"no space left on the disk of {self.path.parent} ({size_text(free_bytes(self.path))} free) to write"
+                f" {self.path.name}{size}; free some space and run the same command again")
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """An OSError of a full disk, raised by Python (errno) or by pyarrow, whose errors carry the
+    C library's words and no errno."""
+    return isinstance(error, OSError) and (error.errno == errno.ENOSPC or os.strerror(errno.ENOSPC) in str(error))
+
+
+def free_bytes(path: Path) -> int:
+    """The bytes free on the disk of `path` (its nearest existing folder)."""
+    folder = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
+    return shutil.disk_usage(folder).free
+
+
+def size_text(size: int) -> str:
+    """1536 -> "1.5 KB": sizes in the messages a person reads."""
+    value = float(size)
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{int(value)} {unit}" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TB"  # unreachable: GB is the last unit
 
 
 def umask() -> int:
@@ -53,14 +98,24 @@ def umask() -> int:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """`atomic_write` of a UTF-8 string."""
-    atomic_write(path, lambda handle: handle.write(text.encode()))
+    data = text.encode()
+    try:
+        atomic_write(path, lambda handle: handle.write(data))
+    except DiskFullError:
+        raise DiskFullError(path, needed=len(data)) from None
 
 
-def remove_partial_files(folder: Path) -> int:
-    """Delete the temporary files that killed writes left in `folder`; returns how many."""
-    partial = list(Path(folder).glob(f".*{TEMP_SUFFIX}"))
+def remove_partial_files(folder: Path, recursive: bool = False) -> int:
+    """Delete the temporary files (and folders, `atomic_directory`'s) that killed or failed writes
+    left in `folder` (and its subfolders when `recursive`); returns how many. Only while nothing
+    writes there: a write in progress has its temporary file too."""
+    found = Path(folder).rglob(f".*{TEMP_SUFFIX}") if recursive else Path(folder).glob(f".*{TEMP_SUFFIX}")
+    partial = list(found)
     for path in partial:
-        path.unlink(missing_ok=True)
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
     return len(partial)
 
 

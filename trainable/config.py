@@ -86,8 +86,12 @@ class DataConfig:
         choice("fold_labels", self.fold_labels, FOLD_LABELS)
         require(self.crop_frames > 0, "crop_frames must be > 0")
         require(len(self.crop_offsets) > 0, "crop_offsets must not be empty")
-        require(all(0 <= o < self.crop_frames for o in self.crop_offsets),
-                f"every crop offset must be in [0, crop_frames={self.crop_frames})")
+        outside = [offset for offset in self.crop_offsets if not 0 <= offset < self.crop_frames]
+        # Both keys named: a smaller crop_frames alone leaves the recipe's offsets behind it.
+        require(not outside, f"data.crop_offsets {list(self.crop_offsets)} must lie in [0, data.crop_frames) ="
+                             f" [0, {self.crop_frames}): {', '.join(map(str, outside))}"
+                             f" {'is' if len(outside) == 1 else 'are'} not; set data.crop_offsets along with"
+                             f" data.crop_frames")
         require(self.fp_per_epoch >= 0, "fp_per_epoch must be >= 0")
         for name in ("valid_overlap", "test_overlap", "clip_overlap"):
             require(0 <= getattr(self, name) < self.crop_frames,

@@ -8,13 +8,16 @@ checkpoint when `trainable.training.cadence` says so (by the clock, at the sched
 milestones and at the end), so the scheduler can stop the trial there and Ray can resume it. A
 process that exits mid-epoch (SIGTERM: a draining or reclaimed node) checkpoints at the next
 batch boundary into the trial's storage folder (`trainable.training.preemption`), and the retry
-goes on from there.
+goes on from there. A checkpoint that cannot be read is named in one line, and the trial goes
+on from the newest one that can (`trainable.training.fallback`).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,9 +26,12 @@ import ray
 import torch
 from ray import tune
 
+from trainable.atomic import DiskFullError, is_disk_full
 from trainable.config import ConfigError, TrainConfig, TrialConfig, resolve
-from trainable.training import preemption
+from trainable.reported import EPOCH, ITERATION
+from trainable.training import fallback, preemption
 from trainable.training.cadence import CheckpointCadence
+from trainable.training.checkpoint import why_unreadable
 from trainable.training.fit import Device, DivergedError
 from trainable.training.kfold import KFoldTraining
 from trainable.training.out_of_memory import OutOfGPUMemoryError, out_of_memory_message
@@ -33,6 +39,7 @@ from trainable.training.out_of_memory import OutOfGPUMemoryError, out_of_memory_
 DIVERGED_FILE = "diverged.txt"  # in the trial directory: why the trial diverged
 OUT_OF_MEMORY_FILE = "out_of_gpu_memory.txt"  # in the trial directory: the line the trial ended with
 PREEMPTIONS_FILE = "preemptions.txt"  # in the trial directory: where each exit checkpointed, where each retry resumed
+UNREADABLE_FILE = "unreadable_checkpoints.txt"  # in the trial directory: unreadable checkpoints, where it went on
 
 
 def train_sed(config: dict[str, Any]) -> None:
@@ -58,28 +65,23 @@ def train_sed(config: dict[str, Any]) -> None:
     trial_dir = tune.get_context().get_storage().trial_working_directory
     diverged, out_of_memory = os.path.join(trial_dir, DIVERGED_FILE), os.path.join(trial_dir, OUT_OF_MEMORY_FILE)
     refuse_a_failed_trial(diverged, out_of_memory)
-    training = KFoldTraining(trial, assigned_device())
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            training.load(directory)
-    elif trial.init_from:  # a later stage starts from an earlier trial's fold models
-        training.initialise_from(trial.init_from)
     # Taken here: the exit function runs in the main thread, outside the trial's session.
     storage = tune.get_context().get_storage()
-    since = resume_preempted(training, storage, trial_dir)
+    training, since = resume(trial, assigned_device(), tune.get_checkpoint(), storage, trial_dir)
     cadence = CheckpointCadence(trial.train)
     with preemption.ExitCheckpoint(lambda: save_preempted(training, since, storage, trial_dir)) as on_exit:
         training.at_boundary = on_exit.at_boundary
         while training.epoch < trial.train.epochs:
             metrics = run_epoch(training, trial.train, diverged, out_of_memory)
+            if since.reported_already(training.epoch):  # trained again after a fallback to an earlier checkpoint
+                continue
             with on_exit.idle():  # reporting changes nothing a checkpoint holds
                 if cadence.due(training.epoch):
-                    report_with_checkpoint(training, metrics)
+                    report_with_checkpoint(training, since.as_reported(metrics))
                     cadence.saved()
                     since.checkpointed(training.epoch)
                 else:
-                    tune.report(metrics)
+                    tune.report(since.as_reported(metrics))
                     since.reports.append(dict(metrics))
 
 
@@ -138,12 +140,28 @@ def run_epoch(training: KFoldTraining, train: TrainConfig, diverged: str, out_of
 
 @dataclass
 class SinceCheckpoint:
-    """What a mid-epoch checkpoint must add to Ray's latest: the results reported since then."""
+    """What a mid-epoch checkpoint must add to Ray's latest: the results reported since then.
+    Ray's count of the trial's reports (its iteration) is `base_epoch` + len(`reports`)."""
 
     storage: Any  # the trial's ray.train._internal.storage.StorageContext
     base_epoch: int  # the epoch of Ray's latest checkpoint (0: none)
     reports: list[dict[str, Any]] = field(default_factory=list)
     stored: bool = False  # a mid-epoch checkpoint of this trial is in the storage
+    # Ray's latest checkpoint could not be read at all, so its epoch (Ray's iteration count) is
+    # unknown: every report of this process names its iteration (the epoch) itself.
+    unknown_base: bool = False
+
+    def reported_already(self, epoch: int) -> bool:
+        """Whether Ray has a result of `epoch`: one trained again from an earlier checkpoint than
+        Ray's latest (trainable.training.fallback) is not reported again, so that Ray's
+        iteration count stays the epoch (trainable.reported)."""
+        return not self.unknown_base and epoch <= self.base_epoch + len(self.reports)
+
+    def as_reported(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """`metrics` as they are reported: with the iteration named (the epoch) where Ray's count is unknown.
+        Ray's Trainable fills in its own count only where a result names none (setdefault), and a
+        checkpoint's result carries it to the next restore."""
+        return {**metrics, ITERATION: metrics[EPOCH]} if self.unknown_base else metrics
 
     def checkpointed(self, epoch: int) -> None:
         """Ray holds a checkpoint of `epoch` now: a stored mid-epoch checkpoint is older."""
@@ -181,33 +199,114 @@ def save_preempted(training: KFoldTraining, since: SinceCheckpoint, storage: Any
     log_preemption(trial_dir, f"exiting: checkpointed at {where(training)}")
 
 
-def resume_preempted(training: KFoldTraining, storage: Any, trial_dir: str) -> SinceCheckpoint:
-    """Go on from the trial's mid-epoch checkpoint when it is newer than Ray's (loaded into
-    `training`), reporting again the results it saw since Ray's, so that Ray's iteration
-    count is the epoch again. What is still to be reported since Ray's checkpoint."""
-    since = SinceCheckpoint(storage, training.epoch)
+def resume(trial: TrialConfig, device: Device, checkpoint: tune.Checkpoint | None, storage: Any,
+           trial_dir: str) -> tuple[KFoldTraining, SinceCheckpoint]:
+    """The trial's training as its newest readable checkpoint left it, and what Ray was told since
+    Ray's latest checkpoint (`checkpoint`; None: none).
+
+    Newest first: the mid-epoch checkpoint made on Ray's latest (trainable.training.preemption),
+    Ray's latest, Ray's earlier one. Each that cannot be read is said in one line
+    (trainable.training.fallback), and with none readable the trial starts over from epoch 0.
+    None of that fails the trial, so it costs none of Ray's retries (FailureConfig): every retry
+    would meet the same file.
+    """
+    say = unreadable_log(trial_dir)
+    new = lambda: KFoldTraining(trial, device)  # noqa: E731
+    ray_epoch = 0 if checkpoint is None else fallback.checkpoint_epoch(checkpoint.filesystem, checkpoint.path)
+    since = SinceCheckpoint(storage, ray_epoch or 0, unknown_base=ray_epoch is None)
+    training = resume_preempted(new, since, trial_dir, say)
+    if training is not None:
+        return training, since
+    paths = [] if checkpoint is None else fallback.ray_checkpoints(checkpoint.filesystem, checkpoint.path)
+    loaded = None if checkpoint is None else fallback.load_newest_readable(new, checkpoint.filesystem, paths, say)
+    if loaded is not None:
+        training, path = loaded
+        if path == paths[0] and since.unknown_base:  # its trial.json did not read at first, then did
+            since.base_epoch, since.unknown_base = training.epoch, False
+        if path != paths[0] or since.stored:  # an earlier one, or after an unreadable mid-epoch checkpoint
+            say(f"went on from {path} (epoch {training.epoch}){after_fallback(training.epoch, since)}")
+        return training, since
+    training = new()
+    if trial.init_from:  # a later stage starts from an earlier trial's fold models
+        training.initialise_from(trial.init_from)
+    if paths or since.stored:
+        say(f"no readable checkpoint: the trial starts over from epoch 0{after_fallback(0, since)}")
+    return training, since
+
+
+def after_fallback(epoch: int, since: SinceCheckpoint) -> str:
+    """What the trial does about the epochs Ray has results of, after going back to `epoch`."""
+    if since.unknown_base:
+        return (f"; the epoch of Ray's latest checkpoint is unknown, so epochs {epoch + 1} on are reported"
+                f" again, each under its own iteration")
+    if since.base_epoch <= epoch:
+        return ""
+    last = since.base_epoch
+    if last == epoch + 1:
+        return f"; epoch {last} is trained again without being reported (Ray has its result)"
+    return f"; epochs {epoch + 1}-{last} are trained again without being reported (Ray has their results)"
+
+
+def unreadable_log(trial_dir: str) -> Callable[[str], None]:
+    """Says a line of a checkpoint fallback on the trial's stderr (the driver's console shows it)
+    and appends it to the trial directory's UNREADABLE_FILE."""
+    trial_id = tune.get_context().get_trial_id()
+
+    def say(line: str) -> None:
+        print(f"trial {trial_id}: {line}", file=sys.stderr, flush=True)
+        with open(os.path.join(trial_dir, UNREADABLE_FILE), "a") as log:
+            log.write(f"pid {os.getpid()}: {line}\n")
+
+    return say
+
+
+def resume_preempted(new: Callable[[], KFoldTraining], since: SinceCheckpoint, trial_dir: str,
+                     say: Callable[[str], None]) -> KFoldTraining | None:
+    """Go on from the trial's mid-epoch checkpoint when it was made on Ray's latest (a new
+    training, `new()`, loaded from it), reporting again the results it saw since Ray's, so that
+    Ray's iteration count is the epoch again; None: none, an older one, or one that cannot be
+    read. `since`: what is still to be reported since Ray's checkpoint."""
+    storage = since.storage
+    folder = f"{storage.trial_fs_path.rstrip('/')}/{preemption.FOLDER}"
     with preemption.local_folder() as local:
-        saved = preemption.download(storage.storage_filesystem, storage.trial_fs_path, Path(local))
+        try:
+            saved = preemption.download(storage.storage_filesystem, storage.trial_fs_path, Path(local))
+        except (OSError, ValueError) as error:  # the copy, or its reports.json
+            since.stored = True  # deleted at Ray's next checkpoint
+            say(f"unreadable checkpoint: {folder} ({why_unreadable(error)})")
+            return None
         if saved is None:
-            return since
+            return None
         since.stored = True
-        if saved["base_epoch"] != training.epoch:  # Ray holds a newer checkpoint (or lost the one it was made on)
-            since.checkpointed(training.epoch)
-            return since
-        training.load(Path(local))
+        if not since.unknown_base and saved["base_epoch"] != since.base_epoch:
+            since.checkpointed(since.base_epoch)  # Ray holds a newer checkpoint (or lost the one it was made on)
+            return None
+        training = fallback.load_local(new, Path(local), folder, say)
+        if training is None:
+            return None
     log_preemption(trial_dir, f"resumed at {where(training)}")
     for metrics in saved["reports"]:
-        tune.report(dict(metrics))  # a copy: what Ray adds to a result is not ours to store
+        tune.report(since.as_reported(dict(metrics)))  # a copy: what Ray adds to a result is not ours to store
     since.reports = list(saved["reports"])
-    return since
+    return training
 
 
 def report_with_checkpoint(training: KFoldTraining, metrics: dict[str, float]) -> None:
-    """Report the epoch's metrics with a checkpoint of the trial's state."""
+    """Report the epoch's metrics with a checkpoint of the trial's state.
+
+    Raises:
+        DiskFullError: the storage had no room for the checkpoint; the line names it, its folder
+            and its size (the driver stops the search on it: search.tuner.full_disk).
+    """
     with tempfile.TemporaryDirectory(prefix="rfcx-checkpoint-") as directory:
         training.save(directory)
-        # Ray copies the directory to the experiment's storage before report returns.
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+        try:  # Ray copies the directory to the experiment's storage before report returns
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+        except OSError as error:
+            if not is_disk_full(error):
+                raise
+            size = sum(file.stat().st_size for file in Path(directory).iterdir())
+            raise DiskFullError(tune.get_context().get_storage().checkpoint_fs_path, needed=size) from None
 
 
 def gpu_share() -> float:

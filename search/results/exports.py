@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from search.datadir import DataDir, open_data
+from search.datadir import DataDir, DataDirMissing, check_data_dir, open_data
 from search.results.holdout import HOLDOUT_FILE, PRIVATE, PUBLIC, HoldoutError, holdout_scores, load_truth
 from search.results.trials import EXPORTS, TrialNotFound, newest_checkpoint, trial_dir
 from trainable.atomic import atomic_write_text
@@ -49,7 +49,7 @@ class ExportError(Exception):
 
 
 # What `export` raises on bad input, each with a one-line message.
-EXPORT_ERRORS = (ExportError, TrialNotFound, AnnotationError, CacheError, ConfigError, HoldoutError)
+EXPORT_ERRORS = (ExportError, TrialNotFound, AnnotationError, CacheError, ConfigError, HoldoutError, DataDirMissing)
 
 
 def submit_command(experiment: Path, trial_dirname: str, out: Path) -> str:
@@ -62,7 +62,8 @@ def submit_command(experiment: Path, trial_dirname: str, out: Path) -> str:
 def export(experiment: Path, trial: str, data_dir: Path | None = None, cache_dir: Path | None = None,
            out: Path | None = None, progress: bool = True) -> Path:
     """Write oof.csv, submission.csv, windows.csv and (with test_truth.csv) holdout.json of one trial;
-    returns their folder. `progress`: a progress bar per fold and split (on stderr)."""
+    returns their folder. `progress`: a progress bar per fold and split (on stderr) and a line of
+    its scores (the search, which scores its top trials, shows them in its summary instead)."""
     from trainable.data.folds import folds_of
     from trainable.training.checkpoint import read_trial_file
 
@@ -71,7 +72,10 @@ def export(experiment: Path, trial: str, data_dir: Path | None = None, cache_dir
     check_writable(out)  # before the inference, which takes minutes on real data
     checkpoint = newest_checkpoint(directory)
     saved = read_trial_file(checkpoint)
+    if data_dir is not None:
+        check_data_dir(data_dir)  # --data-dir, named as given
     config = trial_config(saved["config"], data_dir, cache_dir)
+    check_data_dir(Path(config.data_dir), directory.name.removeprefix("trial_"))
     data = open_data(Path(config.data_dir), config.data.dataset, config.cache_dir)
     if not data.annotations.test_ids:
         raise ExportError(f"{data.root} has no submission template (no test recordings to score): nothing to"
@@ -83,10 +87,11 @@ def export(experiment: Path, trial: str, data_dir: Path | None = None, cache_dir
     oof, submission, windows = predict_folds(checkpoint, config, data.annotations, data.cache, folds, progress)
     score, submitted = write_predictions(out, data, oof, submission, windows)
     epochs = ",".join(map(str, saved["best_epochs"]))
-    print(f"[rfcx-tune] {directory.name}, weights of epochs {epochs} (of {saved['epoch']}):"
-          f" oof lwlrap {score:.4f} over {len(oof)}"
-          f" recordings; {len(submitted)} test recordings, the mean of {len(folds)} folds")
-    write_holdout(out, data.root, submitted)
+    if progress:
+        print(f"[rfcx-tune] {directory.name}, weights of epochs {epochs} (of {saved['epoch']}):"
+              f" oof lwlrap {score:.4f} over {len(oof)}"
+              f" recordings; {len(submitted)} test recordings, the mean of {len(folds)} folds")
+    write_holdout(out, data.root, submitted, say=progress)
     record = {"checkpoint": checkpoint.name, "data_dir": str(data.root.resolve()), "epoch": saved["epoch"],
               "best_epochs": saved["best_epochs"], "oof_lwlrap": score}
     atomic_write_text(out / EXPORT_RECORD, json.dumps(record))
@@ -118,13 +123,15 @@ def write_predictions(out: Path, data: DataDir, oof: pd.DataFrame, submission: p
     return data.layout.metric(truth, oof[columns].to_numpy()), submitted
 
 
-def write_holdout(out: Path, data_dir: Path, submission: pd.DataFrame) -> None:
-    """holdout.json, when the data have test_truth.csv: the submission's public and private LWLRAP."""
+def write_holdout(out: Path, data_dir: Path, submission: pd.DataFrame, say: bool = True) -> None:
+    """holdout.json, when the data have test_truth.csv: the submission's public and private LWLRAP
+    (and a line of them, unless not `say`)."""
     hidden = load_truth(data_dir)
     if hidden is not None:
         holdout = holdout_scores(submission, hidden)
         atomic_write_text(out / HOLDOUT_FILE, json.dumps(holdout))
-        print(f"[rfcx-tune] holdout lwlrap: public {holdout[PUBLIC]:.4f}, private {holdout[PRIVATE]:.4f}")
+        if say:
+            print(f"[rfcx-tune] holdout lwlrap: public {holdout[PUBLIC]:.4f}, private {holdout[PRIVATE]:.4f}")
 
 
 def is_fresh(trial: Path, out: Path, data_dir: Path) -> bool:

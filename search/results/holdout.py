@@ -135,6 +135,15 @@ def versus_ensemble(board: pd.DataFrame) -> str | None:
     return line
 
 
+def one_configuration(board: pd.DataFrame) -> bool:
+    """Whether every trial on a leaderboard table is the recipe point's configuration, as in a
+    search without a space: its one configuration is the recipe with whatever values the search
+    fixed (--set, --config, the flags), with nothing beside it to be compared with, so the lines
+    below the leaderboard do not call it the recipe point."""
+    trials = trial_rows(board)
+    return "recipe_point" in trials and not trials.empty and bool(trials.recipe_point.astype(bool).all())
+
+
 def versus_recipe(board: pd.DataFrame) -> str | None:
     """Whether the best trial (the board's first) beats the recipe point on the holdout, and
     by how much: the mean of the two halves' differences, then each half; None when either
@@ -149,6 +158,8 @@ def versus_recipe(board: pd.DataFrame) -> str | None:
     ours, theirs = scored.loc[best], scored.loc[recipe.iloc[0]]
     halves = f"public {ours[PUBLIC]:.4f}, private {ours[PRIVATE]:.4f}"
     if best == recipe.iloc[0]:
+        if one_configuration(board):
+            return f"holdout: the best trial {best}: {halves}"
         return f"holdout: the best trial {best} is the recipe point ({halves})"
     margin = ((ours[PUBLIC] - theirs[PUBLIC]) + (ours[PRIVATE] - theirs[PRIVATE])) / 2
     verdict = "beats" if margin > 0 else "ties with" if margin == 0 else "does not beat"

@@ -138,12 +138,25 @@ def leaderboard(results: tune.ResultGrid, epochs: int, param_names: list[str],
     """Rows of every trial, best first as `ranked` orders them (trials without a score last); the
     trial whose config has the `recipe` values (dotted keys; {} for a search of one configuration)
     is marked as the recipe point; a trial stopped early has the `scheduler`'s words."""
-    return ranked([_row(result, epochs, param_names, recipe, scheduler) for result in trial_results(results)])
+    configs = trial_configs(results)
+    return ranked([_row(result, epochs, param_names, recipe, scheduler, configs) for result in trial_results(results)])
+
+
+def trial_configs(results: tune.ResultGrid) -> dict[str, dict[str, Any]]:
+    """Every trial's config by its id, as Ray keeps it from the trial's creation on. A Result's
+    own config is that of the trial's last report: None for a trial that never reported (pending
+    or just started when the search was interrupted), whose row would show no values."""
+    # A ResultGrid holds its trials in the ExperimentAnalysis it wraps, and gives their configs
+    # through nothing public (Ray 2.60); get_all_configs is the analysis' own public method.
+    analysis = getattr(results, "_experiment_analysis", None)
+    return analysis.get_all_configs() if analysis is not None else {}
 
 
 def _row(result: tune.Result, epochs: int, param_names: list[str], recipe: dict[str, Any] | None,
-         scheduler: Scheduler) -> Row:
+         scheduler: Scheduler, configs: dict[str, dict[str, Any]] | None = None) -> Row:
     metrics = result.metrics or {}
+    trial = metrics.get("trial_id") or Path(result.path).name
+    config = result.config or (configs or {}).get(trial) or {}
     done = int(metrics.get(reported.EPOCH, 0))
     if result.error is None and not metrics:
         status = "not started"
@@ -151,10 +164,10 @@ def _row(result: tune.Result, epochs: int, param_names: list[str], recipe: dict[
         # ... except in the state it restores a trial from when the trial ended on its own (its
         # function returned) just before the driver saved the experiment: a trial that reported its
         # whole budget has finished, whatever the mark says.
-        budget = trial_budget(result.config, epochs)
+        budget = trial_budget(config, epochs)
         status = trial_status(done, budget, finished=bool(metrics.get("done", False)) or done >= budget,
                               error=None if result.error is None else last_line(result.error), scheduler=scheduler)
-    flat = flatten_dotted(nest_dotted(result.config or {}))
+    flat = flatten_dotted(nest_dotted(config))
     params = {name: _display(flat.get(name)) for name in param_names}
     history = result.metrics_dataframe
     fold_std, fold_scores, at_best = math.nan, "", {}
@@ -164,8 +177,6 @@ def _row(result: tune.Result, epochs: int, param_names: list[str], recipe: dict[
         fold_std = float(best[reported.FOLD_STD])
         at_best = {column: float(best[name]) for name, column in AT_BEST_COLUMNS.items() if name in history}
         fold_scores = ",".join(f"{best[c]:.4f}" for c in reported.fold_keys(history.columns, reported.FOLD_LWLRAP))
-    trial = metrics.get("trial_id") or Path(result.path).name
-    config = result.config or {}
     cvs = {column: float(metrics.get(key, math.nan)) for key, column in CV_COLUMNS.items()} | at_best
     folds = reported.fold_keys(metrics, reported.FOLD_BEST_EPOCH)
     return Row(trial, status, float(metrics.get(SCORE, math.nan)), fold_std, done, params,
@@ -233,7 +244,9 @@ def markdown(rows: list[Row], title: str, importances: dict[str, float] | None) 
     table = frame(rows).drop(columns="fold_scores")
     lines_below = notes_below(table)
     table["LB"] = [_lb_cell(row.lb) for row in rows]
-    table["memo"] = ["; ".join(part for part in ("recipe point" if row.recipe_point else "",
+    # A search without a space has one configuration, every trial of it marked: no recipe point to single out.
+    compared = any(not row.recipe_point for row in rows if not row.is_ensemble)
+    table["memo"] = ["; ".join(part for part in ("recipe point" if row.recipe_point and compared else "",
                                                  f"seed {row.seed:g} of {row.group}" if row.is_repeat else "",
                                                  row.memo, row.lb.get(LB_MEMO, "")) if part) for row in rows]
     table = table.drop(columns=[c for c in ("recipe_point", SEED_GROUP_COLUMN, LB_PUBLIC, LB_PRIVATE, LB_MEMO)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from search.results.holdout import PRIVATE, PUBLIC
+from search.results.holdout import PRIVATE, PUBLIC, one_configuration
 from search.results.trials import ENSEMBLE
 from trainable.reported import SCORE
 
@@ -140,11 +140,12 @@ def noise_line(board: pd.DataFrame) -> str | None:
     group = recipe_group(board)
     best = str(trials[SEED_GROUP_COLUMN].iloc[0])
     fold_std = trials[trials[SEED_GROUP_COLUMN].astype(str) == group].fold_std.mean()
-    line = (f"seed noise: the recipe point under {recipe.n} seeds {recipe.mean:.4f} +- {recipe.std:.4f}"
-            f" (mean +- std; its folds' std {fold_std:.4f})")
+    alone = one_configuration(board)  # a search without a space: its configuration, not the recipe's point
+    line = (f"seed noise: {'the configuration' if alone else 'the recipe point'} under {recipe.n} seeds"
+            f" {recipe.mean:.4f} +- {recipe.std:.4f} (mean +- std; its folds' std {fold_std:.4f})")
     ours = board_seeds(board).get(best)
     if best == group or ours is None:
-        return line + "; the best configuration is the recipe point"
+        return line if alone else line + "; the best configuration is the recipe point"
     line += f"; the best configuration {best} ({_seeds(ours)}) {ours.mean:.4f}: {margin(ours, recipe).text()}"
     held = holdout_means(board)
     if held is not None:

@@ -10,16 +10,21 @@ nothing. A resumed search runs the plan's trial count, which `--resume --num-sam
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import fnmatch
 import json
 import os
 import pickle
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
 import pyarrow.fs
 from fsspec.implementations.local import LocalFileSystem
 from pyarrow import PythonFile
 from ray import tune
+from ray.train._internal.storage import get_fs_and_path
 from ray.tune.execution.tune_controller import TuneController
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.search import ConcurrencyLimiter, Searcher, SearchGenerator
@@ -34,11 +39,12 @@ from search.plan import (
     save_plan,
     trial_resources,
 )
-from search.tuner import review_logger, schedulers
+from search.tuner import console, review_logger, schedulers
 from search.tuner.legacy import register_old_names
 from search.tuner.repeats import SeedRepeats
 from search.tuner.searcher import TruthfulOptunaSearch
 from spaces import recipe_point, windows_of
+from trainable.atomic import TEMP_SUFFIX
 from trainable.reported import METRIC, MODE
 from trainable.tune import train_sed
 
@@ -99,8 +105,9 @@ def restore_tuner(plan: SearchPlan) -> tune.Tuner:
                                storage_filesystem=experiment_filesystem(plan))
     local = tuner._local_tuner
     assert local is not None  # None only for a Tuner through Ray Client, which the driver does not use
-    # Ray restores the callbacks that were pickled with the experiment; run with today's.
+    # Ray restores the callbacks and verbosity that were pickled with the experiment; run with today's.
     local.get_run_config().callbacks = logger_callbacks(plan)
+    local.get_run_config().verbose = console.ray_verbosity()
     # Ray keeps the param space out of the experiment (only its keys). When the saved state
     # cannot be resumed (none yet: the driver was killed before its first save), Ray starts
     # the experiment over with the param space given here; without it every new trial would
@@ -127,7 +134,8 @@ def continue_search(config: tune.TuneConfig, plan: SearchPlan) -> None:
     if isinstance(config.search_alg, SeedRepeats):
         config.search_alg.proposals = plan.num_samples
     bound = most_trials(config.search_alg, plan.num_samples)
-    config.search_alg = PlannedSearch(limited(config.search_alg, plan.max_concurrent), bound)
+    config.search_alg = PlannedSearch(limited(config.search_alg, plan.max_concurrent), bound,
+                                      where=(experiment_filesystem(plan), plan.storage, plan.name))
     # Ray applies max_concurrent_trials to a Searcher only (warning otherwise): applied above.
     config.max_concurrent_trials = None
     config.num_samples = bound
@@ -146,9 +154,11 @@ class PlannedSearch(SearchGenerator):
     when Ray starts an unsaved experiment over (its Tuner.restore passes no num_samples, so
     Ray's would create one trial)."""
 
-    def __init__(self, searcher: Searcher, num_samples: int):
+    def __init__(self, searcher: Searcher, num_samples: int,
+                 where: tuple[pyarrow.fs.FileSystem | None, str, str] | None = None):
         super().__init__(searcher)
         self.num_samples = num_samples
+        self.where = where  # the experiment's file system, storage and name now: it may have moved
 
     def add_configurations(self, experiments) -> None:
         super().add_configurations(experiments)
@@ -157,10 +167,27 @@ class PlannedSearch(SearchGenerator):
     def set_state(self, state: dict) -> None:
         # Called once the searchers' own states are restored: SeedRepeats knows its rounds.
         super().set_state(state)
+        self._move_experiment_here()
         self._total_samples = most_trials(self.searcher, self.num_samples)
         # The searcher says again whether it is done (search.tuner.repeats): a search that ended
         # and is now extended with --resume --num-samples is not.
         self._finished = False
+
+
+    def _move_experiment_here(self) -> None:
+        """Make new trials in the experiment's folder of today. Ray restores the experiment this
+        generator makes every new trial from with the storage it had when saved: for an
+        experiment moved since (another folder, another bucket) Ray rewrites the restored trials'
+        storage (TuneController._restore_trials) but not this one's, and each new trial then
+        failed to set up its storage at the old place."""
+        if self.where is None or self._experiment is None:
+            return
+        filesystem, storage, name = self.where
+        here = copy.copy(self._experiment.storage)
+        here.storage_filesystem, here.storage_fs_path = get_fs_and_path(storage, filesystem)
+        here.storage_fs_path = Path(here.storage_fs_path).as_posix()  # as StorageContext keeps it
+        here.experiment_dir_name = name
+        self._experiment.storage = self._experiment.spec["storage"] = here
 
 
 def most_trials(searcher: Searcher, planned: int) -> int:
@@ -178,8 +205,9 @@ def trainable(plan: SearchPlan):
 def logger_callbacks(plan: SearchPlan) -> list:
     """Ray's CSV and JSON loggers (the results Ray reads back) and our TensorBoard logger (which
     words a stopped trial's status as the plan's scheduler does), named because `fit` switches
-    Ray's automatic loggers off."""
-    return [CSVLoggerCallback(), JsonLoggerCallback(), review_logger.ReviewLogger(plan.scheduler)]
+    Ray's automatic loggers off; and the console's lines (search.tuner.console)."""
+    return [CSVLoggerCallback(), JsonLoggerCallback(), review_logger.ReviewLogger(plan.scheduler),
+            console.Console(plan)]
 
 
 def fit(tuner: tune.Tuner) -> tune.ResultGrid:
@@ -206,6 +234,7 @@ def run_config(plan: SearchPlan) -> tune.RunConfig:
         checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
         failure_config=tune.FailureConfig(max_failures=plan.max_failures),
         callbacks=logger_callbacks(plan),
+        verbose=console.ray_verbosity(),  # Ray's boxes and tables: --verbose only
     )
 
 
@@ -248,25 +277,41 @@ class RenamedOnClose:
     def __init__(self, path: str):
         self.path = path
         folder, name = os.path.split(path)
-        self.partial = open(os.path.join(folder, f".{name}.{uuid.uuid4().hex}.partial"), "wb")
+        self.partial = open(os.path.join(folder, f".{name}.{uuid.uuid4().hex}{TEMP_SUFFIX}"), "wb")
 
     @property
     def closed(self) -> bool:
         return self.partial.closed
 
     def write(self, data) -> int:
-        return self.partial.write(data)
+        with self.discarded_on_error():
+            return self.partial.write(data)
 
     def flush(self) -> None:
-        self.partial.flush()
+        with self.discarded_on_error():
+            self.partial.flush()
 
     def close(self) -> None:
         if not self.partial.closed:
-            self.partial.close()
+            with self.discarded_on_error():
+                self.partial.close()
             if self.complete():
                 os.replace(self.partial.name, self.path)
             else:
                 os.remove(self.partial.name)
+
+    @contextlib.contextmanager
+    def discarded_on_error(self) -> Iterator[None]:
+        """Drop the partial file when an operation on it fails (a full disk: Ray retries its
+        copies, and each failed one left an empty partial file behind); `path` stays as it was."""
+        try:
+            yield
+        except OSError:
+            with contextlib.suppress(OSError):  # closing flushes what is buffered, onto the full disk again
+                self.partial.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.partial.name)
+            raise
 
     def complete(self) -> bool:
         return True

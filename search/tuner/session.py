@@ -15,6 +15,7 @@ from ray import tune
 from datatools.builtin import default_data_dir, preset_note
 from search.plan import (
     SearchPlan,
+    configuration_words,
     experiment_path,
     local_experiment_dir,
     param_names,
@@ -42,10 +43,14 @@ from search.results.page import REPORT_HTML
 from search.results.refresh import refresh_reports, write_page
 from search.storage import download, is_remote, shared_storage_problem, upload
 from search.tuner.cluster import autoscaler_nodes, trials_at_once, unfit_request
+from search.tuner.console import ray_init_options, show_ray_output
 from search.tuner.experiment import build_tuner, can_resume, fit, restore_tuner
+from search.tuner.full_disk import stop_on_a_full_disk
+from search.tuner.lock import LOCK_FILE, DriverLocked, hold
 from search.tuner.review_logger import write_seed_metrics
 from search.tuner.searcher import STUDY_EXPORT_ENV
-from search.tuner.signals import stop_on_sigterm_like_ctrl_c
+from search.tuner.signals import fit_noting_a_stop, stop_on_sigterm_like_ctrl_c
+from trainable.atomic import remove_partial_files
 from trainable.training.out_of_memory import OUT_OF_MEMORY, OUT_OF_MEMORY_ADVICE
 
 TOP_ROWS = 5  # leaderboard rows printed at the end, and scored on the holdout with the recipe point
@@ -61,14 +66,33 @@ def stage_note(plan: SearchPlan) -> str:
     return f"; stage {trial.stage}" + (f" ({', '.join(parts)})" if parts else "")
 
 
-def run_search(plan: SearchPlan, address: str | None) -> int:
-    """Run (or resume) the search.
+def run_search(plan: SearchPlan, address: str | None, verbose: bool = False) -> int:
+    """Run (or resume) the search as its experiment's one driver (search.tuner.lock), the lock
+    taken before anything reads the experiment and released however the search ends.
 
     Returns:
-        0 when at least one trial scored, 1 when none did, 130 when interrupted (Ctrl-C).
+        0 when at least one trial scored, 1 when none did, 130 when interrupted (Ctrl-C), 2 when
+        another driver runs the experiment (one line naming it) or a check before Ray refused it.
     """
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # Ray's progress table says it all
-    if local_experiment_dir(plan) is not None:
+    show_ray_output(verbose)  # the console: one line per event, Ray's boxes and tables with --verbose only
+    try:
+        lock = hold(experiment_path(plan))
+    except DriverLocked as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        return storage_error(plan, error)
+    with lock:
+        return run_locked(plan, address)
+
+
+def run_locked(plan: SearchPlan, address: str | None) -> int:
+    """run_search, the lock held."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the console's lines say it all
+    experiment = local_experiment_dir(plan)
+    if experiment is not None:
+        # What writes cut short by a full disk or a kill left (no other driver writes here now).
+        remove_partial_files(experiment, recursive=True)
         # Save the experiment state after every controller step instead of every >= 10 s, so
         # a killed driver loses no registered checkpoint (the state is small and local).
         os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
@@ -85,15 +109,17 @@ def run_search(plan: SearchPlan, address: str | None) -> int:
         if not resuming:
             save_plan(plan)
         elif is_remote(plan.storage):  # the reports so far, wherever this search ran before
-            download(experiment_path(plan), directory)
+            download(experiment_path(plan), directory, skip=(LOCK_FILE,))  # the lock stays where it is
     except OSError as error:
         return storage_error(plan, error)
     print(start_line(plan, resuming), flush=True)
     if builtin_data(plan):
         print(f"[rfcx-tune] {preset_note(plan.baseline)}", flush=True)
     os.environ[STUDY_EXPORT_ENV] = str(directory / STUDY_DB)
-    results = fit(restore_tuner(plan) if resuming else build_tuner(plan))
-    return report(plan, results)
+    tuner = restore_tuner(plan) if resuming else build_tuner(plan)
+    full_disk = stop_on_a_full_disk(tuner)
+    results, stopped = fit_noting_a_stop(lambda: fit(tuner))
+    return report(plan, results, stopped, full_disk.line)
 
 
 def join_cluster(plan: SearchPlan, address: str) -> bool:
@@ -120,15 +146,16 @@ def join_cluster(plan: SearchPlan, address: str) -> bool:
 def start_line(plan: SearchPlan, resuming: bool) -> str:
     """What the search is, said once it starts."""
     spaces = (f"spaces {', '.join(plan.spaces)} (sampler {plan.sampler})" if plan.spaces
-              else "no space (the recipe's own configuration)")
+              else f"no space ({configuration_words(plan)})")
     return (f"[rfcx-tune] {'resuming' if resuming else 'starting'} experiment {experiment_path(plan)}:"
             f" recipe {plan.baseline['recipe']}, {spaces}; {plan.num_samples} trials of {plan.epochs} epochs;"
             f" {scheduler_of(plan).summary(plan.scheduler_settings)}{repeats_summary(plan)}{stage_note(plan)}")
 
 
-def report(plan: SearchPlan, results: tune.ResultGrid) -> int:
-    """Write the reports of the search's results, score its top trials on the holdout, copy the
-    reports to a remote store and print the summary; returns run_search's exit code."""
+def report(plan: SearchPlan, results: tune.ResultGrid, stopped: bool, full_disk: str | None = None) -> int:
+    """Write the reports of the search's results, score its top trials on the holdout (unless
+    Ctrl-C or SIGTERM `stopped` the search, or a `full_disk` did: its line), copy the reports to a
+    remote store and print the summary; returns run_search's exit code."""
     directory = report_dir(plan)
     title = f"{plan.name}: recipe {plan.baseline['recipe']}, {', '.join(plan.spaces) or 'no space'}"
     rows = write_reports(directory, results, load_study(directory), plan.epochs,
@@ -138,8 +165,7 @@ def report(plan: SearchPlan, results: tune.ResultGrid) -> int:
     write_page(directory, title)
     # The reports are written before the holdout scoring, which rewrites them with its scores:
     # a failure or a kill while predicting leaves a complete leaderboard.
-    interrupted = any(row.status.startswith(("interrupted", "not started")) for row in rows)
-    if not interrupted and score_on_holdout(plan, rows):  # after Ctrl-C, stop at once
+    if not stopped and full_disk is None and score_on_holdout(plan, rows):  # after Ctrl-C, stop at once
         rows = refresh_reports(directory)
     write_seed_metrics(directory, frame(rows))  # TensorBoard's HParams: each configuration's seed columns
     if is_remote(plan.storage):
@@ -148,7 +174,10 @@ def report(plan: SearchPlan, results: tune.ResultGrid) -> int:
         except OSError as error:  # the local copy stays; the trials' results are already there
             print(f"warning: could not copy the reports to {experiment_path(plan)}: {error}", file=sys.stderr)
     print(summary(rows, directory, experiment_path(plan)))
-    if interrupted:
+    if full_disk is not None:  # it stopped the search as Ctrl-C does: the same command resumes it
+        print(f"error: {full_disk}", file=sys.stderr)
+        return 1
+    if stopped:  # only then: a trial that errored, or one left unfinished otherwise, is no interruption
         print(f"interrupted: continue with {resume_command(plan)}")
         return 130
     return 0 if any(math.isfinite(row.score) for row in rows) else 1
@@ -156,12 +185,13 @@ def report(plan: SearchPlan, results: tune.ResultGrid) -> int:
 
 def start_ray(address: str) -> bool:
     """Start a local Ray ("local"; without the dashboard, which slows the start) or join the
-    cluster at `address`; False (and one line) when that fails."""
+    cluster at `address`; False (and one line) when that fails. Without --verbose the trial
+    processes print no Ray INFO line (search.tuner.console)."""
     try:
         if address == "local":
-            ray.init(address="local", configure_logging=False, include_dashboard=False)
+            ray.init(address="local", configure_logging=False, include_dashboard=False, **ray_init_options())
         else:
-            ray.init(address=address, configure_logging=False)
+            ray.init(address=address, configure_logging=False, **ray_init_options())
     except (ConnectionError, RuntimeError, ValueError) as error:
         print(f"error: cannot start or join Ray at {address}: {error}", file=sys.stderr)
         return False

@@ -26,7 +26,10 @@ from __future__ import annotations
 
 import json
 import pickle
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -59,6 +62,42 @@ EPOCH_FILE, EPOCH_ARRAYS, EPOCH_TENSORS = "epoch.json", "epoch.npz", "epoch.pt" 
 
 class CheckpointError(ConfigError):
     """A checkpoint that cannot be used for what is asked of it; the message is one line."""
+
+
+class UnreadableCheckpointError(CheckpointError):
+    """A file of a checkpoint that cannot be read: missing, truncated or corrupt (a trial goes on
+    from an earlier checkpoint: trainable.training.fallback). `path` names it, `why` says what failed."""
+
+    def __init__(self, path: str | Path, why: str, message: str | None = None):
+        super().__init__(message or f"{path}: cannot be read ({why})")
+        self.path, self.why, self.message = str(path), why, message
+
+    def __reduce__(self):  # rebuilt from its arguments where an error is pickled (Ray sends a trial's errors)
+        return type(self), (self.path, self.why, self.message)
+
+
+# What reading a damaged file raises: torch's zip reader a RuntimeError ("PytorchStreamReader failed
+# reading zip archive"), an empty file EOFError, numpy BadZipFile or ValueError, JSON ValueError.
+READ_ERRORS = (OSError, EOFError, RuntimeError, ValueError, KeyError, pickle.UnpicklingError, zipfile.BadZipFile)
+T = TypeVar("T")
+
+
+def why_unreadable(error: BaseException) -> str:
+    """What failed, in a few words: the first sentence of the error (torch's goes on for lines)."""
+    if isinstance(error, FileNotFoundError):
+        return "no such file"
+    if isinstance(error, json.JSONDecodeError):  # its own words name only the place (a cut file: anywhere)
+        return f"not valid JSON: {error}"
+    text = str(error).splitlines()[0].split(". ")[0].strip() if str(error) else ""
+    return text or ("the file ends early" if isinstance(error, EOFError) else type(error).__name__)
+
+
+def read_file(path: Path, read: Callable[[Path], T]) -> T:
+    """`read(path)`, where a file that cannot be read raises UnreadableCheckpointError naming it."""
+    try:
+        return read(path)
+    except READ_ERRORS as error:
+        raise UnreadableCheckpointError(path, why_unreadable(error)) from None
 
 
 def fold_file(index: int) -> str:
@@ -98,13 +137,15 @@ def read_trial_file(checkpoint: str | Path) -> dict:
     """The checkpoint's trial.json.
 
     Raises:
-        CheckpointError: there is none, or not of this format.
+        UnreadableCheckpointError: there is none, or it cannot be read.
+        CheckpointError: not of this format.
     """
     path = Path(checkpoint) / TRIAL_FILE
     try:
         trial = json.loads(path.read_text())
     except (OSError, ValueError) as error:
-        raise CheckpointError(f"{checkpoint} is not a trial checkpoint (no readable {TRIAL_FILE}: {error})") from None
+        raise UnreadableCheckpointError(path, why_unreadable(error), f"{checkpoint} is not a trial checkpoint"
+                                        f" (no readable {TRIAL_FILE}: {error})") from None
     if trial.get("format") == 1:
         raise CheckpointError(f"checkpoint {checkpoint} was made before recipes (format 1): it has no selected"
                               f" weights and its config names no recipe; train it again (the fixed recipe,"
@@ -176,6 +217,8 @@ def load_trial(directory: str | Path, config: TrialConfig, runs: list[FoldRun], 
         The epochs done, and the epoch in flight (None: the checkpoint was taken between epochs).
 
     Raises:
+        UnreadableCheckpointError: a file of it cannot be read (named); `runs` and `selection`
+            may then hold a part of the checkpoint: build them again before another load.
         ConfigError: the checkpoint was made with another recipe, other folds or by an
             earlier version (format 1).
     """
@@ -185,15 +228,20 @@ def load_trial(directory: str | Path, config: TrialConfig, runs: list[FoldRun], 
     if trial["folds"] != list(config.fold_indices):
         raise ConfigError(f"checkpoint {directory} holds folds {trial['folds']},"
                           f" this trial trains {list(config.fold_indices)}")
-    load = lambda name: torch.load(directory / name, map_location="cpu", weights_only=True)  # noqa: E731
+    load = lambda name: read_file(directory / name, _torch_load)  # noqa: E731
     for run in runs:
         run.load_state_dict(load(fold_file(run.fold.index)))
-    selection.restore(trial["selection"], dict(np.load(directory / BEST_OOF_FILE)),
+    arrays = read_file(directory / BEST_OOF_FILE, lambda path: dict(np.load(path)))
+    selection.restore(trial["selection"], arrays,
                       {run.fold.index: load(best_weights_file(run.fold.index)) for run in runs
                        if (directory / best_weights_file(run.fold.index)).exists()})
     item = ClipSpec if config.data.train_items == "clips" else CropSpec
     progress = _load_progress(directory, cuda, item) if (directory / EPOCH_FILE).exists() else None
     return trial["epoch"], progress
+
+
+def _torch_load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _selection_arrays(selection: Selection) -> dict[str, np.ndarray]:
@@ -225,11 +273,16 @@ def _save_progress(directory: Path, progress: EpochProgress, cuda: bool) -> None
 def _load_progress(directory: Path, cuda: bool, item: type) -> EpochProgress:
     """The epoch in flight `_save_progress` wrote, torch's RNG set back as it was there; `item`:
     the class of the trial's items (CropSpec, ClipSpec)."""
-    saved = json.loads((directory / EPOCH_FILE).read_text())
-    with np.load(directory / EPOCH_ARRAYS) as arrays:
-        scores = [arrays[f"arr_{i}"] for i in range(len(saved["done"]))]
-        fp_only = [arrays[f"fp_only_{i}"] if f"fp_only_{i}" in arrays else None for i in range(len(saved["done"]))]
-    tensors = torch.load(directory / EPOCH_TENSORS, map_location="cpu", weights_only=True)
+    saved = read_file(directory / EPOCH_FILE, lambda path: json.loads(path.read_text()))
+
+    def read_arrays(path: Path) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
+        with np.load(path) as arrays:
+            done = range(len(saved["done"]))
+            return ([arrays[f"arr_{i}"] for i in done],
+                    [arrays[f"fp_only_{i}"] if f"fp_only_{i}" in arrays else None for i in done])
+
+    scores, fp_only = read_file(directory / EPOCH_ARRAYS, read_arrays)
+    tensors = read_file(directory / EPOCH_TENSORS, _torch_load)
     torch.set_rng_state(tensors["rng"]["cpu"])  # dropout goes on drawing where it was
     if "cuda" in tensors["rng"] and cuda:
         torch.cuda.set_rng_state(tensors["rng"]["cuda"])

@@ -56,6 +56,10 @@ class Dataset(Protocol):
         """Everything checkable before the cache build (annotations, audio headers), in seconds."""
         ...
 
+    def warnings(self, data_dir: Path) -> list[str]:
+        """What is odd in the data but used as it is (one line each), said once before a search."""
+        ...
+
     def write_submission(self, data_dir: Path, path: Path, recordings: list[str], scores: np.ndarray) -> pd.DataFrame:
         """Write the competition's submission file of test recordings' (T, species) scores;
         returns it as a table."""

@@ -79,6 +79,12 @@ class RFCx:
         """The annotations, then every annotated and every submitted recording's audio header."""
         check_audio(read_files(data_dir), data_dir)
 
+    def warnings(self, data_dir: Path) -> list[str]:
+        """Rows of train_tp.csv or train_fp.csv that repeat an earlier row exactly (`copied_rows`)."""
+        files = read_files(data_dir)
+        found = [copied_rows(Path(data_dir) / name, rows) for name, rows in ((TP_FILE, files.tp), (FP_FILE, files.fp))]
+        return [line for line in found if line is not None]
+
     def write_submission(self, data_dir: Path, path: Path, recordings: list[str], scores: np.ndarray) -> pd.DataFrame:
         """recording_id,s0..sK-1 in sample_submission.csv's row order, written atomically.
 
@@ -132,9 +138,15 @@ def read_files(data_dir: Path, n_species: int | None = None) -> RFCxFiles:
     """
     data_dir = Path(data_dir)
     test_ids, submission_species = submission_of(data_dir)
+    # Where the count comes from, for a species_id outside it: the CSV's line is not always the culprit.
+    counted = ""
+    if not n_species:
+        counted = (f"{SUBMISSION_FILE} has {submission_species} species columns, s0..s{submission_species - 1}"
+                   if submission_species else f"RFCx's {DEFAULT_N_SPECIES} species (no {SUBMISSION_FILE} to"
+                   f" count them from)")
     n_species = n_species or submission_species or DEFAULT_N_SPECIES
-    tp = _read_annotation_file(data_dir / TP_FILE, n_species)
-    fp = _read_annotation_file(data_dir / FP_FILE, n_species)
+    tp = _read_annotation_file(data_dir / TP_FILE, n_species, counted)
+    fp = _read_annotation_file(data_dir / FP_FILE, n_species, counted)
     return RFCxFiles(tp=tp, fp=fp, test_ids=test_ids, n_species=n_species)
 
 
@@ -158,7 +170,9 @@ def _read_csv(path: Path) -> pd.DataFrame:
     return frame[~blank].reset_index(drop=True)
 
 
-def _read_annotation_file(path: Path, n_species: int) -> pd.DataFrame:
+def _read_annotation_file(path: Path, n_species: int, counted: str = "") -> pd.DataFrame:
+    """One annotation file, validated; `counted`: where `n_species` comes from, said beside a
+    species_id outside it."""
     frame = _read_csv(path)
     missing = [c for c in ANNOTATION_COLUMNS if c not in frame.columns]
     if missing:
@@ -175,7 +189,7 @@ def _read_annotation_file(path: Path, n_species: int) -> pd.DataFrame:
     species = frame.species_id
     _fail_where(path, frame, species != species.round(), "species_id is not an integer", values=species)
     _fail_where(path, frame, (species < 0) | (species >= n_species),
-                f"species_id outside [0, {n_species})", values=species)
+                f"species_id outside [0, {n_species})", values=species, note=counted)
     frame["species_id"] = species.astype(int)
     frame["songtype_id"] = frame.songtype_id.astype(int)
     _fail_where(path, frame, frame.t_min < 0, "t_min is before the clip start (< 0 s)", values=frame.t_min)
@@ -184,9 +198,35 @@ def _read_annotation_file(path: Path, n_species: int) -> pd.DataFrame:
     return frame
 
 
+# What a copy of a row changes, by file: every reader counts rows, not distinct events.
+COPY_CHANGES = {TP_FILE: "the fold labels, the class weights and the crops",
+                FP_FILE: "which fp event the negative crops are centred on"}
+COPIES_SHOWN = 5  # line numbers a duplicate-row message lists
+
+
+def copied_rows(path: Path, frame: pd.DataFrame) -> str | None:
+    """One line on the rows of an annotation file that repeat an earlier row exactly (every
+    column, numbers as numbers), or None: a pasting or merging mistake that weighs its event
+    twice. Kept, not dropped nor refused: the reference read every row, so its folds and CV come
+    from the file as it is (whether the competition's own files hold copies is not known here)."""
+    copies = frame.duplicated(list(ANNOTATION_COLUMNS), keep="first")
+    if not copies.any():
+        return None
+    copy = frame[copies].iloc[0]
+    original = frame[(frame[list(ANNOTATION_COLUMNS)] == copy[list(ANNOTATION_COLUMNS)]).all(axis=1)].iloc[0]
+    lines = [str(line) for line in frame.line[copies]]
+    many = len(lines) > 1
+    listed = f"{', '.join(lines[:COPIES_SHOWN])}{', ...' if len(lines) > COPIES_SHOWN else ''}"
+    changes = COPY_CHANGES.get(path.name, "how often its event is read")
+    return (f"{path.name} line {copy.line} repeats line {original.line} exactly (recording {copy.recording_id!r},"
+            f" species {copy.species_id}, {copy.t_min:g}-{copy.t_max:g} s) [{len(lines)} copied"
+            f" line{'s' if many else ''}: {listed}]: kept, as the reference read them; a copy changes {changes},"
+            f" so remove {'them' if many else 'it'} if {'they are' if many else 'it is'} a mistake")
+
+
 def _fail_where(path: Path, frame: pd.DataFrame, bad: pd.Series, problem: str,
-                values: pd.Series | None = None) -> None:
-    """Raise one line for the first bad row, counting the others."""
+                values: pd.Series | None = None, note: str = "") -> None:
+    """Raise one line for the first bad row, counting the others; `note` ends the line."""
     if not bad.any():
         return
     rows = frame[bad.to_numpy()]
@@ -194,7 +234,7 @@ def _fail_where(path: Path, frame: pd.DataFrame, bad: pd.Series, problem: str,
     shown = f" ({values[bad].iloc[0]})" if values is not None else ""
     more = f" [and {len(rows) - 1} more line(s) like it]" if len(rows) > 1 else ""
     raise AnnotationError(f"{path.name} line {first.line}: {problem}{shown}"
-                          f" in recording {first.recording_id!r}{more}")
+                          f" in recording {first.recording_id!r}{more}{'; ' + note if note else ''}")
 
 
 def submission_of(data_dir: Path) -> tuple[tuple[str, ...], int | None]:
