@@ -110,3 +110,25 @@ def test_a_search_whose_storage_fills_up_stops_in_one_line_and_resumes_once_spac
         board = (disk / "full" / "leaderboard.csv").read_text().splitlines()
         assert len(board) == 1 + 2  # the header and the search's 2 trials
         assert partial_files(disk) == []
+
+
+def test_a_full_disk_while_the_reports_are_written_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
+    """After the trials, the reports go to the experiment's folder: a full disk there (here raised
+    where the search would write them) ends search/run.py with one line, not a traceback."""
+    from search import run
+    from search.tuner import session
+
+    def reports_on_a_full_disk(plan, address, verbose=False):
+        atomic_write_text(tmp_path / "gone" / "leaderboard.md", "x" * 3000)
+
+    def full(fd):  # the disk fills while the leaderboard is flushed
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("trainable.atomic.os.fsync", full)
+    monkeypatch.setattr(run, "make_plan", lambda args: None)
+    monkeypatch.setattr(session, "run_search", reports_on_a_full_disk)
+    assert run.main([]) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: no space left on the disk of {tmp_path / 'gone'} (") and line.endswith(
+        "free) to write leaderboard.md (2.9 KB); free some space and run the same command again")
+    assert list((tmp_path / "gone").iterdir()) == []  # the temporary file went with the failure
