@@ -133,6 +133,31 @@ class SourceRecords:
         self.flushed_at = time.monotonic()
 
 
+class CtrlC:
+    """Ctrl-C as KeyboardInterrupt, remembered. One that lands while C code is calling back into
+    Python (numba's compiler in warm_up, through llvmlite's ctypes callbacks) is lost there:
+    Python prints it as "Exception ignored ... Traceback" and the build went on to the end. Here it
+    is printed by no one and raised again at the build's next step (`check`)."""
+
+    asked = False
+
+    @classmethod
+    def handler(cls, signum: int, frame) -> None:
+        cls.asked = True
+        raise KeyboardInterrupt
+
+    @staticmethod
+    def unraisable(unraisable) -> None:
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            sys.__unraisablehook__(unraisable)
+
+    @classmethod
+    def check(cls) -> None:
+        """Raise the Ctrl-C that a callback swallowed."""
+        if cls.asked:
+            raise KeyboardInterrupt
+
+
 def _worker_start() -> None:
     """Worker start: BLAS (the mel projection) on one thread, so N workers use N cores; with
     a thread pool per worker, N workers would each run one thread per core and fight. Ctrl-C
@@ -148,6 +173,7 @@ def build_cache(cache: LogMelCache, jobs: list[Job], workers: int) -> dict[Job, 
     failures: dict[Job, str] = {}
     records = SourceRecords(cache)
     warm_up(cache.features)  # once here, inherited by the forked workers
+    CtrlC.check()
     progress = tqdm(total=len(jobs), unit="rec", desc="log-mel", file=sys.stderr, dynamic_ncols=True)
     # Processes, not threads: STFT and mel projection hold the GIL for much of their time.
     with ProcessPoolExecutor(max_workers=workers, initializer=_worker_start) as pool:
@@ -156,6 +182,7 @@ def build_cache(cache: LogMelCache, jobs: list[Job], workers: int) -> dict[Job, 
         try:  # Ctrl-C while the jobs are submitted too: the pool's exit would otherwise run them all
             futures = {pool.submit(cache_recording, cache, job): job for job in jobs}
             for future in as_completed(futures):
+                CtrlC.check()
                 seen.add(future)
                 job, outcome = futures[future], future.result()
                 records.add(job, outcome)
@@ -299,5 +326,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on, KeyboardInterrupt
+    signal.signal(signal.SIGINT, CtrlC.handler)  # from here on, KeyboardInterrupt
+    sys.unraisablehook = CtrlC.unraisable
     sys.exit(main())

@@ -32,3 +32,25 @@ def test_ctrl_c_at_any_moment_is_one_line_and_exit_130(synth_dir, tmp_path, afte
         assert last.startswith("interrupted"), err[-3000:]
     else:
         assert prepare.returncode == 0, err[-3000:]  # done before the Ctrl-C came
+
+
+def test_a_ctrl_c_that_a_c_callback_swallowed_is_raised_at_the_next_step_without_a_traceback(monkeypatch, capsys):
+    """numba compiles through llvmlite's ctypes callbacks: a Ctrl-C landing in one is "ignored"
+    by Python (printed with a traceback) and the build went on. Here: a real ctypes callback, a
+    real SIGINT inside it."""
+    import ctypes
+
+    from datatools.prepare import CtrlC
+
+    monkeypatch.setattr(CtrlC, "asked", False)
+    monkeypatch.setattr(sys, "unraisablehook", CtrlC.unraisable)
+    previous = signal.signal(signal.SIGINT, CtrlC.handler)
+    try:
+        callback = ctypes.CFUNCTYPE(None)(lambda: os.kill(os.getpid(), signal.SIGINT))
+        callback()  # the KeyboardInterrupt raised inside it does not come out of it
+        assert CtrlC.asked
+        with pytest.raises(KeyboardInterrupt):
+            CtrlC.check()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert "Traceback" not in capsys.readouterr().err
