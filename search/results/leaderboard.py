@@ -179,10 +179,11 @@ def _row(result: tune.Result, epochs: int, param_names: list[str], recipe: dict[
         fold_scores = ",".join(f"{best[c]:.4f}" for c in reported.fold_keys(history.columns, reported.FOLD_LWLRAP))
     cvs = {column: float(metrics.get(key, math.nan)) for key, column in CV_COLUMNS.items()} | at_best
     folds = reported.fold_keys(metrics, reported.FOLD_BEST_EPOCH)
+    is_recipe = recipe is not None and all(same_value(flat.get(key), value) for key, value in recipe.items())
     return Row(trial, status, float(metrics.get(SCORE, math.nan)), fold_std, done, params,
                float(metrics.get("time_total_s", 0.0)), cvs=cvs,
                best_epochs=",".join(str(int(metrics[key])) for key in folds), fold_scores=fold_scores,
-               recipe_point=recipe is not None and all(_same(flat.get(key), value) for key, value in recipe.items()),
+               recipe_point=is_recipe,
                seed=trial_seed(config), seed_group=str(config.get(SEED_GROUP, "")))
 
 
@@ -194,7 +195,7 @@ def trial_seed(config: dict[str, Any]) -> float:
         return math.nan
 
 
-def _same(value: Any, expected: Any) -> bool:
+def same_value(value: Any, expected: Any) -> bool:
     """Config values equal, floats up to rounding (a value may have passed through JSON)."""
     if isinstance(expected, float) and isinstance(value, (int, float)):
         return math.isclose(value, expected, rel_tol=1e-9, abs_tol=1e-12)

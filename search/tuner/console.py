@@ -34,7 +34,7 @@ from ray.tune import Callback
 from ray.tune.experiment import Trial
 
 from search.plan import SearchPlan, milestones, param_names, recipe_config, scheduler_of
-from search.results.leaderboard import _same, last_line, trial_budget, trial_status
+from search.results.leaderboard import last_line, same_value, trial_budget, trial_status
 from search.tuner.remembering import is_repeat, seed_group
 from trainable import reported
 from trainable.dotted import flatten_dotted, nest_dotted
@@ -152,9 +152,9 @@ class Console(Callback):
 
     def is_recipe(self, trial: Trial) -> bool:
         """Whether the trial has the recipe point's values, compared as the leaderboard compares them
-        (its _same), so the console and the leaderboard mark the same trial."""
+        (same_value), so the console and the leaderboard mark the same trial."""
         config = flatten_dotted(nest_dotted(trial.config or {}))
-        return all(_same(config.get(key), value) for key, value in self.recipe.items())
+        return all(same_value(config.get(key), value) for key, value in self.recipe.items())
 
     def progress(self, trials: list[Trial], elapsed: float) -> str:
         """The progress line: trials done / running / to come, the best score, elapsed, time left."""
