@@ -75,7 +75,8 @@ def check_data_dir(data_dir: Path, trial: str | None = None) -> None:
 def check_cached(data: DataDir) -> None:
     """Every annotated recording and every test recording of the submission has its array, computed
     from its audio as it is now (a cache that prepare left incomplete, e.g. after it exited 1, or one
-    whose audio was regenerated since, is refused here).
+    whose audio was regenerated since, is refused here); an imported array, from its audio as it
+    was when imported, or imported without audio while there still is none (trainable.data.cache).
 
     Raises:
         CacheError: naming the first recordings and the command that updates the cache.
@@ -90,7 +91,9 @@ def check_cached(data: DataDir) -> None:
         what = " and ".join(part for count, part in ((missing, f"lacks {missing}"),
                                                       (changed, f"has stale arrays of {changed}")) if count)
         more = f" and {len(stale) - MISSING_SHOWN} more" if len(stale) > MISSING_SHOWN else ""
-        command = prepare_command(data.root, data.dataset, data.cache_dir, cache.features)
+        # An imported cache (datatools.import_arrays) is updated by the command that imported it, which
+        # prepare would refuse to mix with: its manifest records it.
+        command = cache.imported_by or prepare_command(data.root, data.dataset, data.cache_dir, cache.features)
         raise CacheError(f"the log-mel cache {cache.root} {what} of the {len(wanted)} recordings the search"
                          f" reads ({', '.join(stale[:MISSING_SHOWN])}{more}); update it: {command}")
 

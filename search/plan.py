@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,13 @@ TPE_STARTUP_TRIALS = 10
 # Config keys that say where a trial's data and earlier models are, not how it trains.
 PATH_KEYS = ("data_dir", "cache_dir", "teacher_files", "teacher_file", "init_from")
 CHANGES_SHOWN = 3  # fixed values the start-up line names (search_plan.json has them all)
+# Each trial's share of a GPU where --gpus-per-trial is not given and the Ray cluster has GPUs: a
+# whole one. Packing (0.5, 0.25) pays only where one trial leaves its GPU idle, and no GPU has
+# measured that yet (docs/benchmarks.md, section 6); a whole GPU is never slower per trial, and
+# no neighbour can take its memory.
+DEFAULT_GPU_SHARE = 1.0
+CPU_TRIAL_CPUS = 1.0  # a trial without a GPU: one torch thread, so as many trials at once as CPUs
+RESOURCE_KEYS = ("cpus_per_trial", "gpus_per_trial")  # None in a plan: settled on the Ray cluster
 
 
 @dataclass(frozen=True)
@@ -42,8 +50,10 @@ class SearchPlan:
     fixed: dict[str, Any]  # dotted config keys the search does not touch (with `recipe`)
     num_samples: int
     max_concurrent: int | None
-    cpus_per_trial: float
-    gpus_per_trial: float
+    # None: not given, settled on the search's Ray cluster (settled) before the plan is saved; a
+    # saved plan has what its trials got, and keeps it when the experiment resumes.
+    cpus_per_trial: float | None
+    gpus_per_trial: float | None
     storage: str  # absolute path or URI (s3://...)
     name: str
     seed: int
@@ -150,9 +160,56 @@ def optuna_sampler(plan: SearchPlan) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler(seed=plan.seed, n_startup_trials=startup)
 
 
+def trial_share(nodes: list[dict[str, float]], cpus: float | None, gpus: float | None) -> tuple[float, float]:
+    """(CPUs, GPUs) of each trial on a Ray cluster of `nodes` (alive, and those its autoscaler can
+    add): those given, and for None the defaults. GPUs: DEFAULT_GPU_SHARE where a node has a GPU,
+    else none. CPUs, with a GPU share: the CPUs of a GPU node over the trials its GPUs hold, on
+    the node with the fewest (so every GPU of every node can be busy), rounded down, at least 1;
+    without: CPU_TRIAL_CPUS."""
+    with_gpus = [node for node in nodes if node.get("GPU", 0) > 0]
+    if gpus is None:
+        gpus = DEFAULT_GPU_SHARE if with_gpus else 0.0
+    if cpus is None:
+        # the same rounding as search.tuner.cluster.trials_on: 1 / 0.25 trials per GPU is 4
+        held = [(node.get("CPU", 0), math.floor(node["GPU"] / gpus + 1e-9)) for node in with_gpus] if gpus else []
+        per_trial = [math.floor(node_cpus / trials + 1e-9) for node_cpus, trials in held if trials > 0]
+        cpus = float(max(1, min(per_trial))) if per_trial else CPU_TRIAL_CPUS  # none fits: the check names it
+    return cpus, gpus
+
+
+def settled(plan: SearchPlan, nodes: list[dict[str, float]]) -> SearchPlan:
+    """The plan with its trials' resources settled on a Ray cluster of `nodes` (trial_share)."""
+    cpus, gpus = trial_share(nodes, plan.cpus_per_trial, plan.gpus_per_trial)
+    return dataclasses.replace(plan, cpus_per_trial=cpus, gpus_per_trial=gpus)
+
+
+def with_resources_of(plan: SearchPlan, stored: SearchPlan) -> SearchPlan:
+    """The plan with the resources its experiment's trials got where it does not give them:
+    a resume keeps them, whatever this cluster's defaults would be."""
+    kept = {key: getattr(stored, key) for key in RESOURCE_KEYS if getattr(plan, key) is None}
+    return dataclasses.replace(plan, **kept)
+
+
 def trial_resources(plan: SearchPlan) -> dict[str, float]:
-    """What one trial asks of a node; a GPU fraction packs 1/fraction trials on each GPU."""
-    return {"CPU": plan.cpus_per_trial, "GPU": plan.gpus_per_trial}
+    """What one trial asks of a node; a GPU fraction packs 1/fraction trials on each GPU. A plan
+    not settled on a cluster (a Tuner built by hand, as tests do) asks what it would on one without
+    GPUs."""
+    cpus, gpus = trial_share([], plan.cpus_per_trial, plan.gpus_per_trial)
+    return {"CPU": cpus, "GPU": gpus}
+
+
+def share_words(plan: SearchPlan, nodes: list[dict[str, float]]) -> str:
+    """What each trial gets, for the start-up line: "each trial: 1 GPU, 8 CPUs", or without a GPU
+    why not."""
+    resources = trial_resources(settled(plan, nodes))
+    cpus, gpus = resources["CPU"], resources["GPU"]
+    cpu_words = f"{cpus:g} CPU{'' if cpus == 1 else 's'}"
+    if gpus > 0:
+        packed = f" ({math.floor(1 / gpus + 1e-9)} trials per GPU)" if gpus < 1 else ""
+        return f"each trial: {gpus:g} GPU{'s' if gpus > 1 else ''}{packed}, {cpu_words}"
+    if any(node.get("GPU", 0) > 0 for node in nodes):
+        return f"each trial: {cpu_words} and no GPU (--gpus-per-trial 0 in its plan, though this Ray cluster has GPUs)"
+    return f"each trial: {cpu_words} (no GPU in this Ray cluster)"
 
 
 def save_plan(plan: SearchPlan) -> None:
@@ -199,6 +256,8 @@ def plan_difference(stored: SearchPlan, plan: SearchPlan) -> str | None:
     """The first setting in which two plans differ (paths and name aside), as text."""
     old, new = (json.loads(json.dumps(dataclasses.asdict(p))) for p in (stored, plan))
     for key in old:
+        if key in RESOURCE_KEYS and new[key] is None:  # not given: the experiment's own (with_resources_of)
+            continue
         if key not in ("storage", "name") and old[key] != new[key]:
             if isinstance(old[key], dict):
                 changed = sorted(k for k in set(old[key]) | set(new[key]) if old[key].get(k) != new[key].get(k))

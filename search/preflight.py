@@ -76,14 +76,20 @@ def check_name(name: str) -> None:
                          f" have at most {MAX_NAME_BYTES}")
 
 
-def check_resources(num_samples: int | None, max_concurrent: int | None, cpus: float, gpus: float) -> None:
-    """The trial count and concurrency (None: not given), and what each trial asks for."""
+def check_resources(num_samples: int | None, max_concurrent: int | None, cpus: float | None,
+                    gpus: float | None) -> None:
+    """The trial count and concurrency, and what each trial asks for (None: not given; the
+    resources are then settled on the Ray cluster, search.plan.trial_share)."""
     for flag, value in (("--num-samples", num_samples), ("--max-concurrent", max_concurrent)):
         if value is not None and value < 1:
             raise UsageError(f"{flag} must be >= 1, got {value}")
-    if cpus < 0 or gpus < 0 or cpus + gpus <= 0:
-        raise UsageError(f"a trial needs CPUs or GPUs: got --cpus-per-trial {cpus:g} --gpus-per-trial {gpus:g}")
-    if gpus > 1 and not float(gpus).is_integer():
+    given = " ".join(f"{flag} {value:g}" for flag, value in (("--cpus-per-trial", cpus), ("--gpus-per-trial", gpus))
+                     if value is not None)
+    # No CPU needs a GPU share that is known now: the default one depends on the cluster.
+    if (cpus or 0) < 0 or (gpus or 0) < 0 or (cpus is not None and cpus + (gpus or 0) <= 0):
+        raise UsageError(f"a trial needs CPUs or GPUs: got {given}"
+                         + (" (give --gpus-per-trial for a trial without CPUs)" if gpus is None else ""))
+    if gpus is not None and gpus > 1 and not float(gpus).is_integer():
         raise UsageError(f"--gpus-per-trial {gpus:g}: a fraction of one GPU, or whole GPUs")
 
 

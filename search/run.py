@@ -39,6 +39,8 @@ if __name__ == "__main__":  # Ctrl-C or SIGTERM during the imports below (second
 # module (DEFAULT_CACHE_NAME).
 from datatools.builtin import QUICK_PRESET, QUICK_TRAINING, default_data_dir, ensure_synthetic
 from search.plan import (
+    CPU_TRIAL_CPUS,
+    DEFAULT_GPU_SHARE,
     PLAN_FILE,
     SAMPLERS,
     SearchPlan,
@@ -51,6 +53,7 @@ from search.plan import (
     report_dir,
     resume_command,
     searched_keys,
+    with_resources_of,
 )
 from search.preflight import (
     PATH_FLAGS,
@@ -76,8 +79,9 @@ from trainable.dotted import merge
 from trainable.recipes import DEFAULT_RECIPE, RECIPES, STAGE_RECIPES
 
 # max_failures: a reclaimed spot node is one failure for each trial it held, and a retry costs at
-# most the epoch in flight. The schedulers' settings and defaults are their own (search.stopping).
-DEFAULTS = {"num_samples": 8, "cpus_per_trial": 1.0, "gpus_per_trial": 0.0, "seed": 0, "max_failures": 5}
+# most the epoch in flight. The schedulers' settings and defaults are their own (search.stopping);
+# the resources' are settled on the Ray cluster (search.plan.trial_share: a GPU where it has GPUs).
+DEFAULTS = {"num_samples": 8, "seed": 0, "max_failures": 5}
 # Seed repeats by default where they cost little beside the search: 2 more trials (3 seeds, the
 # fewest that give a std) once a search has REPEATS_FROM trials or more, and always on the built-in
 # data (make run), where a newcomer should see the noise; the confirmation round (CONFIRM more
@@ -164,9 +168,11 @@ def add_resource_flags(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument_group("resources").add_argument
     add("--max-concurrent", type=int, help="trials at once (default: as many as the resources allow)")
     add("--cpus-per-trial", type=float,
-        help=f"CPUs per trial = its torch threads (default: {DEFAULTS['cpus_per_trial']:g})")
-    add("--gpus-per-trial", type=float, help="GPUs per trial; a fraction (0.25, 0.5) packs trials on one GPU"
-                                             f" (default: {DEFAULTS['gpus_per_trial']:g})")
+        help=f"CPUs per trial = its torch threads; with a GPU, all but one load its batches (default: with a GPU,"
+             f" a GPU node's CPUs shared among the trials its GPUs hold; without, {CPU_TRIAL_CPUS:g})")
+    add("--gpus-per-trial", type=float, help="GPUs per trial; a fraction (0.25, 0.5) packs trials on one GPU; 0"
+                                             f" trains on CPUs (default: {DEFAULT_GPU_SHARE:g} where the Ray"
+                                             " cluster has GPUs, else 0)")
     add("--address", help="join a running Ray cluster (e.g. auto); default: the cluster of the Ray job this runs"
                           " in (RAY_ADDRESS), else start a local Ray")
     add("--max-failures", type=int, help="retries of a failed trial from its last checkpoint"
@@ -303,8 +309,7 @@ def new_plan(args: argparse.Namespace, storage: str, name: str) -> SearchPlan:
     if not args.space and args.num_samples not in (None, 1):
         raise UsageError(f"--num-samples {args.num_samples} without --space would train one configuration"
                          f" {args.num_samples} times; choose a --space ({', '.join(SPACES)})")
-    check_resources(args.num_samples, args.max_concurrent, _value(args, "cpus_per_trial"),
-                    _value(args, "gpus_per_trial"))
+    check_resources(args.num_samples, args.max_concurrent, args.cpus_per_trial, args.gpus_per_trial)
     synthetic = args.data_dir is None
     data_dir = ensure_synthetic(default_data_dir(), workers=os.cpu_count() or 1) if synthetic else args.data_dir
     fixed = fixed_config(args, data_dir, synthetic)
@@ -322,7 +327,7 @@ def new_plan(args: argparse.Namespace, storage: str, name: str) -> SearchPlan:
     confirm = args.confirm if args.confirm is not None else CONFIRM if many and args.space else 0
     plan = SearchPlan(spaces=tuple(dict.fromkeys(args.space)), fixed=fixed, num_samples=num_samples,
                       max_concurrent=args.max_concurrent,
-                      cpus_per_trial=_value(args, "cpus_per_trial"), gpus_per_trial=_value(args, "gpus_per_trial"),
+                      cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,  # None: the cluster's
                       storage=storage, name=name, seed=_value(args, "seed"), max_failures=_value(args, "max_failures"),
                       sampler=args.sampler or SAMPLERS[0], scheduler=scheduler, scheduler_settings=settings,
                       repeats=repeats, confirm=confirm)
@@ -368,7 +373,7 @@ def make_plan(args: argparse.Namespace) -> SearchPlan:
     if difference:
         raise UsageError(f"experiment {name} exists with other settings ({difference}); continue it with"
                          f" --resume --name {name}, or choose another --name")
-    return plan
+    return plan if stored is None else with_resources_of(plan, stored)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,8 @@ from search.plan import (
     resume_command,
     save_plan,
     scheduler_of,
+    settled,
+    share_words,
     trial_resources,
 )
 from search.results.exports import EXPORT_ERRORS, export
@@ -103,8 +105,10 @@ def run_locked(plan: SearchPlan, address: str | None) -> int:
         return storage_error(plan, error)
     # Inside a Ray job (`ray job submit` sets RAY_ADDRESS) the search joins the job's cluster;
     # otherwise "local", never None: ray.init(None) would join any cluster `ray start` left here.
-    if not join_cluster(plan, address or os.environ.get("RAY_ADDRESS") or "local"):
+    joined = join_cluster(plan, address or os.environ.get("RAY_ADDRESS") or "local")
+    if joined is None:
         return 2
+    plan, nodes = joined  # its resources settled: what the trials get is what search_plan.json says
     try:  # after the cluster's checks, so a refused search leaves nothing behind
         if not resuming:
             save_plan(plan)
@@ -112,7 +116,7 @@ def run_locked(plan: SearchPlan, address: str | None) -> int:
             download(experiment_path(plan), directory, skip=(LOCK_FILE,))  # the lock stays where it is
     except OSError as error:
         return storage_error(plan, error)
-    print(start_line(plan, resuming), flush=True)
+    print(start_line(plan, resuming, nodes), flush=True)
     if builtin_data(plan):
         print(f"[rfcx-tune] {preset_note(plan.baseline)}", flush=True)
     os.environ[STUDY_EXPORT_ENV] = str(directory / STUDY_DB)
@@ -122,34 +126,37 @@ def run_locked(plan: SearchPlan, address: str | None) -> int:
     return report(plan, results, stopped, full_disk.line)
 
 
-def join_cluster(plan: SearchPlan, address: str) -> bool:
-    """Start or join Ray at `address` and check that the search can run there; False (and one
-    line) when it cannot."""
+def join_cluster(plan: SearchPlan, address: str) -> tuple[SearchPlan, list[dict[str, float]]] | None:
+    """Start or join Ray at `address` and check that the search can run there: the plan with the
+    resources its trials get there (search.plan.settled: those not given, from the nodes alive and
+    those the autoscaler can add) and those nodes; None (and one line) when it cannot."""
     if not start_ray(address):
-        return False
+        return None
     stop_on_sigterm_like_ctrl_c()  # again: ray.init replaced it with Ray's, which exits at once
     alive = [node["Resources"] for node in ray.nodes() if node["Alive"]]
     coming = autoscaler_nodes() if address != "local" else []  # a local Ray has no autoscaler
+    plan = settled(plan, alive + coming)
     problem = cluster_problem(plan, alive, coming)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
-        return False
+        return None
     if coming and plan.max_concurrent is None:
         # With a searcher of its own, Tune keeps one trial waiting for resources at a time, and
         # the autoscaler starts nodes for waiting trials only: it would add one node after the
         # other. Let as many trials wait as the whole cluster can run, so it scales up at once.
         capacity = trials_at_once(alive + coming, trial_resources(plan))
         os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(capacity))
-    return True
+    return plan, alive + coming
 
 
-def start_line(plan: SearchPlan, resuming: bool) -> str:
-    """What the search is, said once it starts."""
+def start_line(plan: SearchPlan, resuming: bool, nodes: list[dict[str, float]] | None = None) -> str:
+    """What the search is, said once it starts; what each trial gets on a cluster of `nodes`."""
     spaces = (f"spaces {', '.join(plan.spaces)} (sampler {plan.sampler})" if plan.spaces
               else f"no space ({configuration_words(plan)})")
     return (f"[rfcx-tune] {'resuming' if resuming else 'starting'} experiment {experiment_path(plan)}:"
             f" recipe {plan.baseline['recipe']}, {spaces}; {plan.num_samples} trials of {plan.epochs} epochs;"
-            f" {scheduler_of(plan).summary(plan.scheduler_settings)}{repeats_summary(plan)}{stage_note(plan)}")
+            f" {share_words(plan, nodes or [])}; {scheduler_of(plan).summary(plan.scheduler_settings)}"
+            f"{repeats_summary(plan)}{stage_note(plan)}")
 
 
 def report(plan: SearchPlan, results: tune.ResultGrid, stopped: bool, full_disk: str | None = None) -> int:

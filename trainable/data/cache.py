@@ -3,7 +3,7 @@ a record of the audio each array was computed from.
 
 Layout:
 
-    CACHE/manifest.json        {"format": 1, "features": {...FeatureConfig...}}
+    CACHE/manifest.json        {"format": 1, "features": {...FeatureConfig...}[, "imported_by": "COMMAND"]}
     CACHE/sources.json         {"train/<id>": {"size", "mtime_ns", "streaminfo"}, ...}
     CACHE/.sources.lock        held while a prepare run merges its records into sources.json
     CACHE/train/<id>.npy       (n_mels, frames) float16
@@ -19,6 +19,12 @@ modification time than recorded, unless the FLAC header says the samples are the
 (a copy that did not keep the times). Arrays without a record (a cache built before
 sources were recorded, or records a killed run had not flushed yet) are adopted when the
 array is newer than its audio, since it was then computed after the audio was written.
+
+A cache of arrays computed elsewhere and imported (datatools.import_arrays) says so in its
+manifest (`imported_by`: the command that imported them, repeated to update it); prepare and the
+import each refuse the other's cache, so the two kinds of array are never mixed. An array imported
+without its audio records NO_AUDIO: there is nothing to compare, so it is fresh while its
+recording has no audio file, and audio that appears later makes it stale.
 """
 
 from __future__ import annotations
@@ -127,8 +133,8 @@ class AudioSource:
     """What one array was computed from: its audio file's size and modification time, and its
     FLAC STREAMINFO, compared only when the times differ (a copy that did not keep them)."""
 
-    size: int
-    mtime_ns: int
+    size: int | None  # None (NO_AUDIO): imported without audio
+    mtime_ns: int | None
     streaminfo: str | None
 
     @classmethod
@@ -138,6 +144,9 @@ class AudioSource:
 
     def same_file(self, status: os.stat_result) -> bool:
         return self.size == status.st_size and self.mtime_ns == status.st_mtime_ns
+
+
+NO_AUDIO = AudioSource(None, None, None)  # the source of an array imported without its audio
 
 
 def source_key(split: str, recording_id: str) -> str:
@@ -152,9 +161,10 @@ class CacheError(ValueError):
 class LogMelCache:
     """A log-mel cache directory built with one set of feature parameters."""
 
-    def __init__(self, root: Path, features: FeatureConfig):
+    def __init__(self, root: Path, features: FeatureConfig, imported_by: str | None = None):
         self.root = Path(root)
         self.features = features
+        self.imported_by = imported_by  # the command that imported its arrays; None: prepare computed them
         self._statistics: dict[tuple[str, str], np.ndarray] = {}  # computed once per process
         # Open memory maps, kept: opening one costs more than reading a crop from it, and its
         # pages stay mapped. Each holds a file descriptor, so at most a quarter of the limit.
@@ -180,30 +190,51 @@ class LogMelCache:
                 raise CacheError(f"cache {root} has format {saved.get('format')},"
                                  f" this version reads {CACHE_FORMAT}")
             cached = from_dict(FeatureConfig, saved["features"])
+            imported_by = saved.get("imported_by")
+            if imported_by is not None and not isinstance(imported_by, str):
+                raise TypeError(f"imported_by is {imported_by!r}, not a command")
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ConfigError) as error:
             raise CacheError(f"cache manifest {manifest} is unreadable ({error})") from None
         if features is not None and cached != features:
             raise CacheError(f"cache {root} was built with other feature parameters"
                              f" ({_differences(cached, features)}); use another cache directory"
                              f" or delete this one to rebuild it")
-        return cls(root, cached)
+        return cls(root, cached, imported_by)
 
     @classmethod
-    def create(cls, root: Path, features: FeatureConfig) -> LogMelCache:
+    def create(cls, root: Path, features: FeatureConfig, imported_by: str | None = None) -> LogMelCache:
         """Open the cache at `root` for `features`, creating it (manifest first) if new.
 
         The manifest is written before any array, so even a cache killed after its first
-        array records the parameters it was built with.
+        array records the parameters it was built with. `imported_by`: the command of
+        datatools.import_arrays that fills it (recorded, and replaced when it changes); None for
+        prepare's arrays computed from the audio. A cache of the other kind is refused.
 
         Raises:
-            CacheError: `root` holds a cache built with other feature parameters.
+            CacheError: `root` holds a cache built with other feature parameters, or of the other kind.
         """
         root = Path(root)
         if (root / MANIFEST).exists():
-            return cls.open(root, features)
-        manifest = {"format": CACHE_FORMAT, "features": to_dict(features)}
-        atomic_write_text(root / MANIFEST, json.dumps(manifest, indent=2))
-        return cls(root, features)
+            cache = cls.open(root, features)
+            if cache.imported_by is not None and imported_by is None:
+                raise CacheError(f"cache {root} holds arrays imported by: {cache.imported_by}; arrays"
+                                 f" computed here from the audio would be mixed with them: run that command"
+                                 f" again, or build a cache from the audio in another --cache-dir")
+            if cache.imported_by is None and imported_by is not None:
+                raise CacheError(f"cache {root} holds arrays computed from the audio by python -m"
+                                 f" datatools.prepare; imported arrays would be mixed with them: import into"
+                                 f" another --cache-dir, or delete {root} first")
+            if cache.imported_by == imported_by:
+                return cache
+        cache = cls(root, features, imported_by)
+        cache._write_manifest()
+        return cache
+
+    def _write_manifest(self) -> None:
+        manifest: dict[str, object] = {"format": CACHE_FORMAT, "features": to_dict(self.features)}
+        if self.imported_by is not None:
+            manifest["imported_by"] = self.imported_by
+        atomic_write_text(self.root / MANIFEST, json.dumps(manifest, indent=2))
 
     def path(self, split: str, recording_id: str) -> Path:
         """Where the array of one recording lives."""
@@ -264,10 +295,13 @@ class LogMelCache:
         """
         try:
             array_mtime = self.path(split, recording_id).stat().st_mtime_ns
-            status = os.stat(audio)
-        except FileNotFoundError:  # no array; or no audio, so nothing shows the array is its
-            return (MISSING if not self.has(split, recording_id) else CHANGED), None
+        except FileNotFoundError:
+            return MISSING, None
         record = self.sources().get(source_key(split, recording_id))
+        try:
+            status = os.stat(audio)
+        except FileNotFoundError:  # no audio: nothing shows the array is its, unless it was imported without it
+            return (FRESH if record == NO_AUDIO else CHANGED), None
         if record is None:
             # Cached before sources were recorded, or by a run killed before it flushed its
             # records: an array written after its audio was computed from that audio.

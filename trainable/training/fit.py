@@ -50,10 +50,19 @@ class DivergedError(RuntimeError):
 
 @dataclass(frozen=True)
 class Device:
-    """Where a trial computes, and the CUDA-only speed-ups that go with it."""
+    """Where a trial computes, and the CUDA-only speed-ups that go with it.
+
+    `force_amp` and `force_channels_last` override the device's own choice, for what has no GPU
+    of its kind at hand: tests run the CUDA paths on the CPU, where torch has bfloat16 and float16
+    autocast and a GradScaler too (tests/test_device_branches.py), and a GPU check can force
+    float16 with its GradScaler on a GPU that has bfloat16 (a T4's path). No trial config sets
+    them: a trial's device is Ray's assignment (trainable.tune.assigned_device).
+    """
 
     torch: torch.device
     cpus: int = 1  # the CPUs Ray assigned the trial (trainable.training.loader.loader_workers)
+    force_amp: _torch.dtype | None = None  # autocast's dtype, torch.float32 for none; None: the device's own
+    force_channels_last: bool | None = None  # None: the device's own (CUDA only)
 
     @property
     def cuda(self) -> bool:
@@ -61,25 +70,37 @@ class Device:
 
     @property
     def amp_dtype(self) -> _torch.dtype:
-        """bfloat16 where the GPU has it (no loss scaling needed), else float16."""
-        return torch.bfloat16 if self.cuda and torch.cuda.is_bf16_supported() else torch.float16
+        """Autocast's dtype: bfloat16 where the GPU has it (no loss scaling needed), else float16;
+        float32 (no autocast) on the CPU."""
+        if self.force_amp is not None:
+            return self.force_amp
+        if not self.cuda:
+            return torch.float32
+        # Native bfloat16 only (compute capability 8.0 on): torch's default also says yes for a GPU that
+        # merely emulates it (a T4, 7.5), which then trains slower than in float16 with loss scaling.
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+
+    @property
+    def channels_last(self) -> bool:
+        """The model and its input in NHWC: cuDNN picks its faster convolution kernels under
+        autocast with it (on CUDA)."""
+        return self.cuda if self.force_channels_last is None else self.force_channels_last
 
     def autocast(self) -> _torch.autocast:
-        """Mixed precision on CUDA; full float32 on CPU."""
-        return torch.autocast(self.torch.type, dtype=self.amp_dtype, enabled=self.cuda)
+        """Mixed precision in `amp_dtype`; none in float32."""
+        return torch.autocast(self.torch.type, dtype=self.amp_dtype, enabled=self.amp_dtype != torch.float32)
 
     def grad_scaler(self) -> _torch.amp.GradScaler:
         """Loss scaling for float16 only: its step reads the scale back on the host."""
-        return torch.amp.GradScaler(self.torch.type, enabled=self.cuda and self.amp_dtype == torch.float16)
+        return torch.amp.GradScaler(self.torch.type, enabled=self.amp_dtype == torch.float16)
 
     def batch(self, x: _torch.Tensor) -> _torch.Tensor:
         """Move a (B, 1, M, T) log-mel batch to the device."""
         return x.to(self.torch, non_blocking=True)
 
     def layout(self, x: _torch.Tensor) -> _torch.Tensor:
-        """The backbone input in the device's best memory layout."""
-        # channels_last lets cuDNN pick its faster NHWC convolution kernels under autocast.
-        return x.contiguous(memory_format=torch.channels_last) if self.cuda else x
+        """The backbone input in the device's best memory layout (`channels_last`)."""
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
 @dataclass(frozen=True)

@@ -123,7 +123,7 @@ class KFoldTraining:
         n_species, train = self.annotations.n_species, self.config.train
         torch.manual_seed(self.config.train.seed * 1000 + fold.index)  # model init
         model = SEDModel(self.config.model, n_species).to(self.device.torch)
-        if self.device.cuda:
+        if self.device.channels_last:
             model = model.to(memory_format=torch.channels_last)
         optimizer = adam(model.parameters(), train)
         fp_only_valid = self.fp_only_valid[fold.index]
