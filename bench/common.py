@@ -54,10 +54,11 @@ def synthetic_data() -> Path:
     return ensure_synthetic(default_data_dir(), workers=cores())
 
 
-def trial(overrides: dict, device: Device | None = None) -> KFoldTraining:
-    """A trial of the recipe over the synthetic data with `overrides` (dotted keys), without
-    ImageNet weights (as the built-in data's preset)."""
-    config = from_dict(TrialConfig, merge({"data_dir": str(synthetic_data()), "model.pretrained": False}, overrides))
+def trial(overrides: dict, device: Device | None = None, data: Path | None = None) -> KFoldTraining:
+    """A trial of the recipe over `data` (default: the synthetic data) with `overrides` (dotted
+    keys), without ImageNet weights (as the built-in data's preset)."""
+    data = data or synthetic_data()
+    config = from_dict(TrialConfig, merge({"data_dir": str(data), "model.pretrained": False}, overrides))
     return KFoldTraining(config, device or Device(torch.device("cpu")))
 
 
