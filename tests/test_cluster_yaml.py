@@ -1,9 +1,11 @@
-"""cluster.yaml: valid for Ray's own cluster launcher, checked offline, and true to the project.
+"""cluster.yaml and cluster-onprem.yaml: valid for Ray's own cluster launcher, checked offline,
+and true to the project.
 
-Ray's validator is `prepare_config` (merge with the AWS defaults, node-type min/max workers)
-then `validate_config` (ray-schema.json, no unknown keys, head type among the node types). For
-AWS neither calls EC2: node resources are only looked up by `ray up` itself, and the file
-declares them anyway. A guard makes any network use fail the test.
+Ray's validator is `prepare_config` (merge with the AWS defaults, node-type min/max workers; for
+the local provider, its one node type from the addresses) then `validate_config` (ray-schema.json,
+no unknown keys, head type among the node types). Neither calls EC2 nor SSH: node resources are
+only looked up by `ray up` itself, and cluster.yaml declares them anyway. A guard makes any
+network use fail the test. tests/test_ray_up.py runs cluster-onprem.yaml for real.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import click
 import jsonschema
 import pytest
 import ray
@@ -39,6 +42,7 @@ from search.run import parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER_YAML = ROOT / "cluster.yaml"
+ONPREM_YAML = ROOT / "cluster-onprem.yaml"  # machines you already have: Ray's local provider
 CLUSTER_GUIDE = ROOT / "docs" / "cluster.md"  # the guide's "Running on a cluster"
 
 PROJECT_DIR = "/home/ray/rfcx-tune"  # where file_mounts puts the project's code in the container
@@ -121,16 +125,16 @@ def uncommented_keys(text: str) -> list[str]:
     return missing
 
 
-def documented_search(text: str) -> list[str]:
+def documented_search(text: str, run_py: str = f"{PROJECT_DIR}/search/run.py") -> list[str]:
     """The arguments of the search that the header comment tells users to submit as a Ray Job
-    (`ray job submit ... -- python /home/ray/rfcx-tune/search/run.py ...`)."""
+    (`ray job submit ... -- python RUN_PY ...`)."""
     lines = [line.lstrip("# ").strip() for line in text.splitlines()
-             if line.lstrip().startswith("#") and f"python {PROJECT_DIR}/search/run.py" in line]
+             if line.lstrip().startswith("#") and f"-- python {run_py} " in line]
     assert len(lines) == 1, "the header documents exactly one search command"
     submit, _, command = lines[0].partition(" -- ")
     assert shlex.split(submit)[:3] == ["ray", "job", "submit"], lines[0]
     argv = shlex.split(command)
-    assert argv[:2] == ["python", f"{PROJECT_DIR}/search/run.py"], "a job starts where Ray started: an absolute path"
+    assert argv[:2] == ["python", run_py], "a job starts where Ray started: run.py's path from there"
     return argv[2:]
 
 
@@ -453,8 +457,9 @@ def test_placeholders_are_marked(text, config):
     assert config["provider"]["region"] in region_line
 
 
-def test_every_key_is_commented(text):
-    assert uncommented_keys(text) == []
+@pytest.mark.parametrize("path", [CLUSTER_YAML, ONPREM_YAML], ids=lambda path: path.name)
+def test_every_key_is_commented(path):
+    assert uncommented_keys(path.read_text()) == []
 
 
 @pytest.mark.parametrize("snippet, missing", [
@@ -469,3 +474,157 @@ def test_every_key_is_commented(text):
 ])
 def test_the_comment_rule(snippet, missing):
     assert uncommented_keys(snippet) == missing
+
+
+# --- cluster-onprem.yaml: machines you already have -------------------------------------------
+
+ONPREM_PROJECT = "~/rfcx-tune"  # where its file_mounts put the code: the ssh_user's home on each machine
+ONPREM_TOKEN = "~/.ray/auth_token"  # Ray's default token path on each machine
+ONPREM_VENV = "~/rfcx-venv"  # the virtual environment its setup installs the project into
+ONPREM_GUIDE = "## Machines you already have"  # its section of the cluster guide
+
+
+@pytest.fixture(scope="module")
+def onprem_text() -> str:
+    return ONPREM_YAML.read_text()
+
+
+@pytest.fixture(scope="module")
+def onprem(onprem_text) -> dict[str, Any]:
+    """The file as written (tests must not modify it: copy first)."""
+    return yaml.safe_load(onprem_text)
+
+
+def onprem_start(onprem: dict[str, Any], key: str) -> str:
+    (start,) = [cmd for cmd in onprem[key] if "ray start" in cmd]
+    return start
+
+
+def data_check(onprem: dict[str, Any]) -> str:
+    """The data directory whose annotations a setup command checks on every machine."""
+    checks = [re.search(r"test -f (\S+)/train_tp\.csv", cmd) for cmd in onprem["setup_commands"]]
+    (found,) = [check for check in checks if check]
+    return found.group(1)
+
+
+def test_onprem_config_passes_rays_validator_with_every_machine_started(onprem):
+    before = set(sys.modules)
+    prepared = ray_validate(onprem)
+    provider = prepared["provider"]
+    assert provider["type"] == "local" and provider["head_ip"] and provider["worker_ips"]
+    (node_type,) = prepared["available_node_types"].values()  # the local provider's one type, head included
+    workers = len(provider["worker_ips"])
+    assert node_type["min_workers"] == node_type["max_workers"] == prepared["max_workers"] == workers, \
+        "ray up starts every machine listed, and no other"
+    assert not {name for name in set(sys.modules) - before if name.split(".")[0] in ("boto3", "botocore")}
+
+
+def drop(path: tuple[str, ...]) -> Callable[[dict], None]:
+    def mutate(config: dict) -> None:
+        *parents, last = path
+        node = config
+        for key in parents:
+            node = node[key]
+        del node[last]
+
+    return mutate
+
+
+ONPREM_BROKEN = {
+    "misspelled auth key": (rename(("auth", "ssh_private_key"), "ssh_private_kye"), jsonschema.ValidationError,
+                            "ssh_private_kye"),
+    "misspelled top-level key": (rename(("file_mounts",), "file_mount"), jsonschema.ValidationError, "file_mount"),
+    "node types, which the local provider refuses": (
+        lambda config: config.update(available_node_types={"gpu": {"resources": {"GPU": 1}, "node_config": {}}}),
+        click.ClickException, "available_node_types"),
+    "no worker_ips": (drop(("provider", "worker_ips")), click.ClickException, "worker_ips"),
+}
+
+
+@pytest.mark.parametrize("name", ONPREM_BROKEN)
+def test_broken_onprem_copies_are_rejected(onprem, name):
+    mutate, error, needle = ONPREM_BROKEN[name]
+    broken = copy.deepcopy(onprem)
+    mutate(broken)
+    with pytest.raises(error) as raised:
+        ray_validate(broken)
+    message = raised.value.message if isinstance(raised.value, jsonschema.ValidationError | click.ClickException) \
+        else str(raised.value)
+    assert needle in message
+
+
+def test_onprem_copies_the_same_code_as_cluster_yaml(onprem, config):
+    """The same mounts in the ssh_user's home instead of the container's (so what `ray up` reads
+    and what `pip install -e` needs are cluster.yaml's, checked above), and no Docker."""
+    def in_home(remote: str) -> str:
+        return remote.replace(PROJECT_DIR, ONPREM_PROJECT).replace(TOKEN_MOUNT, ONPREM_TOKEN)
+
+    assert onprem["file_mounts"] == {in_home(remote): local for remote, local in config["file_mounts"].items()}
+    assert onprem["rsync_exclude"] == config["rsync_exclude"]
+    assert "docker" not in onprem, "machines you already have need no Docker"
+
+
+def test_onprem_setup_installs_the_project_in_a_venv_that_every_command_uses(onprem, config):
+    setup = onprem["setup_commands"]
+    venvs = [shlex.split(code_part(cmd)) for cmd in setup if " -m venv " in cmd]
+    assert len(venvs) == 1 and f"python{sys.version_info[0]}.{sys.version_info[1]}" in venvs[0], \
+        "the .venv's Python: Ray needs one minor version on every node"
+    assert venvs[0][-1] == ONPREM_VENV
+    installs = [shlex.split(cmd) for cmd in setup if "pip install" in cmd]
+    assert len(installs) == 1
+    args = installs[0]
+    assert args[0] == f"{ONPREM_VENV}/bin/pip" and args[args.index("-e") + 1] == ONPREM_PROJECT
+    assert f"ray[tune]=={ray.__version__}" in args, "ray pinned to the .venv's version"
+    # `ray down` runs `ray stop` by name, and jobs run `python`: the venv first on PATH for every
+    # shell ray up, ray exec and ray down open (they source ~/.bashrc), before any of them runs ray.
+    path_line = f"export PATH=$HOME/{ONPREM_VENV.removeprefix('~/')}/bin:$PATH"
+    (path_setup,) = [i for i, cmd in enumerate(setup) if path_line in cmd and "~/.bashrc" in cmd]
+    assert path_setup < setup.index(next(cmd for cmd in setup if "pip install" in cmd))
+    assert [cmd for cmd in setup if "RAY_AUTH_MODE" in cmd] == \
+        [cmd for cmd in config["setup_commands"] if "RAY_AUTH_MODE" in cmd], "cluster.yaml's token line"
+
+
+def test_onprem_starts_ray_as_cluster_yaml_does_in_the_project(onprem, config):
+    head, worker = onprem_start(onprem, "head_start_ray_commands"), onprem_start(onprem, "worker_start_ray_commands")
+    for start in (head, worker):
+        assert start.startswith(f"cd {ONPREM_PROJECT} && "), "jobs start where Ray did: `python search/run.py`"
+        assert "RAY_AUTH_MODE=token" in start and "0.0.0.0" not in start
+    assert "--dashboard-host=127.0.0.1" in head
+    assert "--autoscaling-config=~/ray_bootstrap_config.yaml" in head, "without it no worker is started"
+    assert "RAY_enable_autoscaler_v2=0" in head, "ray up's default autoscaler starts no worker of the local provider"
+    grace = re.search(r"RAY_JOB_STOP_WAIT_TIME_S=\d+", onprem_start(config, "head_start_ray_commands"))
+    assert grace and grace.group() in head, "the same time for `ray job stop` to save the search"
+    assert "--address=$RAY_HEAD_IP:6379" in worker and "--port=6379" in head
+    assert onprem["head_start_ray_commands"][0] == onprem["worker_start_ray_commands"][0] == "ray stop"
+
+
+def test_onprem_documented_search_reads_the_checked_data_and_writes_shared_storage(onprem, onprem_text):
+    args = parse_args(documented_search(onprem_text, run_py="search/run.py"))
+    assert args.address is None  # a job joins its cluster through the RAY_ADDRESS the job sets
+    shared = data_check(onprem)
+    assert str(args.data_dir) == shared, "the search reads the data where setup checked them"
+    root = Path(shared).parent
+    assert root in Path(args.storage).parents, "results on the directory every machine mounts"
+    # Workers the head has not started yet count for nothing: with a GPU share given, a search
+    # submitted before they joined is refused instead of training on CPUs.
+    assert args.gpus_per_trial is not None
+
+
+def test_onprem_placeholders_are_marked(onprem_text, onprem):
+    for number, line in enumerate(onprem_text.splitlines(), 1):
+        if any(value in code_part(line) for value in PLACEHOLDER_VALUES) or data_check(onprem) in code_part(line):
+            assert "PLACEHOLDER" in line, f"line {number}: {line.strip()}"
+    provider, auth = onprem["provider"], onprem["auth"]
+    for value in (provider["head_ip"], *provider["worker_ips"], auth["ssh_user"]):
+        assert value.startswith(PLACEHOLDER_VALUES), f"{value}: a real-looking value a user could forget"
+
+
+def test_the_guide_runs_the_onprem_cluster(onprem, onprem_text):
+    guide = CLUSTER_GUIDE.read_text()
+    assert ONPREM_GUIDE in guide
+    section = guide.split(ONPREM_GUIDE, 1)[1].split("\n## ", 1)[0]
+    for needed in ("ray up cluster-onprem.yaml", "ray down cluster-onprem.yaml", "ray status", "--gpus-per-trial",
+                   data_check(onprem), "rsync", "openssh-server"):
+        assert needed in section, needed
+    args = parse_args(documented_search(onprem_text, run_py="search/run.py"))
+    assert args.storage in section, "the guide's search writes where the file's does"

@@ -224,9 +224,12 @@ class FileLock:
         name of its own (the lock's inode and time: one name per stale lock) removes it; the
         others find that name taken and try again once it is removed.
         """
-        try:
-            seen = os.stat(self.path)
-            text = self.path.read_text(errors="replace")
+        try:  # its status and its text from one open file: a lock that replaced the stale one between a
+            # stat and a read (with the stale one's inode number, which file systems reuse) would be judged
+            # by the stale one's age, and removed in the claim below
+            with open(self.path, "rb") as held:
+                seen = os.fstat(held.fileno())
+                text = held.read().decode(errors="replace")
         except FileNotFoundError:  # released meanwhile
             return
         holder, age = Holder.parse(text), time.time() - seen.st_mtime
@@ -248,7 +251,9 @@ class FileLock:
                 raise
             claim = self.path  # no hard links: checked again just before it goes (two drivers at once may both win)
         try:
-            if os.stat(claim).st_ino == seen.st_ino and claim.read_text(errors="replace") == text:
+            now = os.stat(claim)
+            same = (now.st_ino, now.st_mtime_ns) == (seen.st_ino, seen.st_mtime_ns)
+            if same and claim.read_text(errors="replace") == text:
                 self.path.unlink()  # the stale lock judged: no other driver removes it while the claim is ours
         except FileNotFoundError:
             pass
