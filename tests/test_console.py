@@ -208,6 +208,23 @@ def test_ray_output_off_by_default_and_back_with_verbose(ray_output):
     assert not shown(ray_output, hint)  # search/run.py's resume command is the one to use
 
 
+def test_a_sync_that_lost_one_of_rays_temporary_files_is_not_printed(ray_output):
+    """Ray's background copy of the experiment's state lists its staging folder, then copies: a
+    temporary file of its own atomic save renamed in between fails that copy, harmlessly."""
+    syncer = logging.getLogger(console.SYNC_LOGGER)
+    vanished = ("Last sync command failed with the following error:\nTraceback (most recent call last):\n  ...\n"
+                "FileNotFoundError: [Errno 2] Failed to open local file '/tmp/ray/session_1/artifacts/2026-12-08/"
+                "search/driver_artifacts/.d7875cef-75ab-408e-a9f1-0e6c3bd5a1f2-search_gen_state.json'."
+                " Detail: [errno 2] No such file or directory")
+    full = ("Last sync command failed with the following error:\nTraceback (most recent call last):\n  ...\n"
+            "OSError: [Errno 28] No space left on device")
+    gone = vanished.replace("/.d7875cef", "/d7875cef")  # not a temporary file: a real loss, said
+    console.show_ray_output(False)
+    assert not shown(syncer, vanished) and shown(syncer, full) and shown(syncer, gone)
+    console.show_ray_output(True)
+    assert shown(syncer, vanished)
+
+
 def test_trial_processes_keep_their_warnings():
     levels = {name: logging.getLogger(name).level for name in console.TRIAL_LOGGERS}
     try:

@@ -16,8 +16,9 @@ Ray's own output is off unless `--verbose` (show_ray_output): its output engine'
 tables, its trial processes' INFO lines (one "Checkpoint successfully created" per checkpoint), its
 "Tuner.restore(...)" advice on Ctrl-C (search/run.py prints the resume command), its list of the
 trials that did not complete (the lines above and the summary say it), a failed trial's traceback
-(its line here says the error's last line and the file that holds the whole one) and its note that
-a local Ray has token authentication. Ray's other warnings and errors stay. The driver of a Ray job
+(its line here says the error's last line and the file that holds the whole one), its note that
+a local Ray has token authentication, and a background copy's traceback for one of its own
+temporary files renamed meanwhile (VANISHED_TEMP). Ray's other warnings and errors stay. The driver of a Ray job
 is the same script, so a job's logs read the same.
 """
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,13 @@ INCOMPLETE = ("Trials did not complete",)
 # What ray.tune.execution.tune_controller logs when a trial's task fails: the whole traceback, for
 # every retry (the line per failure below says its last line and where the whole error is).
 FAILED_TASK = ("Trial task failed for trial",)
+# Ray's copy of the experiment's state to its storage, in the background after each step, lists
+# the driver's staging folder and then copies each file: a temporary file of Ray's own atomic save
+# (".<uuid>-<name>") that was renamed in between fails that copy with a traceback, harmless (the
+# next copy takes the new state) and sometimes printed in the middle of a search.
+SYNC_LOGGER = "ray.train._internal.syncer"
+VANISHED_TEMP = re.compile(r"^Last sync command failed.*FileNotFoundError: .*"
+                           r"Failed to open local file '[^']*/\.[^/']*'", re.DOTALL)
 # Ray's note, on starting a local Ray, that it enabled token authentication: its default, not news.
 TOKEN_NOTE_LOGGER = "ray._private.authentication.authentication_token_setup"
 ERROR_FILE = "error.txt"  # Ray's record of a trial's failures, in its folder (ray.tune.experiment.trial)
@@ -244,6 +253,13 @@ def duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
+class _VanishedTemp(logging.Filter):
+    """Drops the syncer's failure of a copy whose source was one of Ray's temporary files (VANISHED_TEMP)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not VANISHED_TEMP.match(record.getMessage())
+
+
 class _Dropped(logging.Filter):
     """Drops the records of a logger whose message starts with one of `starts`."""
 
@@ -258,6 +274,7 @@ class _Dropped(logging.Filter):
 # One instance each, so that choosing again (tests run several searches in one process) replaces
 # rather than stacks them.
 _RESTORE_HINT, _RAY_QUIET, _FAILED_TASK = _Dropped(RESTORE_HINT), _Dropped(INCOMPLETE), _Dropped(FAILED_TASK)
+_SYNC_TEMP = _VanishedTemp()
 _verbose = False  # the choice of show_ray_output: Ray's engine and loggers are the driver process's
 
 
@@ -272,11 +289,13 @@ def show_ray_output(verbose: bool) -> None:
     if verbose:
         tune_logger.removeFilter(_RAY_QUIET)
         controller_logger.removeFilter(_FAILED_TASK)
+        logging.getLogger(SYNC_LOGGER).removeFilter(_SYNC_TEMP)
         logging.getLogger(TOKEN_NOTE_LOGGER).setLevel(logging.NOTSET)
     else:
         os.environ[RAY_NEW_OUTPUT] = "0"  # the engine that is silent at verbose 0
         tune_logger.addFilter(_RAY_QUIET)
         controller_logger.addFilter(_FAILED_TASK)
+        logging.getLogger(SYNC_LOGGER).addFilter(_SYNC_TEMP)
         logging.getLogger(TOKEN_NOTE_LOGGER).setLevel(logging.ERROR)
 
 
