@@ -172,8 +172,8 @@ def error_file(first_frame: str, retry_frame: str, line: str, allocator: str = "
     """Ray's error.txt of a trial and its retry, as Ray 2.60 writes it (shortened)."""
     def failure(number: int, frame: str) -> str:
         return (f"Failure # {number} (occurred at 2026-12-08_02-14-2{number})\nray::ImplicitFunc.train() (pid=5405)\n"
-                f'  File "/work/main/trainable/tune.py", line 75, in train_sed\n'
-                f'  File "/work/main/trainable/tune.py", line 138, in {frame}\n{allocator}'
+                f'  File "/home/ray/rfcx-tune/trainable/tune.py", line 75, in train_sed\n'
+                f'  File "/home/ray/rfcx-tune/trainable/tune.py", line 138, in {frame}\n{allocator}'
                 f"trainable.training.out_of_memory.OutOfGPUMemoryError: {line}\n")
     return failure(1, first_frame) + failure(2, retry_frame)
 
