@@ -60,9 +60,17 @@ while data := sock.recv(65536):
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports: each probe stays bound until all are drawn (a port released
+    at once can be handed out again by the next probe, and Ray refuses one port for two parts)."""
+    with contextlib.ExitStack() as stack:
+        probes = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
 
 
 def unavailable(reason: str) -> None:
@@ -195,11 +203,11 @@ def ray_start_flags(temp_dir: str) -> tuple[list[str], int]:
     this machine: the defaults 6379, 8265, 10001 and 52365 may be taken), a temp dir of its own,
     2 CPUs and 127.0.0.1 as the node's address (Ray would pick the machine's own); and the
     dashboard's port. Click takes an option's last value, so these override the config's."""
-    dashboard = free_port()
-    ports = {name: free_port() for name in ("port", "object-manager-port", "node-manager-port",
-                                            "ray-client-server-port", "dashboard-agent-listen-port",
-                                            "dashboard-agent-grpc-port", "runtime-env-agent-port",
-                                            "metrics-export-port")}
+    names = ("port", "object-manager-port", "node-manager-port", "ray-client-server-port",
+             "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+             "metrics-export-port")
+    dashboard, *drawn = free_ports(1 + len(names))
+    ports = dict(zip(names, drawn))
     flags = [f"--{name}={port}" for name, port in ports.items()]
     return [*flags, f"--dashboard-port={dashboard}", f"--temp-dir={temp_dir}", "--num-cpus=2",
             "--node-ip-address=127.0.0.1"], dashboard
