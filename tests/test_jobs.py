@@ -128,7 +128,8 @@ def test_two_searches_share_a_cluster_as_jobs_and_a_stopped_one_resumes(job_serv
                           timeout=FEW_MINUTES)
     assert stop.returncode == 0, stop.stderr[-3000:]
     assert client.get_job_status(second) == JobStatus.STOPPED
-    assert client.get_job_status(first) == JobStatus.RUNNING  # the other search goes on
+    # The other search was not stopped with it (it may have finished meanwhile: its trial is short).
+    assert client.get_job_status(first) in (JobStatus.RUNNING, JobStatus.SUCCEEDED)
     stopped_log = client.get_job_logs(second)
     # The driver had time to stop Tune and save: it ends with the line that says how to go on.
     assert "interrupted: continue with" in stopped_log, stopped_log[-3000:]
